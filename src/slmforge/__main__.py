@@ -1,0 +1,5 @@
+import sys
+
+from slmforge.cli import main
+
+sys.exit(main())

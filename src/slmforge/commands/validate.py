@@ -1,0 +1,45 @@
+"""`slmforge validate RECIPE`: every problem on its own line (exit 2), or the step graph (exit 0)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe file (Olive workflow JSON or YAML)")
+    parser.add_argument("--json", action="store_true", help="print the step graph as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slmforge.recipe.graph import build_graph
+    from slmforge.recipe.loader import load_recipe
+
+    loaded = load_recipe(args.recipe)
+    graph = build_graph(loaded)
+    if args.json:
+        print(json.dumps(graph_as_dict(graph), indent=2))
+        return 0
+    print(f"{loaded.path}: valid; {len(graph.steps)} steps")
+    for step in graph.steps:
+        ins = ", ".join(f"{k}={r.describe()}" for k, r in step.inputs.items())
+        print(f"  {step.name:<16} {step.component:<11} {ins}")
+    print(f"  final model: {graph.final[0]}.{graph.final[1]}")
+    return 0
+
+
+def graph_as_dict(graph) -> dict:
+    return {
+        "recipe_digest": graph.recipe_digest,
+        "final": {"step": graph.final[0], "output": graph.final[1]},
+        "steps": [
+            {
+                "name": s.name,
+                "component": s.component,
+                "inputs": {k: {"kind": r.kind, "value": r.value if r.kind != "text" else r.output, "output": r.output}
+                           for k, r in s.inputs.items()},
+                "params": s.params,
+            }
+            for s in graph.steps
+        ],
+    }

@@ -1,0 +1,1 @@
+"""The recipe: schema, loading with precise errors, cross-field checks, and the step graph."""

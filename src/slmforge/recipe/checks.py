@@ -1,0 +1,217 @@
+"""Checks across fields that a schema cannot express: references, paths, template columns, pass order.
+
+Each check returns problems as `<json.path>: <message>`; the loader prefixes the recipe file.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from slmforge.recipe.schema import (
+    AzureMLSystem,
+    DataConfig,
+    HfModel,
+    LoRAPass,
+    MergePass,
+    ModelBuilderPass,
+    PyTorchModel,
+)
+
+if TYPE_CHECKING:
+    from slmforge.recipe.loader import LoadedRecipe
+
+
+def check_recipe(loaded: "LoadedRecipe", *, check_files: bool = True) -> list[str]:
+    problems: list[str] = []
+    for check in (_check_references, _check_passes, _check_secrets, _check_templates):
+        problems.extend(check(loaded))
+    if check_files:
+        problems.extend(_check_model_path(loaded))
+        problems.extend(_check_data_files(loaded))
+    return problems
+
+
+def template_fields(template: str) -> list[str]:
+    """Placeholder names of a `str.format` template, in order."""
+    return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+
+
+def data_config_path(recipe, index: int, field: str) -> str:
+    """The JSON path of a load/pre-process field, in the shape the user wrote."""
+    dc: DataConfig = recipe.data_configs[index]
+    if dc.params_config is not None:
+        if field in type(dc.params_config).model_fields:
+            return f"data_configs[{index}].params_config.{field}"
+        where = "params_config.component_kwargs" if dc.params_config.component_kwargs else "component_kwargs"
+        return f"data_configs[{index}].{where}.pre_process_data.{field}"
+    block = "load_dataset_config" if field in ("data_name", "data_files", "split") else "pre_process_data_config"
+    return f"data_configs[{index}].{block}.{field}"
+
+
+def looks_like_local_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else (./x, /x, ~, a/b/c, a\\b) is a local path."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _check_references(loaded: "LoadedRecipe") -> Iterator[str]:
+    r = loaded.recipe
+    names = [dc.name for dc in r.data_configs]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            yield f"data_configs[{i}].name: duplicate data config name '{name}'"
+    for pname, p in r.passes.items():
+        if isinstance(p, LoRAPass):
+            for field in ("train_data_config", "eval_data_config"):
+                ref = getattr(p.config, field)
+                if ref is not None and ref not in names:
+                    yield f"passes.{pname}.config.{field}: no data config named '{ref}'{_hint(ref, names)}"
+    if r.evaluate.data_config is not None and r.evaluate.data_config not in names:
+        ref = r.evaluate.data_config
+        yield f"evaluate.data_config: no data config named '{ref}'{_hint(ref, names)}"
+    for field in ("host", "target"):
+        ref = getattr(r.engine, field)
+        if ref is not None and ref not in r.systems:
+            yield f"engine.{field}: no system named '{ref}'{_hint(ref, list(r.systems))}"
+
+
+def _check_passes(loaded: "LoadedRecipe") -> Iterator[str]:
+    seen_finetune = seen_merge = seen_build = None
+    for name, p in loaded.recipe.passes.items():
+        where = f"passes.{name}"
+        if isinstance(p, LoRAPass):
+            if seen_finetune:
+                yield f"{where}: a second fine-tune pass; '{seen_finetune}' already fine-tunes"
+            if seen_merge or seen_build:
+                yield f"{where}: fine-tuning must come before merge and build passes"
+            seen_finetune = name
+        elif isinstance(p, MergePass):
+            if not seen_finetune:
+                yield f"{where}: MergeAdapterWeights needs a LoRA or QLoRA pass before it"
+            if seen_merge:
+                yield f"{where}: a second MergeAdapterWeights pass"
+            if seen_build:
+                yield f"{where}: MergeAdapterWeights must come before ModelBuilder"
+            seen_merge = name
+        elif isinstance(p, ModelBuilderPass):
+            if seen_build:
+                yield f"{where}: a second ModelBuilder pass"
+            seen_build = name
+
+
+def _check_secrets(loaded: "LoadedRecipe") -> Iterator[str]:
+    r = loaded.recipe
+    for name, system in r.systems.items():
+        if isinstance(system, AzureMLSystem) and system.hf_token:
+            if r.azureml_client is None or not r.azureml_client.keyvault_name:
+                yield (f"systems.{name}: hf_token is true but azureml_client.keyvault_name is not set "
+                       "(the token is read from that Key Vault's secret 'hf-token')")
+
+
+def _check_templates(loaded: "LoadedRecipe") -> Iterator[str]:
+    for i, dc in enumerate(loaded.recipe.data_configs):
+        pre = dc.preprocess
+        if pre is None or pre.text_template is None:
+            continue
+        try:
+            fields = template_fields(pre.text_template)
+        except ValueError as e:
+            yield f"{data_config_path(loaded.recipe, i, 'text_template')}: not a valid template: {e}"
+            continue
+        for field in fields:
+            if field not in pre.text_cols:
+                yield (f"{data_config_path(loaded.recipe, i, 'text_template')}: placeholder '{{{field}}}' "
+                       f"is not in text_cols {pre.text_cols}{_hint(field, pre.text_cols)}")
+        if pre.loss_on == "completion" and not fields:
+            yield f"{data_config_path(loaded.recipe, i, 'loss_on')}: 'completion' needs a text_template with placeholders"
+
+
+def _check_model_path(loaded: "LoadedRecipe") -> Iterator[str]:
+    m = loaded.recipe.input_model
+    if isinstance(m, PyTorchModel):
+        if m.config.model_path is not None:
+            if isinstance(m.config.model_path, str):
+                yield from _must_exist(loaded, m.config.model_path, "input_model.config.model_path")
+            return
+        name, where = m.config.hf_config.model_name, "input_model.config.hf_config.model_name"
+    elif isinstance(m, HfModel):
+        if not isinstance(m.model_path, str):
+            return
+        name, where = m.model_path, "input_model.model_path"
+    else:  # pragma: no cover - the schema admits no other type
+        return
+    if looks_like_local_path(name) or (loaded.base_dir / name).exists():
+        yield from _must_exist(loaded, name, where, what="model folder")
+
+
+def _must_exist(loaded: "LoadedRecipe", value: str, where: str, what: str = "path") -> Iterator[str]:
+    path = resolve_path(loaded, value)
+    if not path.exists():
+        yield f"{where}: {what} '{value}' not found (looked at {path}); a local path is never looked up on a hub"
+
+
+def resolve_path(loaded: "LoadedRecipe", value: str) -> Path:
+    """Paths in a recipe are relative to the recipe file, not the working directory."""
+    return (loaded.base_dir / Path(value).expanduser()).resolve()
+
+
+def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
+    for i, dc in enumerate(loaded.recipe.data_configs):
+        files = dc.load.data_files
+        if not isinstance(files, str):
+            continue
+        where = data_config_path(loaded.recipe, i, "data_files")
+        path = resolve_path(loaded, files)
+        if not path.is_file():
+            yield f"{where}: data file '{files}' not found (looked at {path})"
+            continue
+        pre = dc.preprocess
+        if pre is None:
+            continue
+        columns = read_columns(path, dc.load.data_name)
+        if columns is None:
+            continue
+        for col in pre.text_cols:
+            if col not in columns:
+                yield (f"{data_config_path(loaded.recipe, i, 'text_cols')}: column '{col}' is not in "
+                       f"{path.name} (columns: {', '.join(sorted(columns))}){_hint(col, sorted(columns))}")
+
+
+def read_columns(path: Path, data_name: str) -> set[str] | None:
+    """The columns of a data file, from its first record; None when they can't be read cheaply."""
+    if data_name == "json":
+        with path.open(encoding="utf-8") as f:
+            head = f.read(1)
+            f.seek(0)
+            if head == "[":
+                return None  # a JSON array: read by the load_data step, which reports row errors
+            for line in f:
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        return None  # load_data names the broken line
+                    return set(row) if isinstance(row, dict) else None
+        return None
+    if data_name == "csv":
+        import csv
+
+        with path.open(encoding="utf-8", newline="") as f:
+            header = next(csv.reader(f), None)
+        return set(header) if header else None
+    if data_name == "parquet":
+        import pyarrow.parquet as pq
+
+        return set(pq.read_schema(path).names)
+    return None
+
+
+def _hint(value: str, options: list[str]) -> str:
+    import difflib
+
+    match = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+

@@ -1,0 +1,307 @@
+"""Compile a validated recipe into the ordered step graph both backends run.
+
+A step names its component (`components/<component>.yml`), binds each component input to a
+`Ref` (another step's output, a local path, an Azure ML URI, or a small generated file) and
+sets its parameters. Parameter and input names are the component's own, so a backend only
+renders the component's command with them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+from slmforge.errors import InvalidInput
+from slmforge.recipe.checks import looks_like_local_path, resolve_path
+from slmforge.recipe.loader import LoadedRecipe
+from slmforge.recipe.schema import (
+    AzureMLRegistryModel,
+    AzureMLSystem,
+    DataConfig,
+    HfModel,
+    LoRAPass,
+    MergePass,
+    ModelBuilderPass,
+    PyTorchModel,
+    Recipe,
+)
+
+Scalar = Union[str, int, float, bool]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Where a step input comes from.
+
+    kind "step": `value` is a step name, `output` the output name.
+    kind "path": a local file or folder (absolute).
+    kind "uri":  an Azure ML URI (azureml://datastores/..., azureml://registries/...).
+    kind "text": a small file the backend writes itself; `value` is its content, `output` its file name.
+    """
+
+    kind: Literal["step", "path", "uri", "text"]
+    value: str
+    output: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "step":
+            return f"{self.value}.{self.output}"
+        if self.kind == "text":
+            return f"<{self.output}>"
+        return self.value
+
+
+@dataclass
+class Step:
+    name: str
+    component: str
+    inputs: dict[str, Ref] = field(default_factory=dict)
+    params: dict[str, Scalar] = field(default_factory=dict)
+
+    def upstream(self) -> list[str]:
+        return sorted({r.value for r in self.inputs.values() if r.kind == "step"})
+
+
+@dataclass
+class ModelSource:
+    """The input model: a local folder, an Azure ML registry model, or a hub id."""
+
+    ref: Ref | None  # None for a hub id
+    model_id: str | None
+    mlflow: bool = False  # an Azure ML registry model stored as PyTorch.MLflow
+
+
+@dataclass
+class StepGraph:
+    steps: list[Step]
+    final: tuple[str, str]  # (step, output) holding the final model
+    recipe_digest: str
+
+    def step(self, name: str) -> Step:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+
+def recipe_digest(loaded: LoadedRecipe) -> str:
+    canonical = json.dumps(loaded.raw, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def model_source(loaded: LoadedRecipe) -> ModelSource:
+    m = loaded.recipe.input_model
+    if isinstance(m, PyTorchModel):
+        path, fmt, name = m.config.model_path, m.config.model_file_format, m.config.hf_config.model_name
+    elif isinstance(m, HfModel):
+        path, fmt, name = m.model_path, m.model_file_format, m.model_path
+    else:  # pragma: no cover
+        raise AssertionError(m)
+    if isinstance(path, AzureMLRegistryModel):
+        return ModelSource(Ref("uri", path.uri), None, mlflow=fmt == "PyTorch.MLflow")
+    if isinstance(path, str):
+        name = path
+    local = resolve_path(loaded, name)
+    if looks_like_local_path(name) or local.exists():
+        return ModelSource(Ref("path", str(local)), None)
+    return ModelSource(None, name)
+
+
+def _model_inputs(source: ModelSource, key: str = "model") -> tuple[dict[str, Ref], dict[str, Scalar]]:
+    if source.ref is None:
+        return {}, {"model_id": source.model_id or ""}
+    return {key: source.ref}, {}
+
+
+def _data_ref(loaded: LoadedRecipe, dc: DataConfig) -> Ref:
+    files = dc.load.data_files
+    if isinstance(files, str):
+        return Ref("path", str(resolve_path(loaded, files)))
+    return Ref("uri", files.uri)
+
+
+def _finetune_pass(recipe: Recipe) -> tuple[str, LoRAPass] | None:
+    for name, p in recipe.passes.items():
+        if isinstance(p, LoRAPass):
+            return name, p
+    return None
+
+
+def _data_config(recipe: Recipe, name: str | None) -> DataConfig | None:
+    if name is None:
+        return recipe.data_configs[0] if recipe.data_configs else None
+    return next(dc for dc in recipe.data_configs if dc.name == name)
+
+
+def build_graph(loaded: LoadedRecipe) -> StepGraph:
+    recipe = loaded.recipe
+    source = model_source(loaded)
+    steps: list[Step] = []
+    finetune = _finetune_pass(recipe)
+
+    # ---- load_data
+    data_name = recipe.evaluate.data_config or (finetune[1].config.train_data_config if finetune else None)
+    dc = _data_config(recipe, data_name)
+    if dc is not None:
+        pre = dc.preprocess
+        assert pre is not None  # the schema requires it
+        spec = {"text_cols": pre.text_cols, "text_template": pre.text_template}
+        inputs, params = _model_inputs(source, "tokenizer")
+        inputs["data"] = _data_ref(loaded, dc)
+        inputs["spec"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "spec.json")
+        params.update(
+            data_format=dc.load.data_name,
+            split=dc.load.split,
+            corpus_strategy=pre.corpus_strategy,
+            source_max_len=pre.source_max_len,
+            pad_to_max_len=pre.pad_to_max_len,
+            use_attention_mask=pre.use_attention_mask,
+            loss_on=pre.loss_on,
+        )
+        if pre.max_samples is not None:
+            params["max_samples"] = pre.max_samples
+        if finetune is not None:
+            cfg = finetune[1].config
+            if cfg.eval_data_config is not None:
+                eval_dc = _data_config(recipe, cfg.eval_data_config)
+                assert eval_dc is not None
+                if eval_dc.preprocess != pre:
+                    raise InvalidInput(
+                        f"{loaded.path}: passes.{finetune[0]}.config.eval_data_config: data config "
+                        f"'{eval_dc.name}' must use the same pre-processing as '{dc.name}'"
+                    )
+                inputs["eval_data"] = _data_ref(loaded, eval_dc)
+            elif cfg.eval_dataset_size is not None:
+                params["eval_dataset_size"] = cfg.eval_dataset_size
+            params["data_seed"] = cfg.training_args.data_seed if cfg.training_args.data_seed is not None else cfg.training_args.seed
+        else:
+            params["eval_dataset_size"] = 0.2
+            params["data_seed"] = 42
+        steps.append(Step("load_data", "load_data", inputs, params))
+
+    def model_of(step: str) -> dict[str, Ref]:
+        return {"model": Ref("step", step, "model")}
+
+    base_inputs, base_params = _model_inputs(source)
+    final: tuple[str, str] | None = None
+    current_model: tuple[dict[str, Ref], dict[str, Scalar]] = (base_inputs, base_params)
+    adapter: Ref | None = None
+
+    if recipe.engine.evaluate_input_model and dc is not None:
+        steps.append(_evaluate("evaluate_base", dict(base_inputs), dict(base_params), recipe))
+
+    for pass_name, p in recipe.passes.items():
+        if isinstance(p, LoRAPass):
+            cfg = p.config
+            targs = cfg.training_args
+            params: dict[str, Scalar] = dict(base_params)
+            params.update(
+                method="qlora" if p.type == "QLoRA" else "lora",
+                r=cfg.rank,
+                alpha=cfg.scaling_alpha,
+                lora_dropout=cfg.lora_dropout,
+            )
+            if cfg.target_modules:
+                params["target_modules"] = ",".join(cfg.target_modules)
+            if p.type == "QLoRA":
+                params.update(quant_type=cfg.quant_type, double_quant=cfg.double_quant,
+                              compute_dtype=_dtype_name(cfg.compute_dtype))
+            for key, value in targs.model_dump(exclude={"evaluation_strategy", "eval_strategy", "data_seed"}).items():
+                if value is not None:
+                    params[key] = value
+            params["eval_strategy"] = targs.effective_eval_strategy
+            inputs = dict(base_inputs)
+            inputs["dataset"] = Ref("step", "load_data", "dataset")
+            steps.append(Step("finetune", "finetune", inputs, params))
+            adapter = Ref("step", "finetune", "adapter")
+            final = ("finetune", "adapter")
+        elif isinstance(p, MergePass):
+            assert adapter is not None  # checks.py guarantees a fine-tune pass first
+            inputs = dict(base_inputs)
+            inputs["adapter"] = adapter
+            params = dict(base_params)
+            params["torch_dtype"] = _dtype_name(p.config.torch_dtype)
+            steps.append(Step("merge", "merge", inputs, params))
+            current_model = (model_of("merge"), {})
+            adapter = None
+            final = ("merge", "model")
+            if dc is not None:
+                steps.append(_evaluate("evaluate_merged", model_of("merge"), {}, recipe))
+        elif isinstance(p, ModelBuilderPass):
+            cfg = p.config
+            inputs = dict(current_model[0])
+            params = dict(current_model[1])
+            if adapter is not None:
+                inputs["adapter"] = adapter  # build straight from base + adapter
+            params.update(
+                precision=cfg.precision,
+                execution_provider=cfg.execution_provider or _provider(recipe),
+                int4_block_size=cfg.int4_block_size,
+                int4_accuracy_level=cfg.int4_accuracy_level,
+            )
+            if cfg.extra_options:
+                params["extra_options"] = ",".join(f"{k}={_option(v)}" for k, v in cfg.extra_options.items())
+            steps.append(Step("build_onnx", "build_onnx", inputs, params))
+            final = ("build_onnx", "model")
+            if dc is not None:
+                steps.append(_evaluate("evaluate_onnx", model_of("build_onnx"), {}, recipe))
+
+    if final is None:
+        raise InvalidInput(f"{loaded.path}: passes: the recipe has no LoRA, QLoRA, MergeAdapterWeights or "
+                           "ModelBuilder pass, so there is nothing to produce")
+
+    if recipe.register_.enabled:
+        step_name, output = final
+        inputs = {"model": Ref("step", step_name, output)}
+        last_eval = next((s.name for s in reversed(steps) if s.component == "evaluate"), None)
+        if last_eval is not None:
+            inputs["metrics"] = Ref("step", last_eval, "metrics")
+        params = {"name": registered_name(loaded), "format": recipe.register_.format,
+                  "recipe_digest": recipe_digest(loaded)}
+        steps.append(Step("register", "register", inputs, params))
+
+    return StepGraph(steps=steps, final=final, recipe_digest=recipe_digest(loaded))
+
+
+def _evaluate(name: str, inputs: dict[str, Ref], params: dict[str, Scalar], recipe: Recipe) -> Step:
+    inputs = dict(inputs)
+    inputs["dataset"] = Ref("step", "load_data", "dataset")
+    params = dict(params)
+    params.update(label=name.removeprefix("evaluate_"), max_samples=recipe.evaluate.max_samples,
+                  max_new_tokens=recipe.evaluate.max_new_tokens)
+    return Step(name, "evaluate", inputs, params)
+
+
+def registered_name(loaded: LoadedRecipe) -> str:
+    if loaded.recipe.register_.name:
+        return loaded.recipe.register_.name
+    stem = Path(loaded.recipe.engine.output_dir).name or loaded.path.stem
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in stem).strip("-.") or "model"
+    return safe
+
+
+def host_system(loaded: LoadedRecipe) -> AzureMLSystem | None:
+    host = loaded.recipe.engine.host
+    system = loaded.recipe.systems.get(host) if host else None
+    return system if isinstance(system, AzureMLSystem) else None
+
+
+def _provider(recipe: Recipe) -> str:
+    eps = recipe.engine.execution_providers or []
+    return "cuda" if any("CUDA" in ep for ep in eps) else "cpu"
+
+
+def _dtype_name(dtype: str) -> str:
+    return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
+
+
+def _option(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,226 @@
+"""Read a recipe file (JSON or YAML), validate it, and report every problem on its own line.
+
+Each problem reads `<recipe file>: <json.path>: <message>`, so it can be found in the file at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from slmforge.errors import InvalidInput
+from slmforge.recipe.schema import Recipe
+
+# Levels that `schema._unwrap` folds away; the formatter puts them back into paths.
+_WRAPPER_LEVELS = ("config", "params")
+_TAGS = {"PyTorchModel", "HfModel", "LocalSystem", "AzureML", "LoRA", "QLoRA", "MergeAdapterWeights",
+         "ModelBuilder", "str", "list[str]", "AzureMLRegistryModel", "AzureMLDatastoreFiles",
+         "Accelerator", "function-after", "function-before", "literal['cpu','gpu','npu']"}
+
+
+@dataclass(frozen=True)
+class LoadedRecipe:
+    recipe: Recipe
+    path: Path  # the recipe file, resolved
+    raw: dict[str, Any]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+
+def read_raw(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise InvalidInput(f"{path}: recipe file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yml", ".yaml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{path}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}") from None
+    except Exception as e:  # yaml.YAMLError: its str carries line and column
+        first = " ".join(str(e).split())
+        raise InvalidInput(f"{path}: not valid YAML: {first}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: the recipe must be a JSON object at the top level")
+    return data
+
+
+def load_recipe(path: str | Path, *, check_files: bool = True) -> LoadedRecipe:
+    """Parse and fully validate a recipe; raise InvalidInput listing every problem."""
+    from slmforge.recipe.checks import check_recipe
+
+    path = Path(path).expanduser().resolve()
+    raw = read_raw(path)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        problems = [f"{path}: {p}" for p in format_validation_errors(e, raw)]
+        raise InvalidInput(problems[0], problems) from None
+    loaded = LoadedRecipe(recipe=recipe, path=path, raw=raw)
+    problems = [f"{path}: {p}" for p in check_recipe(loaded, check_files=check_files)]
+    if problems:
+        raise InvalidInput(problems[0], problems)
+    return loaded
+
+
+# --------------------------------------------------------------------------- error formatting
+
+
+def format_validation_errors(error: ValidationError, raw: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    seen: set[str] = set()
+    for err in error.errors():
+        path = _raw_path(err["loc"], raw)
+        message = _message(err, path, raw)
+        line = f"{_dotted(path) or '(top level)'}: {message}"
+        if line not in seen:
+            seen.add(line)
+            lines.append(line)
+    return _drop_union_noise(lines)
+
+
+def _raw_path(loc: tuple, raw: Any) -> list[str | int]:
+    """Map a pydantic location onto the keys the user wrote (union tags out, wrapper levels in)."""
+    path: list[str | int] = []
+    node = raw
+    for part in loc:
+        if isinstance(part, str) and (part in _TAGS or part.startswith(("function-", "literal[", "union["))):
+            continue
+        if isinstance(node, dict) and isinstance(part, str) and part not in node:
+            for level in _WRAPPER_LEVELS:
+                inner = node.get(level)
+                if isinstance(inner, dict) and (part in inner or _expected_inside(level, node)):
+                    path.append(level)
+                    node = inner
+                    break
+        path.append(part)
+        if isinstance(node, dict):
+            node = node.get(part) if isinstance(part, str) else None
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return path
+
+
+def _expected_inside(level: str, node: dict) -> bool:
+    """A missing field belongs inside the wrapper level when the user wrote that level."""
+    return isinstance(node.get(level), dict)
+
+
+def _dotted(path: list[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(err: dict, path: list[str | int], raw: Any) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        key = str(path[-1]) if path else "?"
+        hint = _did_you_mean(key, _known_keys(path[:-1], raw))
+        return f"unknown key '{key}'{hint}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "literal_error":
+        return f"got {err.get('input')!r}; expected {err['ctx']['expected']}"
+    if kind == "union_tag_invalid":
+        return f"unknown type {err['ctx']['tag']!r}; expected one of {err['ctx']['expected_tags']}"
+    if kind == "union_tag_not_found":
+        return "needs a 'type'"
+    if kind == "value_error":
+        return str(err["ctx"]["error"])
+    msg = err["msg"]
+    return f"{msg} (got {err.get('input')!r})" if "input" in err and not isinstance(err["input"], (dict, list)) else msg
+
+
+def _drop_union_noise(lines: list[str]) -> list[str]:
+    """`str | Model` fields report a failure per member; keep the most specific (longest path) ones."""
+    by_prefix: dict[str, list[str]] = {}
+    for line in lines:
+        by_prefix.setdefault(line.split(": ", 1)[0], []).append(line)
+    kept = []
+    for line in lines:
+        path = line.split(": ", 1)[0]
+        if "Input should be a valid string" in line and any(
+            other.startswith(path + ".") or other.startswith(path + "[") for other in by_prefix if other != path
+        ):
+            continue
+        kept.append(line)
+    return kept
+
+
+def _known_keys(path: list[str | int], raw: Any) -> list[str]:
+    """The keys allowed at `path`, found by walking the schema along the user's own path."""
+    annotation: Any = Recipe
+    node = raw
+    for part in path:
+        child_node = None
+        if isinstance(node, dict) and isinstance(part, str):
+            child_node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            child_node = node[part]
+        model = _resolve(annotation, node)
+        if model is not None:
+            fields = model.model_fields
+            if part in _WRAPPER_LEVELS and part not in fields:
+                node = child_node
+                continue  # a folded wrapper level: same model
+            field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+            if field is None:
+                return []
+            annotation = field.annotation
+        else:
+            args = typing.get_args(_strip(annotation))
+            if not args:
+                return []
+            annotation = args[-1]  # list[X] or dict[str, X]: the item type
+        node = child_node
+    model = _resolve(annotation, node)
+    if model is None:
+        return []
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _strip(annotation: Any) -> Any:
+    """Drop Annotated and Optional wrappers."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        return _strip(args[0])
+    return annotation
+
+
+def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
+    """The model an annotation stands for at this node (a union is decided by the node's 'type')."""
+    annotation = _strip(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) not in (typing.Union, types.UnionType):
+        return None
+    models = [m for m in (_resolve(a, node) for a in typing.get_args(annotation)) if m is not None]
+    tag = node.get("type") if isinstance(node, dict) else None
+    for m in models:
+        type_field = m.model_fields.get("type")
+        if type_field is not None and tag in typing.get_args(_strip(type_field.annotation)):
+            return m
+    return models[0] if len(models) == 1 else None
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f"; did you mean '{match[0]}'?" if match else ""

@@ -1,0 +1,40 @@
+"""Shared fixtures: the tiny Phi-3 is built once per test session, not once per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_DATA = REPO.parent / "shared" / "data" / "phrase-classification" / "dataset-classification.json"
+
+# Nothing in the tests may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Phi-3 with its ByteLevel BPE tokenizer (read-only: copy it before changing it)."""
+    from slmforge.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "phi3-tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def seed_data() -> Path:
+    """The Cookbook's phrase/tone data set, read from ../shared (never committed here)."""
+    if not SEED_DATA.is_file():
+        pytest.fail(f"seed data set missing: {SEED_DATA}")
+    return SEED_DATA
+
+
+@pytest.fixture(scope="session")
+def demo_data() -> Path:
+    from slmforge.tinymodel import demo_data_path
+
+    return demo_data_path()
