@@ -39,16 +39,18 @@ def template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
 
 
-def data_config_path(recipe, index: int, field: str) -> str:
+def data_config_path(loaded: "LoadedRecipe", index: int, field: str) -> str:
     """The JSON path of a load/pre-process field, in the shape the user wrote."""
-    dc: DataConfig = recipe.data_configs[index]
+    dc: DataConfig = loaded.recipe.data_configs[index]
     if dc.params_config is not None:
         if field in type(dc.params_config).model_fields:
             return f"data_configs[{index}].params_config.{field}"
         where = "params_config.component_kwargs" if dc.params_config.component_kwargs else "component_kwargs"
         return f"data_configs[{index}].{where}.pre_process_data.{field}"
     block = "load_dataset_config" if field in ("data_name", "data_files", "split") else "pre_process_data_config"
-    return f"data_configs[{index}].{block}.{field}"
+    raw_block = loaded.raw["data_configs"][index].get(block)
+    level = ".params" if isinstance(raw_block, dict) and isinstance(raw_block.get("params"), dict) else ""
+    return f"data_configs[{index}].{block}{level}.{field}"
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -84,8 +86,8 @@ def _check_passes(loaded: "LoadedRecipe") -> Iterator[str]:
         if isinstance(p, LoRAPass):
             if seen_finetune:
                 yield f"{where}: a second fine-tune pass; '{seen_finetune}' already fine-tunes"
-            if seen_merge or seen_build:
-                yield f"{where}: fine-tuning must come before merge and build passes"
+            if seen_build:
+                yield f"{where}: fine-tuning must come before the ModelBuilder pass '{seen_build}'"
             seen_finetune = name
         elif isinstance(p, MergePass):
             if not seen_finetune:
@@ -118,14 +120,14 @@ def _check_templates(loaded: "LoadedRecipe") -> Iterator[str]:
         try:
             fields = template_fields(pre.text_template)
         except ValueError as e:
-            yield f"{data_config_path(loaded.recipe, i, 'text_template')}: not a valid template: {e}"
+            yield f"{data_config_path(loaded, i, 'text_template')}: not a valid template: {e}"
             continue
         for field in fields:
             if field not in pre.text_cols:
-                yield (f"{data_config_path(loaded.recipe, i, 'text_template')}: placeholder '{{{field}}}' "
+                yield (f"{data_config_path(loaded, i, 'text_template')}: placeholder '{{{field}}}' "
                        f"is not in text_cols {pre.text_cols}{_hint(field, pre.text_cols)}")
         if pre.loss_on == "completion" and not fields:
-            yield f"{data_config_path(loaded.recipe, i, 'loss_on')}: 'completion' needs a text_template with placeholders"
+            yield f"{data_config_path(loaded, i, 'loss_on')}: 'completion' needs a text_template with placeholders"
 
 
 def _check_model_path(loaded: "LoadedRecipe") -> Iterator[str]:
@@ -162,7 +164,7 @@ def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
         files = dc.load.data_files
         if not isinstance(files, str):
             continue
-        where = data_config_path(loaded.recipe, i, "data_files")
+        where = data_config_path(loaded, i, "data_files")
         path = resolve_path(loaded, files)
         if not path.is_file():
             yield f"{where}: data file '{files}' not found (looked at {path})"
@@ -175,7 +177,7 @@ def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
             continue
         for col in pre.text_cols:
             if col not in columns:
-                yield (f"{data_config_path(loaded.recipe, i, 'text_cols')}: column '{col}' is not in "
+                yield (f"{data_config_path(loaded, i, 'text_cols')}: column '{col}' is not in "
                        f"{path.name} (columns: {', '.join(sorted(columns))}){_hint(col, sorted(columns))}")
 
 
@@ -211,7 +213,7 @@ def read_columns(path: Path, data_name: str) -> set[str] | None:
 def _hint(value: str, options: list[str]) -> str:
     import difflib
 
-    match = difflib.get_close_matches(value, options, n=1, cutoff=0.6)
+    match = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else ""
 
 

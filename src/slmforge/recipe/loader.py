@@ -79,14 +79,19 @@ def load_recipe(path: str | Path, *, check_files: bool = True) -> LoadedRecipe:
 
 
 def format_validation_errors(error: ValidationError, raw: dict[str, Any]) -> list[str]:
-    lines: list[str] = []
-    seen: set[str] = set()
+    entries: list[tuple[list[str | int], str, str]] = []  # (path, kind, message)
     for err in error.errors():
         path = _raw_path(err["loc"], raw)
-        message = _message(err, path, raw)
+        entries.append((path, err["type"], _message(err, path, raw)))
+    # A misspelt key also makes its real name "missing": report the typo once, with its hint.
+    suggested = {(_dotted(p[:-1]), m.split("did you mean '")[1].rstrip("'?"))
+                 for p, kind, m in entries if kind == "extra_forbidden" and "did you mean" in m}
+    lines: list[str] = []
+    for path, kind, message in entries:
+        if kind == "missing" and path and (_dotted(path[:-1]), str(path[-1])) in suggested:
+            continue
         line = f"{_dotted(path) or '(top level)'}: {message}"
-        if line not in seen:
-            seen.add(line)
+        if line not in lines:
             lines.append(line)
     return _drop_union_noise(lines)
 
@@ -177,7 +182,7 @@ def _known_keys(path: list[str | int], raw: Any) -> list[str]:
         if model is not None:
             fields = model.model_fields
             if part in _WRAPPER_LEVELS and part not in fields:
-                node = child_node
+                annotation, node = model, child_node
                 continue  # a folded wrapper level: same model
             field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
             if field is None:
@@ -222,5 +227,5 @@ def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
 
 
 def _did_you_mean(key: str, known: list[str]) -> str:
-    match = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
     return f"; did you mean '{match[0]}'?" if match else ""

@@ -1,0 +1,216 @@
+"""Compile a recipe's step graph into an Azure ML pipeline job (azure-ai-ml), and write it as YAML.
+
+Each step becomes a node of the command component `components/<component>.yml` (loaded with
+`azure.ai.ml.load_component`, the same file the local backend renders). Inputs map as follows:
+  step -> the upstream node's output;   uri  -> Input(path=azureml://...) (registry models as
+  mlflow_model/custom_model);   path -> a local file/folder the SDK uploads at submission;
+  text -> a small file written into `files_dir`, uploaded as uri_file.
+Hub ids stay string parameters. The `register` step is local-only: on Azure ML the final model
+is a named, versioned pipeline output, registered through the SDK after the job (aml_models.py).
+Nothing secret is compiled in: with `hf_token`, nodes only get the Key Vault *name*
+(SLMFORGE_KEYVAULT); the steps fetch the secret at run time (slmforge.secrets).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slmforge.errors import InvalidInput
+from slmforge.recipe.graph import Ref, Step, StepGraph, build_graph, host_system, model_source, registered_name
+from slmforge.recipe.schema import AzureMLSystem
+
+if TYPE_CHECKING:
+    from azure.ai.ml.entities import PipelineJob
+
+    from slmforge.recipe.loader import LoadedRecipe
+
+DEFAULT_DATASTORE = "workspaceblobstore"
+FINAL_OUTPUT = "model"  # the pipeline output holding the final model
+LOCAL_ONLY_STEPS = {"register"}
+KEYVAULT_ENV = "SLMFORGE_KEYVAULT"  # the vault *name*; never the secret
+PIPELINE_FILE = "pipeline.yml"
+
+
+@dataclass
+class CompiledPipeline:
+    job: "PipelineJob"
+    graph: StepGraph
+    model_name: str
+    model_version: str
+    system: AzureMLSystem
+
+    @property
+    def final_step(self) -> str:
+        return self.graph.final[0]
+
+
+def aml_system(loaded: "LoadedRecipe") -> AzureMLSystem:
+    system = host_system(loaded)
+    if system is None:
+        host = loaded.recipe.engine.host
+        raise InvalidInput(f"{loaded.path}: engine.host: "
+                           + (f"system '{host}' is not an AzureML system" if host else "not set")
+                           + "; compile and submit need an AzureML host system")
+    return system
+
+
+def model_version(graph: StepGraph, version: str | None = None) -> str:
+    """The final model's version: given, else the first 12 hex digits of the recipe digest."""
+    return version or graph.recipe_digest[:12]
+
+
+def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | None = None,
+                     version: str | None = None, experiment: str | None = None) -> CompiledPipeline:
+    """Build the PipelineJob; `text` inputs are written into `files_dir` (it must outlive submission)."""
+    from azure.ai.ml import dsl
+
+    from slmforge.backends.aml_env import node_environments
+
+    system = aml_system(loaded)
+    graph = build_graph(loaded)
+    steps = [s for s in graph.steps if s.component not in LOCAL_ONLY_STEPS]
+    components = _load_components({s.component for s in steps},
+                                  node_environments(loaded, system, {s.component for s in steps}))
+    mlflow_model = model_source(loaded).mlflow
+    files_dir.mkdir(parents=True, exist_ok=True)
+    name, ver = registered_name(loaded), model_version(graph, version)
+
+    @dsl.pipeline(name=_node_safe(name), display_name=name, description=loaded.recipe.description,
+                  default_compute=compute or system.aml_compute, default_datastore=DEFAULT_DATASTORE)
+    def slmforge_pipeline():
+        nodes: dict[str, Any] = {}
+        for step in steps:
+            component = components[step.component]
+            kwargs: dict[str, Any] = dict(step.params)
+            for key, ref in step.inputs.items():
+                kwargs[key] = _bind(ref, component.inputs[key].type, nodes, files_dir, mlflow_model)
+            node = component(**kwargs)
+            node.name = step.name
+            _configure_node(node, step, system, loaded)
+            nodes[step.name] = node
+        final_step, final_output = graph.final
+        return {FINAL_OUTPUT: getattr(nodes[final_step].outputs, final_output)}
+
+    job = slmforge_pipeline()
+    out = job.outputs[FINAL_OUTPUT]
+    out.name, out.version = name, ver
+    job.experiment_name = experiment or _node_safe(name)
+    job.tags = {"slmforge.recipe_digest": graph.recipe_digest, "slmforge.model": f"{name}:{ver}",
+                "slmforge.final_step": graph.final[0], "slmforge.register_format": loaded.recipe.register_.format}
+    return CompiledPipeline(job=job, graph=graph, model_name=name, model_version=ver, system=system)
+
+
+def validate_pipeline(job: "PipelineJob") -> None:
+    """The SDK's local validation (inputs, computes, bindings); raise InvalidInput on the first problem."""
+    result = job._validate()
+    if not result.passed:
+        raise InvalidInput(f"the compiled pipeline does not validate: {result.error_messages}")
+
+
+def write_pipeline(compiled: CompiledPipeline, out_dir: Path) -> Path:
+    """Write `out_dir/pipeline.yml`, loadable with azure.ai.ml.load_job and `az ml job create -f`."""
+    import yaml
+
+    out_dir = out_dir.resolve()
+    data = compiled.job._to_dict()
+    _fix_local_paths(data, out_dir)
+    path = out_dir / PIPELINE_FILE
+    header = ("# Compiled by slmforge from its recipe; submit with `slmforge submit` or `az ml job create -f`.\n"
+              f"# recipe digest {compiled.graph.recipe_digest}\n")
+    body = yaml.safe_dump({"$schema": "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json", **data},
+                          sort_keys=False, allow_unicode=True)
+    path.write_text(header + body, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _load_components(names: set[str], environments: dict[str, Any]) -> dict[str, Any]:
+    from azure.ai.ml import load_component
+
+    from slmforge.backends.render import components_dir
+
+    loaded = {}
+    for name in sorted(names):
+        component = load_component(source=components_dir() / f"{name}.yml")
+        component.environment = environments[name]
+        loaded[name] = component
+    return loaded
+
+
+def _bind(ref: Ref, input_type: str, nodes: dict[str, Any], files_dir: Path, mlflow_model: bool) -> Any:
+    from azure.ai.ml import Input
+
+    if ref.kind == "step":
+        if ref.value not in nodes:
+            raise InvalidInput(f"step input from '{ref.value}', which does not run on Azure ML")
+        return getattr(nodes[ref.value].outputs, ref.output)
+    if ref.kind == "uri":
+        if "/models/" in ref.value:  # a registered model (registry or workspace)
+            return Input(type="mlflow_model" if mlflow_model else "custom_model", path=ref.value)
+        return Input(type=input_type, path=ref.value)
+    if ref.kind == "path":
+        local = Path(ref.value)
+        return Input(type="uri_folder" if local.is_dir() else "uri_file", path=str(local))
+    if ref.kind == "text":
+        target = files_dir / ref.output
+        target.write_text(ref.value, encoding="utf-8")
+        return Input(type="uri_file", path=str(target))
+    raise AssertionError(ref.kind)
+
+
+def _configure_node(node: Any, step: Step, system: AzureMLSystem, loaded: "LoadedRecipe") -> None:
+    from azure.ai.ml import PyTorchDistribution
+    from azure.ai.ml.entities import JobResourceConfiguration
+
+    if system.step_compute and step.component in system.step_compute:
+        node.compute = system.step_compute[step.component]
+    if system.hf_token:
+        node.environment_variables = {KEYVAULT_ENV: loaded.recipe.azureml_client.keyvault_name}  # type: ignore[union-attr]
+    if step.component == "finetune" and (system.distribution is not None or system.instance_count > 1):
+        per_instance = system.distribution.process_count_per_instance if system.distribution else 1
+        node.distribution = PyTorchDistribution(process_count_per_instance=per_instance)
+        node.resources = JobResourceConfiguration(instance_count=system.instance_count)
+
+
+def _node_safe(name: str) -> str:
+    """Azure ML job/experiment names: letters, digits, '_' and '-'."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+
+
+def _fix_local_paths(node: Any, out_dir: Path) -> None:
+    """The SDK dumps local input paths as 'azureml:/abs/path' (its union field tries ARM ids first):
+    write them back as plain paths, relative when they lie inside `out_dir`."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "path" and isinstance(value, str) and value.startswith("azureml:") \
+                    and not value.startswith("azureml://") and Path(value[len("azureml:"):]).is_absolute():
+                local = Path(value[len("azureml:"):])
+                node[key] = str(local.relative_to(out_dir)) if local.is_relative_to(out_dir) else str(local)
+            else:
+                _fix_local_paths(value, out_dir)
+    elif isinstance(node, list):
+        for item in node:
+            _fix_local_paths(item, out_dir)
+
+
+def summary(compiled: CompiledPipeline) -> dict[str, Any]:
+    """What `slmforge compile` prints: nodes, computes, the final model."""
+    job = compiled.job
+    return {
+        "name": job.display_name,
+        "experiment": job.experiment_name,
+        "default_compute": job.settings.default_compute,
+        "nodes": {n: (node.compute or job.settings.default_compute) for n, node in job.jobs.items()},
+        "final_model": {"name": compiled.model_name, "version": compiled.model_version,
+                        "from": f"{compiled.graph.final[0]}.{compiled.graph.final[1]}"},
+        "recipe_digest": compiled.graph.recipe_digest,
+    }
+
+
+def describe(compiled: CompiledPipeline) -> str:
+    return json.dumps(summary(compiled), indent=2)

@@ -1,0 +1,90 @@
+"""Which Azure ML environment each pipeline node runs in.
+
+Order of precedence: the recipe's `aml_environment_config` (a registered environment, by version
+or label), else its `aml_docker_config` (a base image with a conda file, or a Docker build
+context; paths relative to the recipe), else the project's own `environments/` definitions (the
+GPU one for fine-tuning when the host system's accelerators say gpu). Project environments are
+used anonymously (content-hashed), so nothing has to be registered first and a rerun with the
+same definition reuses the environment the service already built.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Union
+
+from slmforge.errors import InvalidInput
+from slmforge.recipe.checks import resolve_path
+from slmforge.recipe.schema import Accelerator, AzureMLSystem
+
+if TYPE_CHECKING:
+    from azure.ai.ml.entities import Environment
+
+    from slmforge.recipe.loader import LoadedRecipe
+
+EnvironmentChoice = Union[str, "Environment"]  # "azureml:name:version" / "azureml:name@label" or an object
+
+
+def environments_dir() -> Path:
+    from slmforge.backends.render import components_dir
+
+    return components_dir().parent / "environments"
+
+
+def wants_gpu(system: AzureMLSystem) -> bool:
+    for acc in system.accelerators or []:
+        device = acc.device if isinstance(acc, Accelerator) else acc
+        if device == "gpu":
+            return True
+    return False
+
+
+def registered_environment(system: AzureMLSystem) -> str | None:
+    ref = system.aml_environment_config
+    if ref is None:
+        return None
+    if ref.label is not None:
+        return f"azureml:{ref.name}@{ref.label}"
+    return f"azureml:{ref.name}:{ref.version}"
+
+
+def docker_environment(loaded: "LoadedRecipe", system: AzureMLSystem) -> "Environment | None":
+    from azure.ai.ml.entities import BuildContext, Environment
+
+    cfg = system.aml_docker_config
+    if cfg is None:
+        return None
+    where = f"{loaded.path}: systems.{loaded.recipe.engine.host}.aml_docker_config"
+    if cfg.build_context_path is not None:
+        context = resolve_path(loaded, cfg.build_context_path)
+        dockerfile = cfg.dockerfile or "Dockerfile"
+        if not (context / dockerfile).is_file():
+            raise InvalidInput(f"{where}.build_context_path: no {dockerfile} in {context}")
+        return Environment(build=BuildContext(path=str(context), dockerfile_path=dockerfile))
+    conda_file = None
+    if cfg.conda_file_path is not None:
+        conda_file = resolve_path(loaded, cfg.conda_file_path)
+        if not conda_file.is_file():
+            raise InvalidInput(f"{where}.conda_file_path: conda file '{cfg.conda_file_path}' not found "
+                               f"(looked at {conda_file})")
+    return Environment(image=cfg.base_image, conda_file=str(conda_file) if conda_file else None)
+
+
+def project_environment(kind: str) -> "Environment":
+    """environments/<kind>.yml as an anonymous environment (same image and conda file)."""
+    import yaml
+    from azure.ai.ml.entities import Environment
+
+    path = environments_dir() / f"{kind}.yml"
+    spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return Environment(image=spec["image"], conda_file=str(path.parent / spec["conda_file"]))
+
+
+def node_environments(loaded: "LoadedRecipe", system: AzureMLSystem, components: set[str]) -> dict[str, EnvironmentChoice]:
+    """component name -> the environment its nodes run in."""
+    chosen: EnvironmentChoice | None = registered_environment(system) or docker_environment(loaded, system)
+    if chosen is not None:
+        return {c: chosen for c in components}
+    cpu = project_environment("cpu")
+    gpu = project_environment("gpu") if wants_gpu(system) and "finetune" in components else None
+    return {c: (gpu if c == "finetune" and gpu is not None else cpu) for c in components}

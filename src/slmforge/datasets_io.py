@@ -1,0 +1,184 @@
+"""Read the rows of a json / jsonl / csv / parquet data file and check the text columns.
+
+Plain `json` and `csv` (and pyarrow for parquet) instead of `datasets.load_dataset`: `import
+datasets` alone costs seconds and its errors name neither the line nor the column. Every
+problem names the file and the line or row, so a user can go straight to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from slmforge.errors import InvalidInput
+
+FORMATS = ("json", "csv", "parquet")
+_MAX_PROBLEMS = 20  # report this many bad rows at once, then stop reading
+_SPLIT = re.compile(r"^train(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
+
+
+@dataclass
+class Rows:
+    """The usable rows of one file (text columns only, all strings) and what was left out."""
+
+    path: Path
+    rows: list[dict[str, str]] = field(default_factory=list)
+    empty: int = 0  # blank lines, `{}`, rows whose text columns are all empty
+    read: int = 0  # records read, empty ones included
+
+
+def read_rows(path: str | Path, data_format: str, text_cols: list[str], *, split: str = "train",
+              max_samples: int | None = None) -> Rows:
+    """All rows of `path` with `text_cols` as strings; any bad row is an InvalidInput naming it."""
+    path = Path(path)
+    if data_format not in FORMATS:
+        raise InvalidInput(f"data_format '{data_format}' is not one of {', '.join(FORMATS)}")
+    if not path.is_file():
+        raise InvalidInput(f"data file not found: {path}")
+    records = {"json": _json_records, "csv": _csv_records, "parquet": _parquet_records}[data_format](path, text_cols)
+    out = Rows(path)
+    problems: list[str] = []
+    for where, record in records:
+        out.read += 1
+        row, problem = _check_record(record, text_cols)
+        if problem is not None:
+            problems.append(f"{path}: {where}: {problem}")
+            if len(problems) >= _MAX_PROBLEMS:
+                break
+        elif row is None:
+            out.empty += 1
+        else:
+            out.rows.append(row)
+    if problems:
+        raise InvalidInput(problems[0], problems)
+    out.rows = _apply_split(out.rows, split)
+    if max_samples is not None:
+        if max_samples < 1:
+            raise InvalidInput(f"max_samples must be at least 1, got {max_samples}")
+        out.rows = out.rows[:max_samples]
+    if not out.rows:
+        raise InvalidInput(f"{path}: no usable rows ({out.read} read, {out.empty} empty)")
+    return out
+
+
+def _check_record(record: Any, text_cols: list[str]) -> tuple[dict[str, str] | None, str | None]:
+    """(row, None) for a good row, (None, None) for an empty one, (None, problem) for a bad one."""
+    if record is None or record == {}:
+        return None, None
+    if not isinstance(record, dict):
+        return None, f"expected an object with columns {', '.join(text_cols)}, got {_kind(record)}"
+    missing = [c for c in text_cols if c not in record]
+    if missing:
+        have = ", ".join(str(k) for k in record) or "none"
+        return None, f"missing column '{missing[0]}' (columns: {have})"
+    values = {c: record[c] for c in text_cols}
+    if all(v is None or (isinstance(v, str) and not v.strip()) for v in values.values()):
+        return None, None
+    for c, v in values.items():
+        if not isinstance(v, str):
+            return None, f"column '{c}' is {_kind(v)} ({json.dumps(v, default=str)[:40]}), expected a string"
+    return values, None
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
+def _json_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
+    """JSON lines, or one top-level JSON array of objects (what `datasets` "json" also reads)."""
+    text = _read_text(path)
+    if text.lstrip().startswith("["):
+        try:
+            array = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"{path}: line {e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        for i, record in enumerate(array, 1):
+            yield f"row {i}", record
+        return
+    decoder = json.JSONDecoder()
+    row = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            yield f"line {lineno}", None  # a blank line: counted as empty
+            continue
+        try:
+            record, end = decoder.raw_decode(line.strip())
+            if end != len(line.strip()):
+                raise json.JSONDecodeError("extra data after the value", line.strip(), end)
+        except json.JSONDecodeError as e:
+            raise InvalidInput(f"{path}: line {lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
+        row += 1
+        yield f"row {row} (line {lineno})", record
+
+
+def _csv_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
+    text = _read_text(path)
+    reader = csv.reader(text.splitlines(keepends=True))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        missing = [c for c in text_cols if c not in header]
+        if missing:
+            raise InvalidInput(f"{path}: line 1: the header has no column '{missing[0]}' "
+                               f"(columns: {', '.join(header)})")
+        row = 0
+        for fields in reader:
+            row += 1
+            where = f"row {row} (line {reader.line_num})"
+            if not fields or all(not f.strip() for f in fields):
+                yield where, None
+            elif len(fields) != len(header):
+                raise InvalidInput(f"{path}: {where}: {len(fields)} fields, the header has {len(header)}")
+            else:
+                yield where, dict(zip(header, fields))
+    except csv.Error as e:
+        raise InvalidInput(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+
+
+def _parquet_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise InvalidInput(f"{path}: not a readable parquet file ({e})") from None
+    missing = [c for c in text_cols if c not in table.column_names]
+    if missing:
+        raise InvalidInput(f"{path}: no column '{missing[0]}' (columns: {', '.join(table.column_names)})")
+    columns = {c: table.column(c).to_pylist() for c in text_cols}
+    for i in range(table.num_rows):
+        yield f"row {i + 1}", {c: columns[c][i] for c in text_cols}
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise InvalidInput(f"{path}: line {line}: not UTF-8 text ({e.reason})") from None
+
+
+def _apply_split(rows: list, split: str) -> list:
+    """`train` (a data file has only that split) or a slice of it: `train[:80%]`, `train[100:]`."""
+    m = _SPLIT.match(split.replace(" ", ""))
+    if not m:
+        raise InvalidInput(f"split '{split}': a data file has only the split 'train' "
+                           "(or a slice of it such as 'train[:80%]' or 'train[100:]')")
+
+    def bound(text: str | None, default: int) -> int:
+        if text is None:
+            return default
+        if text.endswith("%"):
+            return round(len(rows) * int(text[:-1]) / 100)
+        return int(text)
+
+    return rows[bound(m["start"], 0):bound(m["stop"], len(rows))]
