@@ -1,0 +1,209 @@
+"""The content-addressed step cache: keys, entries, locks, listing and cleaning.
+
+An entry is `cache_dir/<component>/<key>/`: one folder per component output (each finished by its
+own `slmforge.json`), `work/` for files the step needs or resumes from (generated inputs,
+fine-tuning checkpoints), `step.log`, and `entry.json`, written last, which marks the entry
+complete and records the outputs' digests and how long the step took. An entry without
+`entry.json` is unfinished work (a killed run): it is resumed, not trusted. An entry whose
+outputs no longer match `entry.json` is corrupt: it is removed and rebuilt.
+
+`cache_dir/<component>/<key>.lock` serialises runs on one entry (fcntl.flock): a second run
+waits, then finds the first run's result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from slmforge import manifest
+
+ENTRY = "entry.json"
+WORK = "work"
+LOG = "step.log"
+# Outputs that hold resumable state rather than results: they live in work/ and are not verified.
+WORK_OUTPUTS = frozenset({"checkpoints"})
+
+
+def cache_key(material: dict[str, Any]) -> str:
+    """sha256 of a canonical JSON of everything that determines a step's outputs."""
+    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    root: Path  # cache_dir/<component>/<key>
+
+    @property
+    def component(self) -> str:
+        return self.root.parent.name
+
+    @property
+    def key(self) -> str:
+        return self.root.name
+
+    @property
+    def work(self) -> Path:
+        return self.root / WORK
+
+    @property
+    def log(self) -> Path:
+        return self.root / LOG
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root.parent / f"{self.key}.lock"
+
+    def output(self, name: str) -> Path:
+        return self.work / name if name in WORK_OUTPUTS else self.root / name
+
+    def meta(self) -> dict[str, Any] | None:
+        path = self.root / ENTRY
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def state(self, outputs: list[str]) -> str:
+        """'hit' (complete and verified), 'miss' (absent or unfinished) or 'corrupt'."""
+        meta = self.meta()
+        if meta is None:
+            return "miss"
+        recorded = meta.get("outputs", {})
+        for name in outputs:
+            if name in WORK_OUTPUTS:
+                continue
+            folder = self.output(name)
+            found = manifest.read_manifest(folder)
+            if found is None or name not in recorded or found.get("outputs_digest") != recorded[name]:
+                return "corrupt"
+            if manifest.digest_path(folder) != recorded[name]:
+                return "corrupt"
+        return "hit"
+
+    def finish(self, *, step: str, outputs: list[str], seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
+        """Record a completed step; outputs must already be finished folders."""
+        digests = {}
+        for name in outputs:
+            if name in WORK_OUTPUTS:
+                continue
+            found = manifest.read_manifest(self.output(name))
+            if found is None or not manifest.is_finished(self.output(name)):
+                raise FileNotFoundError(f"output '{name}' was not written (no {manifest.MANIFEST} in {self.output(name)})")
+            digests[name] = found["outputs_digest"]
+        meta = {"step": step, "component": self.component, "key": self.key, "seconds": round(seconds, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "outputs": digests, **extra}
+        tmp = self.root / f".{ENTRY}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, self.root / ENTRY)
+        return meta
+
+    def touch(self) -> None:
+        """Mark a hit as recently used (for `cache clean --older-than`)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.root / ENTRY)
+
+    def remove_results(self) -> None:
+        """Drop everything but work/ (and the log): what a failed step leaves must not look finished."""
+        if not self.root.is_dir():
+            return
+        for child in self.root.iterdir():
+            if child.name in (WORK, LOG):
+                continue
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
+    """Hold an exclusive flock on `path`; yields False when non-blocking and already held elsewhere.
+
+    After locking, the path must still name the locked file: a `cache clean` may have removed it
+    meanwhile, in which case we lock the new file instead.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, flags)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield True
+                return
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+class Cache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def entry(self, component: str, key: str) -> Entry:
+        return Entry(self.root / component / key)
+
+    def lock(self, entry: Entry):
+        return locked(entry.lock_path)
+
+    def entries(self) -> list[tuple[Entry, dict[str, Any] | None]]:
+        """Every entry folder with its entry.json (None: unfinished)."""
+        found = []
+        if not self.root.is_dir():
+            return found
+        for component in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for root in sorted(p for p in component.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                entry = Entry(root)
+                found.append((entry, entry.meta()))
+        return found
+
+    def clean(self, *, everything: bool = False, older_than_s: float | None = None) -> tuple[int, int]:
+        """Remove unfinished entries (and, as asked, all or old ones). Returns (removed, bytes freed).
+
+        Entries in use by a running step (locked) are skipped.
+        """
+        removed = freed = 0
+        now = time.time()
+        for entry, meta in self.entries():
+            if meta is not None and not everything:
+                if older_than_s is None:
+                    continue
+                if now - (entry.root / ENTRY).stat().st_mtime < older_than_s:
+                    continue
+            with locked(entry.lock_path, blocking=False) as got:
+                if not got:
+                    continue
+                size = folder_size(entry.root)
+                entry.remove()
+                entry.lock_path.unlink(missing_ok=True)
+                removed += 1
+                freed += size
+        return removed, freed
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
