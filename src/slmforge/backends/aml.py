@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DATASTORE = "workspaceblobstore"
 FINAL_OUTPUT = "model"  # the pipeline output holding the final model
+METRICS_OUTPUT = "metrics"  # the last evaluation's metrics folder, read when registering
 LOCAL_ONLY_STEPS = {"register"}
 KEYVAULT_ENV = "SLMFORGE_KEYVAULT"  # the vault *name*; never the secret
 PIPELINE_FILE = "pipeline.yml"
@@ -45,6 +46,13 @@ class CompiledPipeline:
     @property
     def final_step(self) -> str:
         return self.graph.final[0]
+
+
+def quiet_sdk() -> None:
+    """azure-ai-ml logs a warning per experimental schema class it loads: noise for our users."""
+    import logging
+
+    logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
 
 
 def aml_system(loaded: "LoadedRecipe") -> AzureMLSystem:
@@ -65,6 +73,7 @@ def model_version(graph: StepGraph, version: str | None = None) -> str:
 def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | None = None,
                      version: str | None = None, experiment: str | None = None) -> CompiledPipeline:
     """Build the PipelineJob; `text` inputs are written into `files_dir` (it must outlive submission)."""
+    quiet_sdk()
     from azure.ai.ml import dsl
 
     from slmforge.backends.aml_env import node_environments
@@ -92,7 +101,11 @@ def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | 
             _configure_node(node, step, system, loaded)
             nodes[step.name] = node
         final_step, final_output = graph.final
-        return {FINAL_OUTPUT: getattr(nodes[final_step].outputs, final_output)}
+        outputs = {FINAL_OUTPUT: getattr(nodes[final_step].outputs, final_output)}
+        last_eval = next((s.name for s in reversed(steps) if s.component == "evaluate"), None)
+        if last_eval is not None:
+            outputs[METRICS_OUTPUT] = nodes[last_eval].outputs.metrics
+        return outputs
 
     job = slmforge_pipeline()
     out = job.outputs[FINAL_OUTPUT]

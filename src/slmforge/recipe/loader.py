@@ -153,18 +153,25 @@ def _message(err: dict, path: list[str | int], raw: Any) -> str:
 
 
 def _drop_union_noise(lines: list[str]) -> list[str]:
-    """`str | Model` fields report a failure per member; keep the most specific (longest path) ones."""
-    by_prefix: dict[str, list[str]] = {}
-    for line in lines:
-        by_prefix.setdefault(line.split(": ", 1)[0], []).append(line)
-    kept = []
-    for line in lines:
-        path = line.split(": ", 1)[0]
-        if "Input should be a valid string" in line and any(
-            other.startswith(path + ".") or other.startswith(path + "[") for other in by_prefix if other != path
-        ):
+    """A `str | Model` field reports one failure per member: keep the deepest, or merge them."""
+    paths = [line.split(": ", 1)[0] for line in lines]
+    kept: list[str] = []
+    merged: dict[str, int] = {}  # path -> index in kept of its "should be a valid" line
+    for line, path in zip(lines, paths):
+        message = line.split(": ", 1)[1]
+        if not message.startswith("Input should be a valid"):
+            kept.append(line)
             continue
-        kept.append(line)
+        if any(p != path and p.startswith((path + ".", path + "[")) for p in paths):
+            continue  # a deeper error inside the object member says more
+        what = message.removeprefix("Input should be a valid ").split(" (got ")[0].split(" or instance")[0]
+        if path in merged:
+            i = merged[path]
+            head, got = kept[i].rsplit(" (got ", 1) if " (got " in kept[i] else (kept[i], None)
+            kept[i] = f"{head} or {what}" + (f" (got {got}" if got else "")
+        else:
+            merged[path] = len(kept)
+            kept.append(line)
     return kept
 
 

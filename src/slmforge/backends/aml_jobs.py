@@ -1,0 +1,197 @@
+"""Submit a compiled pipeline and follow it: status, step by step; logs; download; cancel.
+
+Every service call goes through `with_retries` (on top of azure-core's own RetryPolicy) so a
+429/503 or a dropped connection while following a long job does not end the follow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from slmforge.backends.aml import FINAL_OUTPUT, compile_pipeline, validate_pipeline
+from slmforge.backends.aml_workspace import one_line, with_retries
+from slmforge.errors import InvalidInput, StepFailed
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.entities import Job
+
+    from slmforge.recipe.loader import LoadedRecipe
+
+TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
+FAILED = {"Failed", "Canceled", "NotResponding"}
+
+
+@dataclass
+class JobState:
+    name: str
+    status: str
+    steps: dict[str, str] = field(default_factory=dict)  # node name -> status
+    studio_url: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL
+
+    def failed_steps(self) -> list[str]:
+        return [s for s, st in self.steps.items() if st in FAILED]
+
+
+def poll_seconds() -> float:
+    return float(os.environ.get("SLMFORGE_POLL_SECONDS", "10"))
+
+
+def submit(ml_client: "MLClient", loaded: "LoadedRecipe", *, compute: str | None = None,
+           experiment: str | None = None, version: str | None = None) -> "Job":
+    """Compile, validate locally, then create the pipeline job (uploads code and local inputs)."""
+    with tempfile.TemporaryDirectory(prefix="slmforge-aml-") as files:
+        compiled = compile_pipeline(loaded, Path(files), compute=compute, version=version, experiment=experiment)
+        validate_pipeline(compiled.job)
+        try:
+            return ml_client.jobs.create_or_update(compiled.job, experiment_name=compiled.job.experiment_name)
+        except Exception as e:  # noqa: BLE001 - reported as one line
+            raise StepFailed(f"submitting the pipeline failed: {one_line(e)}") from None
+
+
+def studio_url(job: "Job") -> str | None:
+    url = getattr(job, "studio_url", None)
+    if url:
+        return url
+    services = getattr(job, "services", None) or {}
+    studio = services.get("Studio")
+    return getattr(studio, "endpoint", None)
+
+
+def get_job(ml_client: "MLClient", name: str) -> "Job":
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return with_retries(lambda: ml_client.jobs.get(name), f"reading job {name}")
+    except ResourceNotFoundError:
+        raise InvalidInput(f"no job named '{name}' in the workspace") from None
+
+
+def child_jobs(ml_client: "MLClient", name: str) -> list["Job"]:
+    return with_retries(lambda: list(ml_client.jobs.list(parent_job_name=name)), f"listing steps of {name}")
+
+
+def node_name(child: "Job") -> str:
+    """A pipeline child job's node name (the service keeps it as display name)."""
+    return child.display_name or child.name
+
+
+def state(ml_client: "MLClient", name: str) -> JobState:
+    job = get_job(ml_client, name)
+    steps = {node_name(c): c.status for c in child_jobs(ml_client, name)}
+    return JobState(name=job.name, status=job.status, steps=steps, studio_url=studio_url(job))
+
+
+def follow(ml_client: "MLClient", name: str, *, echo: Callable[[str], None] = print,
+           interval: float | None = None) -> JobState:
+    """Poll until the job is terminal, printing each step's status as it changes."""
+    interval = poll_seconds() if interval is None else interval
+    seen: dict[str, str] = {}
+    last_status = None
+    while True:
+        current = state(ml_client, name)
+        for step, status in current.steps.items():
+            if seen.get(step) != status:
+                echo(f"  {step:<16} {status}")
+                seen[step] = status
+        if current.status != last_status:
+            echo(f"{name}: {current.status}")
+            last_status = current.status
+        if current.done:
+            return current
+        time.sleep(interval)
+
+
+def raise_if_failed(current: JobState) -> None:
+    if current.status == "Completed":
+        return
+    failed = current.failed_steps()
+    where = f" at step {', '.join(failed)}" if failed else ""
+    hint = f"; see `slmforge logs {current.name} --step {failed[0]}`" if failed else ""
+    raise StepFailed(f"job {current.name} {current.status.lower()}{where}{hint}")
+
+
+def find_step(ml_client: "MLClient", name: str, step: str) -> "Job":
+    children = child_jobs(ml_client, name)
+    for child in children:
+        if node_name(child) == step:
+            return child
+    known = ", ".join(sorted(node_name(c) for c in children)) or "none yet"
+    raise InvalidInput(f"job {name} has no step '{step}' (steps: {known})")
+
+
+def print_logs(ml_client: "MLClient", name: str, step: str | None = None) -> None:
+    """Stream a job's (or one step's) logs to stdout; returns when the job is terminal."""
+    target = find_step(ml_client, name, step).name if step else name
+    try:
+        ml_client.jobs.stream(target)
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        if step is None and "failed" in str(e).lower():
+            raise StepFailed(f"job {name}: {one_line(e)}") from None
+        raise StepFailed(f"reading logs of {target}: {one_line(e)}") from None
+
+
+def run_record(ml_client: "MLClient", name: str) -> dict[str, Any]:
+    """What download writes as run.json: the job, its steps and where its model went."""
+    job = get_job(ml_client, name)
+    tags = dict(job.tags or {})
+    output = (job.outputs or {}).get(FINAL_OUTPUT)
+    return {
+        "job": job.name,
+        "status": job.status,
+        "experiment": job.experiment_name,
+        "display_name": job.display_name,
+        "studio_url": studio_url(job),
+        "recipe_digest": tags.get("slmforge.recipe_digest"),
+        "model": {"name": getattr(output, "name", None), "version": getattr(output, "version", None),
+                  "output": FINAL_OUTPUT},
+        "steps": {node_name(c): c.status for c in child_jobs(ml_client, name)},
+        "tags": tags,
+    }
+
+
+def download(ml_client: "MLClient", name: str, out_dir: Path) -> Path:
+    """Download the final model into out_dir/model and write out_dir/run.json."""
+    record = run_record(ml_client, name)
+    if record["status"] != "Completed":
+        raise StepFailed(f"job {name} is {record['status']}; only a completed job has a model to download")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".download-") as tmp:
+        with_retries(lambda: ml_client.jobs.download(name, download_path=tmp, output_name=FINAL_OUTPUT),
+                     f"downloading the model of {name}")
+        model_dir = downloaded_output(Path(tmp), FINAL_OUTPUT)
+        target = out_dir / "model"
+        if target.exists():
+            raise InvalidInput(f"{target} already exists; choose an empty -o folder")
+        model_dir.rename(target)
+    (out_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return out_dir / "model"
+
+
+def downloaded_output(root: Path, output: str) -> Path:
+    """The SDK puts a named output under named-outputs/<name>/ (older versions: under <name>/)."""
+    for candidate in (root / "named-outputs" / output, root / output):
+        if candidate.is_dir():
+            return candidate
+    found = sorted(str(p.relative_to(root)) for p in root.rglob("*"))[:10]
+    raise StepFailed(f"the downloaded job output has no '{output}' folder (found: {found})")
+
+
+def cancel(ml_client: "MLClient", name: str) -> None:
+    get_job(ml_client, name)
+    with_retries(lambda: ml_client.jobs.begin_cancel(name).result(), f"cancelling {name}")
+
+
+def echo_err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,121 @@
+"""Register a pipeline job's final model in the workspace (or share it into a registry); list models.
+
+The compiled pipeline names and versions its final output (`name:version` in the job's tags), so
+the model is registered from the job output URI — no download and re-upload. Tags carry the recipe
+digest and the last evaluation's metrics (read from the pipeline's `metrics` output).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from slmforge.backends.aml import FINAL_OUTPUT, METRICS_OUTPUT
+from slmforge.backends.aml_jobs import downloaded_output, get_job
+from slmforge.backends.aml_workspace import one_line, resolve_ml_client, with_retries
+from slmforge.errors import InvalidInput, StepFailed
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+    from azure.ai.ml.entities import Model
+
+METRIC_TAGS = ("label", "accuracy", "perplexity", "tokens_per_second", "size_bytes", "n", "model_kind")
+
+
+def job_metrics(ml_client: "MLClient", job_name: str) -> dict[str, Any] | None:
+    """metrics.json of the job's last evaluation, or None when the pipeline has no evaluation."""
+    job = get_job(ml_client, job_name)
+    if METRICS_OUTPUT not in (job.outputs or {}):
+        return None
+    with tempfile.TemporaryDirectory(prefix="slmforge-metrics-") as tmp:
+        with_retries(lambda: ml_client.jobs.download(job_name, download_path=tmp, output_name=METRICS_OUTPUT),
+                     f"downloading the metrics of {job_name}")
+        path = downloaded_output(Path(tmp), METRICS_OUTPUT) / "metrics.json"
+        if not path.is_file():
+            raise StepFailed(f"job {job_name}: its '{METRICS_OUTPUT}' output has no metrics.json")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+
+def model_tags(job_name: str, job_tags: dict[str, str], metrics: dict[str, Any] | None) -> dict[str, str]:
+    tags = {"slmforge.job": job_name}
+    if job_tags.get("slmforge.recipe_digest"):
+        tags["slmforge.recipe_digest"] = job_tags["slmforge.recipe_digest"]
+    for key in METRIC_TAGS:
+        if metrics and metrics.get(key) is not None:
+            tags[f"metrics.{key}"] = str(metrics[key])
+    return tags
+
+
+def register_job_model(ml_client: "MLClient", job_name: str, *, name: str | None = None,
+                       version: str | None = None, model_format: str | None = None,
+                       registry: str | None = None) -> "Model":
+    """Register `azureml://jobs/<job>/outputs/model` as name:version (defaults from the job's tags)."""
+    from azure.ai.ml.entities import Model
+
+    job = get_job(ml_client, job_name)
+    if job.status != "Completed":
+        raise StepFailed(f"job {job_name} is {job.status}; only a completed job's model can be registered")
+    tags = dict(job.tags or {})
+    default_name, _, default_version = tags.get("slmforge.model", "").partition(":")
+    name, version = name or default_name, version or default_version
+    if not name or not version:
+        raise InvalidInput(f"job {job_name} was not submitted by slmforge (no slmforge.model tag): pass --name and --version")
+    model_format = model_format or tags.get("slmforge.register_format") or "custom_model"
+    model = Model(name=name, version=version, type=model_format,
+                  path=f"azureml://jobs/{job_name}/outputs/{FINAL_OUTPUT}",
+                  description=f"{tags.get('slmforge.final_step', 'final')} output of Azure ML job {job_name}",
+                  tags=model_tags(job_name, tags, job_metrics(ml_client, job_name)))
+    existing = _existing(ml_client, name, version)
+    if existing is not None and (existing.tags or {}).get("slmforge.job") not in (None, job_name) \
+            and getattr(existing, "job_name", None) != job_name:
+        raise StepFailed(f"model {name}:{version} already exists from job {existing.tags.get('slmforge.job')}; "
+                         "register with another --version")
+    try:
+        registered = with_retries(lambda: ml_client.models.create_or_update(model), f"registering {name}:{version}")
+    except (InvalidInput, StepFailed):
+        raise
+    except Exception as e:  # noqa: BLE001 - one line for the user
+        raise StepFailed(f"registering {name}:{version} from job {job_name} failed: {one_line(e)}") from None
+    if registry:
+        try:
+            registered = with_retries(
+                lambda: ml_client.models.share(name, version, share_with_name=name, share_with_version=version,
+                                               registry_name=registry),
+                f"sharing {name}:{version} into registry {registry}")
+        except (InvalidInput, StepFailed):
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise StepFailed(f"sharing {name}:{version} into registry {registry} failed: {one_line(e)}") from None
+    return registered
+
+
+def _existing(ml_client: "MLClient", name: str, version: str) -> "Model | None":
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        return with_retries(lambda: ml_client.models.get(name, version=version), f"reading model {name}:{version}")
+    except ResourceNotFoundError:
+        return None
+
+
+def list_workspace_models(workspace_file: str | Path | None = None, *, registry: str | None = None,
+                          name: str | None = None) -> list[dict[str, Any]]:
+    """Every version of every model in the workspace (or a registry), newest name first.
+
+    Each entry: {"name", "version", "type", "path", "created", "tags"}. For `slmforge models --workspace`.
+    """
+    ml_client = resolve_ml_client(workspace_file, registry_name=registry)
+
+    def versions() -> list[dict[str, Any]]:
+        names = [name] if name else [m.name for m in ml_client.models.list()]
+        rows = []
+        for model_name in names:
+            for m in ml_client.models.list(name=model_name):
+                created = getattr(getattr(m, "creation_context", None), "created_at", None)
+                rows.append({"name": m.name, "version": str(m.version), "type": m.type, "path": str(m.path or ""),
+                             "created": created.isoformat() if created else None, "tags": dict(m.tags or {})})
+        return rows
+
+    return with_retries(versions, "listing models")

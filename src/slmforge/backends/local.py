@@ -1,0 +1,336 @@
+"""Run a recipe's step graph on this machine, with the same component commands Azure ML runs.
+
+Per step: render the component's `command:` with local folders (backends/render.py), key it by
+content (backends/cache.py), reuse a verified cache entry or run the command — in-process when
+it is `python -m slmforge.steps.X ...` (the same argv, given to the step's own `main`), as a
+subprocess otherwise or with `isolate`. Either way the step's stdout/stderr go to its log file.
+Outputs land in the cache entry; `outputs.py` then fills `engine.output_dir`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slmforge import manifest
+from slmforge.backends import render
+from slmforge.backends.cache import Cache, Entry, WORK_OUTPUTS, cache_key, text_digest
+from slmforge.errors import InvalidInput, StepFailed
+from slmforge.progress import Display
+from slmforge.recipe.graph import Ref, Step, StepGraph
+from slmforge.recipe.loader import LoadedRecipe
+from slmforge.recipe.checks import resolve_path
+
+
+@dataclass
+class StepResult:
+    name: str
+    component: str
+    status: str  # ran | cached | failed | skipped
+    seconds: float | None = None
+    key: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    log: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Prepared:
+    """A step ready to run: its cache entry, rendered argv and what goes into its key."""
+
+    step: Step
+    spec: render.ComponentSpec
+    entry: Entry
+    argv: list[str]
+    texts: dict[str, str]  # generated input files: path -> content
+
+
+def cache_dir(loaded: LoadedRecipe) -> Path:
+    return resolve_path(loaded, loaded.recipe.engine.cache_dir)
+
+
+def output_dir(loaded: LoadedRecipe) -> Path:
+    return resolve_path(loaded, loaded.recipe.engine.output_dir)
+
+
+def check_runnable(graph: StepGraph) -> None:
+    """Fail before any work when an input lives in Azure ML."""
+    for step in graph.steps:
+        for name, ref in step.inputs.items():
+            if ref.kind == "uri":
+                raise InvalidInput(
+                    f"step '{step.name}' input '{name}' is an Azure ML location ({ref.value}), which this "
+                    "machine cannot read: use a local file or folder, or run the recipe with `slmforge submit`")
+
+
+def extra_params(loaded: LoadedRecipe, step: Step) -> dict[str, Any]:
+    """Values the local backend adds to a step: the register step's local tracking URI."""
+    if step.component == "register":
+        from slmforge.steps.register import default_tracking_uri
+
+        return {"tracking_uri": loaded.recipe.register_.tracking_uri or default_tracking_uri()}
+    return {}
+
+
+class LocalRunner:
+    def __init__(self, loaded: LoadedRecipe, graph: StepGraph, *, force: bool | set[str] = False,
+                 isolate: bool = False, display: Display | None = None):
+        self.loaded, self.graph = loaded, graph
+        self.cache = Cache(cache_dir(loaded))
+        self.output_dir = output_dir(loaded)
+        self.logs_dir = self.output_dir / "logs"
+        self.force, self.isolate = force, isolate
+        self.display = display
+        self.results: dict[str, StepResult] = {s.name: StepResult(s.name, s.component, "skipped") for s in graph.steps}
+        if isinstance(force, set):
+            unknown = sorted(force - set(graph.names()))
+            if unknown:
+                raise InvalidInput(f"--force: no step named '{unknown[0]}' (steps: {', '.join(graph.names())})")
+
+    # ------------------------------------------------------------------ planning
+
+    def prepare(self, step: Step) -> Prepared:
+        """Resolve inputs, compute the cache key, render the argv (no side effects)."""
+        spec = render.load_component_spec(step.component)
+        values: dict[str, Any] = {}
+        digests: dict[str, str] = {}
+        texts: dict[str, str] = {}
+        pending_texts: dict[str, Ref] = {}
+        for name, ref in step.inputs.items():
+            if ref.kind == "step":
+                upstream = self.results[ref.value]
+                if ref.output not in upstream.outputs:
+                    raise StepFailed(f"step '{step.name}' needs {ref.describe()}, which has not been produced")
+                values[name] = upstream.outputs[ref.output]
+                digests[name] = manifest.read_manifest(values[name])["outputs_digest"]
+            elif ref.kind == "path":
+                values[name] = ref.value
+                digests[name] = manifest.digest_path(ref.value)
+            elif ref.kind == "text":
+                pending_texts[name] = ref
+                digests[name] = text_digest(ref.value)
+            else:
+                raise InvalidInput(f"step '{step.name}': input '{name}' ({ref.value}) cannot be read locally")
+        params = dict(step.params)
+        params.update(extra_params(self.loaded, step))
+        # Bind once without paths to get every parameter with its default filled in: the key
+        # must change when a component's default does.
+        probe = render.bind(spec, {**params, **{k: "" for k in step.inputs}},
+                            {o: "" for o in spec.outputs})
+        bound_params = {k: v for k, v in probe.items()
+                        if k.startswith("inputs.") and k.removeprefix("inputs.") not in step.inputs}
+        key = cache_key({
+            "step": step.name, "component": spec.name, "version": spec.version, "command": spec.command,
+            "params": bound_params, "inputs": digests,
+        })
+        entry = self.cache.entry(spec.name, key)
+        for name, ref in pending_texts.items():
+            path = entry.work / ref.output
+            values[name] = str(path)
+            texts[str(path)] = ref.value
+        values.update(params)
+        outputs = {o: str(entry.output(o)) for o in spec.outputs}
+        argv = render.render_command(spec.command, render.bind(spec, values, outputs))
+        return Prepared(step, spec, entry, argv, texts)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> list[StepResult]:
+        """Run every step in order; stop at the first failure (raised as StepFailed)."""
+        check_runnable(self.graph)
+        for step in self.graph.steps:
+            self._run_step(step)
+        return list(self.results.values())
+
+    def _forced(self, name: str) -> bool:
+        return self.force is True or (isinstance(self.force, set) and name in self.force)
+
+    def _show(self, name: str, state: str, **kw) -> None:
+        if self.display is not None:
+            self.display.update(name, state, **kw)
+
+    def _run_step(self, step: Step) -> None:
+        prepared = self.prepare(step)
+        entry, result = prepared.entry, self.results[step.name]
+        result.key = entry.key
+        outputs = list(prepared.spec.outputs)
+        with self.cache.lock(entry) if _free(entry) else self._waiting(step.name, entry):
+            state = entry.state(outputs)
+            if state == "hit" and self._forced(step.name):
+                state = "forced"
+            if state == "hit" and not _still_valid(step, prepared):
+                state = "stale"
+            if state in ("corrupt", "forced", "stale"):
+                if state == "corrupt" and self.display is not None:
+                    self.display.message(f"[slmforge] {step.name}: cache entry {entry.key[:12]} is corrupt; rebuilding")
+                entry.remove()
+            if state == "hit":
+                meta = entry.meta() or {}
+                entry.touch()
+                result.status, result.seconds = "cached", meta.get("seconds")
+                result.log = str(entry.log) if entry.log.exists() else None
+                self._collect(result, entry, outputs)
+                self._show(step.name, "cached", seconds=result.seconds)
+                return
+            self._execute(prepared, result, outputs)
+
+    @contextlib.contextmanager
+    def _waiting(self, name: str, entry: Entry):
+        self._show(name, "waiting")
+        with self.cache.lock(entry):
+            yield
+
+    def _execute(self, prepared: Prepared, result: StepResult, outputs: list[str]) -> None:
+        step, entry = prepared.step, prepared.entry
+        entry.work.mkdir(parents=True, exist_ok=True)
+        for path, text in prepared.texts.items():
+            Path(path).write_text(text, encoding="utf-8")
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        log = self.logs_dir / f"{step.name}.log"
+        result.log = str(log)
+        resumed = any(entry.output(o).exists() for o in outputs if o in WORK_OUTPUTS)
+        self._show(step.name, "running", log=log, note="resuming" if resumed else "")
+        started = time.monotonic()
+        with open(log, "w", encoding="utf-8") as log_file:
+            log_file.write("$ " + " ".join(prepared.argv) + "\n")
+            log_file.flush()
+            module = render.step_module(prepared.argv)
+            if module is not None and not self.isolate:
+                rc = run_in_process(module, prepared.argv[3:], log_file)
+            else:
+                rc = run_subprocess(prepared.argv, log_file)
+        seconds = time.monotonic() - started
+        result.seconds = seconds
+        error = None
+        if rc == 0:
+            try:
+                entry.finish(step=step.name, outputs=outputs, seconds=seconds, extra={"argv": prepared.argv})
+            except FileNotFoundError as e:
+                error = f"the step exited 0 but {e}"
+        else:
+            error = last_error_line(log) or f"exited with code {rc}"
+        if error is not None:
+            entry.remove_results()
+            result.status, result.error = "failed", error
+            self._show(step.name, "failed", seconds=seconds)
+            raise StepFailed(f"step '{step.name}' failed: {error} (log: {log})")
+        shutil.copyfile(log, entry.log)
+        for name in outputs:  # checkpoints were only needed to resume
+            if name in WORK_OUTPUTS:
+                shutil.rmtree(entry.output(name), ignore_errors=True)
+        result.status = "ran"
+        self._collect(result, entry, outputs)
+        self._show(step.name, "done", seconds=seconds)
+
+    def _collect(self, result: StepResult, entry: Entry, outputs: list[str]) -> None:
+        for name in outputs:
+            if name in WORK_OUTPUTS:
+                continue
+            folder = entry.output(name)
+            result.outputs[name] = str(folder)
+            found = manifest.read_manifest(folder) or {}
+            result.metrics.update(found.get("metrics") or {})
+            metrics_file = folder / "metrics.json"
+            if metrics_file.is_file():
+                import json
+
+                result.metrics.update(json.loads(metrics_file.read_text(encoding="utf-8")))
+
+
+def _free(entry: Entry) -> bool:
+    """True when nobody else holds the entry's lock right now (so we need not show 'waiting')."""
+    from slmforge.backends.cache import locked
+
+    with locked(entry.lock_path, blocking=False) as got:
+        return got
+
+
+def _still_valid(step: Step, prepared: Prepared) -> bool:
+    """A cached registration is only good while its local registry still exists."""
+    if step.component != "register":
+        return True
+    uri = _arg(prepared.argv, "--tracking_uri") or ""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).is_file()
+    return True
+
+
+def _arg(argv: list[str], option: str) -> str | None:
+    return argv[argv.index(option) + 1] if option in argv[:-1] else None
+
+
+# ---------------------------------------------------------------------- executing one command
+
+
+def run_in_process(module: str, argv: list[str], log_file) -> int:
+    """Call `module.main(argv)` with this process's stdout/stderr (fd level) sent to the log."""
+    with redirect_fds(log_file):
+        try:
+            rc = importlib.import_module(module).main(argv)
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException as e:  # noqa: BLE001 - the log gets the traceback, the run one line
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            traceback.print_exc()
+            rc = 1
+    return int(rc or 0)
+
+
+def run_subprocess(argv: list[str], log_file) -> int:
+    command = [sys.executable if render.step_module(argv) or Path(argv[0]).name.startswith("python") else argv[0],
+               *argv[1:]]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                          env=env).returncode
+
+
+@contextlib.contextmanager
+def redirect_fds(log_file):
+    """Point fds 1 and 2 at the log (catches C-level output too); the display keeps its own fd."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(log_file.fileno(), 1)
+    os.dup2(log_file.fileno(), 2)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+_ERROR_LINE = re.compile(r"(error|exception|failed|traceback)", re.IGNORECASE)
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
+
+
+def last_error_line(log: Path) -> str | None:
+    """The cause of a failure as one line: the last exception or error line of the log."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return None
+    lines = [ln for ln in lines[1:] if ln and not ln.startswith("##slmforge-progress")]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.match(line) or "error:" in line.lower():
+            return line
+    for line in reversed(lines):
+        if _ERROR_LINE.search(line) and not line.lower().startswith("traceback"):
+            return line
+    return lines[-1] if lines else None

@@ -1,0 +1,119 @@
+"""What a local run leaves in `engine.output_dir`: model/, run.json, report.md (+ loss.png), logs/.
+
+Everything is written atomically: model/ is assembled in a temporary sibling and renamed into
+place (files hard-linked from the cache when possible), run.json and report.md are written to a
+temporary file and renamed. A failed run removes model/, so nothing of it looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from slmforge import manifest
+from slmforge.backends.cache import locked
+from slmforge.backends.local import StepResult
+from slmforge.recipe.graph import StepGraph
+from slmforge.recipe.loader import LoadedRecipe
+
+RUN_JSON = "run.json"
+REPORT = "report.md"
+MODEL = "model"
+
+
+def model_kind(component: str) -> str:
+    return {"build_onnx": "onnx", "merge": "merged", "finetune": "adapter"}.get(component, component)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def copy_model(source: Path, dest: Path) -> None:
+    """Place the final model at `dest` (hard links into the cache, else copies), atomically."""
+    if manifest.is_finished(dest) and (manifest.read_manifest(dest) or {}).get("outputs_digest") == \
+            (manifest.read_manifest(source) or {}).get("outputs_digest"):
+        return  # already there, unchanged
+    with manifest.atomic_output(dest) as tmp:
+        for file in sorted(source.rglob("*"), key=lambda p: p.name == manifest.MANIFEST):
+            target = tmp / file.relative_to(source)
+            if file.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(file, target)
+            except OSError:
+                shutil.copy2(file, target)
+
+
+def run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], *, status: str,
+               started: float, model_dir: Path | None, error: str | None) -> dict[str, Any]:
+    by_name = {r.name: r for r in results}
+    evaluation = {r.metrics.get("label", r.name.removeprefix("evaluate_")): _evaluation(r.metrics)
+                  for r in results if r.component == "evaluate" and r.status in ("ran", "cached")}
+    final_step, final_output = graph.final
+    record: dict[str, Any] = {
+        "status": status,
+        "recipe": str(loaded.path),
+        "recipe_digest": graph.recipe_digest,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(time.time() - started, 3),
+        "steps": [_step_record(r) for r in results],
+        "evaluation": evaluation,
+        "model": {"path": str(model_dir) if model_dir else None, "step": final_step, "output": final_output,
+                  "kind": model_kind(by_name[final_step].component)},
+    }
+    reg = by_name.get("register")
+    if reg is not None and reg.status in ("ran", "cached"):
+        record["registered"] = {k: reg.metrics.get(k) for k in ("name", "version")}
+        registration = Path(reg.outputs.get("registration", "")) / "registration.json"
+        if registration.is_file():
+            info = json.loads(registration.read_text(encoding="utf-8"))
+            record["registered"].update(tracking_uri=info.get("tracking_uri"), alias=info.get("alias"))
+    if error:
+        record["error"] = error
+    return record
+
+
+def _evaluation(metrics: dict[str, Any]) -> dict[str, Any]:
+    keys = ("label", "accuracy", "n", "perplexity", "tokens_per_second", "size_bytes", "model_kind", "confusion")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def _step_record(r: StepResult) -> dict[str, Any]:
+    data = asdict(r)
+    data["cache_key"] = data.pop("key")
+    data["seconds"] = round(r.seconds, 3) if r.seconds is not None else None
+    data["output"] = next(iter(r.outputs.values()), None)
+    return data
+
+
+def write_outputs(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], out_dir: Path, *,
+                  status: str, started: float, error: str | None = None) -> dict[str, Any]:
+    """Fill the output folder; under a lock so two runs into one folder don't interleave."""
+    from slmforge.report import write_report
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with locked(out_dir / ".slmforge.lock"):
+        model_dir: Path | None = None
+        by_name = {r.name: r for r in results}
+        final = by_name.get(graph.final[0])
+        if status == "succeeded" and final is not None and graph.final[1] in final.outputs:
+            model_dir = out_dir / MODEL
+            copy_model(Path(final.outputs[graph.final[1]]), model_dir)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(out_dir / MODEL)
+        record = run_record(loaded, graph, results, status=status, started=started, model_dir=model_dir, error=error)
+        write_report(record, out_dir / REPORT)
+        write_atomic(out_dir / RUN_JSON, json.dumps(record, indent=2, default=str) + "\n")
+    return record

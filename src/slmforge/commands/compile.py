@@ -1,0 +1,36 @@
+"""`slmforge compile RECIPE -o DIR`: write DIR/pipeline.yml, the Azure ML pipeline job of the recipe.
+
+DIR also gets the small generated files the pipeline uploads (e.g. spec.json). The YAML loads
+with `azure.ai.ml.load_job` and is accepted by `az ml job create -f DIR/pipeline.yml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe file whose engine.host is an AzureML system")
+    parser.add_argument("-o", "--output", required=True, help="folder for pipeline.yml and the files it references")
+    parser.add_argument("--compute", help="default compute (instead of the system's aml_compute)")
+    parser.add_argument("--experiment", help="experiment name (default: the model name)")
+    parser.add_argument("--version", help="version of the final model (default: from the recipe digest)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slmforge.backends.aml import compile_pipeline, summary, validate_pipeline, write_pipeline
+    from slmforge.recipe.loader import load_recipe
+
+    loaded = load_recipe(args.recipe)
+    out_dir = Path(args.output).resolve()
+    compiled = compile_pipeline(loaded, out_dir, compute=args.compute, version=args.version,
+                                experiment=args.experiment)
+    validate_pipeline(compiled.job)
+    path = write_pipeline(compiled, out_dir)
+    info = summary(compiled)
+    print(f"{path}: {len(info['nodes'])} steps on {info['default_compute']}; final model "
+          f"{info['final_model']['name']}:{info['final_model']['version']} from {info['final_model']['from']}")
+    for node, compute in info["nodes"].items():
+        print(f"  {node:<16} {compute}")
+    return 0

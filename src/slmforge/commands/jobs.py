@@ -1,0 +1,51 @@
+"""`slmforge status|logs|download|cancel JOB`: follow up on an Azure ML pipeline job."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    parser.add_argument("job", help="job name (printed by `slmforge submit`)")
+    parser.add_argument("--workspace", metavar="CONFIG",
+                        help="Azure ML config.json or the emulator's workspace file (default: ./config.json)")
+    if name == "status":
+        parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
+        parser.add_argument("--json", action="store_true", help="print the status as JSON")
+    elif name == "logs":
+        parser.add_argument("--step", help="one step's logs (e.g. finetune)")
+    elif name == "download":
+        parser.add_argument("-o", "--output", required=True, help="folder for model/ and run.json")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slmforge.backends import aml_jobs
+    from slmforge.backends.aml_workspace import resolve_ml_client
+
+    ml_client = resolve_ml_client(args.workspace)
+    if args.command == "status":
+        current = aml_jobs.follow(ml_client, args.job) if args.wait else aml_jobs.state(ml_client, args.job)
+        if args.json:
+            print(json.dumps({"job": current.name, "status": current.status, "steps": current.steps,
+                              "studio_url": current.studio_url}, indent=2))
+        elif not args.wait:
+            print(f"{current.name}: {current.status}")
+            for step, status in current.steps.items():
+                print(f"  {step:<16} {status}")
+        if current.done:
+            aml_jobs.raise_if_failed(current)
+        return 0
+    if args.command == "logs":
+        aml_jobs.print_logs(ml_client, args.job, args.step)
+        return 0
+    if args.command == "download":
+        model = aml_jobs.download(ml_client, args.job, Path(args.output))
+        print(f"{model} (and {model.parent / 'run.json'})")
+        return 0
+    if args.command == "cancel":
+        aml_jobs.cancel(ml_client, args.job)
+        print(f"{args.job}: cancel requested")
+        return 0
+    raise AssertionError(args.command)

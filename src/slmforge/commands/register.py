@@ -1,0 +1,28 @@
+"""`slmforge register JOB`: register an Azure ML job's final model in the workspace or a registry."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("job", help="a completed pipeline job submitted by slmforge")
+    parser.add_argument("--workspace", metavar="CONFIG",
+                        help="Azure ML config.json or the emulator's workspace file (default: ./config.json)")
+    parser.add_argument("--registry", help="also share the model into this Azure ML registry")
+    parser.add_argument("--name", help="model name (default: the name the job was compiled with)")
+    parser.add_argument("--version", help="model version (default: the version the job was compiled with)")
+    parser.add_argument("--format", choices=["custom_model", "mlflow_model"],
+                        help="model type (default: the recipe's register.format)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slmforge.backends.aml_models import register_job_model
+    from slmforge.backends.aml_workspace import resolve_ml_client
+
+    ml_client = resolve_ml_client(args.workspace)
+    model = register_job_model(ml_client, args.job, name=args.name, version=args.version,
+                               model_format=args.format, registry=args.registry)
+    where = f" (shared into registry {args.registry})" if args.registry else ""
+    print(f"registered model {model.name}:{model.version}{where}")
+    return 0

@@ -1,0 +1,89 @@
+"""`slmforge run [RECIPE]`: run a recipe on this machine (default: pipelines/demo.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_RECIPE = Path(__file__).resolve().parents[3] / "pipelines" / "demo.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", nargs="?", help=f"recipe file (default: the tiny demo, {DEFAULT_RECIPE.name})")
+    parser.add_argument("--force", nargs="?", action="append", const="*", metavar="STEP",
+                        help="rerun every step (or, repeatable, only STEP) even when cached")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run every step as a subprocess instead of in this process")
+    parser.add_argument("--plain", action="store_true", help="plain line output even on a terminal")
+
+
+def ensure_demo_model(recipe: Path) -> None:
+    """The demo's tiny Phi-3 is built on first use (about a second)."""
+    from slmforge.recipe.loader import read_raw
+
+    raw = read_raw(recipe)
+    model = raw.get("input_model", {}).get("config", {}).get("hf_config", {}).get("model_name") \
+        or raw.get("input_model", {}).get("model_path")
+    if not isinstance(model, str):
+        return
+    path = (recipe.parent / model).resolve()
+    if not (path / "config.json").is_file():
+        from slmforge.tinymodel import build_tiny_model
+
+        print(f"[slmforge] building the tiny demo model at {path} (first run only)", flush=True)
+        build_tiny_model(path, seed=0)
+
+
+def _console():
+    """A handle on the terminal that survives the in-process steps' fd redirection."""
+    try:
+        return os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+    except (AttributeError, OSError, ValueError):
+        return sys.stdout
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from slmforge.backends.local import LocalRunner, output_dir
+    from slmforge.backends.local_outputs import write_outputs
+    from slmforge.errors import StepFailed
+    from slmforge.progress import Display
+    from slmforge.recipe.graph import build_graph
+    from slmforge.recipe.loader import load_recipe
+    from slmforge.report import print_summary
+
+    recipe = Path(args.recipe) if args.recipe else DEFAULT_RECIPE
+    if args.recipe is None:
+        ensure_demo_model(recipe)
+    loaded = load_recipe(recipe)
+    graph = build_graph(loaded)
+    forced = set(args.force or [])
+    force: bool | set[str] = True if "*" in forced else forced
+    console = _console()
+    live = bool(console.isatty()) and not args.plain
+    started = time.time()
+    runner = LocalRunner(loaded, graph, force=force, isolate=args.isolate,
+                         display=Display(graph.names(), out=console, live=live))
+    out = output_dir(loaded)
+    try:
+        with runner.display:
+            runner.run()
+    except StepFailed as e:
+        write_outputs(loaded, graph, list(runner.results.values()), out, status="failed", started=started,
+                      error=str(e))
+        raise
+    except KeyboardInterrupt:
+        write_outputs(loaded, graph, list(runner.results.values()), out, status="failed", started=started,
+                      error="interrupted")
+        raise
+    record = write_outputs(loaded, graph, list(runner.results.values()), out, status="succeeded", started=started)
+    print_summary(record, console, rich=live)
+    if os.environ.get("SLMFORGE_PRINT_RUN_JSON"):
+        print(json.dumps(record), file=console)
+    return 0

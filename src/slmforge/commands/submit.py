@@ -1,0 +1,49 @@
+"""`slmforge submit RECIPE`: run the recipe on Azure ML (or the emulator) as a pipeline job.
+
+Prints the job name and studio URL. With --wait (the default) it follows the job step by step,
+exits 1 naming the failed step, and registers the final model when the job completes.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe file whose engine.host is an AzureML system")
+    parser.add_argument("--workspace", metavar="CONFIG",
+                        help="Azure ML config.json or the emulator's workspace file "
+                             "(default: the recipe's azureml_client, else ./config.json)")
+    parser.add_argument("--compute", help="default compute (instead of the system's aml_compute)")
+    parser.add_argument("--experiment", help="experiment name (default: the model name)")
+    parser.add_argument("--version", help="version of the final model (default: from the recipe digest)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--wait", dest="wait", action="store_true", default=True,
+                      help="follow the job to the end, then register its model (default)")
+    mode.add_argument("--detach", dest="wait", action="store_false", help="return once the job is submitted")
+    parser.add_argument("--no-register", dest="register", action="store_false",
+                        help="with --wait: do not register the model after the job completes")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slmforge.backends.aml_jobs import follow, raise_if_failed, studio_url, submit
+    from slmforge.backends.aml_models import register_job_model
+    from slmforge.backends.aml_workspace import resolve_ml_client
+    from slmforge.recipe.loader import load_recipe
+
+    loaded = load_recipe(args.recipe)
+    ml_client = resolve_ml_client(args.workspace, loaded.recipe.azureml_client)
+    job = submit(ml_client, loaded, compute=args.compute, experiment=args.experiment, version=args.version)
+    print(f"submitted {job.name}")
+    url = studio_url(job)
+    if url:
+        print(f"studio: {url}")
+    if not args.wait:
+        print(f"follow with: slmforge status {job.name}")
+        return 0
+    final = follow(ml_client, job.name)
+    raise_if_failed(final)
+    if args.register and loaded.recipe.register_.enabled:
+        model = register_job_model(ml_client, job.name, registry=loaded.recipe.register_.registry)
+        print(f"registered model {model.name}:{model.version}")
+    return 0

@@ -1,0 +1,56 @@
+"""Registry discovery and registry model versions (what `azureml://registries/...` inputs resolve to)."""
+
+from __future__ import annotations
+
+from slmforge.emulator.arm_assets import container_body, list_versions, pending_upload, put_version
+from slmforge.emulator.context import Emulator
+from slmforge.emulator.routing import REG, Reply, Request, error, not_found, route
+
+TABLE = "registry-models"
+
+
+def key(registry: str, name: str, version: str = "") -> str:
+    return f"{registry}/{name}/{version}"
+
+
+@route("GET", r"/registrymanagement/v1\.0/registries/(?P<registry>[^/]+)/discovery")
+def discover(emu: Emulator, req: Request, registry: str) -> Reply:
+    c = emu.config
+    return Reply(200, {"registryName": registry, "tenantId": c.tenant, "primaryRegion": "local",
+                       "regions": ["local"], "subscriptionId": c.subscription, "resourceGroup": c.resource_group,
+                       "workspaceName": None, "primaryRegionResourceProviderUri": emu.base_url + "/"})
+
+
+@route("GET", REG + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)")
+def get_model(emu: Emulator, req: Request, sub, rg, registry, name, version) -> Reply:
+    body = emu.store.get(TABLE, key(registry, name, version))
+    return Reply(200, body) if body else not_found(f"model '{name}' version '{version}' in registry '{registry}'")
+
+
+@route("GET", REG + r"/models/(?P<name>[^/]+)/versions")
+def list_models(emu: Emulator, req: Request, sub, rg, registry, name) -> Reply:
+    return Reply(200, {"value": list_versions(emu.store.list(TABLE, key(registry, name)), req.query),
+                       "nextLink": None})
+
+
+@route("GET", REG + r"/models/(?P<name>[^/]+)")
+def get_model_container(emu: Emulator, req: Request, sub, rg, registry, name) -> Reply:
+    versions = emu.store.list(TABLE, key(registry, name))
+    if not versions:
+        return not_found(f"model '{name}' in registry '{registry}'")
+    return Reply(200, container_body(emu.registry_id(registry), "models", name, versions))
+
+
+@route("PUT", REG + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)")
+def put_model(emu: Emulator, req: Request, sub, rg, registry, name, version) -> Reply:
+    properties = req.json.get("properties")
+    if not isinstance(properties, dict):
+        return error(400, "UserError", "registry model body has no 'properties'")
+    body, created = put_version(emu, emu.registry_id(registry), TABLE, "models", name, version, properties,
+                                key=key(registry, name, version))
+    return Reply(201 if created else 200, body)
+
+
+@route("POST", REG + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/startPendingUpload")
+def model_pending_upload(emu: Emulator, req: Request, sub, rg, registry, name, version) -> Reply:
+    return pending_upload(emu, req)

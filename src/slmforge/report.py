@@ -1,0 +1,180 @@
+"""The human side of a run: report.md (with a loss curve PNG) and the summary printed at the end.
+
+Both read only the run record (run.json's content), so a report can be rebuilt from run.json.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from pathlib import Path
+from typing import Any, TextIO
+
+from slmforge.progress import fmt_seconds
+
+LOSS_PNG = "loss.png"
+_EVAL_ORDER = ("base", "merged", "onnx")
+
+
+def fmt_size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def loss_history(record: dict[str, Any]) -> list[dict[str, float]]:
+    for step in record.get("steps", []):
+        if step.get("component") == "finetune":
+            return list(step.get("metrics", {}).get("loss_history") or [])
+    return []
+
+
+def evaluations(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    found = record.get("evaluation", {})
+    ordered = [k for k in _EVAL_ORDER if k in found] + sorted(k for k in found if k not in _EVAL_ORDER)
+    return [(k, found[k]) for k in ordered]
+
+
+def plot_loss(history: list[dict[str, float]], path: Path) -> bool:
+    """Write the training loss curve; False when there is nothing to plot."""
+    points = [(h["step"], h["loss"]) for h in history if "step" in h and "loss" in h]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if len(points) < 30 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def predict_command(record: dict[str, Any]) -> str | None:
+    model = record.get("model", {})
+    if model.get("kind") != "onnx" or not model.get("path"):
+        return None
+    return f"slmforge predict --model {shlex.quote(model['path'])} \"I can't wait for the weekend!\""
+
+
+def render_markdown(record: dict[str, Any], has_plot: bool) -> str:
+    lines = [f"# slmforge run: {record['status']}", "",
+             f"- recipe: `{record['recipe']}` (digest `{record['recipe_digest'][:12]}`)",
+             f"- wall time: {fmt_seconds(record.get('seconds'))}"]
+    model = record.get("model", {})
+    if model.get("path"):
+        lines.append(f"- model ({model['kind']}): `{model['path']}`")
+    if record.get("registered"):
+        reg = record["registered"]
+        lines.append(f"- registered: `{reg.get('name')}` version {reg.get('version')} in `{reg.get('tracking_uri')}`")
+    if record.get("error"):
+        lines.append(f"- error: {record['error']}")
+    lines += ["", "## Steps", "", "| step | status | time | cache key | log |", "|---|---|---|---|---|"]
+    for s in record["steps"]:
+        time_text = fmt_seconds(s.get("seconds")) + (" (original)" if s["status"] == "cached" else "")
+        key = f"`{s['cache_key'][:12]}`" if s.get("cache_key") else ""
+        log = f"`{s['log']}`" if s.get("log") else ""
+        lines.append(f"| {s['name']} | {s['status']} | {time_text} | {key} | {log} |")
+    evals = evaluations(record)
+    if evals:
+        lines += ["", "## Evaluation", "", "| model | accuracy | n | perplexity | tokens/s | size |", "|---|---|---|---|---|---|"]
+        for label, m in evals:
+            lines.append(f"| {label} | {_num(m.get('accuracy'))} | {_num(m.get('n'))} | {_num(m.get('perplexity'), 2)} "
+                         f"| {_num(m.get('tokens_per_second'), 0)} | {fmt_size(m.get('size_bytes'))} |")
+    if has_plot:
+        lines += ["", "## Training loss", "", f"![training loss]({LOSS_PNG})"]
+    command = predict_command(record)
+    if command:
+        lines += ["", "## Try it", "", "```", command, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(record: dict[str, Any], path: Path) -> Path:
+    from slmforge.backends.local_outputs import write_atomic
+
+    has_plot = plot_loss(loss_history(record), path.parent / LOSS_PNG)
+    write_atomic(path, render_markdown(record, has_plot))
+    return path
+
+
+# ---------------------------------------------------------------------- the closing summary
+
+
+def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, value) pairs for the summary: the headline figures of a run."""
+    rows: list[tuple[str, str]] = []
+    evals = dict(evaluations(record))
+    base, final = evals.get("base"), evals.get("onnx") or evals.get("merged")
+    if base and final and base.get("accuracy") is not None and final.get("accuracy") is not None:
+        rows.append(("accuracy", f"{base['accuracy']:.3f} before -> {final['accuracy']:.3f} after fine-tuning"))
+    elif final and final.get("accuracy") is not None:
+        rows.append(("accuracy", f"{final['accuracy']:.3f}"))
+    merged, onnx = evals.get("merged"), evals.get("onnx")
+    if merged and onnx and merged.get("size_bytes") and onnx.get("size_bytes"):
+        rows.append(("size", f"{fmt_size(merged['size_bytes'])} (PyTorch fp32) -> {fmt_size(onnx['size_bytes'])} (ONNX)"))
+    for label in ("merged", "onnx"):
+        m = evals.get(label)
+        if m and m.get("tokens_per_second"):
+            rows.append((f"tokens/s ({label})", f"{m['tokens_per_second']:.0f}"))
+    model = record.get("model", {})
+    if model.get("path"):
+        rows.append(("model", f"{model['path']} ({model['kind']})"))
+    if record.get("registered"):
+        reg = record["registered"]
+        rows.append(("registered", f"{reg.get('name')} v{reg.get('version')} (slmforge models)"))
+    command = predict_command(record)
+    if command:
+        rows.append(("try it", command))
+    return rows
+
+
+def print_summary(record: dict[str, Any], out: TextIO, *, rich: bool) -> None:
+    steps = [(s["name"], s["status"], fmt_seconds(s.get("seconds")) + (" (cached)" if s["status"] == "cached" else ""))
+             for s in record["steps"]]
+    rows = summary_rows(record)
+    if rich:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(file=out, force_terminal=True)
+        table = Table(title=f"slmforge run {record['status']} in {fmt_seconds(record.get('seconds'))}",
+                      show_header=True, header_style="bold")
+        table.add_column("step")
+        table.add_column("status")
+        table.add_column("time", justify="right")
+        for step in steps:
+            table.add_row(*step)
+        console.print(table)
+        facts = Table.grid(padding=(0, 2))
+        facts.add_column(style="bold")
+        facts.add_column(overflow="fold")
+        for what, value in rows:
+            facts.add_row(what, value)
+        console.print(facts)
+        return
+    print(f"slmforge run {record['status']} in {fmt_seconds(record.get('seconds'))}", file=out)
+    for name, status, seconds in steps:
+        print(f"  {name:<16} {status:<7} {seconds}", file=out)
+    for what, value in rows:
+        print(f"{what:>16}: {value}", file=out)
+    out.flush()

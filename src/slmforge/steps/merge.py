@@ -1,0 +1,100 @@
+"""Step `merge`: fold a PEFT adapter into its full-precision base model.
+
+Output: a Hugging Face folder (safetensors in float32 or float16, a freshly saved tokenizer)
+plus slmforge.json carrying the training template forward. A QLoRA adapter merges into the
+full-precision base, never into 4-bit weights. The step checks itself: the merged model, reloaded
+from the files it wrote, must give the adapter model's logits on fixed prompts (max abs
+difference recorded; above the bound the step fails and leaves no output).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from slmforge import manifest
+from slmforge.errors import InvalidInput, StepFailed
+from slmforge.steps._cli import StepArgumentParser, run_main
+
+STEP = "merge"
+LIBRARIES = ("torch", "transformers", "peft", "safetensors")
+
+# fp32: merging W + s*B@A only reorders float32 sums, differences are ~1e-6 (NOTES.md: 7.6e-6).
+# fp16: the saved weights are rounded to 11 significant bits (relative error <= 2^-11 ~ 4.9e-4 per
+# weight); through the layers that moves logits by a few 1e-3 of their scale. The bound is
+# relative to the largest reference logit so it holds for models whose logits are large; a
+# wrong or missing adapter moves logits by O(0.1) of their scale and still fails.
+MAX_ABS_DIFF = {"float32": 1e-4}
+FP16_RELATIVE_BOUND = 1e-2
+
+
+def run(*, adapter: str | Path, output: str | Path, model: str | Path | None = None,
+        model_id: str | None = None, torch_dtype: str = "float32") -> dict:
+    from slmforge import model_folder, torch_model
+
+    started = time.perf_counter()
+    source = torch_model.base_source(model, model_id)
+    adapter = torch_model.check_adapter_folder(adapter)
+    if torch_dtype not in torch_model.DTYPES:
+        raise InvalidInput(f"--torch_dtype {torch_dtype!r}: expected one of {', '.join(torch_model.DTYPES)}")
+
+    with manifest.atomic_output(output) as tmp:
+        check = merge_into(source, adapter, tmp, torch_dtype)
+        template = model_folder.carried_template(adapter)
+        params = {"model_id": model_id, "torch_dtype": torch_dtype}
+        if template:
+            params["text_template"] = template
+        manifest.write_manifest(
+            tmp, step=STEP, params=params,
+            inputs={"model": model, "adapter": adapter},
+            metrics={"check": check},
+            seconds=time.perf_counter() - started, libraries=LIBRARIES,
+        )
+    print(f"merged {adapter} into {source} -> {output} ({torch_dtype}); "
+          f"max abs logit difference {check['max_abs_diff']:.3g}")
+    return check
+
+
+def merge_into(source: str, adapter: Path, out_dir: Path, torch_dtype: str = "float32") -> dict:
+    """Merge `adapter` into the base at `source`, save to `out_dir`, check it; return the check."""
+    import torch
+
+    from slmforge import logit_check, torch_model
+
+    tokenizer = torch_model.load_tokenizer(source)
+    token_ids = [list(tokenizer(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
+    peft_model = torch_model.with_adapter(torch_model.load_causal_lm(source, "float32"), adapter)
+    # Reference first: merge_and_unload() rewrites the base weights in place.
+    reference = torch_model.all_logits(peft_model, token_ids)
+    merged = peft_model.merge_and_unload()
+    merged.to(getattr(torch, torch_dtype)).save_pretrained(out_dir)
+    del merged, peft_model
+    torch_model.load_tokenizer(source).save_pretrained(out_dir)  # fresh: no padding block
+
+    # Check what was written, reloaded in float32 (fp16 weights are compared as stored).
+    reloaded = torch_model.load_causal_lm(str(out_dir), "float32")
+    result = logit_check.compare(reference, torch_model.all_logits(reloaded, token_ids))
+    scale = max(float(abs(r).max()) for r in reference)
+    bound = MAX_ABS_DIFF.get(torch_dtype, FP16_RELATIVE_BOUND * max(scale, 1.0))
+    check = {**result.as_dict(), "bound": bound, "prompts": len(token_ids)}
+    if not result.max_abs_diff <= bound:
+        raise StepFailed(f"merged model does not reproduce the adapter model: max abs logit difference "
+                         f"{result.max_abs_diff:.3g} > {bound:.3g} ({torch_dtype})")
+    return check
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = StepArgumentParser(prog=f"python -m slmforge.steps.{STEP}", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="base model folder (Hugging Face format)")
+    parser.add_argument("--model_id", help="hub id of the base model, when no folder is given")
+    parser.add_argument("--adapter", required=True, help="PEFT adapter folder (finetune output)")
+    parser.add_argument("--torch_dtype", default="float32", choices=["float32", "float16"])
+    parser.add_argument("--output", required=True, help="merged model folder to write")
+    args = parser.parse_args(argv)
+    return run_main(STEP, lambda: run(adapter=args.adapter, output=args.output, model=args.model,
+                                      model_id=args.model_id, torch_dtype=args.torch_dtype))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

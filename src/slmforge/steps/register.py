@@ -1,0 +1,161 @@
+"""Step `register`: a new version of a named model in an MLflow model registry, alias `latest`.
+
+Locally the registry is MLflow on SQLite. The default store is `~/.slmforge/registry.db`
+(`$SLMFORGE_HOME/registry.db` when set), one place that `slmforge models` finds from any folder;
+a recipe may name another with `register.tracking_uri`. The model folder is copied into the
+registry's artifact store (`<registry folder>/artifacts`), so a registered version stays usable
+after `slmforge cache clean`. Tags: the recipe digest, the evaluation metrics, the slmforge version.
+(On Azure ML the pipeline's named output is registered with the SDK instead: backends/aml*.py.)
+
+MLflow 3 notes (NOTES.md): `mlflow.register_model("runs:/...")` fails after `log_artifacts`;
+`MlflowClient().create_model_version(source=...)` works.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from slmforge import __version__, manifest
+from slmforge.errors import InvalidInput, StepFailed
+from slmforge.steps._cli import StepArgumentParser, run_main
+
+EXPERIMENT = "slmforge-models"
+ALIAS = "latest"
+REGISTRATION_FILE = "registration.json"
+
+
+def slmforge_home() -> Path:
+    return Path(os.environ.get("SLMFORGE_HOME") or Path.home() / ".slmforge").expanduser()
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{slmforge_home() / 'registry.db'}"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def client_for(uri: str):
+    """An MlflowClient on `uri`, offline and without telemetry."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("DO_NOT_TRACK", "true")
+    from mlflow import MlflowClient
+
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _experiment_id(client, uri: str) -> str:
+    found = client.get_experiment_by_name(EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    db = sqlite_path(uri)
+    location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
+    try:
+        return client.create_experiment(EXPERIMENT, artifact_location=location)
+    except Exception:  # another run created it meanwhile
+        found = client.get_experiment_by_name(EXPERIMENT)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _metric_tags(metrics_dir: Path | None) -> dict[str, str]:
+    if metrics_dir is None:
+        return {}
+    path = metrics_dir / "metrics.json"
+    if not path.is_file():
+        raise InvalidInput(f"{metrics_dir}: no metrics.json (expected the output of an evaluate step)")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {f"metric.{k}": str(v) for k, v in data.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+
+
+def run(model: Path, name: str, registration: Path, *, metrics: Path | None = None,
+        format: str = "custom_model", recipe_digest: str = "unknown", tracking_uri: str | None = None) -> dict[str, Any]:
+    started = time.monotonic()
+    model = Path(model)
+    if not model.is_dir():
+        raise InvalidInput(f"{model}: model folder not found")
+    if not manifest.is_finished(model):
+        raise InvalidInput(f"{model}: not a finished model folder (no valid {manifest.MANIFEST})")
+    uri = tracking_uri or default_tracking_uri()
+    tags = {"recipe_digest": recipe_digest, "slmforge_version": __version__, "format": format,
+            "source_step": str((manifest.read_manifest(model) or {}).get("step", "")), **_metric_tags(metrics)}
+    client = client_for(uri)
+    from mlflow.exceptions import MlflowException
+
+    run_ = client.create_run(_experiment_id(client, uri), tags={"mlflow.runName": f"register-{name}", **tags})
+    try:
+        client.log_artifacts(run_.info.run_id, str(model), "model")
+    except Exception as e:
+        client.set_terminated(run_.info.run_id, "FAILED")
+        raise StepFailed(f"copying {model} into the registry's artifact store failed: {e}") from e
+    client.set_terminated(run_.info.run_id, "FINISHED")
+    try:
+        client.create_registered_model(name)
+    except MlflowException as e:
+        if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
+            raise
+    version = client.create_model_version(name, source=f"{run_.info.artifact_uri}/model", run_id=run_.info.run_id,
+                                          tags=tags)
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    info = {"name": name, "version": str(version.version), "alias": ALIAS, "tracking_uri": uri,
+            "source": version.source, "run_id": run_.info.run_id, "tags": tags}
+    with manifest.atomic_output(registration) as tmp:
+        (tmp / REGISTRATION_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        manifest.write_manifest(tmp, step="register", params={"name": name, "format": format,
+                                                             "recipe_digest": recipe_digest, "tracking_uri": uri},
+                                inputs={"model": model, "metrics": metrics},
+                                metrics={"name": name, "version": str(version.version)},
+                                seconds=time.monotonic() - started, libraries=("mlflow",))
+    print(f"registered {name} version {version.version} (alias {ALIAS}) in {uri}")
+    return info
+
+
+def list_models(uri: str) -> list[dict[str, Any]]:
+    """Every registered model with its versions (newest first) and aliases."""
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return []
+    client = client_for(uri)
+    out = []
+    for rm in client.search_registered_models(max_results=1000):
+        aliases_by_version: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            aliases_by_version.setdefault(str(version), []).append(alias)
+        versions = client.search_model_versions(f"name='{rm.name}'", max_results=1000)
+        out.append({
+            "name": rm.name,
+            "versions": [{"version": str(v.version), "aliases": sorted(aliases_by_version.get(str(v.version), [])),
+                          "source": v.source, "tags": dict(v.tags or {}),
+                          "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000))}
+                         for v in sorted(versions, key=lambda v: int(v.version), reverse=True)],
+        })
+    return sorted(out, key=lambda m: m["name"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = StepArgumentParser(prog="slmforge.steps.register", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--metrics", type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--format", default="custom_model", choices=["custom_model", "mlflow_model"])
+    parser.add_argument("--recipe_digest", default="unknown")
+    parser.add_argument("--tracking_uri")
+    parser.add_argument("--registration", required=True, type=Path)
+    args = parser.parse_args(argv)
+    return run_main("register", lambda: run(args.model, args.name, args.registration, metrics=args.metrics,
+                                            format=args.format, recipe_digest=args.recipe_digest,
+                                            tracking_uri=args.tracking_uri))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Loading Hugging Face models for the merge, build and evaluate steps, and running them.
+
+Imported only by code that needs torch; nothing here runs at `slmforge` parse time.
+A base model is named by a local folder (`model`) or a hub id (`model_id`); a missing
+folder is invalid input, never a silent hub lookup.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from slmforge.errors import InvalidInput
+
+DTYPES = ("float32", "float16")
+
+
+def base_source(model: str | Path | None, model_id: str | None) -> str:
+    """The path or hub id to load the base model from (exactly one of the two)."""
+    if model and model_id:
+        raise InvalidInput("give either --model (a folder) or --model_id (a hub id), not both")
+    if model:
+        path = Path(model)
+        if not (path / "config.json").is_file():
+            raise InvalidInput(f"{path}: not a Hugging Face model folder (no config.json)")
+        return str(path)
+    if model_id:
+        return model_id
+    raise InvalidInput("no base model: give --model (a folder) or --model_id (a hub id)")
+
+
+def check_adapter_folder(adapter: str | Path) -> Path:
+    path = Path(adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise InvalidInput(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
+    return path
+
+
+def _hub_kwargs(source: str) -> dict:
+    import os
+
+    # A local folder needs no token; a hub id takes HF_TOKEN from the environment (never logged).
+    return {} if Path(source).is_dir() else {"token": os.environ.get("HF_TOKEN") or None}
+
+
+def load_causal_lm(source: str, torch_dtype: str = "float32"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, torch_dtype), **_hub_kwargs(source))
+    except OSError as e:
+        raise InvalidInput(f"{source}: cannot load the model: {e}") from e
+    return model.eval()
+
+
+def load_tokenizer(source: str):
+    """A freshly loaded tokenizer (never one that was called with padding: see NOTES.md)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, **_hub_kwargs(source))
+    except OSError as e:
+        raise InvalidInput(f"{source}: cannot load the tokenizer: {e}") from e
+
+
+def with_adapter(base, adapter: str | Path):
+    """Wrap a full-precision base with a PEFT adapter (a QLoRA adapter works the same way)."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(base, str(adapter)).eval()
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise InvalidInput(f"{adapter}: the adapter does not fit the base model: {e}") from e
+
+
+def all_logits(model, token_ids: list[list[int]]):
+    """Float32 logits at every position, one numpy array [seq, vocab] per sequence."""
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for ids in token_ids:
+            logits = model(torch.tensor([ids])).logits[0]
+            out.append(logits.float().numpy())
+    return out
+
+
+class TorchBackend:
+    """Greedy generation and token log-likelihoods with transformers, for evaluate."""
+
+    kind = "pytorch"
+
+    def __init__(self, source: str):
+        self.model = load_causal_lm(source)
+        self.tokenizer = load_tokenizer(source)
+        self.eos_token_id = self.tokenizer.eos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def generate(self, prompt: str, max_new_tokens: int, stop) -> tuple[str, int]:
+        """Greedy continuation of `prompt`; stops at EOS or when `stop(text)` says so."""
+        import torch
+
+        ids = torch.tensor([self.encode(prompt)])
+        new: list[int] = []
+        past = None
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                token = int(out.logits[0, -1].argmax())
+                new.append(token)
+                if token == self.eos_token_id:
+                    break
+                if stop(self.tokenizer.decode(new, skip_special_tokens=True)):
+                    break
+                ids = torch.tensor([[token]])
+        return self.tokenizer.decode(new, skip_special_tokens=True), len(new)
+
+    def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
+        """Summed negative log-likelihood of the labelled tokens (labels -100 are skipped)."""
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model(torch.tensor([ids])).logits[0, :-1].float()
+            target = torch.tensor(labels[1:])
+            keep = target != -100
+            if not bool(keep.any()):
+                return 0.0, 0
+            loss = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
+        return float(loss), int(keep.sum())

@@ -1,0 +1,148 @@
+"""The tokenized dataset folder, the order examples are trained in, and padding-free batches.
+
+Batches are packed, not padded: the examples of one micro-batch are laid into rows no longer
+than its longest example (first-fit decreasing), and each example restarts its `position_ids`
+at 0. With no attention mask, transformers reads those restarts as sequence boundaries and masks
+attention block-diagonally, so a packed batch computes the same loss as the padded one — the
+same examples, the same per-token losses — without spending compute on pad tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmforge.errors import InvalidInput
+from slmforge.manifest import read_manifest
+
+IGNORE = -100
+Example = tuple[list[int], list[int]]  # (input_ids, labels), padding stripped
+
+
+@dataclass
+class DatasetFolder:
+    train: list[Example]
+    eval: list[Example]
+    pad_token_id: int
+    manifest: dict
+
+
+def read_dataset(folder: str | Path) -> DatasetFolder:
+    """The train and eval examples of a load_data output folder, trailing padding removed."""
+    folder = Path(folder)
+    m = read_manifest(folder)
+    if m is None or m.get("step") != "load_data":
+        raise InvalidInput(f"{folder}: not a load_data dataset folder (no slmforge.json from load_data)")
+    tok = m.get("tokenizer") or {}
+    pad = tok.get("pad_token_id")
+    pad = tok.get("eos_token_id", 0) if pad is None else pad
+    parts = {}
+    for name in ("train", "eval"):
+        path = folder / f"{name}.jsonl"
+        if not path.is_file():
+            raise InvalidInput(f"{folder}: {name}.jsonl is missing")
+        parts[name] = [_strip(json.loads(line), pad) for line in path.read_text(encoding="utf-8").splitlines()
+                       if line.strip()]
+    if not parts["train"]:
+        raise InvalidInput(f"{folder}: train.jsonl holds no examples")
+    return DatasetFolder(parts["train"], parts["eval"], pad, m)
+
+
+def _strip(record: dict, pad_id: int) -> Example:
+    ids, labels = record["input_ids"], record["labels"]
+    mask = record.get("attention_mask")
+    if mask is not None and 0 in mask:
+        n = len(mask) - mask[::-1].index(1) if 1 in mask else 0
+    else:
+        n = len(ids)
+        while mask is None and n > 1 and ids[n - 1] == pad_id and labels[n - 1] == IGNORE:
+            n -= 1
+    return ids[:n], labels[:n]
+
+
+class BatchPlan:
+    """Which examples make micro-batch k on this rank — a pure function of (seed, epoch, k).
+
+    Each epoch is a permutation drawn from `seed + epoch`; a resumed run recomputes the same order
+    from the step number alone, so the data position needs no saved sampler state. Across ranks
+    the epoch is padded to a multiple of the world size (like DistributedSampler) and every global
+    batch is dealt out round-robin. `group_by_length` sorts mega-batches by length (like the HF
+    Trainer's LengthGroupedSampler).
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, *, seed: int, world: int = 1, rank: int = 0,
+                 group_by_length: bool = False):
+        self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+        self.world, self.rank, self.group_by_length = world, rank, group_by_length
+        padded = math.ceil(len(lengths) / world) * world
+        self.global_batch = batch_size * world
+        self.batches_per_epoch = math.ceil(padded / self.global_batch)
+        self._epoch, self._order = -1, []
+
+    def position(self, k: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) of micro-batch k."""
+        return divmod(k, self.batches_per_epoch)
+
+    def micro_batch(self, k: int) -> list[int]:
+        epoch, b = self.position(k)
+        if epoch != self._epoch:
+            self._epoch, self._order = epoch, self._epoch_order(epoch)
+        chunk = self._order[b * self.global_batch:(b + 1) * self.global_batch]
+        return chunk[self.rank::self.world]
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        if self.group_by_length:
+            mega = self.global_batch * 50
+            order = [i for s in range(0, len(order), mega)
+                     for i in sorted(order[s:s + mega], key=lambda i: -self.lengths[i])]
+        extra = (-len(order)) % self.world
+        return order + order[:extra]
+
+
+def pack_batch(examples: list[Example], pad_id: int) -> dict:
+    """input_ids, position_ids and labels tensors for a packed micro-batch (see the module doc).
+
+    The first label of every example is masked: in a padded batch nothing predicts an example's
+    first token, and in a packed row the previous example's last token must not either.
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in examples)
+    rows: list[list[int]] = []  # example indices per row
+    room: list[int] = []
+    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i][0])):
+        n = len(examples[i][0])
+        r = next((r for r, free in enumerate(room) if free >= n), None)
+        if r is None:
+            rows.append([]), room.append(width)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= n
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, members in enumerate(rows):
+        at = 0
+        for i in members:
+            e_ids, e_labels = examples[i]
+            n = len(e_ids)
+            ids[r, at:at + n] = torch.tensor(e_ids)
+            labels[r, at + 1:at + n] = torch.tensor(e_labels[1:])
+            positions[r, at:at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)  # padding: a segment of its own, never a target
+    return {"input_ids": ids, "position_ids": positions, "labels": labels}
+
+
+def count_label_tokens(batch: dict) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def count_tokens(examples: list[Example]) -> int:
+    return sum(len(ids) for ids, _ in examples)
