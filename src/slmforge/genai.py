@@ -8,8 +8,6 @@ unless told to, and reproduces the Hugging Face ids exactly for ByteLevel BPE to
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -45,21 +43,29 @@ class GenaiModel:
             raise InvalidInput(f"{self.folder}: onnxruntime-genai cannot load the model: {e}") from e
         self.tokenizer = og.Tokenizer(self.model)
         self.tokenizer.update_options(add_special_tokens="true")
+        self.bos_token_id = int(self.tokenizer.bos_token_id)
         config = json.loads((self.folder / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]
         self.context_length = int(config.get("context_length", 2048))
         eos = config.get("eos_token_id", [])
-        self.eos_token_ids = set(eos if isinstance(eos, list) else [eos])
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_token_ids = set(eos)
+        self.eos_token_id = eos[0] if eos else None
         self._logits: PlainOrtModel | None = None
 
-    def encode(self, text: str) -> list[int]:
-        return [int(t) for t in self.tokenizer.encode(text)]
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids; `special` adds BOS (the prompt), without it a continuation (the completion)."""
+        ids = [int(t) for t in self.tokenizer.encode(text)]
+        if not special and ids and ids[0] == self.bos_token_id:
+            ids = ids[1:]
+        return ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids) if ids else ""
 
     def token_id(self, token: str) -> int | None:
+        """The id of a token in the vocabulary (e.g. `<|end|>`), None when it has none."""
         token_id = int(self.tokenizer.to_token_id(token))
-        return token_id if token_id >= 0 and self.decode([token_id]) == "" or token_id > 0 else None
+        return token_id if token_id >= 0 else None
 
     def stream(self, prompt_ids: list[int], max_new_tokens: int,
                stop_ids: set[int] = frozenset()) -> Iterator[tuple[int, str]]:
@@ -147,15 +153,3 @@ class PlainOrtModel:
             else:
                 raise InvalidInput(f"model.onnx has an input slmforge does not know how to feed: {inp.name}")
         return self.session.run(["logits"], feeds)[0][0].astype(np.float32)
-
-
-@dataclass
-class Timed:
-    value: object
-    seconds: float
-
-
-def timed(fn: Callable, *args, **kwargs) -> Timed:
-    started = time.perf_counter()
-    value = fn(*args, **kwargs)
-    return Timed(value, time.perf_counter() - started)

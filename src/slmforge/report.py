@@ -5,6 +5,8 @@ Both read only the run record (run.json's content), so a report can be rebuilt f
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shlex
 from pathlib import Path
@@ -52,8 +54,16 @@ def plot_loss(history: list[dict[str, float]], path: Path) -> bool:
     points = [(h["step"], h["loss"]) for h in history if "step" in h and "loss" in h]
     if not points:
         return False
+    # matplotlib costs ~1 s to import: skip it when the same curve is already drawn (cached reruns).
+    stamp = path.parent / f".{path.name}.sha256"
+    digest = hashlib.sha256(json.dumps(points).encode()).hexdigest()
+    if path.is_file() and stamp.is_file() and stamp.read_text() == digest:
+        return True
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # no font-cache chatter on stderr
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -67,6 +77,7 @@ def plot_loss(history: list[dict[str, float]], path: Path) -> bool:
     fig.savefig(tmp)
     plt.close(fig)
     os.replace(tmp, path)
+    stamp.write_text(digest)
     return True
 
 

@@ -6,6 +6,8 @@ Every service call goes through `with_retries` (on top of azure-core's own Retry
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -41,7 +43,9 @@ class JobState:
         return self.status in TERMINAL
 
     def failed_steps(self) -> list[str]:
-        return [s for s, st in self.steps.items() if st in FAILED]
+        """Steps that failed; when none did (a cancel), those that were stopped."""
+        failed = [s for s, st in self.steps.items() if st == "Failed"]
+        return failed or [s for s, st in self.steps.items() if st in FAILED]
 
 
 def poll_seconds() -> float:
@@ -54,8 +58,11 @@ def submit(ml_client: "MLClient", loaded: "LoadedRecipe", *, compute: str | None
     with tempfile.TemporaryDirectory(prefix="slmforge-aml-") as files:
         compiled = compile_pipeline(loaded, Path(files), compute=compute, version=version, experiment=experiment)
         validate_pipeline(compiled.job)
+        # The SDK prints colour codes to stderr after every upload; keep them off non-terminals.
+        noise = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
         try:
-            return ml_client.jobs.create_or_update(compiled.job, experiment_name=compiled.job.experiment_name)
+            with noise:
+                return ml_client.jobs.create_or_update(compiled.job, experiment_name=compiled.job.experiment_name)
         except Exception as e:  # noqa: BLE001 - reported as one line
             raise StepFailed(f"submitting the pipeline failed: {one_line(e)}") from None
 
@@ -87,10 +94,15 @@ def node_name(child: "Job") -> str:
     return child.display_name or child.name
 
 
+def status_text(status: Any) -> str:
+    """The SDK answers a JobStatus enum for some calls and a plain string for others."""
+    return str(getattr(status, "value", status) or "Unknown")
+
+
 def state(ml_client: "MLClient", name: str) -> JobState:
     job = get_job(ml_client, name)
-    steps = {node_name(c): c.status for c in child_jobs(ml_client, name)}
-    return JobState(name=job.name, status=job.status, steps=steps, studio_url=studio_url(job))
+    steps = {node_name(c): status_text(c.status) for c in child_jobs(ml_client, name)}
+    return JobState(name=job.name, status=status_text(job.status), steps=steps, studio_url=studio_url(job))
 
 
 def follow(ml_client: "MLClient", name: str, *, echo: Callable[[str], None] = print,
@@ -149,14 +161,14 @@ def run_record(ml_client: "MLClient", name: str) -> dict[str, Any]:
     output = (job.outputs or {}).get(FINAL_OUTPUT)
     return {
         "job": job.name,
-        "status": job.status,
+        "status": status_text(job.status),
         "experiment": job.experiment_name,
         "display_name": job.display_name,
         "studio_url": studio_url(job),
         "recipe_digest": tags.get("slmforge.recipe_digest"),
         "model": {"name": getattr(output, "name", None), "version": getattr(output, "version", None),
                   "output": FINAL_OUTPUT},
-        "steps": {node_name(c): c.status for c in child_jobs(ml_client, name)},
+        "steps": {node_name(c): status_text(c.status) for c in child_jobs(ml_client, name)},
         "tags": tags,
     }
 

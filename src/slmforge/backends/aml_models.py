@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmforge.backends.aml import FINAL_OUTPUT, METRICS_OUTPUT
-from slmforge.backends.aml_jobs import downloaded_output, get_job
+from slmforge.backends.aml_jobs import downloaded_output, get_job, status_text
 from slmforge.backends.aml_workspace import one_line, resolve_ml_client, with_retries
 from slmforge.errors import InvalidInput, StepFailed
 
@@ -55,8 +55,8 @@ def register_job_model(ml_client: "MLClient", job_name: str, *, name: str | None
     from azure.ai.ml.entities import Model
 
     job = get_job(ml_client, job_name)
-    if job.status != "Completed":
-        raise StepFailed(f"job {job_name} is {job.status}; only a completed job's model can be registered")
+    if status_text(job.status) != "Completed":
+        raise StepFailed(f"job {job_name} is {status_text(job.status)}; only a completed job's model can be registered")
     tags = dict(job.tags or {})
     default_name, _, default_version = tags.get("slmforge.model", "").partition(":")
     name, version = name or default_name, version or default_version

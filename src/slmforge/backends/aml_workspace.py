@@ -3,7 +3,7 @@
 The workspace comes from `--workspace FILE` (an Azure ML `config.json`, or the emulator's
 workspace file), else the recipe's `azureml_client`, else `./config.json`. Real workspaces use
 `DefaultAzureCredential` without interactive methods (never a browser prompt, never a hang in
-CI). Emulator workspace files (they carry `cloud_metadata`) are opened by the emulator's own
+CI). Emulator workspace files (kind "slmforge-emulator") are opened by the emulator's own
 client code, which knows its certificate and credential.
 
 Transient HTTP faults (429, 5xx, dropped connections) are retried by azure-core's RetryPolicy
@@ -39,10 +39,14 @@ RETRY_SETTINGS: dict[str, Any] = {
 }
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 WORKSPACE_KEYS = ("subscription_id", "resource_group", "workspace_name")
+EMULATOR_KIND = "slmforge-emulator"  # slmforge.emulator.workspace_file.KIND (not imported: it pulls the server in)
+EMULATOR_FILE = "workspace.json"
 
 
 def read_workspace_file(path: str | Path) -> dict[str, Any]:
     path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / EMULATOR_FILE
     if not path.is_file():
         raise InvalidInput(f"{path}: workspace file not found (an Azure ML config.json or the emulator's workspace file)")
     try:
@@ -51,7 +55,7 @@ def read_workspace_file(path: str | Path) -> dict[str, Any]:
         raise InvalidInput(f"{path}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"{path}: a workspace file is a JSON object")
-    # config.json downloaded from the studio may spell the keys in camelCase or as "Scope"
+    # config.json downloaded from the studio may spell the keys in camelCase
     for snake, camel in (("subscription_id", "subscriptionId"), ("resource_group", "resourceGroup"),
                          ("workspace_name", "workspaceName")):
         if snake not in data and camel in data:
@@ -63,7 +67,8 @@ def read_workspace_file(path: str | Path) -> dict[str, Any]:
 
 
 def is_emulator_file(data: dict[str, Any]) -> bool:
-    return "cloud_metadata" in data
+    """The emulator's workspace.json (Engineer E's format: kind 'slmforge-emulator', cloud metadata, CA bundle)."""
+    return data.get("kind") == EMULATOR_KIND
 
 
 def default_credential():

@@ -275,7 +275,7 @@ def _arg(argv: list[str], option: str) -> str | None:
 
 def run_in_process(module: str, argv: list[str], log_file) -> int:
     """Call `module.main(argv)` with this process's stdout/stderr (fd level) sent to the log."""
-    with redirect_fds(log_file):
+    with redirect_fds(log_file), restore_logging():
         try:
             rc = importlib.import_module(module).main(argv)
         except SystemExit as e:
@@ -294,6 +294,22 @@ def run_subprocess(argv: list[str], log_file) -> int:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                           env=env).returncode
+
+
+@contextlib.contextmanager
+def restore_logging():
+    """A step may configure logging (basicConfig, levels); that must not outlive the step."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@ code lookup by content hash, and startPendingUpload answering a real SAS URI int
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from slmforge.emulator import azurite
@@ -10,6 +11,7 @@ from slmforge.emulator.arm_workspace import check_scope
 from slmforge.emulator.context import Emulator, now_iso
 from slmforge.emulator.routing import WS, Reply, Request, error, not_found, route
 
+JOB_OUTPUT = re.compile(r"^azureml://jobs/([^/]+)/outputs/([^/]+)/?(?:paths/)?(.*)$")
 KINDS = r"(?P<kind>environments|codes|components|models|data)"
 ARM_TYPES = {"environments": "environments", "codes": "codes", "components": "components",
              "models": "models", "data": "data"}
@@ -74,6 +76,17 @@ def put_asset(emu: Emulator, req: Request, sub, rg, ws, kind, name, version) -> 
     properties = req.json.get("properties")
     if not isinstance(properties, dict):
         return error(400, "UserError", f"PUT {kind}/{name}/versions/{version}: body has no 'properties'")
+    if kind == "components" and isinstance(properties.get("componentSpec"), dict):
+        properties["componentSpec"].setdefault("name", name)
+        properties["componentSpec"]["version"] = version
+    if kind == "models":
+        uri = properties.get("modelUri") or ""
+        if m := JOB_OUTPUT.match(uri):
+            resolved = (emu.store.get("job-outputs", m.group(1)) or {}).get(m.group(2))
+            if resolved is None:
+                return error(400, "UserError", f"{uri}: job '{m.group(1)}' has no finished output '{m.group(2)}'")
+            properties["modelUri"] = resolved.rstrip("/") + "/" + m.group(3) if m.group(3) else resolved
+            properties["jobName"] = m.group(1)
     body, created = put_version(emu, emu.ws_id, kind, kind, name, version, properties)
     return Reply(201 if created else 200, body)
 
@@ -90,7 +103,9 @@ def get_asset(emu: Emulator, req: Request, sub, rg, ws, kind, name, version) -> 
 def get_asset_versions(emu: Emulator, req: Request, sub, rg, ws, kind, name) -> Reply:
     if bad := check_scope(emu, sub, rg, ws):
         return bad
-    return Reply(200, {"value": list_versions(emu.store.list(kind, f"{name}/"), req.query), "nextLink": None})
+    # A content-hash lookup spans every code asset: the SDK asks under a fresh random name.
+    scope = "" if kind == "codes" and req.query.get("hash") else f"{name}/"
+    return Reply(200, {"value": list_versions(emu.store.list(kind, scope), req.query), "nextLink": None})
 
 
 @route("GET", WS + "/" + KINDS + r"/(?P<name>[^/]+)")

@@ -83,8 +83,9 @@ class Emulator:
         """What the SDK appends to `<account>.blob.`: resolved to 127.0.0.1 by client.py."""
         return f"core.localhost:{self.config.azurite_port}"
 
-    def vault_url(self, name: str | None = None) -> str:
-        return f"{self.base_url}/keyvault/{name or self.config.keyvault}"
+    def vault_url(self) -> str:
+        """The one emulated vault (whatever name a recipe gives it) is served at the root."""
+        return self.base_url
 
     # --- storage -------------------------------------------------------------------------------
     @property

@@ -38,15 +38,21 @@ class Faults:
             self.rate = rate
             self.kinds = kinds
             self.retry_after = int(settings.get("retry_after", 1))
+            # azure-core honours retry-after-ms first: lets tests ride faults without whole-second waits
+            self.retry_after_ms = settings.get("retry_after_ms")
+            self.methods = [m.upper() for m in settings.get("methods") or []]  # empty: every method
             self._rng = random.Random(settings.get("seed", 0))
 
     def settings(self) -> dict[str, Any]:
         return {"rate": self.rate, "kinds": self.kinds, "retry_after": self.retry_after,
+                "retry_after_ms": self.retry_after_ms, "methods": self.methods,
                 "injected": dict(self.injected)}
 
-    def draw(self) -> str | None:
+    def draw(self, method: str) -> str | None:
         """The fault to inject for this request, or None."""
         with self._lock:
+            if self.methods and method.upper() not in self.methods:
+                return None
             if self.rate <= 0 or self._rng.random() >= self.rate:
                 return None
             kind = self._rng.choice(self.kinds)

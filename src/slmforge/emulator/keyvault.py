@@ -16,7 +16,9 @@ import time
 from slmforge.emulator.context import Emulator
 from slmforge.emulator.routing import Reply, Request, error, route
 
-VAULT = r"/keyvault/(?P<vault>[^/]+)"
+# The vault sits at the server's root (no AML path starts with /secrets): the Key Vault client
+# parses secret ids as <vault>/secrets/<name>/<version>, so the vault URL can't carry a path.
+VAULT = ""
 SECRETS_FILE = "secrets.json"
 TOKEN_ISSUER = "slmforge-emulator"
 
@@ -57,15 +59,15 @@ def _challenge(emu: Emulator) -> Reply:
                                       f' resource="https://vault.azure.net"'})
 
 
-def _bundle(emu: Emulator, vault: str, name: str, entry: dict) -> dict:
-    return {"value": entry["value"], "id": f"{emu.vault_url(vault)}/secrets/{name}/{entry['version']}",
+def _bundle(emu: Emulator, name: str, entry: dict) -> dict:
+    return {"value": entry["value"], "id": f"{emu.vault_url()}/secrets/{name}/{entry['version']}",
             "attributes": {"enabled": True, "created": entry["created"], "updated": entry["created"],
                            "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90},
             "tags": {}}
 
 
 @route("PUT", VAULT + r"/secrets/(?P<name>[^/]+)")
-def set_secret(emu: Emulator, req: Request, vault: str, name: str) -> Reply:
+def set_secret(emu: Emulator, req: Request, name: str) -> Reply:
     caller = _caller(emu, req)
     if caller is None:
         return _challenge(emu)
@@ -78,17 +80,17 @@ def set_secret(emu: Emulator, req: Request, vault: str, name: str) -> Reply:
         data = _load(emu)
         data[name] = {"value": value, "version": secrets.token_hex(16), "created": int(time.time())}
         _save(emu, data)
-    return Reply(200, _bundle(emu, vault, name, data[name]))
+    return Reply(200, _bundle(emu, name, data[name]))
 
 
 @route("GET", VAULT + r"/secrets/(?P<name>[^/]+)(?:/(?P<version>[^/]*))?")
-def get_secret(emu: Emulator, req: Request, vault: str, name: str, version: str | None = None) -> Reply:
+def get_secret(emu: Emulator, req: Request, name: str, version: str | None = None) -> Reply:
     if _caller(emu, req) is None:
         return _challenge(emu)
     entry = _load(emu).get(name)
     if entry is None or (version and version != entry["version"]):
         return error(404, "SecretNotFound", f"A secret with (name/id) {name} was not found in this key vault.")
-    return Reply(200, _bundle(emu, vault, name, entry))
+    return Reply(200, _bundle(emu, name, entry))
 
 
 @route("GET", r"/msi/token")

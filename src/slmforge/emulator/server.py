@@ -36,7 +36,7 @@ class _Handler(BaseHTTPRequestHandler):
         if req.path.lower().startswith(MFE_PREFIX):
             req.path = req.path[len(MFE_PREFIX):] or "/"
         if not req.path.startswith("/_emulator"):
-            fault = self.emu.faults.draw()
+            fault = self.emu.faults.draw(self.command)
             if fault == "drop":
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -45,6 +45,8 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = error(int(fault), "TooManyRequests" if fault == "429" else "ServiceUnavailable",
                               "injected fault (slmforge emulator)")
                 reply.headers["Retry-After"] = str(self.emu.faults.retry_after)
+                if self.emu.faults.retry_after_ms is not None:
+                    reply.headers["retry-after-ms"] = str(int(self.emu.faults.retry_after_ms))
                 self._send(reply)
                 return
         found = router.resolve(self.command, req.path)

@@ -2,7 +2,10 @@
 
 Locally the registry is MLflow on SQLite. The default store is `~/.slmforge/registry.db`
 (`$SLMFORGE_HOME/registry.db` when set), one place that `slmforge models` finds from any folder;
-a recipe may name another with `register.tracking_uri`. The model folder is copied into the
+a recipe may name another with `register.tracking_uri`. MLflow reserves the alias name `latest`
+(`models:/<name>/latest` is built in and always means the newest version), so the version just
+registered gets the alias `current`; `slmforge models` marks the newest version `latest` too.
+The model folder is copied into the
 registry's artifact store (`<registry folder>/artifacts`), so a registered version stays usable
 after `slmforge cache clean`. Tags: the recipe digest, the evaluation metrics, the slmforge version.
 (On Azure ML the pipeline's named output is registered with the SDK instead: backends/aml*.py.)
@@ -25,7 +28,8 @@ from slmforge.errors import InvalidInput, StepFailed
 from slmforge.steps._cli import StepArgumentParser, run_main
 
 EXPERIMENT = "slmforge-models"
-ALIAS = "latest"
+ALIAS = "current"  # MLflow reserves "latest" (see above)
+BUILTIN_LATEST = "latest"
 REGISTRATION_FILE = "registration.json"
 
 
@@ -132,6 +136,9 @@ def list_models(uri: str) -> list[dict[str, Any]]:
         for alias, version in (rm.aliases or {}).items():
             aliases_by_version.setdefault(str(version), []).append(alias)
         versions = client.search_model_versions(f"name='{rm.name}'", max_results=1000)
+        if versions:
+            newest = str(max(int(v.version) for v in versions))
+            aliases_by_version.setdefault(newest, []).append(BUILTIN_LATEST)
         out.append({
             "name": rm.name,
             "versions": [{"version": str(v.version), "aliases": sorted(aliases_by_version.get(str(v.version), [])),

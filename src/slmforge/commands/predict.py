@@ -1,0 +1,57 @@
+"""`slmforge predict --model DIR TEXT`: the model's answer for one input, with onnxruntime-genai only.
+
+TEXT fills the template's input field (the template carried in the folder's slmforge.json, or
+`--template`); a template with several input fields takes TEXT as a JSON object. With no
+template at all TEXT is the prompt as it is. Greedy decoding stops at EOS or at the end of the
+answer (a newline after it, or the template's suffix). torch is never imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="onnxruntime-genai model folder (build_onnx output)")
+    parser.add_argument("text", help="the input, e.g. a phrase; a JSON object for multi-field templates")
+    parser.add_argument("--template", help="text template (default: the one in the folder's slmforge.json)")
+    parser.add_argument("--max_new_tokens", type=int, default=32, help="upper bound on answer length (default 32)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from slmforge.errors import InvalidInput
+    from slmforge.evaluation import answer_finished, answer_of
+    from slmforge.genai import GenaiModel, require_onnx_folder
+    from slmforge.model_folder import carried_template
+
+    folder = require_onnx_folder(args.model)
+    if args.max_new_tokens < 1:
+        raise InvalidInput("--max_new_tokens must be at least 1")
+    text = args.template or carried_template(folder)
+    prompt, suffix = prompt_and_suffix(text, args.text) if text else (args.text, "")
+    model = GenaiModel(folder)
+    generated, _ = model.generate(prompt, args.max_new_tokens, answer_finished(suffix))
+    print(answer_of(generated, suffix))
+    return 0
+
+
+def prompt_and_suffix(template_text: str, text: str) -> tuple[str, str]:
+    """Render the prompt for one input and the suffix expected after the answer."""
+    from slmforge.errors import InvalidInput
+    from slmforge.template import Template
+
+    template = Template(template_text)
+    inputs = [f for f in dict.fromkeys(template.fields) if f != template.answer_field]
+    if len(inputs) == 1:
+        row = {inputs[0]: text}
+    else:
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or any(f not in row for f in inputs):
+            raise InvalidInput(f"the template takes the fields {', '.join(inputs) or '(none)'}: "
+                               f"pass TEXT as a JSON object with them")
+    row = {**row, template.answer_field: ""}
+    return template.prompt(row), template.completion(row)

@@ -1,0 +1,109 @@
+"""The onnxruntime-genai model builder, called through its Python API with checked options.
+
+(Not named `builder*`: onnxruntime_genai/models/__init__.py puts its own folder, which holds
+`builders`, `builder_config`, `quantization` and `loaders`, on sys.path.)
+
+Facts from onnxruntime-genai 0.18.0 (NOTES.md and measured): `python -m ...builder --help` crashes,
+so the Python API is used; the quantization options are `block_size` and `accuracy_level` (the
+`int4_`-prefixed spellings are silently ignored), and unknown extra options are silently accepted
+too, so slmforge checks option names against the builder's own documented list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import io
+import logging
+import re
+import tempfile
+from pathlib import Path
+
+from slmforge.errors import InvalidInput, StepFailed
+
+# Options that slmforge sets from its own inputs, and where the user should say them instead.
+_OWN_OPTIONS = {
+    "adapter_path": "the --adapter input",
+    "block_size": "the int4_block_size input",
+    "int4_block_size": "the int4_block_size input",
+    "accuracy_level": "the int4_accuracy_level input",
+    "int4_accuracy_level": "the int4_accuracy_level input",
+    "hf_token": "the HF_TOKEN environment variable (a token never goes on a command line)",
+}
+_QUANTIZED = ("int4", "int8")
+
+
+def parse_extra_options(text: str | None) -> dict[str, str]:
+    """`k=v,k=v` -> dict. A piece without `=` continues the previous value (nodes_to_exclude=a,b)."""
+    options: dict[str, str] = {}
+    last: str | None = None
+    for piece in (text or "").split(","):
+        piece = piece.strip()
+        if not piece:
+            continue
+        if "=" in piece:
+            key, value = (s.strip() for s in piece.split("=", 1))
+            if not key:
+                raise InvalidInput(f"--extra_options: {piece!r} has no option name before '='")
+            options[key] = value
+            last = key
+        elif last is not None:
+            options[last] += "," + piece
+        else:
+            raise InvalidInput(f"--extra_options: {piece!r} is not key=value")
+    known = builder_option_names()
+    for key in options:
+        if key in _OWN_OPTIONS:
+            raise InvalidInput(f"--extra_options: {key} is set by slmforge; use {_OWN_OPTIONS[key]}")
+        if key not in known:
+            match = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{match[0]}'?" if match else ""
+            raise InvalidInput(f"--extra_options: unknown onnxruntime-genai builder option '{key}'{hint}")
+    return options
+
+
+def builder_option_names() -> set[str]:
+    """The extra options the installed builder documents (its --extra_options help text)."""
+    import inspect
+
+    from onnxruntime_genai.models import builder
+
+    source = inspect.getsource(builder.get_args)
+    start = source.index('"--extra_options"')
+    end = source.index("parser.add_argument", start)
+    return set(re.findall(r"^\s+([a-z][a-z_0-9]*) = ", source[start:end], re.M))
+
+
+def build(*, source: str, out_dir: Path, precision: str, execution_provider: str,
+          block_size: int, accuracy_level: int, extra: dict[str, str], adapter: Path | None = None) -> str:
+    """Run the builder into `out_dir`; return its log. A builder error is StepFailed with its last line."""
+    from onnxruntime_genai.models.builder import create_model, parse_extra_options as builder_parse
+
+    options = dict(extra)
+    if precision in _QUANTIZED:
+        options.update(block_size=str(block_size), accuracy_level=str(accuracy_level))
+    if adapter is not None:
+        options["adapter_path"] = str(adapter)
+    is_folder = Path(source).is_dir()
+    model_name, input_path = ("", source) if is_folder else (source, "")
+    log = io.StringIO()
+    with tempfile.TemporaryDirectory(prefix="slmforge-builder-cache-") as cache_dir, _quiet(log):
+        try:
+            kv = builder_parse(model_name, input_path, str(out_dir), precision, execution_provider, cache_dir,
+                               [f"{k}={v}" for k, v in options.items()])
+            create_model(model_name, input_path, str(out_dir), precision, execution_provider, cache_dir, **kv)
+        except Exception as e:  # the builder raises bare Exception/ValueError/NotImplementedError
+            raise StepFailed(f"onnxruntime-genai builder failed ({precision}, {execution_provider}): "
+                             f"{type(e).__name__}: {e}") from e
+    return log.getvalue()
+
+
+@contextlib.contextmanager
+def _quiet(log: io.StringIO):
+    """Keep the builder's prints, progress bars and per-node INFO logs out of the step log."""
+    logging.disable(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            yield
+    finally:
+        logging.disable(logging.NOTSET)

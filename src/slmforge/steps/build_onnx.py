@@ -1,0 +1,137 @@
+"""Step `build_onnx`: an onnxruntime-genai model folder from a Hugging Face model (+ adapter).
+
+Output: genai_config.json, model.onnx, model.onnx.data, tokenizer files and slmforge.json (which
+carries the training template forward). With `--adapter` the builder reads base + PEFT adapter
+itself (its `adapter_path` option: LoRA stays a separate low-rank MatMul path), so no merge step
+is needed. The step checks the model it wrote against PyTorch on fixed prompts, at every position,
+through plain onnxruntime (logit_check.py has the bounds and why):
+  fp32       max abs logit difference <= 1e-4 (catches the builder's silent LM-head mis-wiring)
+  int4/int8  mean logit cosine and next-token argmax agreement, recorded, with lower bounds
+  fp16       the same, with tighter bounds
+plus: onnxruntime-genai loads the folder and its tokenizer gives the Hugging Face token ids.
+A failed check leaves no output folder.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from slmforge import manifest
+from slmforge.errors import InvalidInput, StepFailed
+from slmforge.steps._cli import StepArgumentParser, run_main
+
+STEP = "build_onnx"
+PRECISIONS = ("int4", "int8", "fp16", "fp32")
+PROVIDERS = ("cpu", "cuda")
+BLOCK_SIZES = (16, 32, 64, 128, 256)
+LIBRARIES = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "torch", "transformers", "peft")
+
+
+def run(*, output: str | Path, model: str | Path | None = None, model_id: str | None = None,
+        adapter: str | Path | None = None, precision: str = "int4", execution_provider: str = "cpu",
+        int4_block_size: int = 32, int4_accuracy_level: int = 4, extra_options: str | None = None) -> dict:
+    from slmforge import model_folder, onnx_builder, torch_model
+
+    started = time.perf_counter()
+    source = torch_model.base_source(model, model_id)
+    adapter_path = torch_model.check_adapter_folder(adapter) if adapter else None
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("execution_provider", execution_provider, PROVIDERS)
+    _check_choice("int4_block_size", int4_block_size, BLOCK_SIZES)
+    _check_choice("int4_accuracy_level", int4_accuracy_level, (0, 1, 2, 3, 4))
+    extra = onnx_builder.parse_extra_options(extra_options)
+
+    with manifest.atomic_output(output) as tmp:
+        build_started = time.perf_counter()
+        onnx_builder.build(source=source, out_dir=tmp, precision=precision, execution_provider=execution_provider,
+                           block_size=int4_block_size, accuracy_level=int4_accuracy_level, extra=extra,
+                           adapter=adapter_path)
+        build_seconds = time.perf_counter() - build_started
+        check = check_against_pytorch(tmp, source, adapter_path, precision, execution_provider)
+        template = model_folder.carried_template(adapter_path or model) if (adapter_path or model) else None
+        params = {"model_id": model_id, "precision": precision, "execution_provider": execution_provider,
+                  "int4_block_size": int4_block_size, "int4_accuracy_level": int4_accuracy_level,
+                  "extra_options": extra}
+        if template:
+            params["text_template"] = template
+        manifest.write_manifest(
+            tmp, step=STEP, params=params,
+            inputs={"model": model, "adapter": adapter_path},
+            metrics={"check": check, "size_bytes": model_folder.size_on_disk(tmp),
+                     "build_seconds": round(build_seconds, 3)},
+            seconds=time.perf_counter() - started, libraries=LIBRARIES,
+        )
+    summary = (f"max abs logit difference {check['max_abs_diff']:.3g}" if precision == "fp32" else
+               f"logit cosine {check['cosine_mean']:.4f}, argmax agreement {check['argmax_agreement']}")
+    print(f"built {precision} onnxruntime-genai model -> {output}; {summary}")
+    return check
+
+
+def check_against_pytorch(folder: Path, source: str, adapter: Path | None, precision: str,
+                          execution_provider: str) -> dict:
+    """Compare the built model with the PyTorch model it came from; StepFailed when it falls short."""
+    from slmforge import genai, logit_check, torch_model
+
+    tokenizer = torch_model.load_tokenizer(source)
+    token_ids = [list(tokenizer(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
+    reference_model = torch_model.load_causal_lm(source, "float32")
+    if adapter is not None:
+        reference_model = torch_model.with_adapter(reference_model, adapter)
+    reference = torch_model.all_logits(reference_model, token_ids)
+    del reference_model
+
+    try:
+        onnx_model = genai.PlainOrtModel(folder, execution_provider)
+        candidate = [onnx_model.logits(ids) for ids in token_ids]
+    except InvalidInput:
+        raise
+    except Exception as e:  # onnxruntime rejects an invalid graph with its own exception types
+        raise StepFailed(f"the built model.onnx does not run in onnxruntime: {e}") from e
+    result = logit_check.compare(reference, candidate)
+
+    og_model = genai.GenaiModel(folder)
+    tokenizer_matches = sum(og_model.encode(p) == ids for p, ids in zip(logit_check.CHECK_PROMPTS, token_ids))
+
+    check = {**result.as_dict(), "precision": precision, "prompts": len(token_ids),
+             "tokenizer_matches": tokenizer_matches}
+    if precision != "fp32":
+        check["bounds"] = logit_check.THRESHOLDS[precision]
+    else:
+        check["bound"] = logit_check.FP32_MAX_ABS_DIFF
+    problems = logit_check.failures(result, precision)
+    if tokenizer_matches != len(token_ids):
+        problems.append(f"onnxruntime-genai's tokenizer gives the Hugging Face token ids for only "
+                        f"{tokenizer_matches}/{len(token_ids)} check prompts")
+    if problems:
+        raise StepFailed(f"the {precision} ONNX model does not match PyTorch: " + "; ".join(problems))
+    return check
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise InvalidInput(f"--{name} {value!r}: expected one of {', '.join(map(str, choices))}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = StepArgumentParser(prog=f"python -m slmforge.steps.{STEP}", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model folder (Hugging Face format), e.g. the merge output")
+    parser.add_argument("--model_id", help="hub id of the model, when no folder is given")
+    parser.add_argument("--adapter", help="PEFT adapter folder: build straight from base + adapter")
+    parser.add_argument("--precision", default="int4", choices=PRECISIONS)
+    parser.add_argument("--execution_provider", default="cpu", choices=PROVIDERS)
+    parser.add_argument("--int4_block_size", type=int, default=32)
+    parser.add_argument("--int4_accuracy_level", type=int, default=4)
+    parser.add_argument("--extra_options", help="comma-separated key=value builder options")
+    parser.add_argument("--output", required=True, help="onnxruntime-genai model folder to write")
+    args = parser.parse_args(argv)
+    return run_main(STEP, lambda: run(
+        output=args.output, model=args.model, model_id=args.model_id, adapter=args.adapter,
+        precision=args.precision, execution_provider=args.execution_provider,
+        int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
+        extra_options=args.extra_options))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Load the base model (full precision for LoRA, bitsandbytes 4-bit for QLoRA), add LoRA, compute the loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmforge.errors import InvalidInput
+from slmforge.recipe.checks import looks_like_local_path
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class LoraSpec:
+    method: str = "lora"  # lora | qlora
+    r: int = 64
+    alpha: float = 16
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: every linear layer but the LM head
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "float32"
+    gradient_checkpointing: bool = False
+
+
+def base_model_name(model_dir: str | Path | None, model_id: str | None) -> str:
+    """What adapter_config.json names as its base: a hub id, or the folder's name — never a local path."""
+    if model_id:
+        return model_id
+    folder = Path(model_dir)
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        config = {}
+    name = config.get("_name_or_path") or ""
+    if name and not looks_like_local_path(name) and not Path(name).exists():
+        return name  # e.g. microsoft/Phi-3-mini-4k-instruct, kept by save_pretrained
+    return folder.resolve().name
+
+
+def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpec, device, seed: int):
+    """The base model with fresh LoRA weights (seeded: get_peft_model initialises them)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    source = str(model_dir) if model_dir else model_id
+    if not source:
+        raise InvalidInput("give --model (a model folder) or --model_id")
+    if model_dir and not Path(model_dir).is_dir():
+        raise InvalidInput(f"model folder not found: {model_dir}")
+    kwargs: dict = {"local_files_only": True} if model_dir else {"token": os.environ.get("HF_TOKEN") or None}
+    if spec.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=spec.quant_type,
+            bnb_4bit_use_double_quant=spec.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, spec.compute_dtype))
+        kwargs["device_map"] = {"": device}
+    torch.manual_seed(seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except OSError as e:
+        raise InvalidInput(f"{source}: the model could not be loaded ({str(e).splitlines()[0]})") from None
+    if spec.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=spec.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.to(device)
+        if spec.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
+                        target_modules=spec.target_modules or "all-linear", task_type="CAUSAL_LM")
+    torch.manual_seed(seed)  # LoRA A matrices are drawn here (NOTES.md: seed before get_peft_model)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise InvalidInput(f"target_modules {spec.target_modules}: {str(e).splitlines()[0]}") from None
+
+
+def causal_lm_loss(peft_model):
+    """A module returning (sum of token losses, label-token count) for a packed batch.
+
+    It runs the decoder and applies the LM head only where a label is set: with `loss_on:
+    completion` that is a few tokens per example, so most of the vocabulary projection (and its
+    backward) is skipped. The loss is the same as the full-logits one. Wrapped in a module so
+    DistributedDataParallel can hook it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    class CausalLMLoss(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+            base = model.get_base_model()
+            # a tuple, not attributes: they are already registered under self.model
+            self._parts = (base.get_decoder(), base.get_output_embeddings())
+            self._softcap = getattr(base.config, "final_logit_softcapping", None)
+
+        def forward(self, input_ids, position_ids, labels):
+            decoder, head = self._parts
+            out = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+            targets = labels[:, 1:]
+            keep = targets != -100
+            logits = head(out.last_hidden_state[:, :-1][keep]).float()
+            if self._softcap:
+                logits = torch.tanh(logits / self._softcap) * self._softcap
+            return F.cross_entropy(logits, targets[keep], reduction="sum"), keep.sum()
+
+    return CausalLMLoss(peft_model)
+
+
+def make_optimizer(name: str, params, *, lr: float, betas: tuple[float, float], eps: float,
+                   weight_decay: float, device_type: str):
+    """The `optim` training argument. Paged / 8-bit optimizers need CUDA; on CPU they become AdamW."""
+    import torch
+
+    decay = [p for p in params if p.ndim >= 2]  # like the HF Trainer: no decay on biases and norms
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    if name in ("paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"):
+        if device_type == "cuda":
+            import bitsandbytes as bnb
+
+            cls = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
+                   "adamw_8bit": bnb.optim.AdamW8bit}[name]
+            return cls(groups, lr=lr, betas=betas, eps=eps)
+        print(f"finetune: notice: optim '{name}' needs CUDA; using AdamW on CPU", file=sys.stderr)
+    # The fused kernel is the same AdamW update in one pass over all tensors (CPU and CUDA).
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)

@@ -1,0 +1,220 @@
+"""Compiling recipes to Azure ML pipeline jobs, offline with the real azure-ai-ml SDK.
+
+Checks the pipeline validates, that `slmforge compile` output round-trips through load_job, and
+what the REST body the SDK would send contains: nodes, computes, datastore and registry URIs, the
+named and versioned final output, distribution, environments — and no secret anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from slmforge.cli import main as cli
+from slmforge.recipe.graph import build_graph, host_system
+from slmforge.recipe.loader import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+COOKBOOK_AML = REPO / "tests" / "recipes" / "cookbook-aml.json"
+LORA_AML = REPO / "pipelines" / "phi3-mini-lora-int4-aml.json"
+QLORA_AML = REPO / "pipelines" / "phi3-mini-qlora-aml.json"
+FAKE_TOKEN = "hf_FAKEtokenPLANTEDbyTHEtest0123456789"
+
+
+def aml_recipes() -> list[Path]:
+    found = []
+    for path in sorted((REPO / "pipelines").glob("*.json")):
+        if path.name == "recipe.schema.json":
+            continue
+        if host_system(load_recipe(path, check_files=False)) is not None:
+            found.append(path)
+    return found
+
+
+def compile_to(recipe: Path, out: Path, *extra: str):
+    """`slmforge compile` in-process; returns the YAML as a dict and the reloaded job."""
+    from azure.ai.ml import load_job
+
+    assert cli(["compile", str(recipe), "-o", str(out), *extra]) == 0
+    job = load_job(out / "pipeline.yml")
+    return yaml.safe_load((out / "pipeline.yml").read_text()), job
+
+
+def rest_body(job) -> dict:
+    """The REST body of a pipeline job; inline components (resolved to ids at submission) as dicts."""
+    def component(obj):
+        return obj._to_dict() if hasattr(obj, "_to_dict") else str(obj)
+
+    return json.loads(json.dumps(job._to_rest_object().as_dict(), default=component))["properties"]
+
+
+def edited(tmp_path: Path, source: Path, edit) -> Path:
+    """A copy of a recipe (next to the original's relative files) with `edit(raw)` applied."""
+    raw = json.loads(source.read_text())
+    edit(raw)
+    path = tmp_path / source.name
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_aml_pipelines_exist():
+    names = {p.name for p in aml_recipes()}
+    assert {LORA_AML.name, QLORA_AML.name} <= names
+
+
+@pytest.mark.parametrize("recipe", aml_recipes() + [COOKBOOK_AML], ids=lambda p: p.stem)
+def test_every_aml_recipe_compiles_validates_and_round_trips(recipe, tmp_path):
+    data, job = compile_to(recipe, tmp_path / "out")
+    graph = build_graph(load_recipe(recipe))
+    expected = [s.name for s in graph.steps if s.component != "register"]
+    assert list(data["jobs"]) == expected  # register is local-only: SDK registration after the job
+    result = job._validate()
+    assert result.passed, result.error_messages
+    assert set(job.jobs) == set(expected)
+    assert job.settings.default_datastore.endswith("workspaceblobstore")
+    assert (tmp_path / "out" / "spec.json").is_file()
+    assert data["jobs"]["load_data"]["inputs"]["spec"]["path"] == "spec.json"  # relative to pipeline.yml
+    # every local path the YAML names exists (code snapshot, conda files, uploaded inputs)
+    for value in _paths(data):
+        if not value.startswith(("azureml:", "${{", "http")):
+            assert ((tmp_path / "out") / value).exists(), value
+
+
+def _paths(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("path", "code", "conda_file") and isinstance(value, str):
+                yield value
+            else:
+                yield from _paths(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _paths(item)
+
+
+def test_cookbook_rest_body_has_registry_model_datastore_output_and_keyvault_name(tmp_path):
+    _, job = compile_to(COOKBOOK_AML, tmp_path / "out")
+    body = rest_body(job)
+    digest = build_graph(load_recipe(COOKBOOK_AML)).recipe_digest
+    assert body["settings"]["default_compute"] == "gpu-cluster"
+    assert body["settings"]["default_datastore"] == "workspaceblobstore"
+    assert body["outputs"]["model"] == {"assetName": "phi3-finetuned", "assetVersion": digest[:12],
+                                        "jobOutputType": "custom_model"}
+    assert body["outputs"]["metrics"]["jobOutputType"] == "uri_folder"
+    jobs = body["jobs"]
+    assert set(jobs) == {"load_data", "finetune", "merge", "evaluate_merged", "build_onnx", "evaluate_onnx"}
+    registry = "azureml://registries/azureml-msr/models/microsoft/Phi-3-mini-4k-instruct/versions/11"
+    for node in ("load_data", "finetune", "merge"):
+        model_input = jobs[node]["inputs"]["tokenizer" if node == "load_data" else "model"]
+        assert model_input == {"uri": registry, "job_input_type": "mlflow_model"}
+    assert jobs["load_data"]["inputs"]["data"] == {
+        "uri": "azureml://datastores/workspaceblobstore/paths/data/train_data.json", "job_input_type": "uri_file"}
+    assert jobs["finetune"]["inputs"]["dataset"]["value"] == "${{parent.jobs.load_data.outputs.dataset}}"
+    assert jobs["finetune"]["inputs"]["method"]["value"] == "qlora"
+    assert jobs["build_onnx"]["inputs"]["model"]["value"] == "${{parent.jobs.merge.outputs.model}}"
+    assert "distribution" not in jobs["finetune"]  # one node, one process: no distribution
+    for node in jobs.values():
+        assert node["environment_variables"] == {"SLMFORGE_KEYVAULT": "kv-slmforge"}
+        assert "computeId" not in node  # all on the default compute
+    # the recipe's docker config: its base image with the recipe-relative conda file
+    env = jobs["finetune"]["componentId"]["environment"]
+    assert env["image"] == "mcr.microsoft.com/azureml/openmpi4.1.0-cuda11.8-cudnn8-ubuntu22.04"
+    assert env["conda_file"]["name"] == "project_environment"
+
+
+def test_distribution_instance_count_and_per_step_compute(tmp_path):
+    _, job = compile_to(QLORA_AML, tmp_path / "out", "--compute", "a100-cluster", "--version", "7")
+    body = rest_body(job)
+    jobs = body["jobs"]
+    assert body["settings"]["default_compute"] == "a100-cluster"  # --compute wins over aml_compute
+    assert body["outputs"]["model"]["assetVersion"] == "7"
+    assert jobs["finetune"]["distribution"] == {"distribution_type": "PyTorch", "process_count_per_instance": 1}
+    assert jobs["finetune"]["resources"]["instance_count"] == 2
+    assert jobs["load_data"]["computeId"] == "cpu-cluster"
+    assert jobs["evaluate_merged"]["computeId"] == jobs["evaluate_onnx"]["computeId"] == "cpu-cluster"
+    assert "computeId" not in jobs["finetune"] and "computeId" not in jobs["build_onnx"]
+    assert "environment_variables" not in jobs["finetune"]  # hf_token is false: no vault name either
+    assert jobs["build_onnx"]["inputs"]["execution_provider"]["value"] == "cuda"
+
+
+def test_hub_model_stays_a_parameter_and_project_environments_are_used(tmp_path):
+    _, job = compile_to(LORA_AML, tmp_path / "out")
+    jobs = rest_body(job)["jobs"]
+    assert jobs["finetune"]["inputs"]["model_id"]["value"] == "microsoft/Phi-3-mini-4k-instruct"
+    assert "model" not in jobs["finetune"]["inputs"]
+    assert jobs["finetune"]["computeId"] == "gpu-cluster"
+    images = {n: jobs[n]["componentId"]["environment"]["image"] for n in jobs}
+    gpu = yaml.safe_load((REPO / "environments" / "gpu.yml").read_text())["image"]
+    cpu = yaml.safe_load((REPO / "environments" / "cpu.yml").read_text())["image"]
+    assert images.pop("finetune") == gpu  # accelerators: gpu -> the GPU environment for fine-tuning
+    assert set(images.values()) == {cpu}
+
+
+@pytest.mark.parametrize("ref, expected", [({"name": "phi3-train", "version": 4}, "azureml:phi3-train:4"),
+                                           ({"name": "phi3-train", "label": "latest"}, "azureml:phi3-train@latest")])
+def test_registered_environment_by_version_or_label(tmp_path, ref, expected):
+    def edit(raw):
+        raw["systems"]["aml"]["config"]["aml_environment_config"] = ref
+
+    _, job = compile_to(edited(tmp_path, LORA_AML, edit), tmp_path / "out")
+    for node in rest_body(job)["jobs"].values():
+        assert node["componentId"]["environment"] == expected
+
+
+def test_docker_build_context_resolves_against_the_recipe(tmp_path):
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04\n")
+
+    def edit(raw):
+        raw["systems"]["aml"]["config"]["aml_docker_config"] = {"build_context_path": "docker"}
+
+    data, _ = compile_to(edited(tmp_path, LORA_AML, edit), tmp_path / "out")
+    env = data["jobs"]["finetune"]["component"]["environment"]
+    assert Path(env["build"]["path"]) == tmp_path / "docker"
+
+
+def test_local_data_and_model_become_uploaded_inputs(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "train.jsonl").write_text('{"phrase": "hi", "tone": "joy"}\n')
+
+    def edit(raw):
+        raw["input_model"] = {"type": "HfModel", "model_path": "./model"}
+        raw["data_configs"][0]["load_dataset_config"]["data_files"] = "train.jsonl"
+        raw["systems"]["aml"]["config"]["hf_token"] = False
+
+    data, job = compile_to(edited(tmp_path, LORA_AML, edit), tmp_path / "out")
+    inputs = data["jobs"]["load_data"]["inputs"]
+    assert inputs["data"] == {"type": "uri_file", "path": str(tmp_path / "train.jsonl")}
+    assert inputs["tokenizer"] == {"type": "uri_folder", "path": str(tmp_path / "model")}
+    assert data["jobs"]["finetune"]["inputs"]["model"]["path"] == str(tmp_path / "model")
+    assert job._validate().passed
+
+
+def test_planted_token_appears_nowhere(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    out = tmp_path / "out"
+    _, job = compile_to(COOKBOOK_AML, out)
+    texts = [p.read_text() for p in out.rglob("*") if p.is_file()]
+    texts.append(json.dumps(rest_body(job)))
+    texts.append(job._to_yaml() if hasattr(job, "_to_yaml") else yaml.safe_dump(job._to_dict()))
+    captured = capsys.readouterr()
+    texts += [captured.out, captured.err]
+    assert len(texts) >= 5
+    for text in texts:
+        assert FAKE_TOKEN not in text
+        assert "hf_FAKE" not in text
+    assert "kv-slmforge" in texts[-3]  # the vault *name* is there; the secret is not
+
+
+def test_non_aml_host_is_invalid_input(tmp_path, capsys):
+    def edit(raw):
+        raw["systems"]["here"] = {"type": "LocalSystem"}
+        raw["engine"]["host"] = raw["engine"]["target"] = "here"
+
+    assert cli(["compile", str(edited(tmp_path, LORA_AML, edit)), "-o", str(tmp_path / "out")]) == 2
+    assert "not an AzureML system" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "pipeline.yml").exists()

@@ -1,0 +1,199 @@
+"""The step cache: what reruns when what changes, corruption, resume after SIGKILL, concurrency, failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from local_pipeline import cache_entries, cli, run_slmforge, start_run, warm_pipeline, write_recipe
+from slmforge import manifest
+from slmforge.backends.cache import ENTRY, Cache, cache_key, locked
+
+pytestmark = pytest.mark.slow
+
+DOWNSTREAM_OF_BUILD = {"build_onnx", "evaluate_onnx", "register"}
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory, tiny_model_dir, demo_data):
+    return warm_pipeline(tmp_path_factory, tiny_model_dir, demo_data)
+
+
+def ran(outcome) -> set[str]:
+    return {name for name, status in outcome.statuses().items() if status == "ran"}
+
+
+def final_digest(outcome) -> str:
+    return manifest.read_manifest(outcome.out_dir / "model")["outputs_digest"]
+
+
+# ---------------------------------------------------------------------- keys and entries (no models)
+
+
+def test_key_depends_on_every_part_and_not_on_order():
+    material = {"step": "a", "component": "c", "version": "1", "command": "x", "params": {"p": 1, "q": 2},
+                "inputs": {"data": "d1"}}
+    assert cache_key(material) == cache_key(dict(reversed(list(material.items()))))
+    for field, value in (("step", "b"), ("version", "2"), ("command", "y"), ("params", {"p": 1, "q": 3}),
+                         ("inputs", {"data": "d2"})):
+        assert cache_key({**material, field: value}) != cache_key(material), field
+
+
+def test_clean_removes_unfinished_entries_and_keeps_finished_ones(tmp_path):
+    cache = Cache(tmp_path)
+    done, partial = cache.entry("merge", "a" * 64), cache.entry("merge", "b" * 64)
+    (done.root / "model").mkdir(parents=True)
+    (done.root / "model" / "w.bin").write_bytes(b"1")
+    manifest.write_manifest(done.root / "model", step="merge", params={})
+    done.finish(step="merge", outputs=["model"], seconds=1.0, extra={})
+    partial.work.mkdir(parents=True)
+    assert cache.clean() == (1, 0)
+    assert done.state(["model"]) == "hit" and not partial.root.exists()
+    with locked(done.lock_path):  # in use: left alone
+        assert cache.clean(everything=True)[0] == 0
+    assert cache.clean(everything=True)[0] == 1 and not done.root.exists()
+
+
+# ---------------------------------------------------------------------- the cache matrix
+
+
+def test_changed_data_content_at_the_same_path_reruns_from_load_data(warm, tmp_path):
+    recipe, _ = warm.fork(tmp_path)
+    data = tmp_path / "tones.jsonl"
+    rows = data.read_text().splitlines()
+    data.write_text("\n".join(rows[1:] + rows[:1]) + "\n")  # same rows, another order: new content
+    outcome = run_slmforge(recipe, warm.home)
+    assert outcome.rc == 0, outcome.stderr
+    assert ran(outcome) == set(outcome.statuses())  # everything depends on the data
+
+
+def test_changed_precision_reruns_only_the_build_and_later(warm, tmp_path):
+    def to_fp32(r):
+        r["passes"]["builder"]["config"]["precision"] = "fp32"
+    recipe, _ = warm.fork(tmp_path, edit=to_fp32)
+    outcome = run_slmforge(recipe, warm.home)
+    assert outcome.rc == 0, outcome.stderr
+    assert ran(outcome) == DOWNSTREAM_OF_BUILD
+    assert outcome.record["evaluation"]["onnx"]["size_bytes"] > warm.cold.record["evaluation"]["onnx"]["size_bytes"]
+
+
+def test_corrupted_entry_is_detected_and_rebuilt(warm, tmp_path):
+    recipe, cache = warm.fork(tmp_path)
+    [entry] = cache_entries(cache, "finetune")
+    weights = entry / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"corrupt!")
+    outcome = run_slmforge(recipe, warm.home)
+    assert outcome.rc == 0, outcome.stderr
+    assert "finetune" in ran(outcome)
+    assert "corrupt" in outcome.stdout
+    assert manifest.is_finished(entry / "adapter")
+    assert final_digest(outcome) == final_digest(warm.cold)  # training is deterministic
+
+
+def test_missing_manifest_counts_as_corrupt(warm, tmp_path):
+    recipe, cache = warm.fork(tmp_path)
+    [entry] = cache_entries(cache, "merge")
+    (entry / "model" / manifest.MANIFEST).unlink()
+    outcome = run_slmforge(recipe, warm.home)
+    assert outcome.rc == 0, outcome.stderr
+    assert "merge" in ran(outcome) and manifest.is_finished(entry / "model")
+
+
+def test_force_one_step(warm, tmp_path):
+    recipe, _ = warm.fork(tmp_path)
+    outcome = run_slmforge(recipe, warm.home, "--force", "merge")
+    assert outcome.rc == 0, outcome.stderr
+    assert ran(outcome) == {"merge"}  # same bytes again: later steps stay cached
+
+
+def test_sigkill_during_finetune_resumes_and_matches_an_uninterrupted_run(warm, tmp_path, tiny_model_dir):
+    def longer(r):
+        r["passes"]["lora"]["config"]["training_args"].update(max_steps=80, save_steps=10)
+    reference = write_recipe(tmp_path / "reference", tiny_model_dir, warm.data_file, edit=longer)
+    killed = write_recipe(tmp_path / "killed", tiny_model_dir, warm.data_file, edit=longer)
+
+    proc = start_run(killed, warm.home)
+    deadline = time.monotonic() + 300
+    checkpoint = None
+    while checkpoint is None and proc.poll() is None and time.monotonic() < deadline:
+        checkpoint = next(iter((tmp_path / "killed" / "cache").glob("finetune/*/work/checkpoints/step-*")), None)
+        time.sleep(0.02)
+    assert checkpoint is not None, "no checkpoint appeared before the run ended"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    [entry] = cache_entries(tmp_path / "killed" / "cache", "finetune")
+    assert not (entry / ENTRY).exists() and not manifest.is_finished(entry / "adapter")
+
+    resumed = run_slmforge(killed, warm.home)
+    assert resumed.rc == 0, resumed.stderr
+    assert resumed.statuses()["finetune"] == "ran"
+    log = Path(next(s["log"] for s in resumed.record["steps"] if s["name"] == "finetune")).read_text()
+    assert "resuming from" in log
+    uninterrupted = run_slmforge(reference, warm.home)
+    assert uninterrupted.rc == 0, uninterrupted.stderr
+    adapter = {o.out_dir.parent.name: manifest.read_manifest(Path(next(
+        s["output"] for s in o.record["steps"] if s["name"] == "finetune")))["outputs_digest"]
+        for o in (resumed, uninterrupted)}
+    assert adapter["killed"] == adapter["reference"]
+    assert final_digest(resumed) == final_digest(uninterrupted)
+
+
+def test_two_concurrent_runs_on_one_cache_both_succeed(warm, tmp_path):
+    def other_training(r):
+        r["passes"]["lora"]["config"]["training_args"]["max_steps"] = 30
+    recipe_a, cache = warm.fork(tmp_path / "a", edit=other_training)
+    recipe_b = write_recipe(tmp_path / "b", warm.model_dir, warm.data_file, cache_dir=cache, edit=other_training)
+    procs = [start_run(r, warm.home) for r in (recipe_a, recipe_b)]
+    for proc in procs:
+        proc.communicate(timeout=600)
+    assert [p.returncode for p in procs] == [0, 0]
+    records = [json.loads((r.parent / "out" / "run.json").read_text()) for r in (recipe_a, recipe_b)]
+    by_step = {}
+    for record in records:
+        for s in record["steps"]:
+            by_step.setdefault(s["name"], []).append(s["status"])
+    # Each shared step ran in exactly one of the runs; the other waited and reused it.
+    for name in ("finetune", "merge", "build_onnx", "evaluate_onnx"):
+        assert sorted(by_step[name]) == ["cached", "ran"], (name, by_step[name])
+    assert final_digest(type("O", (), {"out_dir": recipe_a.parent / "out"})) == \
+        final_digest(type("O", (), {"out_dir": recipe_b.parent / "out"}))
+
+
+def test_failing_step_exits_1_with_one_line_and_leaves_nothing_finished(warm, tmp_path):
+    def bad_modules(r):
+        r["passes"]["lora"]["config"]["target_modules"] = ["no_such_proj"]
+    recipe, cache = warm.fork(tmp_path, edit=bad_modules)
+    outcome = run_slmforge(recipe, warm.home)
+    assert outcome.rc == 1
+    lines = outcome.stderr.strip().splitlines()
+    assert len(lines) == 1, outcome.stderr
+    log = tmp_path / "out" / "logs" / "finetune.log"
+    assert lines[0].startswith("slmforge: error: step 'finetune' failed: ") and f"(log: {log})" in lines[0]
+    assert log.is_file()
+    record = outcome.record
+    assert record["status"] == "failed"
+    assert {s["name"]: s["status"] for s in record["steps"]}["finetune"] == "failed"
+    assert not (tmp_path / "out" / "model").exists()
+    for entry in cache_entries(cache, "finetune"):
+        meta = entry / ENTRY
+        if meta.exists():  # the warm run's good entry
+            continue
+        assert not any(manifest.read_manifest(p) for p in entry.iterdir() if p.is_dir())
+
+
+def test_cache_ls_and_clean_commands(warm, tmp_path):
+    _, cache = warm.fork(tmp_path)
+    (cache / "finetune" / ("f" * 64) / "work").mkdir(parents=True)  # a killed run's leftovers
+    listing = cli(warm.home, "cache", "ls", "--cache-dir", str(cache))
+    assert listing.returncode == 0 and "unfinished" in listing.stdout and "finished" in listing.stdout
+    assert "load_data" in listing.stdout and "9 entries" in listing.stdout
+    cleaned = cli(warm.home, "cache", "clean", "--cache-dir", str(cache))
+    assert "removed 1 entry" in cleaned.stdout
+    assert cli(warm.home, "cache", "clean", "--cache-dir", str(cache), "--older-than", "1h").stdout.startswith("removed 0")
+    assert cli(warm.home, "cache", "clean", "--cache-dir", str(cache), "--all").stdout.startswith("removed 8")
+    assert cli(warm.home, "cache", "clean", "--older-than", "soon").returncode == 2

@@ -1,0 +1,92 @@
+"""The local MLflow registry (register step, `slmforge models`) and the shipped local recipes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from local_pipeline import REPO, cli, warm_pipeline
+from slmforge import manifest
+from slmforge.recipe.graph import build_graph
+from slmforge.recipe.loader import load_recipe
+from slmforge.steps import register
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def warm(tmp_path_factory, tiny_model_dir, demo_data):
+    return warm_pipeline(tmp_path_factory, tiny_model_dir, demo_data)
+
+
+def test_run_registers_the_final_model_with_tags(warm):
+    registered = warm.cold.record["registered"]
+    assert registered["name"] == "tiny-tones" and int(registered["version"]) >= 1
+    assert registered["tracking_uri"] == f"sqlite:///{warm.home / 'registry.db'}"
+    [model] = [m for m in register.list_models(registered["tracking_uri"]) if m["name"] == "tiny-tones"]
+    version = next(v for v in model["versions"] if v["version"] == registered["version"])
+    assert version["tags"]["recipe_digest"] == warm.cold.record["recipe_digest"]
+    assert version["tags"]["slmforge_version"]
+    assert float(version["tags"]["metric.accuracy"]) == warm.cold.record["evaluation"]["onnx"]["accuracy"]
+    # The registry holds its own copy of the model: it survives `slmforge cache clean`.
+    source = Path(version["source"].removeprefix("file://"))
+    assert (source / "genai_config.json").is_file()
+    assert manifest.digest_path(source) == manifest.digest_path(warm.cold.out_dir / "model")
+
+
+def test_models_command_lists_names_versions_and_aliases(warm):
+    listing = cli(warm.home, "models")
+    assert listing.returncode == 0, listing.stderr
+    row = next(line for line in listing.stdout.splitlines() if line.startswith("tiny-tones"))
+    assert "current" in row and "latest" in row
+    as_json = json.loads(cli(warm.home, "models", "--json").stdout)
+    assert as_json["tracking_uri"].endswith("registry.db")
+    assert any(m["name"] == "tiny-tones" for m in as_json["models"])
+
+
+def test_new_version_each_registration_and_alias_moves(warm, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'r.db'}"
+    model = warm.cold.out_dir / "model"
+    first = register.run(model, "m", tmp_path / "reg1", tracking_uri=uri, recipe_digest="abc")
+    second = register.run(model, "m", tmp_path / "reg2", tracking_uri=uri, recipe_digest="def")
+    assert (first["version"], second["version"]) == ("1", "2")
+    [listed] = register.list_models(uri)
+    assert [v["version"] for v in listed["versions"]] == ["2", "1"]
+    assert listed["versions"][0]["aliases"] == ["current", "latest"] and listed["versions"][1]["aliases"] == []
+    assert manifest.is_finished(tmp_path / "reg2")
+
+
+def test_register_refuses_an_unfinished_model_folder(tmp_path):
+    (tmp_path / "model").mkdir()
+    rc = register.main(["--model", str(tmp_path / "model"), "--name", "m", "--registration", str(tmp_path / "r"),
+                        "--tracking_uri", f"sqlite:///{tmp_path / 'r.db'}"])
+    assert rc == 2 and not (tmp_path / "r").exists() and not (tmp_path / "r.db").exists()
+
+
+def test_empty_registry_lists_nothing(tmp_path):
+    out = cli(tmp_path, "models")
+    assert out.returncode == 0 and "no registered models" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["demo.json", "phi3-mini-lora-int4.json", "phi3-mini-qlora.json"])
+def test_shipped_local_recipes_validate(name, tmp_path, demo_data):
+    """The recipes users start from: valid, local, building INT4 ONNX and registering it."""
+    (tmp_path / "pipelines").mkdir()
+    recipe = tmp_path / "pipelines" / name
+    shutil.copyfile(REPO / "pipelines" / name, recipe)
+    raw = json.loads(recipe.read_text())
+    assert raw["$schema"] == "./recipe.schema.json"
+    model = recipe.parent / raw["input_model"]["config"]["hf_config"]["model_name"]
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    data = recipe.parent / raw["data_configs"][0]["load_dataset_config"]["data_files"]
+    data.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(demo_data, data)
+    graph = build_graph(load_recipe(recipe))
+    assert graph.final == ("build_onnx", "model")
+    assert graph.names()[-1] == "register" and "evaluate_base" in graph.names()
+    assert graph.step("build_onnx").params["precision"] == "int4"
+    assert all(ref.kind != "uri" for step in graph.steps for ref in step.inputs.values())
