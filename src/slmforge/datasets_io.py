@@ -80,7 +80,8 @@ def _check_record(record: Any, text_cols: list[str]) -> tuple[dict[str, str] | N
         return None, None
     for c, v in values.items():
         if not isinstance(v, str):
-            return None, f"column '{c}' is {_kind(v)} ({json.dumps(v, default=str)[:40]}), expected a string"
+            shown = "" if v is None else f" ({json.dumps(v, default=str)[:40]})"
+            return None, f"column '{c}' is {_kind(v)}{shown}, expected a string"
     return values, None
 
 
@@ -96,12 +97,16 @@ def _json_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]
     text = _read_text(path)
     if text.lstrip().startswith("["):
         try:
-            array = json.loads(text)
+            array, end = json.JSONDecoder().raw_decode(text.lstrip())
         except json.JSONDecodeError as e:
-            raise InvalidInput(f"{path}: line {e.lineno}: not valid JSON ({e.msg}, column {e.colno})") from None
-        for i, record in enumerate(array, 1):
-            yield f"row {i}", record
-        return
+            skipped = text[: len(text) - len(text.lstrip())].count("\n")
+            raise InvalidInput(f"{path}: line {e.lineno + skipped}: not valid JSON ({e.msg}, "
+                               f"column {e.colno})") from None
+        if not text.lstrip()[end:].strip():  # one array holds every row
+            for i, record in enumerate(array, 1):
+                yield f"row {i}", record
+            return
+        # else JSON lines whose first line happens to be an array
     decoder = json.JSONDecoder()
     row = 0
     for lineno, line in enumerate(text.splitlines(), 1):

@@ -59,9 +59,6 @@ class GenaiModel:
             ids = ids[1:]
         return ids
 
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids) if ids else ""
-
     def token_id(self, token: str) -> int | None:
         """The id of a token in the vocabulary (e.g. `<|end|>`), None when it has none."""
         token_id = int(self.tokenizer.to_token_id(token))
@@ -86,7 +83,11 @@ class GenaiModel:
                 return
 
     def generate(self, prompt: str, max_new_tokens: int, stop: Callable[[str], bool]) -> tuple[str, int]:
-        """Greedy continuation of `prompt` (same contract as TorchBackend.generate)."""
+        """Greedy continuation of `prompt` (same contract as TorchBackend.generate).
+
+        The text is glued from the token stream's pieces: og's one-shot decode drops everything
+        after a token that is not valid UTF-8 on its own (seen with untrained models).
+        """
         text, count = "", 0
         for token, piece in self.stream(self.encode(prompt), max_new_tokens):
             count += 1

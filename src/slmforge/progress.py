@@ -17,6 +17,8 @@ from typing import TextIO
 
 MARKER = "##slmforge-progress"
 _MARKER_RE = re.compile(re.escape(MARKER) + r" (\d+)/(\d+)(?: (.*))?")
+# Steps that log "name: step 10/200 ..." (finetune) get a bar without the marker too.
+_STEP_LINE_RE = re.compile(r"^\w+: (step) (\d+)/(\d+)", re.MULTILINE)
 
 
 def report(done: int, total: int, what: str = "") -> None:
@@ -36,6 +38,9 @@ def last_marker(log: Path, start: int = 0) -> tuple[int, int, str] | None:
     found = None
     for match in _MARKER_RE.finditer(text):
         found = (int(match.group(1)), int(match.group(2)), match.group(3) or "")
+    if found is None:
+        for match in _STEP_LINE_RE.finditer(text):
+            found = (int(match.group(2)), int(match.group(3)), "steps")
     return found
 
 

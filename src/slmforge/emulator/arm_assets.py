@@ -129,11 +129,21 @@ def list_containers(emu: Emulator, req: Request, sub, rg, ws, kind) -> Reply:
                        "nextLink": None})
 
 
-def pending_upload(emu: Emulator, req: Request) -> Reply:
-    """A fresh blob folder in the datastore container and a container SAS signed with the dev key."""
+def pending_upload(emu: Emulator, req: Request, *, own_container: bool = False) -> Reply:
+    """Where the SDK may upload an asset's files, with a SAS signed with the dev key.
+
+    Workspace assets: a fresh folder in the datastore container, path-style URL (no name
+    resolution needed). Registry assets: a fresh container, production-style URL
+    (<account>.blob.<endpoint>/<container>), because the SDK reads the container and the path out of
+    a registry asset's URI by position."""
     upload_id = uuid.uuid4().hex
-    container = azurite.DATASTORE_CONTAINER
-    blob_uri = f"{azurite.account_url(emu.config.azurite_port)}/{container}/LocalUpload/{upload_id}"
+    if own_container:
+        container = f"registry-{upload_id[:24]}"
+        emu.blob.create_container(container)
+        blob_uri = f"https://{azurite.ACCOUNT}.blob.{emu.storage_endpoint}/{container}"
+    else:
+        container = azurite.DATASTORE_CONTAINER
+        blob_uri = f"{azurite.account_url(emu.config.azurite_port)}/{container}/LocalUpload/{upload_id}"
     sas = azurite.container_sas(container, write=True)
     return Reply(200, {
         "blobReferenceForConsumption": {

@@ -7,7 +7,7 @@ import re
 from slmforge.emulator.arm_assets import system_data
 from slmforge.emulator.arm_workspace import check_scope
 from slmforge.emulator.context import Emulator, now_iso
-from slmforge.emulator.jobstate import JOBS, TERMINAL, get_job, update_job
+from slmforge.emulator.jobstate import JOBS, TERMINAL, find_node, get_job, update_job
 from slmforge.emulator.routing import WS, Reply, Request, error, not_found, route
 
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
@@ -55,7 +55,34 @@ def get_job_route(emu: Emulator, req: Request, sub, rg, ws, name) -> Reply:
     if bad := check_scope(emu, sub, rg, ws):
         return bad
     doc = get_job(emu, name)
+    if doc is None and (node := find_node(emu, name)) is not None:
+        doc = child_job(emu, node)
     return Reply(200, job_reply(emu, doc)) if doc else not_found(f"job '{name}'")
+
+
+def child_job(emu: Emulator, node: dict) -> dict | None:
+    """A pipeline node as the command job it ran as (what `jobs.get` / `jobs.stream` of a step read)."""
+    parent = get_job(emu, node["job"])
+    spec = ((parent or {}).get("properties", {}).get("jobs") or {}).get(node["node"])
+    if spec is None:
+        return None
+    match = re.search(r"/components/([^/]+)/versions/([^/]+)$", spec.get("componentId", ""))
+    component = emu.store.get("components", f"{match.group(1)}/{match.group(2)}") if match else None
+    comp_spec = (component or {}).get("properties", {}).get("componentSpec", {})
+    props = parent["properties"]
+    return {"id": f"{emu.ws_id}/jobs/{node['runId']}", "name": node["runId"],
+            "type": "Microsoft.MachineLearningServices/workspaces/jobs",
+            "systemData": system_data(node["createdUtc"]),
+            "properties": {
+                "jobType": "Command", "status": node["status"], "displayName": node["node"],
+                "experimentName": props.get("experimentName"), "command": comp_spec.get("command", ""),
+                "environmentId": comp_spec.get("environment", "").removeprefix("azureml:"),
+                "codeId": comp_spec.get("code", "").removeprefix("azureml:") or None,
+                "computeId": spec.get("computeId") or (props.get("settings") or {}).get("default_compute"),
+                "environmentVariables": spec.get("environment_variables") or {},
+                "inputs": {}, "outputs": {}, "tags": {}, "isArchived": False,
+                "properties": {"azureml.nodeid": node["node"], "azureml.pipelinerunid": node["job"]},
+                "parentJobName": node["job"]}}
 
 
 @route("GET", WS + r"/jobs")

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from slmforge.emulator import workspace_file
 
 _patch_lock = threading.Lock()
 _patched = False
+_trusted: dict[str, str] = {}  # certificate path -> PEM
 
 
 def _b64(data: dict) -> str:
@@ -73,11 +75,25 @@ def resolve_localhost_names() -> None:
 def prepare(workspace: str | Path) -> dict[str, Any]:
     """Read the workspace file and set up this process to reach it; return the file's contents."""
     info = workspace_file.read(workspace)
-    if not Path(info["ca_bundle"]).is_file():
-        raise FileNotFoundError(f"{info['ca_bundle']}: the emulator's certificate is gone (is it running?)")
-    os.environ["REQUESTS_CA_BUNDLE"] = info["ca_bundle"]
+    trust(Path(info["ca_bundle"]))
     resolve_localhost_names()
     return info
+
+
+def trust(cert: Path) -> None:
+    """Trust an emulator's certificate in this process (REQUESTS_CA_BUNDLE, read by requests and so
+    by azure-core). Several emulators (or one restarted with a new certificate) are all trusted:
+    the bundle is rewritten from every certificate seen, read afresh."""
+    if not cert.is_file():
+        raise FileNotFoundError(f"{cert}: the emulator's certificate is gone (is it running?)")
+    with _patch_lock:
+        _trusted[str(cert)] = cert.read_text()
+        if len(_trusted) == 1:
+            os.environ["REQUESTS_CA_BUNDLE"] = str(cert)
+            return
+        bundle = Path(tempfile.gettempdir()) / f"slmforge-emulator-ca-{os.getpid()}.pem"
+        bundle.write_text("".join(_trusted.values()))
+        os.environ["REQUESTS_CA_BUNDLE"] = str(bundle)
 
 
 def ml_client(workspace: str | Path, *, registry_name: str | None = None, **kwargs: Any):

@@ -29,6 +29,7 @@ _BINDING = re.compile(r"^\$\{\{\s*parent\.(inputs|jobs)\.([A-Za-z0-9_]+)(?:\.out
 # Never handed to a step: secrets of the user who started the emulator.
 _SCRUBBED_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD",
                  "MSI_SECRET", "IDENTITY_HEADER", "REQUESTS_CA_BUNDLE")
+LOG_UPLOAD_S = 3.0
 KEYVAULT_ENV = "SLMFORGE_KEYVAULT"  # set on nodes that read secret hf-token (see slmforge.secrets)
 
 
@@ -189,13 +190,17 @@ class Executor:
                                         stdin=subprocess.DEVNULL, start_new_session=True)
                 with self._lock:
                     self._current = (job, proc)
-                rc = proc.wait()
+                while True:  # the log goes up every few seconds, so `jobs.stream` can follow it
+                    try:
+                        rc = proc.wait(timeout=LOG_UPLOAD_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        self._upload_log(run_id, log_path)
         finally:
             with self._lock:
                 self._current = None
             emu.revoke_msi(run_id)
-            azurite.upload_folder(emu.blob, azurite.DATASTORE_CONTAINER, str(Path(jobstate.log_blob(run_id)).parent),
-                                  log_path) if log_path.is_file() else None
+            self._upload_log(run_id, log_path)
         if job in self._canceled or self._stopping:
             raise Canceled()
         if rc != 0:
@@ -207,6 +212,12 @@ class Executor:
             uploaded[out_name] = upload_output(emu, src, path)
             self._bind_pipeline_output(job, spec, out_name, uploaded[out_name])
         jobstate.put_node(emu, job, node, status="Completed", endTimeUtc=now_iso(), outputs=uploaded)
+
+    def _upload_log(self, run_id: str, log_path: Path) -> None:
+        if log_path.is_file():
+            with open(log_path, "rb") as f:
+                self.emu.blob.get_container_client(azurite.DATASTORE_CONTAINER).upload_blob(
+                    jobstate.log_blob(run_id), f, overwrite=True)
 
     def _component(self, component_id: str) -> dict:
         m = re.search(r"/components/([^/]+)/versions/([^/]+)$", component_id)

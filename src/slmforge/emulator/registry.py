@@ -9,6 +9,11 @@ from slmforge.emulator.routing import REG, Reply, Request, error, not_found, rou
 TABLE = "registry-models"
 
 
+def registry_scope(registry: str) -> str:
+    """Registry asset ids are azureml:// URIs (the SDK parses them so), not ARM paths."""
+    return f"azureml://registries/{registry}"
+
+
 def key(registry: str, name: str, version: str = "") -> str:
     return f"{registry}/{name}/{version}"
 
@@ -38,7 +43,7 @@ def get_model_container(emu: Emulator, req: Request, sub, rg, registry, name) ->
     versions = emu.store.list(TABLE, key(registry, name))
     if not versions:
         return not_found(f"model '{name}' in registry '{registry}'")
-    return Reply(200, container_body(emu.registry_id(registry), "models", name, versions))
+    return Reply(200, container_body(registry_scope(registry), "models", name, versions))
 
 
 @route("PUT", REG + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)")
@@ -46,11 +51,35 @@ def put_model(emu: Emulator, req: Request, sub, rg, registry, name, version) -> 
     properties = req.json.get("properties")
     if not isinstance(properties, dict):
         return error(400, "UserError", "registry model body has no 'properties'")
-    body, created = put_version(emu, emu.registry_id(registry), TABLE, "models", name, version, properties,
+    body, created = put_version(emu, registry_scope(registry), TABLE, "models", name, version, properties,
                                 key=key(registry, name, version))
     return Reply(201 if created else 200, body)
 
 
 @route("POST", REG + r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/startPendingUpload")
 def model_pending_upload(emu: Emulator, req: Request, sub, rg, registry, name, version) -> Reply:
-    return pending_upload(emu, req)
+    return pending_upload(emu, req, own_container=True)
+
+
+@route("PUT", REG + r"/tempdatarefs/(?P<name>[^/]+)/versions/(?P<version>[^/]+)")
+def temp_data_ref(emu: Emulator, req: Request, sub, rg, registry, name, version) -> Reply:
+    """Where the SDK uploads a registry asset's files before it PUTs the version."""
+    if emu.store.get(TABLE, key(registry, name, version)):
+        return error(409, "UserError", f"model '{name}' version '{version}' already exists in '{registry}'")
+    return pending_upload(emu, req, own_container=True)
+
+
+@route("POST", REG + r"/datarefs/(?P<name>[^/]+)/versions/(?P<version>[^/]+)")
+def data_ref(emu: Emulator, req: Request, sub, rg, registry, name, version) -> Reply:
+    """A read SAS for a registry model's files (what `models.download` asks for)."""
+    from slmforge.emulator import azurite
+
+    doc = emu.store.get(TABLE, key(registry, name, version))
+    if doc is None:
+        return not_found(f"model '{name}' version '{version}' in registry '{registry}'")
+    container = azurite.split_blob_url(doc["properties"]["modelUri"])[0]
+    url = f"https://{azurite.ACCOUNT}.blob.{emu.storage_endpoint}/{container}"
+    sas = azurite.container_sas(container, write=False)
+    return Reply(200, {"blobReferenceForConsumption": {"blobUri": url, "storageAccountArmId": None,
+                                                       "credential": {"credentialType": "SAS",
+                                                                      "sasUri": f"{url}?{sas}"}}})

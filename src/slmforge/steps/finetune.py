@@ -1,7 +1,7 @@
 """finetune step: LoRA or QLoRA on a load_data dataset folder; writes a PEFT adapter folder.
 
     python -m slmforge.steps.finetune --model DIR --dataset DS --adapter OUT --checkpoints CK [...]
-    torchrun --nproc_per_node N -m slmforge.steps.finetune ...      (DDP: gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node N -m slmforge.steps.finetune -- ...   (DDP: gloo on CPU, nccl on GPU)
 
 The same seed gives the same adapter bytes and losses. A checkpoint is written every save_steps
 into --checkpoints; started again after a kill, the step resumes from the newest one that matches
@@ -188,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoints")
 
     def body() -> None:
-        args = vars(p.parse_args(argv))
+        given = list(sys.argv[1:] if argv is None else argv)
+        # torchrun's own parser rejects `--r` (a prefix of several of its options), so under
+        # torchrun the step's arguments follow a `--`, which torchrun passes on: drop it.
+        args = vars(p.parse_args(given[1:] if given[:1] == ["--"] else given))
         m = run(**args)
         if m is not None:
             c = m["metrics"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,24 +68,26 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     except OSError as e:
         raise InvalidInput(f"{source}: the model could not be loaded ({str(e).splitlines()[0]})") from None
-    if spec.method == "qlora":
-        from peft import prepare_model_for_kbit_training
+    with warnings.catch_warnings():  # peft asks transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        if spec.method == "qlora":
+            from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=spec.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:
-        model.to(device)
-        if spec.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
-                        target_modules=spec.target_modules or "all-linear", task_type="CAUSAL_LM")
-    torch.manual_seed(seed)  # LoRA A matrices are drawn here (NOTES.md: seed before get_peft_model)
-    try:
-        return get_peft_model(model, config)
-    except ValueError as e:
-        raise InvalidInput(f"target_modules {spec.target_modules}: {str(e).splitlines()[0]}") from None
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=spec.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.to(device)
+            if spec.gradient_checkpointing:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+        config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
+                            target_modules=spec.target_modules or "all-linear", task_type="CAUSAL_LM")
+        torch.manual_seed(seed)  # LoRA A matrices are drawn here (NOTES.md: seed before get_peft_model)
+        try:
+            return get_peft_model(model, config)
+        except ValueError as e:
+            raise InvalidInput(f"target_modules {spec.target_modules}: {str(e).splitlines()[0]}") from None
 
 
 def causal_lm_loss(peft_model):

@@ -1,0 +1,117 @@
+"""evaluate step and `slmforge evaluate`: the same metrics for PyTorch and onnxruntime-genai folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lora_adapter import make_lora_adapter
+
+from slmforge import manifest
+from slmforge.evaluation import answer_finished, answer_of
+from slmforge.steps import build_onnx, evaluate, load_data, merge
+
+TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
+KEYS = {"label", "accuracy", "n", "confusion", "perplexity", "tokens_per_second", "size_bytes", "model_kind"}
+# Runs the CLI in a fresh interpreter and reports which heavy libraries it imported.
+CLI_REPORTING_IMPORTS = ("import sys, json\nfrom slmforge.cli import main\nrc = main(sys.argv[1:])\n"
+                         "print('HEAVY=' + json.dumps(sorted(m for m in ('torch', 'transformers', 'peft') "
+                         "if m in sys.modules)))\nsys.exit(rc)")
+
+
+def run_cli_without_torch(*args: str) -> tuple[str, list[str]]:
+    """(stdout before the report line, heavy modules imported); fails on a non-zero exit."""
+    proc = subprocess.run([sys.executable, "-c", CLI_REPORTING_IMPORTS, *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out, _, heavy = proc.stdout.rpartition("HEAVY=")
+    return out, json.loads(heavy)
+
+
+@pytest.fixture(scope="module")
+def folders(tiny_model_dir, demo_data, tmp_path_factory) -> dict[str, Path]:
+    """load_data on the demo data -> adapter -> merge -> int4; plus an fp32 build of the base."""
+    root = tmp_path_factory.mktemp("evaluate")
+    spec = root / "spec.json"
+    spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
+    dataset = root / "dataset"
+    assert load_data.main(["--data", str(demo_data), "--spec", str(spec), "--tokenizer", str(tiny_model_dir),
+                           "--loss_on", "completion", "--corpus_strategy", "line-by-line",
+                           "--eval_dataset_size", "0.2", "--dataset", str(dataset)]) == 0
+    adapter = make_lora_adapter(tiny_model_dir, root / "adapter", seed=4)
+    manifest.write_manifest(adapter, step="finetune", params={}, inputs={"dataset": dataset})
+    merged, int4, fp32 = root / "merged", root / "int4", root / "fp32"
+    assert merge.main(["--model", str(tiny_model_dir), "--adapter", str(adapter), "--output", str(merged)]) == 0
+    assert build_onnx.main(["--model", str(merged), "--precision", "int4", "--output", str(int4)]) == 0
+    assert build_onnx.main(["--model", str(tiny_model_dir), "--precision", "fp32", "--output", str(fp32)]) == 0
+    return {"root": root, "dataset": dataset, "merged": merged, "int4": int4, "fp32": fp32}
+
+
+def _evaluate_step(model: Path, dataset: Path, out: Path, label: str) -> dict:
+    assert evaluate.main(["--model", str(model), "--dataset", str(dataset), "--label", label,
+                          "--max_samples", "40", "--max_new_tokens", "4", "--metrics", str(out)]) == 0
+    assert manifest.is_finished(out)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_step_gives_the_same_metrics_for_pytorch_and_its_fp32_onnx(tiny_model_dir, folders, tmp_path):
+    torch_metrics = _evaluate_step(tiny_model_dir, folders["dataset"], tmp_path / "m-pt", "base")
+    onnx_metrics = _evaluate_step(folders["fp32"], folders["dataset"], tmp_path / "m-onnx", "onnx")
+    for metrics, kind in ((torch_metrics, "pytorch"), (onnx_metrics, "onnx")):
+        assert KEYS <= set(metrics) and metrics["model_kind"] == kind
+        assert metrics["n"] == 40 and sum(sum(row.values()) for row in metrics["confusion"].values()) == 40
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["tokens_per_second"] > 0 and metrics["size_bytes"] > 0
+        assert metrics["perplexity_tokens"] > 40  # the tone token(s) + </s> of each row
+    # Same weights, same tokens: perplexity agrees to float rounding, greedy answers are identical.
+    assert onnx_metrics["perplexity"] == pytest.approx(torch_metrics["perplexity"], rel=1e-4)
+    assert onnx_metrics["confusion"] == torch_metrics["confusion"]
+    assert onnx_metrics["generated_tokens"] == torch_metrics["generated_tokens"]
+    assert manifest.read_manifest(tmp_path / "m-onnx")["params"]["text_template"] == TEMPLATE
+
+
+def test_evaluate_json_on_an_int4_folder_imports_no_torch(folders, seed_data):
+    """The template comes from the int4 folder's manifest, carried dataset -> adapter -> merge -> build."""
+    assert manifest.read_manifest(folders["int4"])["params"]["text_template"] == TEMPLATE
+    out, heavy = run_cli_without_torch("evaluate", "--model", str(folders["int4"]), "--data", str(seed_data),
+                                       "--max_samples", "30", "--json")
+    metrics = json.loads(out)
+    assert heavy == []
+    assert KEYS <= set(metrics) and metrics["model_kind"] == "onnx" and metrics["n"] == 30
+    assert metrics["perplexity"] > 1 and metrics["size_bytes"] == sum(
+        p.stat().st_size for p in folders["int4"].iterdir())
+    assert set(metrics["confusion"]) <= {"joy", "surprise", "fear", "sadness"}
+
+
+def test_command_reads_a_dataset_folder_and_prints_a_table(folders, capsys):
+    from slmforge.cli import main
+
+    assert main(["evaluate", "--model", str(folders["int4"]), "--data", str(folders["dataset"]),
+                 "--max_samples", "10", "--label", "int4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("int4 (onnx): accuracy ") and "true \\ predicted" in out
+
+
+def test_template_errors_are_invalid_input(folders, tiny_model_dir, demo_data, tmp_path, capsys):
+    from slmforge.cli import main
+
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(demo_data)]) == 2
+    assert "carries no text_template; pass --template" in capsys.readouterr().err
+    assert main(["evaluate", "--model", str(folders["int4"]), "--data", str(demo_data),
+                 "--template", "{phrase} => {label}"]) == 2
+    assert "missing column 'label'" in capsys.readouterr().err
+    empty = tmp_path / "dataset"
+    empty.mkdir()
+    assert evaluate.main(["--model", str(folders["int4"]), "--dataset", str(empty), "--metrics", str(tmp_path / "m")]) == 2
+    assert not (tmp_path / "m").exists()
+
+
+def test_answer_is_the_first_line_before_the_suffix():
+    assert answer_of("joy\n### Text: more") == "joy"
+    assert answer_of("\n  fear  \nsadness") == "fear"
+    assert answer_of("surprise<|end|>\n", "<|end|>") == "surprise"
+    assert answer_of("") == ""
+    stop = answer_finished("<|end|>")
+    assert not stop("\n") and not stop("jo") and stop("joy\n") and stop("joy<|end|>")
