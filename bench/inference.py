@@ -29,7 +29,9 @@ BENCH = Path(__file__).resolve().parent
 RESULT = BENCH / "results" / "inference.json"
 SEED_DATA = BENCH.parents[1] / "shared" / "data" / "phrase-classification" / "dataset-classification.json"
 SIZES = ("tiny", "small")
-VARIANTS = ("pytorch", "onnx_fp32", "onnx_int4")
+# pytorch_1_thread: torch's default intra-op threads collapse when the machine is busy (tiny model,
+# 2 loaded cores: 65 vs 3.6 ms/token); one thread shows what PyTorch does without that contention.
+VARIANTS = ("pytorch", "pytorch_1_thread", "onnx_fp32", "onnx_int4")
 NEW_TOKENS = 64
 PROMPTS = [
     "### Text: Best day ever thanks to the neighbour's garden!\n### The tone is:\n",
@@ -38,10 +40,12 @@ PROMPTS = [
 ]
 
 
-def measure_pytorch(folder: str) -> dict:
+def measure_pytorch(folder: str, threads: int | None = None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if threads:
+        torch.set_num_threads(threads)
     imported = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -123,7 +127,7 @@ def bench_size(size: str, root: Path) -> dict:
     from slmforge.steps import build_onnx
 
     base, note = build_base(size, root / size / "hf")
-    folders = {"pytorch": base}
+    folders = {"pytorch": base, "pytorch_1_thread": base}
     build = {}
     for precision in ("fp32", "int4"):
         out = root / size / precision
@@ -133,12 +137,12 @@ def bench_size(size: str, root: Path) -> dict:
         folders[f"onnx_{precision}"] = out
     variants = {}
     for variant in VARIANTS:
-        kind = "pytorch" if variant == "pytorch" else "onnx"
+        kind = "onnx" if variant.startswith("onnx") else variant
         weights = sum(p.stat().st_size for p in folders[variant].iterdir()
                       if p.suffix in (".safetensors", ".onnx", ".data"))
         variants[variant] = {"size_bytes": size_on_disk(folders[variant]), "weights_bytes": weights,
                              **run_measurement(kind, folders[variant])}
-        print(f"  {size:<5} {variant:<9} {variants[variant]['size_bytes']:>12,} B  "
+        print(f"  {size:<5} {variant:<16} {variants[variant]['size_bytes']:>12,} B  "
               f"load {variants[variant]['load_seconds']:.2f} s  "
               f"(import+load {variants[variant]['import_and_load_seconds']:.2f} s)  "
               f"{variants[variant]['tokens_per_second']:>9,.0f} tokens/s", flush=True)
@@ -157,6 +161,8 @@ def summary(models: dict) -> dict:
             "int4_size_vs_pytorch": round(v["onnx_int4"]["size_bytes"] / v["pytorch"]["size_bytes"], 3),
             "int4_tokens_per_second_vs_pytorch": round(v["onnx_int4"]["tokens_per_second"]
                                                        / v["pytorch"]["tokens_per_second"], 2),
+            "int4_tokens_per_second_vs_pytorch_1_thread": round(v["onnx_int4"]["tokens_per_second"]
+                                                                / v["pytorch_1_thread"]["tokens_per_second"], 2),
             "fp32_onnx_tokens_per_second_vs_pytorch": round(v["onnx_fp32"]["tokens_per_second"]
                                                             / v["pytorch"]["tokens_per_second"], 2),
             "int4_import_and_load_vs_pytorch": round(v["onnx_int4"]["import_and_load_seconds"]
@@ -167,14 +173,17 @@ def summary(models: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--measure", nargs=2, metavar=("KIND", "DIR"), help="measure one folder (pytorch|onnx)")
+    parser.add_argument("--measure", nargs=2, metavar=("KIND", "DIR"),
+                        help="measure one folder (pytorch | pytorch_1_thread | onnx)")
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.measure:
         kind, folder = args.measure
-        print(json.dumps(measure_pytorch(folder) if kind == "pytorch" else measure_onnx(folder)))
+        measure = {"pytorch": measure_pytorch, "pytorch_1_thread": lambda f: measure_pytorch(f, threads=1),
+                   "onnx": measure_onnx}[kind]
+        print(json.dumps(measure(folder)))
         return 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="slmforge-bench-inference-") as tmp:

@@ -38,3 +38,18 @@ def demo_data() -> Path:
     from slmforge.tinymodel import demo_data_path
 
     return demo_data_path()
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory):
+    """(state folder, workspace file) of one emulated Azure ML workspace shared by the session.
+
+    Azurite is npm-installed on first use; everything listens on 127.0.0.1 only. Tests that
+    inject faults must set the rate back to 0 when they finish.
+    """
+    from slmforge.emulator import control
+
+    folder = tmp_path_factory.mktemp("emulator")
+    info = control.start(folder, faults={"rate": 0.0})
+    yield folder, Path(info["workspace_file"])
+    control.stop(folder)

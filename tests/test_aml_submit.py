@@ -16,16 +16,6 @@ COOKBOOK_AML = REPO / "tests" / "recipes" / "cookbook-aml.json"
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    from slmforge.emulator import control
-
-    folder = tmp_path_factory.mktemp("aml-emulator")
-    info = control.start(folder)
-    yield folder, info["workspace_file"]
-    control.stop(folder)
-
-
-@pytest.fixture(scope="module")
 def ml_client(emulator):
     from slmforge.backends.aml_workspace import ml_client_from_workspace_file
 
@@ -48,7 +38,7 @@ def counters(folder: Path) -> dict:
 
 
 def test_submit_sends_the_compiled_pipeline(emulator, ml_client, capsys):
-    name = submit_detached(emulator[1], capsys)
+    name = submit_detached(str(emulator[1]), capsys)
     job = ml_client.jobs.get(name)
     digest = build_graph(load_recipe(COOKBOOK_AML)).recipe_digest
     assert job.outputs["model"].name == "phi3-finetuned"
@@ -58,20 +48,18 @@ def test_submit_sends_the_compiled_pipeline(emulator, ml_client, capsys):
     assert set(job.jobs) == {"load_data", "finetune", "merge", "evaluate_merged", "build_onnx", "evaluate_onnx"}
 
 
-@pytest.mark.xfail(strict=True, reason="emulator: code hash lookup only searches the (random) code name, "
-                                       "not the workspace (arm_assets.get_asset_versions) — Engineer E")
 def test_resubmission_reuses_the_code_snapshot(emulator, capsys):
-    submit_detached(emulator[1], capsys)
+    submit_detached(str(emulator[1]), capsys)
     before = counters(emulator[0]).get("start_pending_upload", 0)
-    submit_detached(emulator[1], capsys)
+    submit_detached(str(emulator[1]), capsys)
     assert counters(emulator[0]).get("start_pending_upload", 0) == before
 
 
 def test_cancel_then_status_exits_1(emulator, capsys):
-    name = submit_detached(emulator[1], capsys)
-    assert cli(["cancel", name, "--workspace", emulator[1]]) == 0
+    name = submit_detached(str(emulator[1]), capsys)
+    assert cli(["cancel", name, "--workspace", str(emulator[1])]) == 0
     assert f"{name}: cancel requested" in capsys.readouterr().out
-    assert cli(["status", name, "--workspace", emulator[1], "--wait"]) == 1
+    assert cli(["status", name, "--workspace", str(emulator[1]), "--wait"]) == 1
     err = capsys.readouterr().err
     # the emulator may have failed load_data (no registry model offline) before the cancel landed
     assert f"job {name} canceled" in err or f"job {name} failed at step load_data;" in err, err
@@ -80,7 +68,7 @@ def test_cancel_then_status_exits_1(emulator, capsys):
 def test_wait_follows_step_by_step_and_names_the_failed_step(emulator, capsys, monkeypatch):
     """The cookbook's registry model is not in the emulator, so load_data fails: exit 1 naming it."""
     monkeypatch.setenv("SLMFORGE_POLL_SECONDS", "0.5")
-    assert cli(["submit", str(COOKBOOK_AML), "--workspace", emulator[1], "--wait"]) == 1
+    assert cli(["submit", str(COOKBOOK_AML), "--workspace", str(emulator[1]), "--wait"]) == 1
     captured = capsys.readouterr()
     assert re.search(r"^  load_data +Failed$", captured.out, re.M), captured.out
     assert re.search(r"^\S+: Failed$", captured.out, re.M), captured.out
@@ -89,7 +77,7 @@ def test_wait_follows_step_by_step_and_names_the_failed_step(emulator, capsys, m
 
 
 def test_unknown_job_is_invalid_input(emulator, capsys):
-    assert cli(["status", "no_such_job_here", "--workspace", emulator[1]]) == 2
+    assert cli(["status", "no_such_job_here", "--workspace", str(emulator[1])]) == 2
     assert "no job named 'no_such_job_here'" in capsys.readouterr().err
 
 
@@ -99,8 +87,8 @@ def test_transient_faults_are_ridden_through(emulator, capsys):
     control.admin(emulator[0], "PUT", "faults", {"rate": 0.25, "kinds": ["429", "503", "drop"], "seed": 3,
                                                  "retry_after": 0})
     try:
-        name = submit_detached(emulator[1], capsys)
-        assert cli(["status", name, "--workspace", emulator[1]]) == 0
+        name = submit_detached(str(emulator[1]), capsys)
+        assert cli(["status", name, "--workspace", str(emulator[1])]) == 0
         injected = control.admin(emulator[0], "GET", "faults")["injected"]
     finally:
         control.admin(emulator[0], "PUT", "faults", {"rate": 0.0})

@@ -111,8 +111,8 @@ def test_int4_builds_loads_and_generates_with_onnxruntime_genai(int4_dir, fp32_d
         generated += 1
     assert generated > 0
     check = manifest.read_manifest(int4_dir)["metrics"]["check"]
-    assert check["cosine_mean"] >= check["bounds"]["cosine_mean"]
-    assert check["argmax_agreement"] is None or check["argmax_agreement"] >= check["bounds"]["argmax_agreement"]
+    assert check["cosine_mean"] >= check["bounds"]["cosine_mean"] and check["positions"] > 100
+    assert not check["argmax_gated"] or check["argmax_agreement"] >= check["bounds"]["argmax_agreement"]
 
 
 def test_og_token_ids_equal_hf_tokenizer_ids(int4_dir, demo_data, seed_data):
@@ -150,7 +150,7 @@ def test_build_straight_from_base_plus_adapter(tiny_model_dir, int4_dir, tmp_pat
     _, base_only = _hf_logits(tiny_model_dir, PROMPTS)
     built = PlainOrtModel(out)
     candidate = [built.logits(i) for i in ids]
-    assert compare(with_adapter, candidate).cosine_mean > 0.97
+    assert compare(with_adapter, candidate).cosine_mean > 0.95
     assert compare(base_only, candidate).cosine_mean < compare(with_adapter, candidate).cosine_mean - 0.05
     assert not np.allclose(candidate[0], PlainOrtModel(int4_dir).logits(ids[0]), atol=1e-2)
 

@@ -23,15 +23,6 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="session")
-def emulator(tmp_path_factory):
-    """(state dir, workspace file) of a running emulator; Azurite is npm-installed on first use."""
-    folder = tmp_path_factory.mktemp("emulator")
-    info = control.start(folder, faults={"rate": 0.0})
-    yield folder, Path(info["workspace_file"])
-    control.stop(folder)
-
-
-@pytest.fixture(scope="session")
 def ml(emulator):
     from slmforge.emulator.client import ml_client
 

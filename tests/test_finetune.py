@@ -20,6 +20,13 @@ TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 FAST = dict(r=8, alpha=16, learning_rate=3e-3, per_device_train_batch_size=4, logging_steps=5, progress=False)
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """One thread in-process and in subprocesses alike: comparable runs, and no thread thrashing
+    when the test machine's cores are busy."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_model_dir, seed_data) -> Path:
     """240 rows of the seed data, loss on the tone only, 10% held out."""
@@ -87,7 +94,7 @@ def test_same_seed_gives_the_same_adapter_bytes_and_losses(tmp_path, tiny_model_
 
 
 def test_sigkill_then_restart_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, dataset, capsys):
-    steps, save = 150, 10
+    steps, save = 60, 5
     reference, _ = train(tmp_path, "reference", tiny_model_dir, dataset, max_steps=steps, save_steps=save)
 
     adapter, checkpoints = tmp_path / "killed", tmp_path / "killed-ck"

@@ -133,3 +133,26 @@ def test_help_is_fast_and_does_not_import_heavy_modules():
             "if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out.replace("'", '"')) == []
+
+
+def test_plain_progress_lines_and_progress_markers(tmp_path):
+    import io
+
+    from slmforge.progress import Display, last_marker, report
+
+    out = io.StringIO()
+    with Display(["a", "b"], out=out, live=False) as display:
+        display.update("a", "cached", seconds=3.0)
+        display.update("b", "running")
+        display.update("b", "failed", seconds=1.25)
+    lines = out.getvalue().splitlines()
+    assert lines == ["[slmforge] a                cached (3.0s originally)", "[slmforge] b                running",
+                     "[slmforge] b                failed after 1.2s"]
+    log = tmp_path / "step.log"
+    log.write_text("finetune: step 10/200  loss 4.1\nnoise\n")
+    assert last_marker(log) == (10, 200, "steps")
+    import contextlib
+
+    with open(log, "a") as f, contextlib.redirect_stderr(f):
+        report(3, 9, "rows")
+    assert last_marker(log) == (3, 9, "rows")

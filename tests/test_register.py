@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from local_pipeline import REPO, cli, warm_pipeline
+from local_pipeline import REPO, cli, run_slmforge, warm_pipeline
 from slmforge import manifest
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
@@ -90,3 +90,16 @@ def test_shipped_local_recipes_validate(name, tmp_path, demo_data):
     assert graph.names()[-1] == "register" and "evaluate_base" in graph.names()
     assert graph.step("build_onnx").params["precision"] == "int4"
     assert all(ref.kind != "uri" for step in graph.steps for ref in step.inputs.values())
+
+
+def test_a_deleted_registry_is_registered_again(warm, tmp_path):
+    recipe, _ = warm.fork(tmp_path)
+    home = tmp_path / "home"
+    first = run_slmforge(recipe, home)
+    assert first.rc == 0, first.stderr
+    assert {k for k, v in first.statuses().items() if v == "ran"} == {"register"}  # another registry
+    (home / "registry.db").unlink()
+    again = run_slmforge(recipe, home)
+    assert again.rc == 0, again.stderr
+    assert again.statuses()["register"] == "ran" and again.record["registered"]["version"] == "1"
+    assert [m["name"] for m in register.list_models(f"sqlite:///{home / 'registry.db'}")] == ["tiny-tones"]

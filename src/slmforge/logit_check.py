@@ -32,22 +32,30 @@ CHECK_PROMPTS = [
 # and far below what any wiring mistake produces (O(0.1) and more).
 FP32_MAX_ABS_DIFF = 1e-4
 
-# Quantized / half builds are approximations, so they are judged by what matters for use:
-# does the model still rank the vocabulary the same way (cosine of the logit vectors) and does
-# it pick the same next token where PyTorch has a clear preference.
-#  - cosine: int4 (block 32) measured 0.986 mean on the tiny random model (hidden 128, the worst
-#    case: few weights per dot product), int8 0.9999, fp16 > 0.9999. The same int4 build scored
-#    0.86 against a model whose adapter it did not contain, and a mis-wired LM head gives ~0.
-#  - argmax agreement is counted only at "decisive" positions, where PyTorch's top-1 logit beats
-#    its top-2 by at least DECISIVE_MARGIN standard deviations of that position's logits: on a
-#    random (untrained) model the logits are nearly flat and argmax flips on noise alone (int4 on
-#    the tiny model agrees on 69% of all positions but on 100% of decisive ones). NOTES.md: 48/50
-#    on a bigger variant, so >= 0.9 leaves room for a borderline position without hiding a broken model.
-DECISIVE_MARGIN = 0.5
+# Quantized / half builds are approximations, judged by what matters for use: does the model
+# still rank the vocabulary the same way (cosine of the logit vectors), and does it pick the same
+# next token wherever PyTorch clearly prefers one. Measured with these prompts (int4, block 32):
+#                                     cosine_mean  decisive positions  argmax agreement there
+#   tiny random model (2 layers)         0.987          3 / 305              1.0
+#   small random model (8 layers, 27 M)  0.954          1 / 201              1.0
+#   tiny after LoRA on the seed data     0.988        253 / 305              0.988
+#   LM head mis-wired by the builder     0.587         18 / 305              0.11
+#   int8 / fp16 (small random model)     0.9997 / 0.999999
+# - "Decisive": PyTorch's top-1 logit beats its top-2 by >= DECISIVE_MARGIN standard deviations of
+#   that position's logits. Untrained models have nearly flat logits, where int4 noise alone flips
+#   the argmax (the small model agrees on 59% of ALL positions), so agreement is only counted where
+#   the reference is decisive, and only gated when there are at least MIN_DECISIVE such positions.
+#   It is computed from the reference alone, so a worse candidate cannot shrink its own test.
+# - Cosine is gated always. Random weights are the worst case for int4 (no structure, every matmul
+#   adds independent noise): 0.954 on the 8-layer model. A bound of 0.9 passes that and still
+#   fails a mis-wired head (0.59); on trained models the agreement gate is the sharper test
+#   (NOTES.md: 48/50 on a bigger variant), so >= 0.9 leaves room for a borderline position.
+DECISIVE_MARGIN = 1.0
+MIN_DECISIVE = 10
 THRESHOLDS = {
-    "int4": {"cosine_mean": 0.97, "argmax_agreement": 0.9},
+    "int4": {"cosine_mean": 0.9, "argmax_agreement": 0.9},
     "int8": {"cosine_mean": 0.995, "argmax_agreement": 0.95},
-    "fp16": {"cosine_mean": 0.999, "argmax_agreement": 0.95},
+    "fp16": {"cosine_mean": 0.999, "argmax_agreement": 0.98},
 }
 
 
@@ -98,7 +106,7 @@ def failures(comparison: Comparison, precision: str) -> list[str]:
     if not comparison.cosine_mean >= bounds["cosine_mean"]:
         out.append(f"mean logit cosine {comparison.cosine_mean:.4f} < {bounds['cosine_mean']}")
     agreement = comparison.argmax_agreement
-    if agreement is not None and agreement < bounds["argmax_agreement"]:
+    if comparison.decisive_positions >= MIN_DECISIVE and agreement < bounds["argmax_agreement"]:
         out.append(f"next-token argmax agreement {agreement:.3f} at {comparison.decisive_positions} decisive "
                    f"positions < {bounds['argmax_agreement']}")
     return out

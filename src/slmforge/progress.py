@@ -89,8 +89,9 @@ class Display:
             from rich.live import Live
 
             self._console = Console(file=self.out, force_terminal=True)
+            # No stdout/stderr redirection: a step's own output belongs in its log, not on screen.
             self._live = Live(get_renderable=self._render, console=self._console, refresh_per_second=4,
-                              transient=False)
+                              transient=False, redirect_stdout=False, redirect_stderr=False)
             self._live.start()
         return self
 

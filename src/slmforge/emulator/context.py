@@ -73,11 +73,6 @@ class Emulator:
         return (f"/subscriptions/{c.subscription}/resourceGroups/{c.resource_group}"
                 f"/providers/Microsoft.MachineLearningServices/workspaces/{c.workspace}")
 
-    def registry_id(self, registry: str) -> str:
-        c = self.config
-        return (f"/subscriptions/{c.subscription}/resourceGroups/{c.resource_group}"
-                f"/providers/Microsoft.MachineLearningServices/registries/{registry}")
-
     @property
     def storage_endpoint(self) -> str:
         """What the SDK appends to `<account>.blob.`: resolved to 127.0.0.1 by client.py."""

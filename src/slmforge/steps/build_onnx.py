@@ -64,7 +64,8 @@ def run(*, output: str | Path, model: str | Path | None = None, model_id: str | 
             seconds=time.perf_counter() - started, libraries=LIBRARIES,
         )
     summary = (f"max abs logit difference {check['max_abs_diff']:.3g}" if precision == "fp32" else
-               f"logit cosine {check['cosine_mean']:.4f}, argmax agreement {check['argmax_agreement']}")
+               f"logit cosine {check['cosine_mean']:.4f}, argmax agreement {check['argmax_agreement']} "
+               f"at {check['decisive_positions']} decisive positions")
     print(f"built {precision} onnxruntime-genai model -> {output}; {summary}")
     return check
 
@@ -97,7 +98,9 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     check = {**result.as_dict(), "precision": precision, "prompts": len(token_ids),
              "tokenizer_matches": tokenizer_matches}
     if precision != "fp32":
-        check["bounds"] = logit_check.THRESHOLDS[precision]
+        check["bounds"] = {**logit_check.THRESHOLDS[precision], "min_decisive_positions": logit_check.MIN_DECISIVE,
+                           "decisive_margin_std": logit_check.DECISIVE_MARGIN}
+        check["argmax_gated"] = result.decisive_positions >= logit_check.MIN_DECISIVE
     else:
         check["bound"] = logit_check.FP32_MAX_ABS_DIFF
     problems = logit_check.failures(result, precision)

@@ -54,9 +54,11 @@ def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | N
     data = read_dataset(dataset)
     dist, owns_group = _init_distributed()
     threads = torch.get_num_threads()
-    if dist.device == "cpu":  # one thread per core, shared among the processes on this machine
+    if dist.device == "cpu":  # OMP_NUM_THREADS when set, else the cores shared among this machine's ranks
         local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world))
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))
+        wanted = os.environ.get("OMP_NUM_THREADS", "")
+        torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0
+                              else max(1, len(os.sched_getaffinity(0)) // local))
     try:
         peft_model = load_model(model, model_id, spec, dist.device, args.seed)
         params = dict(method=method, target_modules=target_modules, r=r, alpha=alpha, lora_dropout=lora_dropout,
