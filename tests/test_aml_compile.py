@@ -17,6 +17,8 @@ from slmforge.cli import main as cli
 from slmforge.recipe.graph import build_graph, host_system
 from slmforge.recipe.loader import load_recipe
 
+from aml_demo import DEMO_AML, demo_aml_tree
+
 REPO = Path(__file__).resolve().parents[1]
 COOKBOOK_AML = REPO / "tests" / "recipes" / "cookbook-aml.json"
 LORA_AML = REPO / "pipelines" / "phi3-mini-lora-int4-aml.json"
@@ -62,11 +64,13 @@ def edited(tmp_path: Path, source: Path, edit) -> Path:
 
 def test_aml_pipelines_exist():
     names = {p.name for p in aml_recipes()}
-    assert {LORA_AML.name, QLORA_AML.name} <= names
+    assert {LORA_AML.name, QLORA_AML.name, DEMO_AML.name} <= names
 
 
 @pytest.mark.parametrize("recipe", aml_recipes() + [COOKBOOK_AML], ids=lambda p: p.stem)
-def test_every_aml_recipe_compiles_validates_and_round_trips(recipe, tmp_path):
+def test_every_aml_recipe_compiles_validates_and_round_trips(recipe, tmp_path, request):
+    if recipe == DEMO_AML:  # its tiny model is built by `make demo`: give it one in a checkout-shaped tree
+        recipe = demo_aml_tree(tmp_path / "tree", request.getfixturevalue("tiny_model_dir"))
     data, job = compile_to(recipe, tmp_path / "out")
     graph = build_graph(load_recipe(recipe))
     expected = [s.name for s in graph.steps if s.component != "register"]
@@ -93,6 +97,27 @@ def _paths(node):
     elif isinstance(node, list):
         for item in node:
             yield from _paths(item)
+
+
+def test_demo_aml_uploads_the_tiny_model_and_data_and_targets_the_emulator(tmp_path, tiny_model_dir):
+    from slmforge.emulator.context import Config
+
+    recipe = demo_aml_tree(tmp_path / "tree", tiny_model_dir)
+    data, job = compile_to(recipe, tmp_path / "out")
+    body = rest_body(job)
+    assert body["settings"]["default_compute"] == "cpu-cluster"
+    assert body["outputs"]["model"]["assetName"] == "phi3-tiny-tones"
+    tree = (tmp_path / "tree").resolve()
+    inputs = data["jobs"]["load_data"]["inputs"]
+    assert inputs["tokenizer"] == {"type": "uri_folder", "path": str(tree / ".slmforge/models/phi3-tiny")}
+    assert inputs["data"] == {"type": "uri_file", "path": str(tree / "src/slmforge/data/tones.jsonl")}
+    assert set(data["jobs"]) == {"load_data", "evaluate_base", "finetune", "merge", "evaluate_merged",
+                                 "build_onnx", "evaluate_onnx"}
+    for node in body["jobs"].values():
+        assert "computeId" not in node and "environment_variables" not in node  # no vault: no hub model
+    client, emulator = load_recipe(recipe).recipe.azureml_client, Config()
+    assert (client.subscription_id, client.resource_group, client.workspace_name, client.keyvault_name) == \
+        (emulator.subscription, emulator.resource_group, emulator.workspace, emulator.keyvault)
 
 
 def test_cookbook_rest_body_has_registry_model_datastore_output_and_keyvault_name(tmp_path):

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Callable, Iterator
 
-from slmforge.errors import InvalidInput
+from slmforge.errors import InvalidInput, StepFailed
 from slmforge.model_folder import GENAI_CONFIG, is_onnx_folder
 
 
@@ -68,6 +68,8 @@ class GenaiModel:
                stop_ids: set[int] = frozenset()) -> Iterator[tuple[int, str]]:
         """Greedy tokens after `prompt_ids`, each with its decoded text piece; ends at EOS or a stop id."""
         og = self._og
+        if len(prompt_ids) >= self.context_length:
+            raise InvalidInput(f"the input is {len(prompt_ids)} tokens; the model's context is {self.context_length}")
         params = og.GeneratorParams(self.model)
         max_length = min(self.context_length, len(prompt_ids) + max_new_tokens)
         params.set_search_options(do_sample=False, max_length=max_length)
@@ -152,5 +154,5 @@ class PlainOrtModel:
                 dtype = np.float16 if "float16" in inp.type else np.float32
                 feeds[inp.name] = np.zeros((1, self.kv_heads, 0, self.head_size), dtype=dtype)
             else:
-                raise InvalidInput(f"model.onnx has an input slmforge does not know how to feed: {inp.name}")
+                raise StepFailed(f"model.onnx has an input slmforge does not know how to feed: {inp.name}")
         return self.session.run(["logits"], feeds)[0][0].astype(np.float32)

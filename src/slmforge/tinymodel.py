@@ -45,7 +45,8 @@ class TinySpec:
 
 SPECS = {
     "tiny": TinySpec(),
-    "small": TinySpec(vocab_size=8000, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+    # ~31 M parameters; its 4096-token vocab needs the seed data set as extra corpus.
+    "small": TinySpec(vocab_size=4096, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
                       num_attention_heads=8, max_position_embeddings=1024),
 }
 
@@ -115,7 +116,9 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny",
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(spec.vocab_size, list(extra_corpus))
-    assert len(tokenizer) == spec.vocab_size, f"tokenizer has {len(tokenizer)} tokens, want {spec.vocab_size}"
+    if len(tokenizer) != spec.vocab_size:
+        raise ValueError(f"the tokenizer corpus yields only {len(tokenizer)} tokens, the '{size}' model needs "
+                         f"{spec.vocab_size}: pass more text with extra_corpus")
     config = Phi3Config(
         vocab_size=spec.vocab_size,
         hidden_size=spec.hidden_size,

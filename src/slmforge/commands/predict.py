@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 def prompt_and_suffix(template_text: str, text: str) -> tuple[str, str]:
     """Render the prompt for one input and the suffix expected after the answer."""
     from slmforge.errors import InvalidInput
+    from slmforge.evaluation import template_suffix
     from slmforge.template import Template
 
     template = Template(template_text)
@@ -54,4 +55,4 @@ def prompt_and_suffix(template_text: str, text: str) -> tuple[str, str]:
             raise InvalidInput(f"the template takes the fields {', '.join(inputs) or '(none)'}: "
                                f"pass TEXT as a JSON object with them")
     row = {**row, template.answer_field: ""}
-    return template.prompt(row), template.completion(row)
+    return template.prompt(row), template_suffix(template, row)

@@ -21,6 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain", action="store_true", help="plain line output even on a terminal")
 
 
+def default_recipe() -> Path:
+    """pipelines/demo.json of this checkout (or of the working folder, for a non-editable install)."""
+    from slmforge.errors import InvalidInput
+
+    for candidate in (DEFAULT_RECIPE, Path.cwd() / "pipelines" / "demo.json"):
+        if candidate.is_file():
+            return candidate
+    raise InvalidInput(f"no recipe given and the default {DEFAULT_RECIPE} is missing; pass a recipe file")
+
+
 def ensure_demo_model(recipe: Path) -> None:
     """The demo's tiny Phi-3 is built on first use (about a second)."""
     from slmforge.recipe.loader import read_raw
@@ -58,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.recipe.loader import load_recipe
     from slmforge.report import print_summary
 
-    recipe = Path(args.recipe) if args.recipe else DEFAULT_RECIPE
+    recipe = Path(args.recipe) if args.recipe else default_recipe()
     if args.recipe is None:
         ensure_demo_model(recipe)
     loaded = load_recipe(recipe)

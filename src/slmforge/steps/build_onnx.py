@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from slmforge import manifest
-from slmforge.errors import InvalidInput, StepFailed
+from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
 from slmforge.steps._cli import StepArgumentParser, run_main
 
 STEP = "build_onnx"
@@ -86,7 +86,7 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     try:
         onnx_model = genai.PlainOrtModel(folder, execution_provider)
         candidate = [onnx_model.logits(ids) for ids in token_ids]
-    except InvalidInput:
+    except SlmforgeError:
         raise
     except Exception as e:  # onnxruntime rejects an invalid graph with its own exception types
         raise StepFailed(f"the built model.onnx does not run in onnxruntime: {e}") from e

@@ -1,0 +1,214 @@
+"""Fine-tune benchmark: slmforge's finetune step vs a plain Hugging Face Trainer + peft (what Olive runs).
+
+    python bench/finetune.py [--reps N] [--out bench/results/finetune.json]
+
+LoRA and QLoRA on the tiny Phi-3 and on the "small" one (tinymodel.SPECS["small"], ~27 M parameters),
+on the Cookbook's phrase/tone data set (../shared/data/phrase-classification), loss on the answer,
+one example per row. Both sides get the same tokenized rows, model, LoRA settings, batch size,
+optimizer (fused AdamW), learning rate schedule, step count and thread count. Each configuration
+runs in its own process, so peak RSS is that configuration's; ours and the baseline alternate.
+
+tokens/s counts the tokens of the training examples (pad tokens excluded) per second of the
+training loop; wall time is the whole process, imports included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SEED_DATA = REPO.parent / "shared" / "data" / "phrase-classification" / "dataset-classification.json"
+TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
+# steps per configuration: enough for a steady rate, small enough for the whole run to stay < 10 min
+STEPS = {"tiny": 60, "small": 12}
+TRAIN = dict(r=16, alpha=32, lora_dropout=0.05, seed=0, per_device_train_batch_size=16, learning_rate=3e-3,
+             lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0)
+
+
+# ----------------------------------------------------------------------------- children
+
+
+def child_ours(a: argparse.Namespace) -> dict:
+    """The finetune step exactly as the pipeline runs it (same argv as its component)."""
+    from slmforge.steps import finetune
+
+    adapter = Path(a.work) / "adapter"
+    argv = ["--model", a.model, "--dataset", a.dataset, "--method", a.method, "--max_steps", str(a.steps),
+            "--logging_steps", str(a.steps), "--save_steps", str(a.steps + 1), "--adapter", str(adapter),
+            "--checkpoints", str(Path(a.work) / "checkpoints")]
+    argv += [x for k, v in TRAIN.items() for x in (f"--{k}", str(v))]
+    if finetune.main(argv) != 0:
+        raise SystemExit("the finetune step failed")
+    m = json.loads((adapter / "slmforge.json").read_text())["metrics"]
+    return {"tokens_per_second": m["tokens_per_second"], "train_seconds": m["train_seconds"],
+            "tokens": m["tokens"], "final_loss": m["final_loss"]}
+
+
+def child_baseline(a: argparse.Namespace) -> dict:
+    """HF Trainer + peft with Trainer defaults: dynamic padding to the longest row of each batch."""
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer,
+                              TrainerCallback, TrainingArguments)
+
+    torch.manual_seed(TRAIN["seed"])
+    kwargs = {}
+    if a.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        kwargs = {"device_map": "cpu", "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.float32)}
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, **kwargs)
+    if a.method == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, LoraConfig(r=TRAIN["r"], lora_alpha=TRAIN["alpha"], lora_dropout=TRAIN["lora_dropout"],
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
+    tok = AutoTokenizer.from_pretrained(a.model)
+    rows = [json.loads(line) for line in (Path(a.dataset) / "train.jsonl").read_text().splitlines()]
+    collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
+    counted: list[tuple[int, int]] = []  # (real tokens, padded tokens) per batch built
+
+    def counting_collator(features):
+        batch = collate(features)
+        counted.append((int(batch["attention_mask"].sum()), batch["input_ids"].numel()))
+        return batch
+
+    class Clock(TrainerCallback):
+        begin = end = 0.0
+
+        def on_train_begin(self, *args, **kw):
+            Clock.begin = time.perf_counter()
+
+        def on_train_end(self, *args, **kw):
+            Clock.end = time.perf_counter()
+
+    args = TrainingArguments(
+        output_dir=str(Path(a.work) / "trainer"), per_device_train_batch_size=TRAIN["per_device_train_batch_size"],
+        max_steps=a.steps, learning_rate=TRAIN["learning_rate"], lr_scheduler_type=TRAIN["lr_scheduler_type"],
+        warmup_steps=TRAIN["warmup_steps"], weight_decay=TRAIN["weight_decay"], max_grad_norm=TRAIN["max_grad_norm"],
+        seed=TRAIN["seed"], logging_steps=a.steps, save_strategy="no", report_to=[], use_cpu=True,
+        disable_tqdm=True, remove_unused_columns=False)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=counting_collator,
+                      callbacks=[Clock()])
+    out = trainer.train()
+    seconds = Clock.end - Clock.begin
+    real = sum(n for n, _ in counted[:a.steps])
+    padded = sum(n for _, n in counted[:a.steps])
+    return {"tokens_per_second": round(real / seconds, 1), "train_seconds": round(seconds, 3), "tokens": real,
+            "padded_tokens": padded, "final_loss": out.training_loss}
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def prepare(work: Path) -> dict[str, tuple[Path, Path]]:
+    """(model folder, dataset folder) per size; the small model's tokenizer also learns the seed data."""
+    from slmforge.steps import load_data
+    from slmforge.tinymodel import build_tiny_model
+
+    spec = work / "spec.json"
+    spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
+    out = {}
+    for size in STEPS:
+        model = build_tiny_model(work / f"phi3-{size}", seed=0, size=size,
+                                 extra_corpus=[SEED_DATA] if size == "small" else [])
+        dataset = work / f"data-{size}"
+        load_data.run(data=str(SEED_DATA), spec=spec, tokenizer=model, dataset=dataset,
+                      corpus_strategy="line-by-line", loss_on="completion", source_max_len=256)
+        out[size] = (model, dataset)
+    return out
+
+
+def run_child(impl: str, size: str, method: str, model: Path, dataset: Path, work: Path, threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    child_work = tempfile.mkdtemp(dir=work, prefix=f"{impl}-{size}-{method}-")
+    argv = [sys.executable, __file__, "--child", impl, "--model", str(model), "--dataset", str(dataset),
+            "--method", method, "--steps", str(STEPS[size]), "--work", child_work]
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{impl} {size} {method} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = round(wall, 2)
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=2, help="runs of each configuration (median reported)")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "finetune.json"))
+    p.add_argument("--sizes", default=",".join(STEPS))
+    p.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
+    for name in ("model", "dataset", "method", "work"):
+        p.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.child:
+        result = child_ours(a) if a.child == "ours" else child_baseline(a)
+        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        print(json.dumps(result))
+        return 0
+
+    started = time.perf_counter()
+    threads = len(os.sched_getaffinity(0))
+    sizes = a.sizes.split(",")
+    with tempfile.TemporaryDirectory(prefix="slmforge-bench-ft-") as tmp:
+        work = Path(tmp)
+        prepared = prepare(work)
+        runs: dict[tuple[str, str, str], list[dict]] = {}
+        for rep in range(a.reps):
+            for size in sizes:
+                for method in ("lora", "qlora"):
+                    order = ("ours", "baseline") if rep % 2 == 0 else ("baseline", "ours")
+                    for impl in order:
+                        r = run_child(impl, size, method, *prepared[size], work, threads)
+                        runs.setdefault((size, method, impl), []).append(r)
+                        print(f"{size:5} {method:5} {impl:8} rep {rep + 1}: {r['tokens_per_second']:>9,.0f} tokens/s  "
+                              f"peak RSS {r['peak_rss_mb']:7.1f} MB  wall {r['wall_seconds']:6.1f} s", flush=True)
+    table = []
+    for size in sizes:
+        weights = prepared[size][0] / "model.safetensors"
+        model_info = {"model_params_millions": round(weights.stat().st_size / 4 / 1e6, 2)}  # fp32 weights
+        for method in ("lora", "qlora"):
+            row = {"model": size, "method": method, "steps": STEPS[size], **TRAIN}
+            for impl in ("ours", "baseline"):
+                rs = runs[(size, method, impl)]
+                row[impl] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if isinstance(rs[0][k], (int, float))}
+                row[impl]["runs"] = rs
+            row["tokens_per_second_ratio"] = round(row["ours"]["tokens_per_second"] / row["baseline"]["tokens_per_second"], 2)
+            row["peak_rss_ratio"] = round(row["ours"]["peak_rss_mb"] / row["baseline"]["peak_rss_mb"], 3)
+            table.append(model_info | row)
+    result = {
+        "benchmark": "finetune", "command": "python bench/finetune.py", "data": SEED_DATA.name,
+        "threads": threads, "reps": a.reps, "seconds": round(time.perf_counter() - started, 1),
+        "target": "ours >= 1.3x baseline tokens/s at no more peak RSS",
+        "baseline": "transformers.Trainer + peft, DataCollatorForSeq2Seq(padding=True), Trainer defaults",
+        "results": table,
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_suffix(".json.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp_out, out)
+    for row in table:
+        print(f"{row['model']:5} {row['method']:5}: ours/baseline tokens/s {row['tokens_per_second_ratio']:.2f}x, "
+              f"peak RSS {row['peak_rss_ratio']:.2f}x")
+    print(f"wrote {out} in {result['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
