@@ -151,6 +151,9 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=2, help="runs of each configuration (median reported)")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "finetune.json"))
     p.add_argument("--sizes", default=",".join(STEPS))
+    p.add_argument("--methods", default="lora,qlora")
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                   help="torch threads of every run (default: all cores of this machine)")
     p.add_argument("--child", choices=["ours", "baseline"], help=argparse.SUPPRESS)
     for name in ("model", "dataset", "method", "work"):
         p.add_argument(f"--{name}", help=argparse.SUPPRESS)
@@ -163,15 +166,17 @@ def main() -> int:
         return 0
 
     started = time.perf_counter()
-    threads = len(os.sched_getaffinity(0))
-    sizes = a.sizes.split(",")
+    threads = a.threads
+    sizes, methods = a.sizes.split(","), a.methods.split(",")
     with tempfile.TemporaryDirectory(prefix="slmforge-bench-ft-") as tmp:
         work = Path(tmp)
         prepared = prepare(work)
+        params_millions = {size: round((model / "model.safetensors").stat().st_size / 4 / 1e6, 2)  # fp32
+                           for size, (model, _) in prepared.items()}
         runs: dict[tuple[str, str, str], list[dict]] = {}
         for rep in range(a.reps):
             for size in sizes:
-                for method in ("lora", "qlora"):
+                for method in methods:
                     order = ("ours", "baseline") if rep % 2 == 0 else ("baseline", "ours")
                     for impl in order:
                         r = run_child(impl, size, method, *prepared[size], work, threads)
@@ -180,9 +185,8 @@ def main() -> int:
                               f"peak RSS {r['peak_rss_mb']:7.1f} MB  wall {r['wall_seconds']:6.1f} s", flush=True)
     table = []
     for size in sizes:
-        weights = prepared[size][0] / "model.safetensors"
-        model_info = {"model_params_millions": round(weights.stat().st_size / 4 / 1e6, 2)}  # fp32 weights
-        for method in ("lora", "qlora"):
+        model_info = {"model_params_millions": params_millions[size]}
+        for method in methods:
             row = {"model": size, "method": method, "steps": STEPS[size], **TRAIN}
             for impl in ("ours", "baseline"):
                 rs = runs[(size, method, impl)]

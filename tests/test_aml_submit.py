@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +97,71 @@ def test_transient_faults_are_ridden_through(emulator, capsys):
     finally:
         control.admin(emulator[0], "PUT", "faults", {"rate": 0.0})
     assert sum(injected.values()) > 0, injected
+
+
+# --- an unreachable workspace: one line naming the endpoint, exit 1, within the retry budget -----------
+
+
+def _workspace_on_port(emulator_ws: Path, port: int, out: Path) -> Path:
+    """A copy of the emulator's workspace file pointing at another loopback port."""
+    data = json.loads(emulator_ws.read_text())
+    old = data["endpoint"].rsplit(":", 1)[1]
+    text = json.dumps(data).replace(f"127.0.0.1:{old}", f"127.0.0.1:{port}")
+    out.write_text(text.replace(f"SlmforgeEmulator-{old}", f"SlmforgeEmulator-{port}"))  # a cloud name per port
+    return out
+
+
+def test_stopped_emulator_is_one_line_at_once(emulator, tmp_path, capsys):
+    from slmforge.emulator.control import free_port
+
+    port = free_port()  # nothing listens there
+    ws = _workspace_on_port(emulator[1], port, tmp_path / "workspace.json")
+    assert cli(["submit", str(COOKBOOK_AML), "--workspace", str(ws), "--detach"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"cannot reach the Azure ML workspace at https://127.0.0.1:{port}: connection refused" in err[0]
+    assert "is the emulator running?" in err[0]
+
+
+@pytest.fixture
+def dropping_server():
+    """A loopback port that accepts connections and closes them at once: every request fails."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    server.close()
+    thread.join(timeout=5)
+
+
+def test_unanswering_workspace_gives_up_after_the_retry_budget(emulator, dropping_server, tmp_path, capsys,
+                                                               monkeypatch):
+    monkeypatch.setenv("SLMFORGE_RETRY_SECONDS", "2")
+    ws = _workspace_on_port(emulator[1], dropping_server, tmp_path / "workspace.json")
+    started = time.monotonic()
+    assert cli(["status", "some_job", "--workspace", str(ws)]) == 1
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0] == (f"slmforge: error: cannot reach the Azure ML workspace at https://127.0.0.1:{dropping_server}: "
+                      "no usable answer in 2 s of retries; SLMFORGE_RETRY_SECONDS sets how long")
+    assert elapsed < 30, elapsed  # the point of the budget: no minutes of silent retrying
+
+
+def test_retry_budget_must_be_a_positive_number(emulator, monkeypatch, capsys):
+    monkeypatch.setenv("SLMFORGE_RETRY_SECONDS", "soon")
+    assert cli(["status", "some_job", "--workspace", str(emulator[1])]) == 2
+    assert "SLMFORGE_RETRY_SECONDS='soon': give a number of seconds greater than 0" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 
 from local_pipeline import cache_entries, cli, run_slmforge, start_run, warm_pipeline, write_recipe
 from slmforge import manifest
-from slmforge.backends.cache import ENTRY, Cache, cache_key, locked
+from slmforge.backends.cache import ENTRY, Cache, DigestMemo, cache_key, locked
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +58,22 @@ def test_clean_removes_unfinished_entries_and_keeps_finished_ones(tmp_path):
     with locked(done.lock_path):  # in use: left alone
         assert cache.clean(everything=True)[0] == 0
     assert cache.clean(everything=True)[0] == 1 and not done.root.exists()
+
+
+def test_digest_memo_matches_manifest_and_sees_same_size_rewrites(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"x" * 1000)
+    (folder / "sub").mkdir()
+    (folder / "sub" / "b.txt").write_text("hello")
+    memo = DigestMemo(tmp_path / "memo.json")
+    assert memo.digest_path(folder) == manifest.digest_path(folder)
+    memo.save()
+    again = DigestMemo(tmp_path / "memo.json")
+    assert again.digest_path(folder) == manifest.digest_path(folder) and not again.dirty  # from the memo
+    time.sleep(0.01)
+    (folder / "a.bin").write_bytes(b"y" * 1000)  # same size, new content
+    assert again.digest_path(folder) == manifest.digest_path(folder) and again.dirty
 
 
 # ---------------------------------------------------------------------- the cache matrix
@@ -157,8 +173,8 @@ def test_two_concurrent_runs_on_one_cache_both_succeed(warm, tmp_path):
     # Each shared step ran in exactly one of the runs; the other waited and reused it.
     for name in ("finetune", "merge", "build_onnx", "evaluate_onnx"):
         assert sorted(by_step[name]) == ["cached", "ran"], (name, by_step[name])
-    assert final_digest(type("O", (), {"out_dir": recipe_a.parent / "out"})) == \
-        final_digest(type("O", (), {"out_dir": recipe_b.parent / "out"}))
+    models = [manifest.read_manifest(r.parent / "out" / "model")["outputs_digest"] for r in (recipe_a, recipe_b)]
+    assert models[0] == models[1]
 
 
 def test_failing_step_exits_1_with_one_line_and_leaves_nothing_finished(warm, tmp_path):

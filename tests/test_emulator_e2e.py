@@ -1,74 +1,115 @@
-"""`slmforge submit` of the tiny LoRA -> merge -> int4 recipe against the emulated workspace, end to end:
-the job completes, the model is registered and downloadable, the downloaded ONNX model answers
-`slmforge predict`, a resubmission uploads no code, and the hf-token secret stays in the vault."""
+"""The shipped `pipelines/demo-aml.json` submitted to the emulated workspace, end to end, as the README
+shows it: `submit --wait` completes and registers the model; `download` + `predict` answer; `logs
+--step` prints a finished step's stored log; `models --workspace` lists the model with its tags;
+`register --registry` shares it into a registry; a resubmission uploads no code again.
+
+One job (module fixture) serves every test; the recipe is the shipped one in a checkout-shaped tmp
+tree, with fewer training steps to keep the run short.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
-import secrets
-import shutil
-from pathlib import Path
 
 import pytest
 
+from aml_demo import demo_aml_tree
 from slmforge.cli import main as cli
 from slmforge.emulator import control
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+REGISTRY = "slmforge-demo-registry"
+TRAIN_STEPS = 20
 
 
-def _tiny_aml_recipe(folder: Path, model_dir: Path, data: Path) -> Path:
-    recipe = json.loads((REPO / "pipelines" / "demo.json").read_text())
-    recipe.pop("$schema", None)
-    shutil.copytree(model_dir, folder / "phi3-tiny")
-    shutil.copy(data, folder / "tones.jsonl")
-    recipe["input_model"]["config"]["hf_config"]["model_name"] = "phi3-tiny"
-    recipe["data_configs"][0]["load_dataset_config"]["data_files"] = "tones.jsonl"
-    recipe["azureml_client"] = {"subscription_id": "00000000-0000-0000-0000-000000000000",
-                                "resource_group": "slmforge-emulator", "workspace_name": "emulated-workspace",
-                                "keyvault_name": "kv-emulator"}
-    recipe["systems"]["aml"] = {"type": "AzureML", "config": {"accelerators": ["cpu"], "aml_compute": "cpu-cluster",
-                                                              "hf_token": True}}
-    recipe["engine"].update(host="aml", target="aml", cache_dir="cache", output_dir="out")
-    recipe["passes"]["lora"]["config"]["training_args"]["max_steps"] = 20
-    path = folder / "tiny-aml.json"
-    path.write_text(json.dumps(recipe, indent=1))
-    return path
+def _few_steps(raw: dict) -> None:
+    raw["passes"]["lora"]["config"]["training_args"]["max_steps"] = TRAIN_STEPS
 
 
-def test_submit_tiny_recipe_registers_a_model_that_predicts(tmp_path, tiny_model_dir, demo_data, capsys):
-    from slmforge.emulator.client import ml_client, secret_client
+def _cli_out(*argv: str) -> tuple[int, str]:
+    """Run the CLI in-process, capturing its stdout (module fixtures cannot use capsys)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli(list(argv))
+    return rc, out.getvalue()
 
-    state = tmp_path / "emulator"
-    info = control.start(state)
-    ws = info["workspace_file"]
-    token = "hf_" + secrets.token_hex(16)
-    try:
-        secret_client(ws).set_secret("hf-token", token)
-        recipe = _tiny_aml_recipe(tmp_path, tiny_model_dir, demo_data)
-        assert cli(["submit", str(recipe), "--workspace", ws, "--wait"]) == 0
-        out = capsys.readouterr().out
-        job = re.search(r"^submitted (\S+)$", out, re.M).group(1)
-        name, version = re.search(r"^registered model (\S+):(\S+)$", out, re.M).groups()
-        ml = ml_client(ws)
-        assert ml.models.get(name, version).path.startswith("azureml://")
 
-        assert cli(["download", job, "--workspace", ws, "-o", str(tmp_path / "dl")]) == 0
-        model = tmp_path / "dl" / "model"
-        assert (model / "genai_config.json").is_file() and (model / "model.onnx").is_file()
-        capsys.readouterr()
-        assert cli(["predict", "--model", str(model), "I am so happy today"]) == 0
-        assert capsys.readouterr().out.strip()
+@pytest.fixture(scope="module")
+def demo_job(emulator, tiny_model_dir, tmp_path_factory) -> dict:
+    state, ws = emulator
+    recipe = demo_aml_tree(tmp_path_factory.mktemp("demo-aml"), tiny_model_dir, edit=_few_steps)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLMFORGE_POLL_SECONDS", "1")
+        rc, out = _cli_out("submit", str(recipe), "--workspace", str(ws), "--wait")
+    assert rc == 0, out
+    job = re.search(r"^submitted (\S+)$", out, re.M).group(1)
+    name, version = re.search(r"^registered model (\S+):(\S+)$", out, re.M).groups()
+    assert re.search(rf"^{job}: Completed$", out, re.M), out
+    return {"job": job, "name": name, "version": version, "recipe": recipe, "ws": str(ws), "state": state}
 
-        uploads = control.admin(state, "GET", "counters").get("start_pending_upload", 0)
-        assert cli(["submit", str(recipe), "--workspace", ws, "--detach"]) == 0
-        second = re.search(r"^submitted (\S+)$", capsys.readouterr().out, re.M).group(1)
-        assert control.admin(state, "GET", "counters").get("start_pending_upload", 0) == uploads
-        assert cli(["cancel", second, "--workspace", ws]) == 0
-    finally:
-        control.stop(state)
-    leaks = [p for root in (state, tmp_path / "dl", tmp_path / "out") if root.exists()
-             for p in root.rglob("*") if p.is_file() and p.name != "secrets.json" and token.encode() in p.read_bytes()]
-    assert leaks == []
+
+def test_demo_model_downloads_and_predicts(demo_job, tmp_path, capsys):
+    from slmforge.emulator.client import ml_client
+
+    assert demo_job["name"] == "phi3-tiny-tones"  # the shipped recipe's register.name
+    assert ml_client(demo_job["ws"]).models.get(demo_job["name"], demo_job["version"]).path.startswith("azureml://")
+    assert cli(["download", demo_job["job"], "--workspace", demo_job["ws"], "-o", str(tmp_path / "dl")]) == 0
+    model = tmp_path / "dl" / "model"
+    assert (model / "genai_config.json").is_file() and (model / "model.onnx").is_file()
+    assert json.loads((tmp_path / "dl" / "run.json").read_text())["model"]["name"] == "phi3-tiny-tones"
+    capsys.readouterr()
+    assert cli(["predict", "--model", str(model), "I can't believe how wonderful the fair was!"]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_logs_of_a_finished_step_print_its_stored_log(demo_job, capsys):
+    job, ws = demo_job["job"], demo_job["ws"]
+    assert cli(["logs", job, "--step", "finetune", "--workspace", ws]) == 0
+    printed = capsys.readouterr().out
+    # what the step wrote, as the emulator kept it on its side
+    kept = (demo_job["state"] / "runs" / job / "logs" / "finetune.txt").read_text()
+    assert kept.strip() and printed.strip() == kept.strip()
+
+    assert cli(["logs", job, "--workspace", ws]) == 0  # the whole finished job: every step's log
+    headers = re.findall(r"^===== (\S+) \((\w+)\) =====$", capsys.readouterr().out, re.M)
+    assert dict(headers) == {s: "Completed" for s in ("load_data", "evaluate_base", "finetune", "merge",
+                                                     "evaluate_merged", "build_onnx", "evaluate_onnx")}
+
+    assert cli(["logs", job, "--step", "no_such_step", "--workspace", ws]) == 2
+    assert f"job {job} has no step 'no_such_step'" in capsys.readouterr().err
+
+
+def test_models_lists_the_registered_model_with_its_tags(demo_job, capsys):
+    assert cli(["models", "--workspace", demo_job["ws"]]) == 0
+    table = capsys.readouterr().out
+    assert re.search(rf"^{demo_job['name']} +{demo_job['version']} +custom_model ", table, re.M), table
+    assert cli(["models", "--workspace", demo_job["ws"], "--name", demo_job["name"], "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    row = next(r for r in rows if r["version"] == demo_job["version"])
+    assert row["tags"]["slmforge.job"] == demo_job["job"]
+    assert row["tags"]["metrics.model_kind"] == "onnx"
+    assert 0.0 <= float(row["tags"]["metrics.accuracy"]) <= 1.0
+
+
+def test_register_shares_into_a_registry_once(demo_job, capsys):
+    job, ws = demo_job["job"], demo_job["ws"]
+    assert cli(["register", job, "--workspace", ws, "--registry", REGISTRY]) == 0
+    assert f"(shared into registry {REGISTRY})" in capsys.readouterr().out
+    assert cli(["models", "--workspace", ws, "--registry", REGISTRY, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["version"]) for r in rows] == [(demo_job["name"], demo_job["version"])]
+    assert cli(["register", job, "--workspace", ws, "--registry", REGISTRY]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists in registry" in err[0], err
+
+
+def test_resubmission_uploads_no_code(demo_job, capsys):
+    state, ws = demo_job["state"], demo_job["ws"]
+    uploads = control.admin(state, "GET", "counters").get("start_pending_upload", 0)
+    assert cli(["submit", str(demo_job["recipe"]), "--workspace", ws, "--detach"]) == 0
+    second = re.search(r"^submitted (\S+)$", capsys.readouterr().out, re.M).group(1)
+    assert control.admin(state, "GET", "counters").get("start_pending_upload", 0) == uploads
+    assert cli(["cancel", second, "--workspace", ws]) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from local_pipeline import cli, run_slmforge, warm_pipeline, write_recipe
+from local_pipeline import run_slmforge, warm_pipeline, write_recipe
 from slmforge import manifest
 from slmforge.backends import render
 from slmforge.backends.local import LocalRunner

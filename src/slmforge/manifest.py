@@ -15,7 +15,7 @@ import platform
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 MANIFEST = "slmforge.json"
 _CHUNK = 1 << 20
@@ -29,11 +29,15 @@ def digest_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def digest_path(path: str | Path, *, exclude: tuple[str, ...] = (MANIFEST,)) -> str:
-    """Content digest of a file, or of a folder (relative names and contents, sorted)."""
+def digest_path(path: str | Path, *, exclude: tuple[str, ...] = (MANIFEST,),
+                file_digest: Callable[[Path], str] = digest_file) -> str:
+    """Content digest of a file, or of a folder (relative names and contents, sorted).
+
+    `file_digest` lets a caller reuse digests it already knows (the local cache's memo).
+    """
     path = Path(path)
     if path.is_file():
-        return digest_file(path)
+        return file_digest(path)
     if not path.is_dir():
         raise FileNotFoundError(path)
     h = hashlib.sha256()
@@ -41,7 +45,7 @@ def digest_path(path: str | Path, *, exclude: tuple[str, ...] = (MANIFEST,)) -> 
         rel = file.relative_to(path).as_posix()
         if rel in exclude:
             continue
-        h.update(rel.encode() + b"\0" + digest_file(file).encode() + b"\n")
+        h.update(rel.encode() + b"\0" + file_digest(file).encode() + b"\n")
     return h.hexdigest()
 
 

@@ -8,14 +8,58 @@ from __future__ import annotations
 from pathlib import Path
 
 from slmforge import manifest
+from slmforge.errors import InvalidInput
 
 GENAI_CONFIG = "genai_config.json"
+HF_CONFIG = "config.json"
+MLMODEL = "MLmodel"
+# Inside an MLflow model folder (the one holding MLmodel), where each flavour keeps the Hugging Face
+# files: azureml's hftransformers(v2) -> data/model + data/tokenizer; mlflow.transformers -> model +
+# components/tokenizer.
+MLFLOW_MODEL_DIRS = ("data/model", "model")
+MLFLOW_TOKENIZER_DIRS = ("data/tokenizer", "components/tokenizer")
 _MAX_DEPTH = 4  # adapter -> dataset is 1 hop; merged/onnx -> adapter -> dataset is 2
 
 
 def is_onnx_folder(folder: str | Path) -> bool:
     """An onnxruntime-genai folder (the build_onnx output) rather than a Hugging Face one."""
     return (Path(folder) / GENAI_CONFIG).is_file()
+
+
+def resolve_hf_folder(path: str | Path) -> Path:
+    """The folder holding the Hugging Face model's config.json: `path` itself, or, for an MLflow
+    model (an Azure ML registry model with model_file_format PyTorch.MLflow arrives so), its inner
+    model folder. The MLflow folder may be `path` or one level down (e.g. mlflow_model_folder/)."""
+    path = Path(path)
+    if (path / HF_CONFIG).is_file():
+        return path
+    mlflow_root = _mlflow_root(path)
+    if mlflow_root is not None:
+        for inner in MLFLOW_MODEL_DIRS:
+            if (mlflow_root / inner / HF_CONFIG).is_file():
+                return mlflow_root / inner
+        raise InvalidInput(f"{mlflow_root}: an MLflow model without a Hugging Face model inside "
+                           f"(no {HF_CONFIG} under {' or '.join(MLFLOW_MODEL_DIRS)})")
+    raise InvalidInput(f"{path}: not a Hugging Face model folder (no {HF_CONFIG}) nor an MLflow model (no {MLMODEL})")
+
+
+def resolve_tokenizer_folder(path: str | Path) -> Path:
+    """Where the tokenizer files are: an MLflow model's tokenizer folder, else the model folder."""
+    mlflow_root = None if (Path(path) / HF_CONFIG).is_file() else _mlflow_root(Path(path))
+    if mlflow_root is not None:
+        for inner in MLFLOW_TOKENIZER_DIRS:
+            if (mlflow_root / inner).is_dir():
+                return mlflow_root / inner
+    return resolve_hf_folder(path)
+
+
+def _mlflow_root(path: Path) -> Path | None:
+    if (path / MLMODEL).is_file():
+        return path
+    inner = sorted(p.parent for p in path.glob(f"*/{MLMODEL}") if p.is_file()) if path.is_dir() else []
+    if len(inner) > 1:
+        raise InvalidInput(f"{path}: several MLflow models inside ({', '.join(p.name for p in inner)}); pass one")
+    return inner[0] if inner else None
 
 
 def model_kind(folder: str | Path) -> str:

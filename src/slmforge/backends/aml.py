@@ -53,6 +53,8 @@ def quiet_sdk() -> None:
     import logging
 
     logging.getLogger("azure.ai.ml._utils._experimental").setLevel(logging.ERROR)
+    # "Downloading artifact <uri> to <tmp dir>" on every download: our commands say what they fetched
+    logging.getLogger("azure.ai.ml.operations._job_operations").setLevel(logging.WARNING)
 
 
 def aml_system(loaded: "LoadedRecipe") -> AzureMLSystem:

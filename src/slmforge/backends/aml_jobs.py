@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from slmforge.backends.aml import FINAL_OUTPUT, compile_pipeline, validate_pipeline
-from slmforge.backends.aml_workspace import one_line, with_retries
+from slmforge.backends.aml_workspace import as_step_failed, with_retries
 from slmforge.errors import InvalidInput, StepFailed
 
 if TYPE_CHECKING:
@@ -52,6 +52,11 @@ def poll_seconds() -> float:
     return float(os.environ.get("SLMFORGE_POLL_SECONDS", "10"))
 
 
+def follow_patience() -> float:
+    """While following a long job, how long the workspace may stay unreachable before we give up."""
+    return float(os.environ.get("SLMFORGE_FOLLOW_PATIENCE_SECONDS", "300"))
+
+
 def submit(ml_client: "MLClient", loaded: "LoadedRecipe", *, compute: str | None = None,
            experiment: str | None = None, version: str | None = None) -> "Job":
     """Compile, validate locally, then create the pipeline job (uploads code and local inputs)."""
@@ -64,7 +69,7 @@ def submit(ml_client: "MLClient", loaded: "LoadedRecipe", *, compute: str | None
             with noise:
                 return ml_client.jobs.create_or_update(compiled.job, experiment_name=compiled.job.experiment_name)
         except Exception as e:  # noqa: BLE001 - reported as one line
-            raise StepFailed(f"submitting the pipeline failed: {one_line(e)}") from None
+            raise as_step_failed(e, "submitting the pipeline failed") from None
 
 
 def studio_url(job: "Job") -> str | None:
@@ -76,17 +81,18 @@ def studio_url(job: "Job") -> str | None:
     return getattr(studio, "endpoint", None)
 
 
-def get_job(ml_client: "MLClient", name: str) -> "Job":
+def get_job(ml_client: "MLClient", name: str, *, patience: float | None = None) -> "Job":
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        return with_retries(lambda: ml_client.jobs.get(name), f"reading job {name}")
+        return with_retries(lambda: ml_client.jobs.get(name), f"reading job {name}", patience=patience)
     except ResourceNotFoundError:
         raise InvalidInput(f"no job named '{name}' in the workspace") from None
 
 
-def child_jobs(ml_client: "MLClient", name: str) -> list["Job"]:
-    return with_retries(lambda: list(ml_client.jobs.list(parent_job_name=name)), f"listing steps of {name}")
+def child_jobs(ml_client: "MLClient", name: str, *, patience: float | None = None) -> list["Job"]:
+    return with_retries(lambda: list(ml_client.jobs.list(parent_job_name=name)), f"listing steps of {name}",
+                        patience=patience)
 
 
 def node_name(child: "Job") -> str:
@@ -99,9 +105,9 @@ def status_text(status: Any) -> str:
     return str(getattr(status, "value", status) or "Unknown")
 
 
-def state(ml_client: "MLClient", name: str) -> JobState:
-    job = get_job(ml_client, name)
-    steps = {node_name(c): status_text(c.status) for c in child_jobs(ml_client, name)}
+def state(ml_client: "MLClient", name: str, *, patience: float | None = None) -> JobState:
+    job = get_job(ml_client, name, patience=patience)
+    steps = {node_name(c): status_text(c.status) for c in child_jobs(ml_client, name, patience=patience)}
     return JobState(name=job.name, status=status_text(job.status), steps=steps, studio_url=studio_url(job))
 
 
@@ -112,7 +118,7 @@ def follow(ml_client: "MLClient", name: str, *, echo: Callable[[str], None] = pr
     seen: dict[str, str] = {}
     last_status = None
     while True:
-        current = state(ml_client, name)
+        current = state(ml_client, name, patience=follow_patience())
         for step, status in current.steps.items():
             if seen.get(step) != status:
                 echo(f"  {step:<16} {status}")
@@ -141,17 +147,6 @@ def find_step(ml_client: "MLClient", name: str, step: str) -> "Job":
             return child
     known = ", ".join(sorted(node_name(c) for c in children)) or "none yet"
     raise InvalidInput(f"job {name} has no step '{step}' (steps: {known})")
-
-
-def print_logs(ml_client: "MLClient", name: str, step: str | None = None) -> None:
-    """Stream a job's (or one step's) logs to stdout; returns when the job is terminal."""
-    target = find_step(ml_client, name, step).name if step else name
-    try:
-        ml_client.jobs.stream(target)
-    except Exception as e:  # noqa: BLE001 - reported as one line
-        if step is None and "failed" in str(e).lower():
-            raise StepFailed(f"job {name}: {one_line(e)}") from None
-        raise StepFailed(f"reading logs of {target}: {one_line(e)}") from None
 
 
 def run_record(ml_client: "MLClient", name: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmforge.backends.aml import FINAL_OUTPUT, METRICS_OUTPUT
 from slmforge.backends.aml_jobs import downloaded_output, get_job, status_text
-from slmforge.backends.aml_workspace import one_line, resolve_ml_client, with_retries
+from slmforge.backends.aml_workspace import as_step_failed, resolve_ml_client, service_errors, with_retries
 from slmforge.errors import InvalidInput, StepFailed
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def register_job_model(ml_client: "MLClient", job_name: str, *, name: str | None
     except (InvalidInput, StepFailed):
         raise
     except Exception as e:  # noqa: BLE001 - one line for the user
-        raise StepFailed(f"registering {name}:{version} from job {job_name} failed: {one_line(e)}") from None
+        raise as_step_failed(e, f"registering {name}:{version} from job {job_name} failed") from None
     if registry:
         try:
             registered = with_retries(
@@ -87,7 +87,7 @@ def register_job_model(ml_client: "MLClient", job_name: str, *, name: str | None
         except (InvalidInput, StepFailed):
             raise
         except Exception as e:  # noqa: BLE001
-            raise StepFailed(f"sharing {name}:{version} into registry {registry} failed: {one_line(e)}") from None
+            raise as_step_failed(e, f"sharing {name}:{version} into registry {registry} failed") from None
     return registered
 
 
@@ -106,6 +106,11 @@ def list_workspace_models(workspace_file: str | Path | None = None, *, registry:
 
     Each entry: {"name", "version", "type", "path", "created", "tags"}. For `slmforge models --workspace`.
     """
+    with service_errors():
+        return _list_models(workspace_file, registry, name)
+
+
+def _list_models(workspace_file: str | Path | None, registry: str | None, name: str | None) -> list[dict[str, Any]]:
     ml_client = resolve_ml_client(workspace_file, registry_name=registry)
 
     def versions() -> list[dict[str, Any]]:

@@ -7,19 +7,25 @@ CI). Emulator workspace files (kind "slmforge-emulator") are opened by the emula
 client code, which knows its certificate and credential.
 
 Transient HTTP faults (429, 5xx, dropped connections) are retried by azure-core's RetryPolicy
-with exponential backoff; `with_retries` does the same around our own polling calls.
+with exponential backoff; `with_retries` does the same around our own polling calls. Retrying is
+bounded in time, not only in count: each service call gives up after SLMFORGE_RETRY_SECONDS
+(default 15 s), so an unreachable workspace is one clear line (`service_errors`), not minutes of
+silence. An emulator workspace is probed first: a stopped emulator is reported at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
+import socket
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-from slmforge.errors import InvalidInput, StepFailed
+from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
@@ -37,10 +43,37 @@ RETRY_SETTINGS: dict[str, Any] = {
     "retry_backoff_factor": 0.8,
     "retry_backoff_max": 30,
 }
+RETRY_SECONDS_ENV = "SLMFORGE_RETRY_SECONDS"
+DEFAULT_RETRY_SECONDS = 15.0
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 WORKSPACE_KEYS = ("subscription_id", "resource_group", "workspace_name")
 EMULATOR_KIND = "slmforge-emulator"  # slmforge.emulator.workspace_file.KIND (not imported: it pulls the server in)
 EMULATOR_FILE = "workspace.json"
+PROBE_TIMEOUT_S = 3.0
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_HOST_PORT = re.compile(r"host='([^']+)', port=(\d+)")
+_endpoint: str | None = None  # the workspace endpoint this process talks to (for error messages)
+
+
+def retry_seconds() -> float:
+    """How long one service call may keep retrying (SLMFORGE_RETRY_SECONDS, default 15)."""
+    raw = os.environ.get(RETRY_SECONDS_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_RETRY_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise InvalidInput(f"{RETRY_SECONDS_ENV}={raw!r}: give a number of seconds greater than 0")
+    return value
+
+
+def retry_settings() -> dict[str, Any]:
+    """azure-core RetryPolicy settings: RETRY_SETTINGS bounded by the retry time budget."""
+    budget = retry_seconds()
+    return {**RETRY_SETTINGS, "timeout": budget,
+            "retry_backoff_max": min(RETRY_SETTINGS["retry_backoff_max"], max(1.0, budget / 4))}
 
 
 def read_workspace_file(path: str | Path) -> dict[str, Any]:
@@ -80,7 +113,7 @@ def default_credential():
 
 
 def client_settings(overrides: "AzureMLClient | None" = None) -> dict[str, Any]:
-    settings = dict(RETRY_SETTINGS)
+    settings = retry_settings()
     if overrides is not None:
         if overrides.max_operation_retries is not None:
             settings.update(retry_total=overrides.max_operation_retries, retry_status=overrides.max_operation_retries)
@@ -99,9 +132,12 @@ def ml_client_from_workspace_file(path: str | Path, *, registry_name: str | None
     quiet_sdk()
     data = read_workspace_file(path)
     if is_emulator_file(data):
-        from slmforge.emulator import client as emulator_client  # Engineer E's module
+        from slmforge.emulator import client as emulator_client
 
-        return emulator_client.ml_client(Path(path), registry_name=registry_name, **RETRY_SETTINGS)
+        _remember_endpoint(data.get("endpoint"))
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        probe(data.get("endpoint"), hint=f"is the emulator running? (`slmforge emulator status --dir {folder}`)")
+        return emulator_client.ml_client(Path(path), registry_name=registry_name, **retry_settings())
     return _ml_client(data["subscription_id"], data["resource_group"], data["workspace_name"],
                       registry_name=registry_name)
 
@@ -111,6 +147,7 @@ def _ml_client(subscription: str, resource_group: str, workspace: str, *, regist
     from azure.ai.ml import MLClient
 
     settings = client_settings(overrides)
+    _remember_endpoint("https://management.azure.com")
     if registry_name:
         return MLClient(default_credential(), subscription, resource_group, registry_name=registry_name, **settings)
     return MLClient(default_credential(), subscription, resource_group, workspace, **settings)
@@ -145,26 +182,101 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
-def with_retries(call: Callable[[], T], what: str, *, attempts: int = 6, first_delay: float = 1.0) -> T:
-    """Run `call`, riding through transient faults with exponential backoff; anything else is raised."""
-    delay = first_delay
-    for attempt in range(1, attempts + 1):
+def with_retries(call: Callable[[], T], what: str, *, patience: float | None = None, first_delay: float = 1.0) -> T:
+    """Run `call`, riding through transient faults with exponential backoff for up to `patience`
+    seconds (default: the retry budget); anything else is raised. A connection that still fails at
+    the end is re-raised as is, for `service_errors` to name the endpoint."""
+    patience = retry_seconds() if patience is None else patience
+    deadline = time.monotonic() + patience
+    delay, attempt = first_delay, 0
+    while True:
+        attempt += 1
         try:
             return call()
         except Exception as e:  # noqa: BLE001 - classified just below
             if not is_transient(e):
                 raise
-            if attempt == attempts:
-                raise StepFailed(f"{what}: still failing after {attempts} attempts: {one_line(e)}") from None
+            if time.monotonic() + delay > deadline:
+                if connection_failure(e) is not None:
+                    raise
+                raise StepFailed(f"{what}: still failing after {attempt} attempts: {one_line(e)}") from None
             time.sleep(delay)
             delay = min(delay * 2, 30.0)
-    raise AssertionError("unreachable")
+
+
+def connection_failure(error: BaseException | None) -> BaseException | None:
+    """The connection-level failure inside an SDK error (the SDK wraps some in validation errors)."""
+    from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def unreachable(error: BaseException) -> StepFailed:
+    """One line naming the endpoint that could not be reached and for how long we tried."""
+    found = _HOST_PORT.search(str(error))
+    endpoint = f"https://{found.group(1)}:{found.group(2)}" if found else (_endpoint or "the Azure ML service")
+    from azure.core.exceptions import ServiceRequestTimeoutError, ServiceResponseTimeoutError
+
+    budget = f"{retry_seconds():g} s of retries; {RETRY_SECONDS_ENV} sets how long"
+    if isinstance(error, (ServiceRequestTimeoutError, ServiceResponseTimeoutError)):  # the budget ran out
+        return StepFailed(f"cannot reach the Azure ML workspace at {endpoint}: no usable answer in {budget}")
+    return StepFailed(f"cannot reach the Azure ML workspace at {endpoint}: {one_line(error)} (gave up after {budget})")
+
+
+def as_step_failed(error: BaseException, what: str) -> StepFailed:
+    """An SDK error as one line: the unreachable endpoint, else `what: <first line of the error>`."""
+    failure = connection_failure(error)
+    return unreachable(failure) if failure is not None else StepFailed(f"{what}: {one_line(error)}")
+
+
+@contextlib.contextmanager
+def service_errors() -> Iterator[None]:
+    """Around a command's service calls: an unreachable workspace, or an error answer, is one line (exit 1)."""
+    try:
+        yield
+    except SlmforgeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - connection failures and service answers are translated
+        from azure.core.exceptions import HttpResponseError
+
+        failure = connection_failure(e)
+        if failure is not None:
+            raise unreachable(failure) from None
+        if isinstance(e, HttpResponseError):
+            raise StepFailed(f"the workspace answered {e.status_code}: {one_line(e)}") from None
+        raise
+
+
+def probe(endpoint: str | None, *, hint: str) -> None:
+    """A quick TCP connect to a loopback endpoint (the emulator), so a stopped one fails at once."""
+    if not endpoint:
+        return
+    from urllib.parse import urlsplit
+
+    url = urlsplit(endpoint)
+    try:
+        with socket.create_connection((url.hostname or "127.0.0.1", url.port or 443), timeout=PROBE_TIMEOUT_S):
+            return
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+    raise StepFailed(f"cannot reach the Azure ML workspace at {endpoint}: {reason.lower()}; {hint}")
+
+
+def _remember_endpoint(endpoint: str | None) -> None:
+    global _endpoint
+    _endpoint = endpoint.rstrip("/") if endpoint else None
 
 
 def one_line(error: BaseException) -> str:
     """The first meaningful line of an SDK error (they are often pages long)."""
     text = getattr(error, "message", None) or str(error) or type(error).__name__
-    for line in str(text).splitlines():
+    for line in _ANSI.sub("", str(text)).splitlines():
         line = line.strip()
         if line:
             return line[:400]

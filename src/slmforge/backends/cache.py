@@ -9,6 +9,9 @@ outputs no longer match `entry.json` is corrupt: it is removed and rebuilt.
 
 `cache_dir/<component>/<key>.lock` serialises runs on one entry (fcntl.flock): a second run
 waits, then finds the first run's result.
+
+`cache_dir/digests.json` remembers file digests by (size, mtime, inode), so a cached rerun does
+not re-read a multi-GB model to key or verify it; any write to a file changes its signature.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Iterator
 from slmforge import manifest
 
 ENTRY = "entry.json"
+MEMO = "digests.json"
 WORK = "work"
 LOG = "step.log"
 # Outputs that hold resumable state rather than results: they live in work/ and are not verified.
@@ -77,8 +81,9 @@ class Entry:
         except (FileNotFoundError, json.JSONDecodeError):
             return None
 
-    def state(self, outputs: list[str]) -> str:
+    def state(self, outputs: list[str], memo: "DigestMemo | None" = None) -> str:
         """'hit' (complete and verified), 'miss' (absent or unfinished) or 'corrupt'."""
+        digest = memo.digest_path if memo is not None else manifest.digest_path
         meta = self.meta()
         if meta is None:
             return "miss"
@@ -90,7 +95,7 @@ class Entry:
             found = manifest.read_manifest(folder)
             if found is None or name not in recorded or found.get("outputs_digest") != recorded[name]:
                 return "corrupt"
-            if manifest.digest_path(folder) != recorded[name]:
+            if digest(folder) != recorded[name]:
                 return "corrupt"
         return "hit"
 
@@ -132,6 +137,42 @@ class Entry:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class DigestMemo:
+    """File digests keyed by path and (size, mtime_ns, inode); saved atomically, lost updates harmless."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.data: dict[str, list] = json.loads(path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            self.data = {}
+        self.dirty = False
+
+    def file_digest(self, file: Path) -> str:
+        st = file.stat()
+        key, signature = str(file.absolute()), [st.st_size, st.st_mtime_ns, st.st_ino]
+        known = self.data.get(key)
+        if known is not None and known[0] == signature:
+            return known[1]
+        digest = manifest.digest_file(file)
+        self.data[key] = [signature, digest]
+        self.dirty = True
+        return digest
+
+    def digest_path(self, path: str | Path) -> str:
+        return manifest.digest_path(path, file_digest=self.file_digest)
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        self.data = {k: v for k, v in self.data.items() if os.path.exists(k)}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(self.data), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self.dirty = False
+
+
 @contextlib.contextmanager
 def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
     """Hold an exclusive flock on `path`; yields False when non-blocking and already held elsewhere.
@@ -163,6 +204,7 @@ def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
 class Cache:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self.memo = DigestMemo(self.root / MEMO)
 
     def entry(self, component: str, key: str) -> Entry:
         return Entry(self.root / component / key)

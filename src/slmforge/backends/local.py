@@ -116,7 +116,7 @@ class LocalRunner:
                 digests[name] = manifest.read_manifest(values[name])["outputs_digest"]
             elif ref.kind == "path":
                 values[name] = ref.value
-                digests[name] = manifest.digest_path(ref.value)
+                digests[name] = self.cache.memo.digest_path(ref.value)
             elif ref.kind == "text":
                 pending_texts[name] = ref
                 digests[name] = text_digest(ref.value)
@@ -149,8 +149,11 @@ class LocalRunner:
     def run(self) -> list[StepResult]:
         """Run every step in order; stop at the first failure (raised as StepFailed)."""
         check_runnable(self.graph)
-        for step in self.graph.steps:
-            self._run_step(step)
+        try:
+            for step in self.graph.steps:
+                self._run_step(step)
+        finally:
+            self.cache.memo.save()
         return list(self.results.values())
 
     def _forced(self, name: str) -> bool:
@@ -166,7 +169,7 @@ class LocalRunner:
         result.key = entry.key
         outputs = list(prepared.spec.outputs)
         with self.cache.lock(entry) if _free(entry) else self._waiting(step.name, entry):
-            state = entry.state(outputs)
+            state = entry.state(outputs, self.cache.memo)
             if state == "hit" and self._forced(step.name):
                 state = "forced"
             if state == "hit" and not _still_valid(step, prepared):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from slmforge import manifest
-from slmforge.backends.cache import locked
+from slmforge.backends.cache import DigestMemo, locked
 from slmforge.backends.local import StepResult
 from slmforge.recipe.graph import StepGraph
 from slmforge.recipe.loader import LoadedRecipe
@@ -37,11 +37,14 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def copy_model(source: Path, dest: Path) -> None:
+def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None:
     """Place the final model at `dest` (hard links into the cache, else copies), atomically."""
-    if manifest.is_finished(dest) and (manifest.read_manifest(dest) or {}).get("outputs_digest") == \
-            (manifest.read_manifest(source) or {}).get("outputs_digest"):
-        return  # already there, unchanged
+    wanted = (manifest.read_manifest(source) or {}).get("outputs_digest")
+    have = (manifest.read_manifest(dest) or {}).get("outputs_digest")
+    if have == wanted and dest.is_dir():
+        digest = memo.digest_path if memo is not None else manifest.digest_path
+        if digest(dest) == wanted:
+            return  # already there, unchanged
     with manifest.atomic_output(dest) as tmp:
         for file in sorted(source.rglob("*"), key=lambda p: p.name == manifest.MANIFEST):
             target = tmp / file.relative_to(source)
@@ -98,7 +101,8 @@ def _step_record(r: StepResult) -> dict[str, Any]:
 
 
 def write_outputs(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], out_dir: Path, *,
-                  status: str, started: float, error: str | None = None) -> dict[str, Any]:
+                  status: str, started: float, error: str | None = None,
+                  memo: DigestMemo | None = None) -> dict[str, Any]:
     """Fill the output folder; under a lock so two runs into one folder don't interleave."""
     from slmforge.report import write_report
 
@@ -109,7 +113,9 @@ def write_outputs(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResu
         final = by_name.get(graph.final[0])
         if status == "succeeded" and final is not None and graph.final[1] in final.outputs:
             model_dir = out_dir / MODEL
-            copy_model(Path(final.outputs[graph.final[1]]), model_dir)
+            copy_model(Path(final.outputs[graph.final[1]]), model_dir, memo)
+            if memo is not None:
+                memo.save()
         else:
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(out_dir / MODEL)

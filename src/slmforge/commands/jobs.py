@@ -15,13 +15,21 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument("--wait", action="store_true", help="follow the job until it ends")
         parser.add_argument("--json", action="store_true", help="print the status as JSON")
     elif name == "logs":
-        parser.add_argument("--step", help="one step's logs (e.g. finetune)")
+        parser.add_argument("--step", help="one step's log (e.g. finetune); a finished step's stored log is printed, "
+                                           "a running one is followed")
     elif name == "download":
         parser.add_argument("-o", "--output", required=True, help="folder for model/ and run.json")
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.backends import aml_jobs
+    from slmforge.backends.aml_workspace import service_errors
+
+    with service_errors():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from slmforge.backends import aml_jobs, aml_logs
     from slmforge.backends.aml_workspace import resolve_ml_client
 
     ml_client = resolve_ml_client(args.workspace)
@@ -38,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             aml_jobs.raise_if_failed(current)
         return 0
     if args.command == "logs":
-        aml_jobs.print_logs(ml_client, args.job, args.step)
+        aml_logs.print_logs(ml_client, args.job, args.step)
         return 0
     if args.command == "download":
         model = aml_jobs.download(ml_client, args.job, Path(args.output))

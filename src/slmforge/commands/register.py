@@ -17,6 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slmforge.backends.aml_workspace import service_errors
+
+    with service_errors():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from slmforge.backends.aml_models import register_job_model
     from slmforge.backends.aml_workspace import resolve_ml_client
 

@@ -45,7 +45,11 @@ def ensure_demo_model(recipe: Path) -> None:
         from slmforge.tinymodel import build_tiny_model
 
         print(f"[slmforge] building the tiny demo model at {path} (first run only)", flush=True)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         build_tiny_model(path, seed=0)
+        hf_logging.enable_progress_bar()
 
 
 def _console():
@@ -74,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_recipe(recipe)
     graph = build_graph(loaded)
     forced = set(args.force or [])
-    force: bool | set[str] = True if "*" in forced else forced
+    # Olive's `clean_cache: true` means "start from an empty cache": rebuild every step.
+    force: bool | set[str] = True if "*" in forced or loaded.recipe.engine.clean_cache else forced
     console = _console()
     live = bool(console.isatty()) and not args.plain
     started = time.time()
@@ -92,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         write_outputs(loaded, graph, list(runner.results.values()), out, status="failed", started=started,
                       error="interrupted")
         raise
-    record = write_outputs(loaded, graph, list(runner.results.values()), out, status="succeeded", started=started)
+    record = write_outputs(loaded, graph, list(runner.results.values()), out, status="succeeded", started=started,
+                           memo=runner.cache.memo)
     print_summary(record, console, rich=live)
     if os.environ.get("SLMFORGE_PRINT_RUN_JSON"):
         print(json.dumps(record), file=console)

@@ -57,7 +57,9 @@ def put_node(emu: Emulator, job: str, node: str, **fields: Any) -> dict:
 
 
 def find_node(emu: Emulator, run_id: str) -> dict | None:
-    for doc in emu.store.list(NODES, run_id.rsplit("_", 1)[0] + "/"):
-        if doc["runId"].lower() == run_id.lower():
-            return doc
+    """The node whose child run id is `run_id` ("<job>_<node>": both may hold underscores)."""
+    for cut in (i for i, c in enumerate(run_id) if c == "_"):
+        for doc in emu.store.list(NODES, run_id[:cut] + "/"):
+            if doc["runId"].lower() == run_id.lower():
+                return doc
     return None

@@ -1,6 +1,9 @@
-"""Registry discovery and registry model versions (what `azureml://registries/...` inputs resolve to)."""
+"""Registry discovery and registry model versions (what `azureml://registries/...` inputs resolve to),
+and the import of a workspace model into a registry (what `ml_client.models.share` asks for)."""
 
 from __future__ import annotations
+
+import re
 
 from slmforge.emulator.arm_assets import container_body, list_versions, pending_upload, put_version
 from slmforge.emulator.context import Emulator
@@ -36,6 +39,38 @@ def get_model(emu: Emulator, req: Request, sub, rg, registry, name, version) -> 
 def list_models(emu: Emulator, req: Request, sub, rg, registry, name) -> Reply:
     return Reply(200, {"value": list_versions(emu.store.list(TABLE, key(registry, name)), req.query),
                        "nextLink": None})
+
+
+@route("GET", REG + r"/models")
+def list_model_containers(emu: Emulator, req: Request, sub, rg, registry) -> Reply:
+    by_name: dict[str, list[dict]] = {}
+    for doc in emu.store.list(TABLE, f"{registry}/"):
+        by_name.setdefault(doc["id"].split("/models/")[1].split("/")[0], []).append(doc)
+    return Reply(200, {"value": [container_body(registry_scope(registry), "models", n, v)
+                                 for n, v in sorted(by_name.items())], "nextLink": None})
+
+
+# The workspace model a share names: azureml://locations/<loc>/workspaces/<guid>/models/<name>/versions/<v>
+_SOURCE = re.compile(r"^azureml://locations/[^/]+/workspaces/[^/]+/models/([^/]+)/versions/([^/]+)$")
+
+
+@route("POST", REG + r"/import")
+def import_asset(emu: Emulator, req: Request, sub, rg, registry) -> Reply:
+    """Copy a workspace model into the registry (same files: the emulator shares one storage)."""
+    props = req.json.get("properties") or {}
+    m = _SOURCE.match(str(props.get("sourceAssetId", "")))
+    if not m:
+        return error(400, "UserError", f"import: sourceAssetId {props.get('sourceAssetId')!r} is not a workspace model")
+    source = emu.store.get("models", f"{m.group(1)}/{m.group(2)}")
+    if source is None:
+        return not_found(f"model '{m.group(1)}' version '{m.group(2)}'")
+    name, version = props.get("destinationName") or m.group(1), props.get("destinationVersion") or m.group(2)
+    if emu.store.get(TABLE, key(registry, name, version)):
+        return error(409, "UserError", f"model '{name}' version '{version}' already exists in '{registry}'")
+    copied = {k: v for k, v in source["properties"].items() if k != "provisioningState"}
+    put_version(emu, registry_scope(registry), TABLE, "models", name, version, copied,
+                key=key(registry, name, version))
+    return Reply(202)  # an import is a long-running operation; this one is already done
 
 
 @route("GET", REG + r"/models/(?P<name>[^/]+)")

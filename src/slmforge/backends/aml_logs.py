@@ -1,0 +1,85 @@
+"""`slmforge logs JOB [--step NAME]`: a running job's or step's log as it grows; a finished one's stored log.
+
+`jobs.stream` only prints log text while a run is in progress; for a finished run it prints the
+run id and nothing else. So a finished step's log is read from run history: the run details list
+its log files (`user_logs/std_log.txt` on the common runtime, `azureml-logs/*.txt` before it) as
+SAS URLs, which the SDK's own request pipeline downloads. The emulator answers the same way.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import TYPE_CHECKING, TextIO
+
+from slmforge.backends.aml_jobs import TERMINAL, child_jobs, find_step, get_job, node_name, status_text
+from slmforge.backends.aml_workspace import as_step_failed, one_line, with_retries
+from slmforge.errors import StepFailed
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+
+# Log files worth showing, by preference: the common runtime's user logs, else the legacy ones.
+USER_LOG_PATTERNS = (r"user_logs/std_log.*\.txt$", r"azureml-logs/.+\.txt$")
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def print_logs(ml_client: "MLClient", name: str, step: str | None = None, out: TextIO | None = None) -> None:
+    """A step's (or every step's) log: stored text when finished, else followed until it ends."""
+    out = out or sys.stdout
+    if step is not None:
+        child = find_step(ml_client, name, step)
+        if status_text(child.status) in TERMINAL:
+            _write(out, stored_logs(ml_client, child.name))
+        else:
+            _stream(ml_client, child.name)
+        return
+    if status_text(get_job(ml_client, name).status) not in TERMINAL:
+        _stream(ml_client, name)
+        return
+    for child in child_jobs(ml_client, name):
+        out.write(f"===== {node_name(child)} ({status_text(child.status)}) =====\n")
+        _write(out, stored_logs(ml_client, child.name))
+
+
+def stored_logs(ml_client: "MLClient", run_id: str) -> dict[str, str]:
+    """log file name -> text, for a run's user logs (empty when the run never started)."""
+    from azure.ai.ml._utils.utils import create_requests_pipeline_with_retry, download_text_from_url
+
+    # Private SDK members (azure-ai-ml 1.35): the same ones `jobs.stream` reads logs with.
+    runs, requests_pipeline = ml_client.jobs._runs_operations, ml_client.jobs._requests_pipeline
+    details = with_retries(lambda: runs.get_run_details(run_id), f"reading the run details of {run_id}")
+    files = details.log_files or {}
+    names: list[str] = []
+    for pattern in USER_LOG_PATTERNS:
+        names = sorted(n for n in files if re.match(pattern, n))
+        if names:
+            break
+    pipeline = create_requests_pipeline_with_retry(requests_pipeline=requests_pipeline)
+    texts = {}
+    for log_name in names:
+        try:
+            texts[log_name] = download_text_from_url(files[log_name], pipeline, timeout=DOWNLOAD_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - one line for the user
+            raise as_step_failed(e, f"downloading {log_name} of {run_id}") from None
+    return texts
+
+
+def _write(out: TextIO, texts: dict[str, str]) -> None:
+    if not texts:
+        out.write("(no log stored: the step did not start)\n")
+        return
+    for log_name, text in texts.items():
+        if len(texts) > 1:
+            out.write(f"--- {log_name}\n")
+        out.write(text if text.endswith("\n") or not text else text + "\n")
+    out.flush()
+
+
+def _stream(ml_client: "MLClient", target: str) -> None:
+    try:
+        ml_client.jobs.stream(target)
+    except Exception as e:  # noqa: BLE001 - reported as one line
+        if "failed" in str(e).lower():  # the SDK raises when the job it followed failed
+            raise StepFailed(f"job {target}: {one_line(e)}") from None
+        raise as_step_failed(e, f"reading logs of {target}") from None
