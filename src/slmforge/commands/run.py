@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.recipe.loader import load_recipe
     from slmforge.report import print_summary
 
+    if args.recipe is None and args.force and args.force[-1].endswith((".json", ".yml", ".yaml")):
+        args.recipe, args.force[-1] = args.force[-1], "*"  # `run --force RECIPE`: argparse took it as STEP
     recipe = Path(args.recipe) if args.recipe else default_recipe()
     if args.recipe is None:
         ensure_demo_model(recipe)
