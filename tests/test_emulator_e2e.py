@@ -107,9 +107,14 @@ def test_register_shares_into_a_registry_once(demo_job, capsys):
 
 
 def test_resubmission_uploads_no_code(demo_job, capsys):
+    """Two submissions back to back (not against the first job: the checkout's sources may be edited
+    meanwhile, and a changed code snapshot is rightly uploaded again)."""
     state, ws = demo_job["state"], demo_job["ws"]
-    uploads = control.admin(state, "GET", "counters").get("start_pending_upload", 0)
-    assert cli(["submit", str(demo_job["recipe"]), "--workspace", ws, "--detach"]) == 0
-    second = re.search(r"^submitted (\S+)$", capsys.readouterr().out, re.M).group(1)
+    submitted = []
+    for _ in range(2):
+        uploads = control.admin(state, "GET", "counters").get("start_pending_upload", 0)
+        assert cli(["submit", str(demo_job["recipe"]), "--workspace", ws, "--detach"]) == 0
+        submitted.append(re.search(r"^submitted (\S+)$", capsys.readouterr().out, re.M).group(1))
     assert control.admin(state, "GET", "counters").get("start_pending_upload", 0) == uploads
-    assert cli(["cancel", second, "--workspace", ws]) == 0
+    for job in submitted:
+        assert cli(["cancel", job, "--workspace", ws]) == 0
