@@ -169,38 +169,50 @@ def test_bad_arguments_exit_2(argv, expected, tmp_path, tiny_model_dir, dataset,
     assert not (tmp_path / "ad").exists()
 
 
-def test_packed_batch_loss_equals_the_padded_batch_loss(tiny_model_dir, demo_data):
-    """Packing several examples into one row (position_ids restart per example) changes no loss."""
+@pytest.mark.parametrize("loss_on", ["all", "completion"])
+def test_packed_batch_gives_the_padded_batch_loss_and_gradients(loss_on, tiny_model_dir, demo_data):
+    """Packing examples into rows (position_ids restart per example), the LM head on labelled
+    positions only and, with `completion`, the last layer's MLP and o_proj on those positions
+    only: the same loss and LoRA gradients as the plain padded batch."""
     import torch
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from slmforge.template import Template
     from slmforge.training.data import pack_batch
-    from slmforge.training.model import causal_lm_loss
+    from slmforge.training.loss import causal_lm_loss
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = [json.loads(line) for line in demo_data.read_text().splitlines()[:12]]
-    examples = load_data.tokenize_rows(tok, Template(TEMPLATE), rows, "all")
+    examples = load_data.tokenize_rows(tok, Template(TEMPLATE), rows, loss_on)
     examples[0] = (examples[0][0] * 3, examples[0][1] * 3)  # one long example: the others pack beside it
     batch = pack_batch(examples, tok.pad_token_id)
     assert batch["input_ids"].shape[0] < len(examples)
 
-    from peft import LoraConfig, get_peft_model
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False))
+    lora = [p for p in model.parameters() if p.requires_grad]
+    loss_module = causal_lm_loss(model)
+    total, count = loss_module(**batch)
+    (total / count).backward()
+    loss_module.release()
+    ours = [p.grad.clone() for p in lora]
+    model.zero_grad()
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, lora_dropout=0.0, target_modules="all-linear"))
-    model.eval()
-    with torch.no_grad():
-        total, count = causal_lm_loss(model)(**batch)
-        width = max(len(ids) for ids, _ in examples)
-        ids = torch.full((len(examples), width), tok.pad_token_id)
-        labels = torch.full((len(examples), width), -100)
-        mask = torch.zeros((len(examples), width), dtype=torch.long)
-        for i, (e_ids, e_labels) in enumerate(examples):
-            ids[i, :len(e_ids)], labels[i, :len(e_ids)], mask[i, :len(e_ids)] = (
-                torch.tensor(e_ids), torch.tensor(e_labels), 1)
-        padded = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    assert count == sum(len(ids) - 1 for ids, _ in examples)
+    width = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), width), tok.pad_token_id)
+    labels = torch.full((len(examples), width), -100)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (e_ids, e_labels) in enumerate(examples):
+        ids[i, :len(e_ids)], labels[i, :len(e_ids)], mask[i, :len(e_ids)] = (
+            torch.tensor(e_ids), torch.tensor(e_labels), 1)
+    padded = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    padded.backward()
+    assert count == sum(sum(1 for t in e_labels[1:] if t != -100) for _, e_labels in examples)
     assert (total / count).item() == pytest.approx(padded.item(), abs=1e-5)
+    for mine, theirs in zip(ours, (p.grad for p in lora)):
+        assert torch.allclose(mine, theirs, atol=1e-5, rtol=1e-4)
 
 
 def test_two_process_torchrun_completes(tmp_path, tiny_model_dir, dataset):

@@ -12,6 +12,7 @@ from slmforge.errors import InvalidInput
 
 GENAI_CONFIG = "genai_config.json"
 HF_CONFIG = "config.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 MLMODEL = "MLmodel"
 # Inside an MLflow model folder (the one holding MLmodel), where each flavour keeps the Hugging Face
 # files: azureml's hftransformers(v2) -> data/model + data/tokenizer; mlflow.transformers -> model +
@@ -44,12 +45,19 @@ def resolve_hf_folder(path: str | Path) -> Path:
 
 
 def resolve_tokenizer_folder(path: str | Path) -> Path:
-    """Where the tokenizer files are: an MLflow model's tokenizer folder, else the model folder."""
-    mlflow_root = None if (Path(path) / HF_CONFIG).is_file() else _mlflow_root(Path(path))
-    if mlflow_root is not None:
-        for inner in MLFLOW_TOKENIZER_DIRS:
-            if (mlflow_root / inner).is_dir():
-                return mlflow_root / inner
+    """Where the tokenizer files are: beside the weights, else in the enclosing MLflow model's
+    tokenizer folder (`path` may be the MLflow folder or its inner model folder)."""
+    path = Path(path)
+    if (path / HF_CONFIG).is_file() and (path / TOKENIZER_CONFIG).is_file():
+        return path
+    # The MLflow folder is `path` (or one level below it), or an ancestor of the inner model folder.
+    ancestors = [p for p in path.parents[:2] if (p / MLMODEL).is_file()]
+    for mlflow_root in [_mlflow_root(path), *ancestors]:
+        if mlflow_root is not None:
+            for inner in MLFLOW_TOKENIZER_DIRS:
+                if (mlflow_root / inner).is_dir():
+                    return mlflow_root / inner
+            break
     return resolve_hf_folder(path)
 
 

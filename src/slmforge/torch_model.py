@@ -20,10 +20,10 @@ def base_source(model: str | Path | None, model_id: str | None) -> str:
     if model and model_id:
         raise InvalidInput("give either --model (a folder) or --model_id (a hub id), not both")
     if model:
-        path = Path(model)
-        if not (path / "config.json").is_file():
-            raise InvalidInput(f"{path}: not a Hugging Face model folder (no config.json)")
-        return str(path)
+        from slmforge.model_folder import resolve_hf_folder
+
+        # An Azure ML registry model in MLflow format holds the Hugging Face folder inside.
+        return str(resolve_hf_folder(model))
     if model_id:
         return model_id
     raise InvalidInput("no base model: give --model (a folder) or --model_id (a hub id)")
@@ -37,10 +37,10 @@ def check_adapter_folder(adapter: str | Path) -> Path:
 
 
 def _hub_kwargs(source: str) -> dict:
-    import os
+    from slmforge.secrets import hf_token
 
-    # A local folder needs no token; a hub id takes HF_TOKEN from the environment (never logged).
-    return {} if Path(source).is_dir() else {"token": os.environ.get("HF_TOKEN") or None}
+    # A local folder needs no token; a hub id takes HF_TOKEN here or the Key Vault secret in a job.
+    return {} if Path(source).is_dir() else {"token": hf_token()}
 
 
 def load_causal_lm(source: str, torch_dtype: str = "float32"):
@@ -58,6 +58,10 @@ def load_tokenizer(source: str):
     """A freshly loaded tokenizer (never one that was called with padding: see NOTES.md)."""
     from transformers import AutoTokenizer
 
+    from slmforge.model_folder import resolve_tokenizer_folder
+
+    if Path(source).is_dir():
+        source = str(resolve_tokenizer_folder(source))
     try:
         return AutoTokenizer.from_pretrained(source, **_hub_kwargs(source))
     except OSError as e:

@@ -1,10 +1,12 @@
 """The tokenized dataset folder, the order examples are trained in, and padding-free batches.
 
-Batches are packed, not padded: the examples of one micro-batch are laid into rows no longer
-than its longest example (first-fit decreasing), and each example restarts its `position_ids`
-at 0. With no attention mask, transformers reads those restarts as sequence boundaries and masks
-attention block-diagonally, so a packed batch computes the same loss as the padded one — the
-same examples, the same per-token losses — without spending compute on pad tokens.
+Batches are packed, not padded: the examples of one micro-batch are laid into rows (first-fit
+decreasing), and each example restarts its `position_ids` at 0. With no attention mask,
+transformers reads those restarts as sequence boundaries and masks attention block-diagonally,
+so a packed batch computes the same loss as the padded one — the same examples, the same
+per-token losses — without spending compute on pad tokens. The row width is a small multiple of
+the longest example, chosen by a cost model: wider rows waste less on padding but make the
+(dense, masked) attention dearer.
 """
 
 from __future__ import annotations
@@ -105,25 +107,45 @@ class BatchPlan:
         return order + order[:extra]
 
 
-def pack_batch(examples: list[Example], pad_id: int) -> dict:
+def attention_cost(hidden_size: int, intermediate_size: int) -> float:
+    """Attention work per token and per unit of row width, relative to a token's linear-layer work.
+
+    A layer's projections cost about 2·(4h² + 3h·i) FLOPs per token (Phi-3 shapes), masked dense
+    attention about 4·h·width: the ratio is width / (2h + 1.5i).
+    """
+    return 1.0 / (2 * hidden_size + 1.5 * intermediate_size)
+
+
+def _first_fit(lengths: list[int], width: int) -> list[list[int]]:
+    rows: list[list[int]] = []  # example indices per row
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r, free in enumerate(room) if free >= lengths[i]), None)
+        if r is None:
+            rows.append([]), room.append(width)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= lengths[i]
+    return rows
+
+
+def pack_batch(examples: list[Example], pad_id: int, attn_cost: float = 0.0) -> dict:
     """input_ids, position_ids and labels tensors for a packed micro-batch (see the module doc).
 
+    The width (between the longest example and 4 times it) minimises rows·width·(1 + attn_cost·width).
     The first label of every example is masked: in a padded batch nothing predicts an example's
     first token, and in a packed row the previous example's last token must not either.
     """
     import torch
 
-    width = max(len(ids) for ids, _ in examples)
-    rows: list[list[int]] = []  # example indices per row
-    room: list[int] = []
-    for i in sorted(range(len(examples)), key=lambda i: -len(examples[i][0])):
-        n = len(examples[i][0])
-        r = next((r for r, free in enumerate(room) if free >= n), None)
-        if r is None:
-            rows.append([]), room.append(width)
-            r = len(rows) - 1
-        rows[r].append(i)
-        room[r] -= n
+    lengths = [len(ids) for ids, _ in examples]
+    longest, total = max(lengths), sum(lengths)
+    widths = {longest * k for k in range(1, 5)}  # whole examples per row ...
+    widths |= {max(longest, -(-total // r)) + slack  # ... or the tokens spread over r rows
+               for r in range(1, len(lengths) + 1) for slack in (0, longest // 4, longest // 2)}
+    plans = [(len(rows) * w * (1 + attn_cost * w), w, rows)
+             for w in sorted(widths) if w <= 4 * longest for rows in [_first_fit(lengths, w)]]
+    _, width, rows = min(plans, key=lambda p: (p[0], p[1]))
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slmforge.training import checkpoint
-from slmforge.training.data import BatchPlan, DatasetFolder, count_label_tokens, count_tokens, pack_batch
+from slmforge.training.data import (BatchPlan, DatasetFolder, attention_cost, count_label_tokens, count_tokens,
+                                    pack_batch)
 
 
 @dataclass
@@ -107,10 +108,13 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from transformers import get_scheduler
 
-    from slmforge.training.model import causal_lm_loss, make_optimizer
+    from slmforge.training.loss import causal_lm_loss
+    from slmforge.training.model import make_optimizer
 
     device = torch.device(dist.device)
     accum, world = args.gradient_accumulation_steps, dist.world
+    config = model.get_base_model().config
+    attn_cost = attention_cost(config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size))
     plan = BatchPlan([len(ids) for ids, _ in data.train], args.per_device_train_batch_size, seed=args.seed,
                      world=world, rank=dist.rank, group_by_length=args.group_by_length)
     total = total_steps(args, plan)
@@ -150,7 +154,7 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
         for j in range(accum):
             idx = plan.micro_batch((step - 1) * accum + j)
             examples = [data.train[i] for i in idx]
-            batches.append((pack_batch(examples, data.pad_token_id), count_tokens(examples)))
+            batches.append((pack_batch(examples, data.pad_token_id, attn_cost), count_tokens(examples)))
         n_labels, n_tokens = dist.all_sum([sum(count_label_tokens(b) for b, _ in batches),
                                            sum(n for _, n in batches)])
         scale = world / max(n_labels, 1)
@@ -160,6 +164,7 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
             with sync, autocast():
                 loss, _ = runner(**{k: v.to(device) for k, v in batch.items()})
             (loss * scale).backward()
+            loss_module.release()
             loss_sum += loss.item()
         if args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
@@ -182,7 +187,7 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
         if data.eval and step < total and (
                 (args.eval_strategy == "steps" and step % eval_every == 0)
                 or (args.eval_strategy == "epoch" and crossed_epoch)):
-            result.eval_history.append({"step": step, "loss": evaluate(loss_module, data, args, dist)})
+            result.eval_history.append({"step": step, "loss": evaluate(loss_module, data, args, dist, attn_cost)})
         if checkpoints and step % args.save_steps == 0 and step < total:
             elapsed = time.perf_counter() - loop_started - side_seconds
             checkpoint.save(checkpoints, step, rank=dist.rank, barrier=dist.barrier,
@@ -196,12 +201,12 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
     result.train_seconds += result.loop_seconds
     result.epochs = total * accum / plan.batches_per_epoch
     if data.eval:
-        result.eval_loss = evaluate(loss_module, data, args, dist)
+        result.eval_loss = evaluate(loss_module, data, args, dist, attn_cost)
         result.eval_history.append({"step": total, "loss": result.eval_loss})
     return result
 
 
-def evaluate(loss_module, data: DatasetFolder, args: TrainArgs, dist: Dist) -> float:
+def evaluate(loss_module, data: DatasetFolder, args: TrainArgs, dist: Dist, attn_cost: float = 0.0) -> float:
     """Mean token loss over the eval examples (each rank takes a share)."""
     import torch
 
@@ -211,8 +216,9 @@ def evaluate(loss_module, data: DatasetFolder, args: TrainArgs, dist: Dist) -> f
     loss_module.eval()
     with torch.no_grad():
         for s in range(0, len(mine), bs):
-            batch = pack_batch(mine[s:s + bs], data.pad_token_id)
+            batch = pack_batch(mine[s:s + bs], data.pad_token_id, attn_cost)
             loss, n = loss_module(**{k: v.to(dist.device) for k, v in batch.items()})
+            loss_module.release()
             total, count = total + loss.item(), count + int(n)
     loss_module.train()
     total, count = dist.all_sum([total, count])

@@ -90,39 +90,6 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
             raise InvalidInput(f"target_modules {spec.target_modules}: {str(e).splitlines()[0]}") from None
 
 
-def causal_lm_loss(peft_model):
-    """A module returning (sum of token losses, label-token count) for a packed batch.
-
-    It runs the decoder and applies the LM head only where a label is set: with `loss_on:
-    completion` that is a few tokens per example, so most of the vocabulary projection (and its
-    backward) is skipped. The loss is the same as the full-logits one. Wrapped in a module so
-    DistributedDataParallel can hook it.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    class CausalLMLoss(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-            base = model.get_base_model()
-            # a tuple, not attributes: they are already registered under self.model
-            self._parts = (base.get_decoder(), base.get_output_embeddings())
-            self._softcap = getattr(base.config, "final_logit_softcapping", None)
-
-        def forward(self, input_ids, position_ids, labels):
-            decoder, head = self._parts
-            out = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-            targets = labels[:, 1:]
-            keep = targets != -100
-            logits = head(out.last_hidden_state[:, :-1][keep]).float()
-            if self._softcap:
-                logits = torch.tanh(logits / self._softcap) * self._softcap
-            return F.cross_entropy(logits, targets[keep], reduction="sum"), keep.sum()
-
-    return CausalLMLoss(peft_model)
-
-
 def make_optimizer(name: str, params, *, lr: float, betas: tuple[float, float], eps: float,
                    weight_decay: float, device_type: str):
     """The `optim` training argument. Paged / 8-bit optimizers need CUDA; on CPU they become AdamW."""
