@@ -95,11 +95,14 @@ def test_same_seed_gives_the_same_adapter_bytes_and_losses(tmp_path, tiny_model_
 
 def test_sigkill_then_restart_resumes_to_the_same_adapter(tmp_path, tiny_model_dir, dataset, capsys):
     steps, save = 60, 5
-    reference, _ = train(tmp_path, "reference", tiny_model_dir, dataset, max_steps=steps, save_steps=save)
+    # logging every 3 steps, saving every 5: a checkpoint falls inside a logging window
+    reference, _ = train(tmp_path, "reference", tiny_model_dir, dataset, max_steps=steps, save_steps=save,
+                         logging_steps=3)
 
     adapter, checkpoints = tmp_path / "killed", tmp_path / "killed-ck"
     argv = [sys.executable, "-m", "slmforge.steps.finetune",
-            *step_argv(tiny_model_dir, dataset, adapter, checkpoints, max_steps=steps, save_steps=save)]
+            *step_argv(tiny_model_dir, dataset, adapter, checkpoints, max_steps=steps, save_steps=save,
+                       logging_steps=3)]
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
@@ -115,7 +118,8 @@ def test_sigkill_then_restart_resumes_to_the_same_adapter(tmp_path, tiny_model_d
     m = json.loads((adapter / "slmforge.json").read_text())
     ref = json.loads((reference / "slmforge.json").read_text())
     assert m["metrics"]["resumed_from_step"] >= save
-    assert (adapter / "adapter_model.safetensors").read_bytes() == (reference / "adapter_model.safetensors").read_bytes()
+    weights = "adapter_model.safetensors"
+    assert (adapter / weights).read_bytes() == (reference / weights).read_bytes()
     assert m["metrics"]["loss_history"] == ref["metrics"]["loss_history"]
 
     # checkpoints from other parameters are not resumed from

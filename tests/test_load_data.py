@@ -98,9 +98,10 @@ def test_json_array_csv_and_parquet_read_like_jsonl(tmp_path, spec, tiny_model_d
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = rows_of(demo_data, 40)
+    rows = rows_of(demo_data, 39) + [{"phrase": "a raw line separator \u2028 and a, comma \"quoted\"",
+                                      "tone": "joy"}]
     jsonl = tmp_path / "rows.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     array = tmp_path / "rows.json"
     array.write_text(json.dumps(rows, indent=2))
     with open(tmp_path / "rows.csv", "w", newline="") as f:

@@ -8,6 +8,7 @@ problem names the file and the line or row, so a user can go straight to it.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from dataclasses import dataclass, field
@@ -109,7 +110,12 @@ def _json_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]
         # else JSON lines whose first line happens to be an array
     decoder = json.JSONDecoder()
     row = 0
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # split on "\n" only: JSON strings may hold U+2028 and friends, which splitlines() would cut at
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the file's final newline ends the last line; it starts no new one
+    for lineno, line in enumerate(lines, 1):
+        line = line.rstrip("\r")
         if not line.strip():
             yield f"line {lineno}", None  # a blank line: counted as empty
             continue
@@ -125,7 +131,7 @@ def _json_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]
 
 def _csv_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
     text = _read_text(path)
-    reader = csv.reader(text.splitlines(keepends=True))
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
         if header is None:

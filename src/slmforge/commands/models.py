@@ -48,7 +48,9 @@ def _workspace(args: argparse.Namespace) -> int:
     if not rows:
         print("no registered models")
         return 0
-    print(f"{'name':<28} {'version':>7}  {'type':<14} created")
+    width = max(7, *(len(str(r["version"])) for r in rows))
+    print(f"{'name':<28} {'version':>{width}}  {'type':<14} {'created':<20} accuracy")
     for r in rows:
-        print(f"{r['name']:<28} {r['version']:>7}  {r['type']:<14} {r['created'] or '-'}")
+        accuracy = (r.get("tags") or {}).get("metrics.accuracy", "-")
+        print(f"{r['name']:<28} {r['version']:>{width}}  {r['type']:<14} {r['created'] or '-':<20} {accuracy}")
     return 0

@@ -46,8 +46,8 @@ def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | N
     if unknown:
         raise InvalidInput(f"unknown training argument '{unknown[0]}'")
     args = TrainArgs(**training_args)
-    spec = LoraSpec(method=method, r=r, alpha=alpha, dropout=lora_dropout,
-                    target_modules=[m.strip() for m in target_modules.split(",") if m.strip()] if target_modules else None,
+    modules = [m.strip() for m in target_modules.split(",") if m.strip()] if target_modules else None
+    spec = LoraSpec(method=method, r=r, alpha=alpha, dropout=lora_dropout, target_modules=modules,
                     quant_type=quant_type, double_quant=double_quant, compute_dtype=compute_dtype,
                     gradient_checkpointing=gradient_checkpointing)
     _check(spec, args)

@@ -128,12 +128,13 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
     latest = checkpoint.find_latest(checkpoints, run_fingerprint) if checkpoints and dist.rank == 0 else None
     latest = _broadcast(latest, dist)
     start = 0
+    window_losses: list[float] = []  # step losses since the last logged one
     if latest is not None:
         adapter, state = checkpoint.load(latest, dist.rank, optimizer, scheduler)
         set_peft_model_state_dict(model, adapter)
         start = result.resumed_from = state["step"]
         result.loss_history, result.eval_history = state["loss_history"], state["eval_history"]
-        result.train_seconds = state["train_seconds"]
+        result.train_seconds, window_losses = state["train_seconds"], state["window_losses"]
         if dist.rank == 0:
             print(f"finetune: resuming from {latest} (step {start} of {total})", file=sys.stderr)
 
@@ -146,7 +147,6 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
     autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
     model.train()
     eval_every = args.eval_steps or args.logging_steps
-    window_losses: list[float] = []
     loop_started = time.perf_counter()
     side_seconds = 0.0  # evaluation and checkpoint time, kept out of tokens/s
     for step in range(start + 1, total + 1):
@@ -193,7 +193,7 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
             checkpoint.save(checkpoints, step, rank=dist.rank, barrier=dist.barrier,
                             adapter=get_peft_model_state_dict(model), optimizer=optimizer, scheduler=scheduler,
                             state={"fingerprint": run_fingerprint, "loss_history": result.loss_history,
-                                   "eval_history": result.eval_history,
+                                   "eval_history": result.eval_history, "window_losses": window_losses,
                                    "train_seconds": result.train_seconds + elapsed})
         side_seconds += time.perf_counter() - side_started
 
