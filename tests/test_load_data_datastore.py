@@ -32,7 +32,7 @@ def blob_store(tmp_path_factory):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/{azurite.ACCOUNT}"
     service = BlobServiceClient(url, credential={"account_name": azurite.ACCOUNT,
-                                                 "account_key": azurite.ACCOUNT_KEY})
+                                                 "account_key": azurite.ACCOUNT_KEY}, retry_total=0)
     try:
         deadline = time.monotonic() + 30
         while True:
