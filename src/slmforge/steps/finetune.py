@@ -93,7 +93,11 @@ def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | N
                                   result.loss_history, result.eval_history)
         data_params = data.manifest.get("params", {})
         with manifest.atomic_output(adapter) as out:
-            peft_model.save_pretrained(out)
+            config = peft_model.peft_config["default"]
+            if isinstance(config.target_modules, (set, frozenset)):
+                config.target_modules = sorted(config.target_modules)  # a set: random order, random bytes
+            # save_embedding_layers=False: "auto" looks the base name up on the hub to compare vocabularies.
+            peft_model.save_pretrained(out, save_embedding_layers=False)
             (out / "README.md").unlink(missing_ok=True)  # peft's model card stub: nothing of ours in it
             metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
             return manifest.write_manifest(

@@ -184,22 +184,23 @@ def split_eval(rows: list[dict], template: Template, size: float | None, seed: i
 
 def load_tokenizer(folder: str | Path | None, model_id: str | None):
     """(tokenizer, name): from a local folder (never a hub lookup) or from a hub id."""
-    import os
-
     from transformers import AutoTokenizer
+
+    from slmforge.model_folder import resolve_tokenizer_folder
+    from slmforge.secrets import hf_token
 
     if folder:
         folder = Path(folder)
         if not folder.is_dir():
             raise InvalidInput(f"tokenizer folder not found: {folder}")
         try:
-            return AutoTokenizer.from_pretrained(folder, local_files_only=True), folder.name
+            return AutoTokenizer.from_pretrained(resolve_tokenizer_folder(folder), local_files_only=True), folder.name
         except (OSError, ValueError) as e:
             raise InvalidInput(f"{folder}: no tokenizer could be loaded ({str(e).splitlines()[0]})") from None
     if not model_id:
         raise InvalidInput("give --tokenizer (a model folder) or --model_id")
     try:
-        return AutoTokenizer.from_pretrained(model_id, token=os.environ.get("HF_TOKEN") or None), model_id
+        return AutoTokenizer.from_pretrained(model_id, token=hf_token()), model_id
     except (OSError, ValueError) as e:
         raise InvalidInput(f"model_id '{model_id}': no tokenizer could be loaded ({str(e).splitlines()[0]})") from None
 

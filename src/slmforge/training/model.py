@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -49,12 +48,17 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    source = str(model_dir) if model_dir else model_id
-    if not source:
+    from slmforge.model_folder import resolve_hf_folder
+    from slmforge.secrets import hf_token
+
+    if not (model_dir or model_id):
         raise InvalidInput("give --model (a model folder) or --model_id")
     if model_dir and not Path(model_dir).is_dir():
         raise InvalidInput(f"model folder not found: {model_dir}")
-    kwargs: dict = {"local_files_only": True} if model_dir else {"token": os.environ.get("HF_TOKEN") or None}
+    # A registry model in MLflow format holds the Hugging Face folder inside; a hub id takes
+    # HF_TOKEN here or the Key Vault secret inside an Azure ML job.
+    source = str(resolve_hf_folder(model_dir)) if model_dir else model_id
+    kwargs: dict = {"local_files_only": True} if model_dir else {"token": hf_token()}
     if spec.method == "qlora":
         from transformers import BitsAndBytesConfig
 
