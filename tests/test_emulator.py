@@ -134,6 +134,20 @@ def test_unknown_route_answers_404_with_a_clear_body(emulator):
     assert "does not implement GET /no/such/thing" in body["error"]["message"]
 
 
+def test_another_workspace_is_not_found_on_any_workspace_route(emulator):
+    """The server checks the workspace scope once, before every workspace-scoped handler."""
+    folder, ws_file = emulator
+    info = json.loads(ws_file.read_text())
+    ctx = ssl.create_default_context(cafile=info["ca_bundle"])
+    base = (f"{info['endpoint']}/subscriptions/{info['subscription_id']}/resourceGroups/{info['resource_group']}"
+            "/providers/Microsoft.MachineLearningServices/workspaces")
+    for route in ("", "/computes/cpu-cluster", "/datastores/workspaceblobstore", "/jobs"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/not-this-one{route}?api-version=2024-04-01", context=ctx, timeout=5)
+        assert err.value.code == 404
+        assert "not-this-one does not exist; this emulator serves" in json.loads(err.value.read())["error"]["message"]
+
+
 def test_component_create_and_code_upload_is_reused(ml, emulator, code_dir):
     folder, _ = emulator
     comp = _component(code_dir, "python write.py ${{inputs.msg}} ${{outputs.out}}", name="writer", version="1")

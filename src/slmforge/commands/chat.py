@@ -11,22 +11,21 @@ import argparse
 import json
 import sys
 
+from slmforge.commands import positive_int
+
 END_OF_TURN = "<|end|>"  # Phi-3's end-of-turn token; generation also stops at EOS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="onnxruntime-genai model folder (build_onnx output)")
     parser.add_argument("--system", help="a system message to start the conversation with")
-    parser.add_argument("--max_new_tokens", type=int, default=256, help="longest reply in tokens (default 256)")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=256, help="longest reply in tokens (default 256)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.errors import InvalidInput
     from slmforge.genai import GenaiModel, require_onnx_folder
 
     folder = require_onnx_folder(args.model)
-    if args.max_new_tokens < 1:
-        raise InvalidInput("--max_new_tokens must be at least 1")
     model = GenaiModel(folder)
     end_id = model.token_id(END_OF_TURN)
     stop_ids = model.eos_token_ids | ({end_id} if end_id is not None else set())

@@ -11,23 +11,22 @@ from __future__ import annotations
 import argparse
 import json
 
+from slmforge.commands import positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="onnxruntime-genai model folder (build_onnx output)")
     parser.add_argument("text", help="the input, e.g. a phrase; a JSON object for multi-field templates")
     parser.add_argument("--template", help="text template (default: the one in the folder's slmforge.json)")
-    parser.add_argument("--max_new_tokens", type=int, default=32, help="upper bound on answer length (default 32)")
+    parser.add_argument("--max_new_tokens", type=positive_int, default=32, help="upper bound on answer length (default 32)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.errors import InvalidInput
     from slmforge.evaluation import answer_finished, answer_of
     from slmforge.genai import GenaiModel, require_onnx_folder
     from slmforge.model_folder import carried_template
 
     folder = require_onnx_folder(args.model)
-    if args.max_new_tokens < 1:
-        raise InvalidInput("--max_new_tokens must be at least 1")
     text = args.template or carried_template(folder)
     prompt, suffix = prompt_and_suffix(text, args.text) if text else (args.text, "")
     model = GenaiModel(folder)

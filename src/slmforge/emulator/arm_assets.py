@@ -7,7 +7,6 @@ import re
 import uuid
 
 from slmforge.emulator import azurite
-from slmforge.emulator.arm_workspace import check_scope
 from slmforge.emulator.context import Emulator, now_iso
 from slmforge.emulator.routing import WS, Reply, Request, error, not_found, route
 
@@ -71,8 +70,6 @@ def list_versions(versions: list[dict], query: dict[str, str]) -> list[dict]:
 
 @route("PUT", WS + "/" + KINDS + r"/(?P<name>[^/]+)/versions/(?P<version>[^/]+)")
 def put_asset(emu: Emulator, req: Request, sub, rg, ws, kind, name, version) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     properties = req.json.get("properties")
     if not isinstance(properties, dict):
         return error(400, "UserError", f"PUT {kind}/{name}/versions/{version}: body has no 'properties'")
@@ -93,16 +90,12 @@ def put_asset(emu: Emulator, req: Request, sub, rg, ws, kind, name, version) -> 
 
 @route("GET", WS + "/" + KINDS + r"/(?P<name>[^/]+)/versions/(?P<version>[^/]+)")
 def get_asset(emu: Emulator, req: Request, sub, rg, ws, kind, name, version) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     body = emu.store.get(kind, f"{name}/{version}")
     return Reply(200, body) if body else not_found(f"{kind} '{name}' version '{version}'")
 
 
 @route("GET", WS + "/" + KINDS + r"/(?P<name>[^/]+)/versions")
 def get_asset_versions(emu: Emulator, req: Request, sub, rg, ws, kind, name) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     # A content-hash lookup spans every code asset: the SDK asks under a fresh random name.
     scope = "" if kind == "codes" and req.query.get("hash") else f"{name}/"
     return Reply(200, {"value": list_versions(emu.store.list(kind, scope), req.query), "nextLink": None})
@@ -110,8 +103,6 @@ def get_asset_versions(emu: Emulator, req: Request, sub, rg, ws, kind, name) -> 
 
 @route("GET", WS + "/" + KINDS + r"/(?P<name>[^/]+)")
 def get_container(emu: Emulator, req: Request, sub, rg, ws, kind, name) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     versions = emu.store.list(kind, f"{name}/")
     if not versions:
         return not_found(f"{kind} '{name}'")
@@ -120,8 +111,6 @@ def get_container(emu: Emulator, req: Request, sub, rg, ws, kind, name) -> Reply
 
 @route("GET", WS + "/" + KINDS)
 def list_containers(emu: Emulator, req: Request, sub, rg, ws, kind) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     by_name: dict[str, list[dict]] = {}
     for doc in emu.store.list(kind):
         by_name.setdefault(doc["id"].split("/")[-3], []).append(doc)
@@ -160,4 +149,4 @@ def pending_upload(emu: Emulator, req: Request, *, own_container: bool = False) 
 
 @route("POST", WS + "/" + KINDS + r"/(?P<name>[^/]+)/versions/(?P<version>[^/]+)/startPendingUpload")
 def start_pending_upload(emu: Emulator, req: Request, sub, rg, ws, kind, name, version) -> Reply:
-    return check_scope(emu, sub, rg, ws) or pending_upload(emu, req)
+    return pending_upload(emu, req)

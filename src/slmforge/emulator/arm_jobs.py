@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 
 from slmforge.emulator.arm_assets import system_data
-from slmforge.emulator.arm_workspace import check_scope
 from slmforge.emulator.context import Emulator, now_iso
 from slmforge.emulator.jobstate import JOBS, TERMINAL, find_node, get_job, update_job
 from slmforge.emulator.routing import WS, Reply, Request, error, not_found, route
@@ -24,8 +23,6 @@ def job_reply(emu: Emulator, doc: dict) -> dict:
 
 @route("PUT", WS + r"/jobs/(?P<name>[^/]+)")
 def put_job(emu: Emulator, req: Request, sub, rg, ws, name) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     if not JOB_NAME.match(name):
         return error(400, "UserError", f"invalid job name '{name}'")
     props = req.json.get("properties")
@@ -52,8 +49,6 @@ def put_job(emu: Emulator, req: Request, sub, rg, ws, name) -> Reply:
 
 @route("GET", WS + r"/jobs/(?P<name>[^/]+)")
 def get_job_route(emu: Emulator, req: Request, sub, rg, ws, name) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     doc = get_job(emu, name)
     if doc is None and (node := find_node(emu, name)) is not None:
         doc = child_job(emu, node)
@@ -87,8 +82,6 @@ def child_job(emu: Emulator, node: dict) -> dict | None:
 
 @route("GET", WS + r"/jobs")
 def list_jobs(emu: Emulator, req: Request, sub, rg, ws) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     docs = list(reversed(emu.store.list(JOBS)))
     if tag := req.query.get("tag"):
         docs = [d for d in docs if tag in d["properties"].get("tags", {})]
@@ -99,8 +92,6 @@ def list_jobs(emu: Emulator, req: Request, sub, rg, ws) -> Reply:
 
 @route("POST", WS + r"/jobs/(?P<name>[^/]+)/cancel")
 def cancel_job(emu: Emulator, req: Request, sub, rg, ws, name) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     doc = get_job(emu, name)
     if doc is None:
         return not_found(f"job '{name}'")

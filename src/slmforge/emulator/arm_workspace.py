@@ -12,6 +12,7 @@ SYSTEM_DATA = {"createdAt": "2026-01-01T00:00:00.000000Z", "createdBy": "slmforg
 
 
 def check_scope(emu: Emulator, sub: str, rg: str, ws: str) -> Reply | None:
+    """A 404 for any workspace but the emulated one (the server checks this before each handler)."""
     c = emu.config
     if (sub.lower(), rg.lower(), ws.lower()) != (c.subscription.lower(), c.resource_group.lower(),
                                                  c.workspace.lower()):
@@ -46,7 +47,7 @@ def workspace_body(emu: Emulator) -> dict:
 
 @route("GET", WS)
 def get_workspace(emu: Emulator, req: Request, sub: str, rg: str, ws: str) -> Reply:
-    return check_scope(emu, sub, rg, ws) or Reply(200, workspace_body(emu))
+    return Reply(200, workspace_body(emu))
 
 
 @route("GET", r"/discovery")
@@ -81,14 +82,12 @@ def compute_body(emu: Emulator, name: str) -> dict:
 
 @route("GET", WS + r"/computes")
 def list_computes(emu: Emulator, req: Request, sub: str, rg: str, ws: str) -> Reply:
-    return check_scope(emu, sub, rg, ws) or Reply(
+    return Reply(
         200, {"value": [compute_body(emu, n) for n in emu.config.computes]})
 
 
 @route("GET", WS + r"/computes/(?P<name>[^/]+)")
 def get_compute(emu: Emulator, req: Request, sub: str, rg: str, ws: str, name: str) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     for known in emu.config.computes:
         if known.lower() == name.lower():
             return Reply(200, compute_body(emu, known))
@@ -111,22 +110,21 @@ def datastore_body(emu: Emulator) -> dict:
 
 @route("GET", WS + r"/datastores")
 def list_datastores(emu: Emulator, req: Request, sub: str, rg: str, ws: str) -> Reply:
-    return check_scope(emu, sub, rg, ws) or Reply(200, {"value": [datastore_body(emu)]})
+    return Reply(200, {"value": [datastore_body(emu)]})
 
 
 @route("GET", WS + r"/datastores/(?P<name>[^/]+)")
 def get_datastore(emu: Emulator, req: Request, sub: str, rg: str, ws: str, name: str) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
-    if name.lower() != "workspaceblobstore":
-        return not_found(f"datastore '{name}' (known: workspaceblobstore)")
-    return Reply(200, datastore_body(emu))
+    return unknown_datastore(name) or Reply(200, datastore_body(emu))
 
 
 @route("POST", WS + r"/datastores/(?P<name>[^/]+)/listSecrets")
 def list_secrets(emu: Emulator, req: Request, sub: str, rg: str, ws: str, name: str) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
+    return unknown_datastore(name) or Reply(200, {"secretsType": "AccountKey", "key": azurite.ACCOUNT_KEY})
+
+
+def unknown_datastore(name: str) -> Reply | None:
+    """The emulator has one datastore, Azurite's container behind workspaceblobstore."""
     if name.lower() != "workspaceblobstore":
-        return not_found(f"datastore '{name}'")
-    return Reply(200, {"secretsType": "AccountKey", "key": azurite.ACCOUNT_KEY})
+        return not_found(f"datastore '{name}' (known: workspaceblobstore)")
+    return None

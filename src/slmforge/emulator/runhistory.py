@@ -4,7 +4,6 @@ run data with the named outputs, and asset-id -> URI resolution (what `jobs.down
 from __future__ import annotations
 
 from slmforge.emulator import azurite
-from slmforge.emulator.arm_workspace import check_scope
 from slmforge.emulator.context import Emulator
 from slmforge.emulator.jobstate import find_node, get_job, log_blob, nodes_of
 from slmforge.emulator.routing import WS, Reply, Request, not_found, route
@@ -39,8 +38,6 @@ def job_run(emu: Emulator, job: dict) -> dict:
 
 @route("POST", r"/history/v1\.0" + WS + r"/rundata")
 def run_data(emu: Emulator, req: Request, sub, rg, ws) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     run_id = req.json.get("runId", "")
     job = get_job(emu, run_id)
     if job is None:
@@ -50,8 +47,6 @@ def run_data(emu: Emulator, req: Request, sub, rg, ws) -> Reply:
 
 @route("GET", HISTORY + r"/runs/(?P<run>[^/]+)/children")
 def children(emu: Emulator, req: Request, sub, rg, ws, run) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     if get_job(emu, run) is None:
         return not_found(f"run '{run}'")
     return Reply(200, {"value": [node_run(emu, d) for d in nodes_of(emu, run)], "nextLink": None})
@@ -59,8 +54,6 @@ def children(emu: Emulator, req: Request, sub, rg, ws, run) -> Reply:
 
 @route("GET", HISTORY + r"/runs/(?P<run>[^/]+)/details")
 def details(emu: Emulator, req: Request, sub, rg, ws, run) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     node = find_node(emu, run)
     if node is None:
         job = get_job(emu, run)
@@ -79,8 +72,6 @@ def details(emu: Emulator, req: Request, sub, rg, ws, run) -> Reply:
 
 @route("POST", r"/data/v1\.0" + WS + r"/dataversion/batchGetResolvedUris")
 def resolve_uris(emu: Emulator, req: Request, sub, rg, ws) -> Reply:
-    if bad := check_scope(emu, sub, rg, ws):
-        return bad
     values = {}
     for aid in req.json.get("values", []):
         _, _, rest = aid.partition("/data/azureml_")

@@ -57,7 +57,10 @@ class _Handler(BaseHTTPRequestHandler):
             with self.emu.lock:
                 self.emu.counters[handler.__name__] = self.emu.counters.get(handler.__name__, 0) + 1
             try:
-                reply = handler(self.emu, req, **params)
+                # Every workspace-scoped route answers only for the emulated workspace.
+                scoped = {"sub", "rg", "ws"} <= params.keys()
+                reply = (scoped and arm_workspace.check_scope(self.emu, params["sub"], params["rg"], params["ws"])) \
+                    or handler(self.emu, req, **params)
             except Exception as e:  # a bug here must answer, not hang the SDK
                 log.error("%s %s failed:\n%s", self.command, req.path, traceback.format_exc())
                 reply = error(500, "EmulatorError", f"{type(e).__name__}: {e}")
