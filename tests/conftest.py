@@ -26,6 +26,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder (read-only), written once per machine.
+
+    It lives where the shipped recipes expect it (.slmforge/models/), so the demo and the tests
+    share one conversion; write_pretrained is a no-op when the folder already holds it."""
+    from slmforge.pretrained import write_pretrained
+
+    folder, _ = write_pretrained("smollm2-135m-instruct", REPO / ".slmforge" / "models" / "smollm2-135m-instruct")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def seed_data() -> Path:
     """The Cookbook's phrase/tone data set, read from ../shared (never committed here)."""
     if not SEED_DATA.is_file():

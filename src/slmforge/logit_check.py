@@ -27,10 +27,23 @@ CHECK_PROMPTS = [
     "### Text: We finally moved into our new house today!\n### The tone is:\n",
 ]
 
-# fp32 must match PyTorch to float rounding: the builder only rearranges the same fp32 maths
-# (fused QKV, SkipLayerNorm, GQA). 1e-4 is ~100x the differences seen on correct builds (~6e-7)
-# and far below what any wiring mistake produces (O(0.1) and more).
-FP32_MAX_ABS_DIFF = 1e-4
+# fp32 must match PyTorch to float rounding: merging only reorders float32 sums and the builder
+# only rearranges the same fp32 maths (fused QKV, SkipLayerNorm, GQA). Rounding error grows with
+# the size of the logits and with depth (each layer adds its own), so the bound is
+#     FP32_ROUNDING_FACTOR * float32 epsilon * max |reference logit| * layers
+# Measured: tiny random Phi-3 (2 layers, |logit| <= ~2): 6.6e-7 (ONNX), 8.3e-7 (merge);
+# SmolLM2-135M (30 layers, |logit| <= ~25): 1.03e-4 (merge). A factor of 64 puts the bound ~20x
+# above the real model's rounding and ~100x below a wrong adapter, a mis-wired head or a zeroed
+# layer, which move logits by O(0.1) of their scale or more.
+FLOAT32_EPSILON = 2.0 ** -23
+FP32_ROUNDING_FACTOR = 64.0
+
+
+def fp32_bound(reference: list[np.ndarray], layers: int) -> float:
+    """The largest max abs logit difference a correct fp32 rewrite of the model may show."""
+    scale = max(float(np.abs(r).max()) for r in reference)
+    return FP32_ROUNDING_FACTOR * FLOAT32_EPSILON * max(scale, 1.0) * max(layers, 1)
+
 
 # Quantized / half builds are approximations, judged by what matters for use: does the model
 # still rank the vocabulary the same way (cosine of the logit vectors), and does it pick the same
@@ -95,11 +108,13 @@ def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> Compari
     )
 
 
-def failures(comparison: Comparison, precision: str) -> list[str]:
+def failures(comparison: Comparison, precision: str, reference: list[np.ndarray], layers: int) -> list[str]:
     """What falls short of the bound for `precision` (empty: the check passed)."""
     if precision == "fp32":
-        if not comparison.max_abs_diff <= FP32_MAX_ABS_DIFF:
-            return [f"max abs logit difference {comparison.max_abs_diff:.3g} > {FP32_MAX_ABS_DIFF:g}"]
+        bound = fp32_bound(reference, layers)
+        if not comparison.max_abs_diff <= bound:
+            return [f"max abs logit difference {comparison.max_abs_diff:.3g} > {bound:.3g} "
+                    f"({layers} layers, logits up to {max(float(np.abs(r).max()) for r in reference):.3g})"]
         return []
     bounds = THRESHOLDS[precision]
     out = []
@@ -109,4 +124,57 @@ def failures(comparison: Comparison, precision: str) -> list[str]:
     if comparison.decisive_positions >= MIN_DECISIVE and agreement < bounds["argmax_agreement"]:
         out.append(f"next-token argmax agreement {agreement:.3f} at {comparison.decisive_positions} decisive "
                    f"positions < {bounds['argmax_agreement']}")
+    return out
+
+
+# ---- gates on the eval rows: what a user of the built model cares about
+#
+# With the recipe's eval rows at hand, a quantized or half build is judged by its answers: the
+# share of rows where its greedy answer is the source model's, the share where it picks the same
+# first answer token, and the accuracy it loses. Measured on SmolLM2-135M after LoRA (146 seed
+# eval rows / 200 held-out rows; bench/results/int4_options.json):
+#   see ANSWER_GATES below for the figures behind each bound.
+@dataclass(frozen=True)
+class AnswerGate:
+    min_answer_agreement: float
+    min_first_token_agreement: float
+    max_accuracy_drop: float  # absolute, in accuracy points / 100
+
+
+ANSWER_GATES = {
+    "int4": AnswerGate(0.85, 0.85, 0.05),
+    "int8": AnswerGate(0.95, 0.95, 0.02),
+    "fp16": AnswerGate(0.98, 0.98, 0.01),
+    "fp32": AnswerGate(0.99, 0.99, 0.01),
+}
+
+
+def answer_comparison(reference: dict, candidate: dict) -> dict:
+    """Agreement of two evaluate() results on the same rows (their `predictions`, first tokens, accuracy)."""
+    pairs = list(zip(reference["predictions"], candidate["predictions"]))
+    firsts = list(zip(reference["first_answer_tokens"], candidate["first_answer_tokens"]))
+    return {
+        "rows": len(pairs),
+        "answer_agreement": round(sum(a == b for a, b in pairs) / len(pairs), 6) if pairs else None,
+        "first_token_agreement": round(sum(a == b for a, b in firsts) / len(firsts), 6) if firsts else None,
+        "reference_accuracy": reference["accuracy"],
+        "accuracy": candidate["accuracy"],
+        "accuracy_drop": round(reference["accuracy"] - candidate["accuracy"], 6),
+    }
+
+
+def answer_failures(comparison: dict, gate: AnswerGate) -> list[str]:
+    out = []
+    if not comparison["rows"]:
+        return out
+    if comparison["answer_agreement"] < gate.min_answer_agreement:
+        out.append(f"its answers agree with the source model's on {comparison['answer_agreement']:.3f} of "
+                   f"{comparison['rows']} eval rows < {gate.min_answer_agreement}")
+    if comparison["first_token_agreement"] < gate.min_first_token_agreement:
+        out.append(f"its first answer token agrees on {comparison['first_token_agreement']:.3f} of the rows "
+                   f"< {gate.min_first_token_agreement}")
+    if comparison["accuracy_drop"] > gate.max_accuracy_drop:
+        out.append(f"accuracy {comparison['accuracy']:.3f} against the source model's "
+                   f"{comparison['reference_accuracy']:.3f} (drop {comparison['accuracy_drop']:.3f} > "
+                   f"{gate.max_accuracy_drop})")
     return out

@@ -28,13 +28,24 @@ _OWN_OPTIONS = {
     "int4_block_size": "the int4_block_size input",
     "accuracy_level": "the int4_accuracy_level input",
     "int4_accuracy_level": "the int4_accuracy_level input",
+    "algo_config": "the int4_algo_config input",
+    "int4_algo_config": "the int4_algo_config input",
+    "is_symmetric": "the int4_is_symmetric input",
+    "int4_is_symmetric": "the int4_is_symmetric input",
     "hf_token": "the HF_TOKEN environment variable (a token never goes on a command line)",
 }
 _QUANTIZED = ("int4", "int8")
 
+# The builder's int4 methods (algo_config), and the one slmforge uses unless told otherwise: the
+# best accuracy kept on the real model within the size goal (bench/int4_options.py measures them all).
+INT4_ALGOS = ("default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed")
+DEFAULT_INT4_ALGO = "k_quant_mixed"
 
-def parse_extra_options(text: str | None) -> dict[str, str]:
-    """`k=v,k=v` -> dict. A piece without `=` continues the previous value (nodes_to_exclude=a,b)."""
+
+def parse_extra_options(text: str | None, *, own: bool = False) -> dict[str, str]:
+    """`k=v,k=v` -> dict. A piece without `=` continues the previous value (nodes_to_exclude=a,b).
+
+    Options slmforge sets from its own inputs are refused unless `own` (the benchmarks pass them)."""
     options: dict[str, str] = {}
     last: str | None = None
     for piece in (text or "").split(","):
@@ -53,7 +64,7 @@ def parse_extra_options(text: str | None) -> dict[str, str]:
             raise InvalidInput(f"--extra_options: {piece!r} is not key=value")
     known = builder_option_names()
     for key in options:
-        if key in _OWN_OPTIONS:
+        if key in _OWN_OPTIONS and not own:
             raise InvalidInput(f"--extra_options: {key} is set by slmforge; use {_OWN_OPTIONS[key]}")
         if key not in known:
             match = difflib.get_close_matches(key, known, n=1)
@@ -75,13 +86,22 @@ def builder_option_names() -> set[str]:
 
 
 def build(*, source: str, out_dir: Path, precision: str, execution_provider: str,
-          block_size: int, accuracy_level: int, extra: dict[str, str], adapter: Path | None = None) -> str:
-    """Run the builder into `out_dir`; return its log. A builder error is StepFailed with its last line."""
+          block_size: int, accuracy_level: int, extra: dict[str, str], adapter: Path | None = None,
+          algo_config: str = "default", is_symmetric: bool = True) -> str:
+    """Run the builder into `out_dir`; return the options it ran with. A builder error is StepFailed."""
     from onnxruntime_genai.models.builder import create_model, parse_extra_options as builder_parse
 
     options = dict(extra)
     if precision in _QUANTIZED:
-        options.update(block_size=str(block_size), accuracy_level=str(accuracy_level))
+        options.update(block_size=str(block_size), accuracy_level=str(accuracy_level), algo_config=algo_config,
+                       is_symmetric="true" if is_symmetric else "false")
+        if _needs_untied_quantization(source, options):
+            # The 0.18 builder shares one quantized matrix between a tied embedding (GatherBlockQuantized)
+            # and the LM head, and names it right only for symmetric default RTN: k_quant*, *_last
+            # and asymmetric builds write graphs onnxruntime refuses (bench/results/int4_options.json).
+            # Quantize the two separately: the head by the chosen method, the embedding in int4.
+            options["shared_embeddings"] = "false"
+            options.setdefault("op_types_to_quantize", "MatMul/Gather")
     if adapter is not None:
         options["adapter_path"] = str(adapter)
     is_folder = Path(source).is_dir()
@@ -95,7 +115,21 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
         except Exception as e:  # the builder raises bare Exception/ValueError/NotImplementedError
             raise StepFailed(f"onnxruntime-genai builder failed ({precision}, {execution_provider}): "
                              f"{type(e).__name__}: {e}") from e
-    return log.getvalue()
+    options.pop("adapter_path", None)
+    return options
+
+
+def _needs_untied_quantization(source: str, options: dict[str, str]) -> bool:
+    """A local model that ties its embeddings, quantized by anything but symmetric default RTN."""
+    import json
+
+    if "shared_embeddings" in options:
+        return False  # the user decided
+    config = Path(source) / "config.json"
+    if not config.is_file() or not json.loads(config.read_text(encoding="utf-8")).get("tie_word_embeddings"):
+        return False
+    return (options.get("algo_config", "default") != "default" or options.get("is_symmetric") == "false"
+            or "matmul_mixed_precision" in options)
 
 
 @contextlib.contextmanager

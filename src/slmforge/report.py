@@ -135,11 +135,12 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
     """(what, value) pairs for the summary: the headline figures of a run."""
     rows: list[tuple[str, str]] = []
     evals = dict(evaluations(record))
-    base, final = evals.get("base"), evals.get("onnx") or evals.get("merged")
-    if base and final and base.get("accuracy") is not None and final.get("accuracy") is not None:
-        rows.append(("accuracy", f"{base['accuracy']:.3f} before -> {final['accuracy']:.3f} after fine-tuning"))
-    elif final and final.get("accuracy") is not None:
-        rows.append(("accuracy", f"{final['accuracy']:.3f}"))
+    scored = [(label, m) for label, m in evals.items() if m and m.get("accuracy") is not None]
+    if scored:
+        chain = " -> ".join(f"{label} {m['accuracy']:.3f}" for label, m in scored)
+        last = scored[-1][1]
+        majority = f", majority class {last['majority_baseline']:.3f}" if last.get("majority_baseline") is not None else ""
+        rows.append(("accuracy", f"{chain} on {last.get('n')} held-out rows{majority}"))
     merged, onnx = evals.get("merged"), evals.get("onnx")
     if merged and onnx and merged.get("size_bytes") and onnx.get("size_bytes"):
         rows.append(("size", f"{fmt_size(merged['size_bytes'])} (PyTorch fp32) -> {fmt_size(onnx['size_bytes'])} (ONNX)"))

@@ -112,18 +112,32 @@ def few_threads_for(model):
 
 
 class TorchBackend:
-    """Greedy generation and token log-likelihoods with transformers, for evaluate."""
+    """Greedy generation and teacher-forced scoring with transformers, for evaluate.
+
+    The batched methods (score, greedy) are what evaluation uses (verified_greedy.py);
+    generate() decodes one prompt at a time, the reference they are tested against.
+    """
 
     kind = "pytorch"
+    # Tokens per padded forward batch: big enough to keep both cores busy on matmuls, small enough
+    # that the activations of a 30-layer model stay well under a GB.
+    TOKEN_BUDGET = 2048
 
-    def __init__(self, source: str):
+    def __init__(self, source: str, adapter: str | Path | None = None):
         self.model = load_causal_lm(source)
+        if adapter is not None:
+            self.model = with_adapter(self.model, adapter)
         self.tokenizer = load_tokenizer(source)
         self.eos_token_id = self.tokenizer.eos_token_id
+        self.eos_token_ids = {self.eos_token_id}
+        self.pad_token_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_token_id
 
     def encode(self, text: str, special: bool = True) -> list[int]:
         """Token ids; `special` adds BOS (the prompt), without it a continuation (the completion)."""
         return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def generate(self, prompt: str, max_new_tokens: int, stop) -> tuple[str, int]:
         """Greedy continuation of `prompt`; stops at EOS or when `stop(text)` says so."""
@@ -145,15 +159,66 @@ class TorchBackend:
                 ids = torch.tensor([[token]])
         return self.tokenizer.decode(new, skip_special_tokens=True), len(new)
 
-    def nll(self, ids: list[int], labels: list[int]) -> tuple[float, int]:
-        """Summed negative log-likelihood of the labelled tokens (labels -100 are skipped)."""
+    def answers(self, requests, max_new_tokens: int) -> None:
+        """Greedy answers of eval rows (verified_greedy.Request), teacher-forced then decoded."""
+        from slmforge.verified_greedy import teacher_forced_answers
+
+        teacher_forced_answers(self, requests, max_new_tokens, self.TOKEN_BUDGET)
+
+    def score(self, requests: list[tuple[list[int], list[int]]]):
+        """(argmax, log p(next token)) at the requested positions of each sequence, batched.
+
+        Right padding: a causal model's outputs at real positions never see the padding after them.
+        The LM head runs only at the requested positions (it is a fifth of a small model's work).
+        """
+        import numpy as np
         import torch
 
+        from slmforge.verified_greedy import length_batches, log_softmax_at
+
+        decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
+        results: list = [None] * len(requests)
         with torch.inference_mode(), few_threads_for(self.model):
-            logits = self.model(torch.tensor([ids])).logits[0, :-1].float()
-            target = torch.tensor(labels[1:])
-            keep = target != -100
-            if not bool(keep.any()):
-                return 0.0, 0
-            loss = torch.nn.functional.cross_entropy(logits[keep], target[keep], reduction="sum")
-        return float(loss), int(keep.sum())
+            for batch in length_batches([len(ids) for ids, _ in requests], self.TOKEN_BUDGET):
+                width = max(len(requests[i][0]) for i in batch)
+                ids = torch.full((len(batch), width), self.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    seq = requests[i][0]
+                    ids[row, :len(seq)] = torch.tensor(seq)
+                    mask[row, :len(seq)] = 1
+                hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                rows = [row for row, i in enumerate(batch) for _ in requests[i][1]]
+                cols = [p for i in batch for p in requests[i][1]]
+                logits = head(hidden[rows, cols]).float().numpy()
+                targets = np.asarray([requests[i][0][p + 1] if p + 1 < len(requests[i][0]) else 0
+                                      for i in batch for p in requests[i][1]])
+                argmax, logprob = log_softmax_at(logits, targets)
+                offset = 0
+                for i in batch:
+                    n = len(requests[i][1])
+                    results[i] = (argmax[offset:offset + n], logprob[offset:offset + n])
+                    offset += n
+        return results
+
+    def greedy(self, prefixes: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations of many prefixes at once (left padding, KV cache), EOS included."""
+        import torch
+        from transformers import GenerationConfig
+
+        width = max(len(p) for p in prefixes)
+        ids = torch.full((len(prefixes), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+        for row, prefix in enumerate(prefixes):
+            ids[row, width - len(prefix):] = torch.tensor(prefix)
+            mask[row, width - len(prefix):] = 1
+        config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=self.eos_token_id,
+                                  pad_token_id=self.pad_token_id)
+        with torch.inference_mode(), few_threads_for(self.model):
+            out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        continuations = []
+        for row in out[:, width:].tolist():
+            if self.eos_token_id in row:
+                row = row[: row.index(self.eos_token_id) + 1]
+            continuations.append(row)
+        return continuations

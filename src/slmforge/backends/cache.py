@@ -30,6 +30,9 @@ from typing import Any, Iterator
 from slmforge import manifest
 
 ENTRY = "entry.json"
+# Written into cache_dir by the first run that uses it. `cache clean` touches only folders that
+# carry it, and only `<component>/<64-hex key>` inside: never a folder slmforge did not make.
+MARKER = "slmforge-cache.json"
 MEMO = "digests.json"
 WORK = "work"
 LOG = "step.log"
@@ -212,13 +215,23 @@ class Cache:
     def lock(self, entry: Entry):
         return locked(entry.lock_path)
 
+    def mark(self) -> None:
+        """Claim cache_dir as an slmforge cache (idempotent)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        marker = self.root / MARKER
+        if not marker.is_file():
+            marker.write_text(json.dumps({"slmforge_cache": 1}) + "\n", encoding="utf-8")
+
+    def is_marked(self) -> bool:
+        return (self.root / MARKER).is_file()
+
     def entries(self) -> list[tuple[Entry, dict[str, Any] | None]]:
-        """Every entry folder with its entry.json (None: unfinished)."""
+        """Every entry folder (`<component>/<64-hex key>`) with its entry.json (None: unfinished)."""
         found = []
-        if not self.root.is_dir():
+        if not self.root.is_dir() or not self.is_marked():
             return found
         for component in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for root in sorted(p for p in component.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for root in sorted(p for p in component.iterdir() if p.is_dir() and _is_key(p.name)):
                 entry = Entry(root)
                 found.append((entry, entry.meta()))
         return found
@@ -228,6 +241,10 @@ class Cache:
 
         Entries in use by a running step (locked) are skipped.
         """
+        if self.root.is_dir() and not self.is_marked():
+            from slmforge.errors import InvalidInput
+
+            raise InvalidInput(f"{self.root}: not an slmforge cache (no {MARKER}); refusing to remove anything in it")
         removed = freed = 0
         now = time.time()
         for entry, meta in self.entries():
@@ -245,6 +262,10 @@ class Cache:
                 removed += 1
                 freed += size
         return removed, freed
+
+
+def _is_key(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def folder_size(path: Path) -> int:

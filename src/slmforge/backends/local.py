@@ -196,6 +196,7 @@ class LocalRunner:
 
     def _execute(self, prepared: Prepared, result: StepResult, outputs: list[str]) -> None:
         step, entry = prepared.step, prepared.entry
+        self.cache.mark()
         entry.work.mkdir(parents=True, exist_ok=True)
         for path, text in prepared.texts.items():
             Path(path).write_text(text, encoding="utf-8")

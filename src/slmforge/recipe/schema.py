@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from slmforge.onnx_builder import DEFAULT_INT4_ALGO, INT4_ALGOS
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -382,7 +384,18 @@ class BuilderConfig(Strict):
     execution_provider: Literal["cpu", "cuda"] | None = None
     int4_block_size: Literal[16, 32, 64, 128, 256] = 32
     int4_accuracy_level: int = Field(4, ge=0, le=4)
+    int4_algo_config: Literal[INT4_ALGOS] = Field(  # type: ignore[valid-type]
+        DEFAULT_INT4_ALGO, description="int4 quantization method (builder algo_config); slmforge's default keeps the "
+        "accuracy best on the measured real model (bench/results/int4_options.json)")
+    int4_is_symmetric: bool = True
+    int4_op_types_to_quantize: list[Literal["MatMul", "Gather"]] | None = None
+    int4_nodes_to_exclude: list[str] | None = None
+    exclude_embeds: bool = False
+    exclude_lm_head: bool = False
     extra_options: dict[str, str | int | float | bool] | None = None
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="slmforge: the largest accuracy loss on the eval rows, against the model "
+        "the build came from, that the build may show (default per precision: int4 0.05, int8 0.02)")
 
 
 class ModelBuilderPass(Strict):

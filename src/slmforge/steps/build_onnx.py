@@ -14,24 +14,31 @@ A failed check leaves no output folder.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
-from slmforge import manifest
+from slmforge import manifest, onnx_builder
 from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
-from slmforge.steps._cli import StepArgumentParser, run_main
+from slmforge.steps._cli import StepArgumentParser, parse_bool, run_main
+from slmforge.steps.evaluate import read_dataset_folder
 
 STEP = "build_onnx"
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
 PROVIDERS = ("cpu", "cuda")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
+INT4_ALGOS = onnx_builder.INT4_ALGOS
+DEFAULT_INT4_ALGO = onnx_builder.DEFAULT_INT4_ALGO
 LIBRARIES = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "torch", "transformers", "peft")
 
 
 def run(*, output: str | Path, model: str | Path | None = None, model_id: str | None = None,
         adapter: str | Path | None = None, precision: str = "int4", execution_provider: str = "cpu",
-        int4_block_size: int = 32, int4_accuracy_level: int = 4, extra_options: str | None = None) -> dict:
+        int4_block_size: int = 32, int4_accuracy_level: int = 4, int4_algo_config: str = DEFAULT_INT4_ALGO,
+        int4_is_symmetric: bool = True, extra_options: str | None = None,
+        dataset: str | Path | None = None, check_max_samples: int = 200,
+        max_accuracy_drop: float | None = None) -> dict:
     from slmforge import model_folder, onnx_builder, torch_model
 
     started = time.perf_counter()
@@ -41,46 +48,63 @@ def run(*, output: str | Path, model: str | Path | None = None, model_id: str | 
     _check_choice("execution_provider", execution_provider, PROVIDERS)
     _check_choice("int4_block_size", int4_block_size, BLOCK_SIZES)
     _check_choice("int4_accuracy_level", int4_accuracy_level, (0, 1, 2, 3, 4))
+    _check_choice("int4_algo_config", int4_algo_config, INT4_ALGOS)
     extra = onnx_builder.parse_extra_options(extra_options)
+    if check_max_samples < 1:
+        raise InvalidInput(f"--check_max_samples {check_max_samples}: must be at least 1")
+    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
+        raise InvalidInput(f"--max_accuracy_drop {max_accuracy_drop}: must be between 0 and 1")
+    eval_data = read_dataset_folder(dataset, check_max_samples) if dataset else None
 
     with manifest.atomic_output(output) as tmp:
         build_started = time.perf_counter()
-        onnx_builder.build(source=source, out_dir=tmp, precision=precision, execution_provider=execution_provider,
+        builder_options = onnx_builder.build(source=source, out_dir=tmp, precision=precision, execution_provider=execution_provider,
                            block_size=int4_block_size, accuracy_level=int4_accuracy_level, extra=extra,
-                           adapter=adapter_path)
+                           adapter=adapter_path, algo_config=int4_algo_config, is_symmetric=int4_is_symmetric)
         build_seconds = time.perf_counter() - build_started
-        check = check_against_pytorch(tmp, source, adapter_path, precision, execution_provider)
+        check = check_against_pytorch(tmp, source, adapter_path, precision, execution_provider,
+                                      eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
         template = model_folder.carried_template(adapter_path or model) if (adapter_path or model) else None
         params = {"model_id": model_id, "precision": precision, "execution_provider": execution_provider,
                   "int4_block_size": int4_block_size, "int4_accuracy_level": int4_accuracy_level,
-                  "extra_options": extra}
+                  "int4_algo_config": int4_algo_config, "int4_is_symmetric": int4_is_symmetric,
+                  "extra_options": extra, "check_max_samples": check_max_samples,
+                  "max_accuracy_drop": max_accuracy_drop}
         if template:
             params["text_template"] = template
         manifest.write_manifest(
             tmp, step=STEP, params=params,
-            inputs={"model": model, "adapter": adapter_path},
-            metrics={"check": check, "size_bytes": model_folder.size_on_disk(tmp),
+            inputs={"model": model, "adapter": adapter_path, "dataset": dataset},
+            metrics={"check": check, "size_bytes": model_folder.size_on_disk(tmp), "builder_options": builder_options,
                      "build_seconds": round(build_seconds, 3)},
             seconds=time.perf_counter() - started, libraries=LIBRARIES,
         )
-    summary = (f"max abs logit difference {check['max_abs_diff']:.3g}" if precision == "fp32" else
-               f"logit cosine {check['cosine_mean']:.4f}, argmax agreement {check['argmax_agreement']} "
-               f"at {check['decisive_positions']} decisive positions")
+    summary = (f"max abs logit difference {check['max_abs_diff']:.3g} (bound {check['bound']:.3g})"
+               if precision == "fp32" else f"logit cosine {check['cosine_mean']:.4f}")
+    answers = check.get("answers")
+    if answers:
+        summary += (f"; on {answers['rows']} eval rows: answers agree {answers['answer_agreement']:.3f}, "
+                    f"accuracy {answers['accuracy']:.3f} vs {answers['reference_accuracy']:.3f}")
     print(f"built {precision} onnxruntime-genai model -> {output}; {summary}")
     return check
 
 
 def check_against_pytorch(folder: Path, source: str, adapter: Path | None, precision: str,
-                          execution_provider: str) -> dict:
-    """Compare the built model with the PyTorch model it came from; StepFailed when it falls short."""
+                          execution_provider: str, *, eval_data=None, max_accuracy_drop: float | None = None) -> dict:
+    """Compare the built model with the PyTorch model it came from; StepFailed when it falls short.
+
+    Always, on fixed prompts at every position (logit_check.py): fp32 within a rounding bound that
+    scales with the logits and the depth; other precisions a sanity floor on the logit cosine that
+    a mis-wired head or a broken layer cannot reach. With eval rows (`eval_data`): the built model's
+    greedy answers against the source model's, and the accuracy it loses (logit_check.ANSWER_GATES).
+    """
     from slmforge import genai, logit_check, torch_model
 
-    tokenizer = torch_model.load_tokenizer(source)
-    token_ids = [list(tokenizer(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
-    reference_model = torch_model.load_causal_lm(source, "float32")
-    if adapter is not None:
-        reference_model = torch_model.with_adapter(reference_model, adapter)
-    reference = torch_model.all_logits(reference_model, token_ids)
+    reference_model = torch_model.TorchBackend(source, adapter=adapter)
+    token_ids = [reference_model.encode(p) for p in logit_check.CHECK_PROMPTS]
+    reference = torch_model.all_logits(reference_model.model, token_ids)
+    layers = int(getattr(reference_model.model.config, "num_hidden_layers", 1))
+    reference_answers = _answers(reference_model, eval_data) if eval_data else None
     del reference_model
 
     try:
@@ -96,20 +120,34 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     tokenizer_matches = sum(og_model.encode(p) == ids for p, ids in zip(logit_check.CHECK_PROMPTS, token_ids))
 
     check = {**result.as_dict(), "precision": precision, "prompts": len(token_ids),
-             "tokenizer_matches": tokenizer_matches}
-    if precision != "fp32":
+             "tokenizer_matches": tokenizer_matches, "layers": layers}
+    problems = logit_check.failures(result, precision, reference, layers)
+    if precision == "fp32":
+        check["bound"] = logit_check.fp32_bound(reference, layers)
+    else:
         check["bounds"] = {**logit_check.THRESHOLDS[precision], "min_decisive_positions": logit_check.MIN_DECISIVE,
                            "decisive_margin_std": logit_check.DECISIVE_MARGIN}
         check["argmax_gated"] = result.decisive_positions >= logit_check.MIN_DECISIVE
-    else:
-        check["bound"] = logit_check.FP32_MAX_ABS_DIFF
-    problems = logit_check.failures(result, precision)
     if tokenizer_matches != len(token_ids):
         problems.append(f"onnxruntime-genai's tokenizer gives the Hugging Face token ids for only "
                         f"{tokenizer_matches}/{len(token_ids)} check prompts")
+    if reference_answers is not None and not problems:
+        gate = logit_check.ANSWER_GATES[precision]
+        if max_accuracy_drop is not None:
+            gate = dataclasses.replace(gate, max_accuracy_drop=max_accuracy_drop)
+        answers = logit_check.answer_comparison(reference_answers, _answers(og_model, eval_data))
+        check["answers"] = {**answers, "gate": dataclasses.asdict(gate)}
+        problems += logit_check.answer_failures(answers, gate)
     if problems:
-        raise StepFailed(f"the {precision} ONNX model does not match PyTorch: " + "; ".join(problems))
+        raise StepFailed(f"the {precision} ONNX model does not match its source: " + "; ".join(problems))
     return check
+
+
+def _answers(backend, eval_data) -> dict:
+    from slmforge import evaluation
+
+    rows, examples, template = eval_data
+    return evaluation.evaluate(backend, rows, template, examples=[], max_new_tokens=8, label="check")
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
@@ -126,14 +164,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--execution_provider", default="cpu", choices=PROVIDERS)
     parser.add_argument("--int4_block_size", type=int, default=32)
     parser.add_argument("--int4_accuracy_level", type=int, default=4)
+    parser.add_argument("--int4_algo_config", default=DEFAULT_INT4_ALGO, choices=INT4_ALGOS)
+    parser.add_argument("--int4_is_symmetric", type=parse_bool, default=True)
     parser.add_argument("--extra_options", help="comma-separated key=value builder options")
+    parser.add_argument("--dataset", help="load_data output folder: gate the build on its eval rows' answers")
+    parser.add_argument("--check_max_samples", type=int, default=200, help="eval rows the answer gates use")
+    parser.add_argument("--max_accuracy_drop", type=float,
+                        help="largest accuracy loss against the source model the build may show (default per precision)")
     parser.add_argument("--output", required=True, help="onnxruntime-genai model folder to write")
     args = parser.parse_args(argv)
     return run_main(STEP, lambda: run(
         output=args.output, model=args.model, model_id=args.model_id, adapter=args.adapter,
         precision=args.precision, execution_provider=args.execution_provider,
         int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
-        extra_options=args.extra_options))
+        int4_algo_config=args.int4_algo_config, int4_is_symmetric=args.int4_is_symmetric,
+        extra_options=args.extra_options, dataset=args.dataset, check_max_samples=args.check_max_samples,
+        max_accuracy_drop=args.max_accuracy_drop))
 
 
 if __name__ == "__main__":

@@ -20,12 +20,11 @@ from slmforge.steps._cli import StepArgumentParser, run_main
 STEP = "merge"
 LIBRARIES = ("torch", "transformers", "peft", "safetensors")
 
-# fp32: merging W + s*B@A only reorders float32 sums, differences are ~1e-6 (NOTES.md: 7.6e-6).
-# fp16: the saved weights are rounded to 11 significant bits (relative error <= 2^-11 ~ 4.9e-4 per
-# weight); through the layers that moves logits by a few 1e-3 of their scale. The bound is
-# relative to the largest reference logit so it holds for models whose logits are large; a
-# wrong or missing adapter moves logits by O(0.1) of their scale and still fails.
-MAX_ABS_DIFF = {"float32": 1e-4}
+# fp32: merging W + s*B@A only reorders float32 sums: logit_check.fp32_bound scales the bound with
+# the logits and the depth. fp16: the saved weights are rounded to 11 significant bits (relative
+# error <= 2^-11 ~ 4.9e-4 per weight); through the layers that moves logits by a few 1e-3 of their
+# scale. That bound is relative to the largest reference logit; a wrong or missing adapter moves
+# logits by O(0.1) of their scale and still fails.
 FP16_RELATIVE_BOUND = 1e-2
 
 
@@ -56,8 +55,12 @@ def run(*, adapter: str | Path, output: str | Path, model: str | Path | None = N
     return check
 
 
-def merge_into(source: str, adapter: Path, out_dir: Path, torch_dtype: str = "float32") -> dict:
-    """Merge `adapter` into the base at `source`, save to `out_dir`, check it; return the check."""
+def merge_into(source: str, adapter: Path, out_dir: Path, torch_dtype: str = "float32", *,
+               reference: list | None = None) -> dict:
+    """Merge `adapter` into the base at `source`, save to `out_dir`, check it; return the check.
+
+    The check compares with the logits of base + `adapter` on logit_check.CHECK_PROMPTS, or with
+    `reference` when given (tests pass another adapter's logits to show the check fails)."""
     import torch
 
     from slmforge import logit_check, torch_model
@@ -66,21 +69,33 @@ def merge_into(source: str, adapter: Path, out_dir: Path, torch_dtype: str = "fl
     token_ids = [list(tokenizer(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
     peft_model = torch_model.with_adapter(torch_model.load_causal_lm(source, "float32"), adapter)
     # Reference first: merge_and_unload() rewrites the base weights in place.
-    reference = torch_model.all_logits(peft_model, token_ids)
+    if reference is None:
+        reference = torch_model.all_logits(peft_model, token_ids)
     merged = peft_model.merge_and_unload()
     merged.to(getattr(torch, torch_dtype)).save_pretrained(out_dir)
     del merged, peft_model
     torch_model.load_tokenizer(source).save_pretrained(out_dir)  # fresh: no padding block
 
-    # Check what was written, reloaded in float32 (fp16 weights are compared as stored).
-    reloaded = torch_model.load_causal_lm(str(out_dir), "float32")
+    return check_merged(reference, token_ids, out_dir, torch_dtype)
+
+
+def check_merged(reference: list, token_ids: list[list[int]], folder: Path, torch_dtype: str = "float32") -> dict:
+    """Reload the merged model from `folder` in float32 and compare it with the adapter model's logits."""
+    from slmforge import logit_check, torch_model
+
+    # What was written is checked, reloaded in float32 (fp16 weights are compared as stored).
+    reloaded = torch_model.load_causal_lm(str(folder), "float32")
+    layers = int(getattr(reloaded.config, "num_hidden_layers", 1))
     result = logit_check.compare(reference, torch_model.all_logits(reloaded, token_ids))
     scale = max(float(abs(r).max()) for r in reference)
-    bound = MAX_ABS_DIFF.get(torch_dtype, FP16_RELATIVE_BOUND * max(scale, 1.0))
-    check = {**result.as_dict(), "bound": bound, "prompts": len(token_ids)}
+    bound = (logit_check.fp32_bound(reference, layers) if torch_dtype == "float32"
+             else FP16_RELATIVE_BOUND * max(scale, 1.0))
+    check = {**result.as_dict(), "bound": bound, "prompts": len(token_ids), "layers": layers,
+             "max_abs_logit": round(scale, 4)}
     if not result.max_abs_diff <= bound:
         raise StepFailed(f"merged model does not reproduce the adapter model: max abs logit difference "
-                         f"{result.max_abs_diff:.3g} > {bound:.3g} ({torch_dtype})")
+                         f"{result.max_abs_diff:.3g} > {bound:.3g} ({torch_dtype}, {layers} layers, "
+                         f"logits up to {scale:.3g})")
     return check
 
 

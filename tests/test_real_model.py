@@ -1,0 +1,148 @@
+"""The real pretrained model end to end, and the self-checks in both directions on it.
+
+SmolLM2-135M-Instruct (written from its PyPI package once per machine, session fixture) is
+fine-tuned briefly on the seed data with the real steps, merged, built to int4 with slmforge's
+defaults and evaluated on the held-out tone set — phrases written separately from any training
+row. The checks must pass on these correct models and fail, with one line, on broken ones: a
+wrongly scaled adapter, a mis-wired LM head, a zeroed layer. Minutes, not seconds: the fixtures
+build each model once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from slmforge import evaluation, manifest
+from slmforge.errors import StepFailed
+from slmforge.steps import build_onnx, evaluate, finetune, load_data, merge
+
+TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
+HELDOUT = Path(__file__).resolve().parents[1] / "src" / "slmforge" / "data" / "tones-heldout.jsonl"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def tuned(smollm2_dir, seed_data, tmp_path_factory) -> dict[str, Path]:
+    """LoRA (q/v/o, r16) on the seed data for 30 steps, merged, built to int4 with the defaults."""
+    root = tmp_path_factory.mktemp("smollm2")
+    spec = root / "spec.json"
+    spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
+    paths = {n: root / n for n in ("dataset", "heldout", "adapter", "merged", "int4")}
+    assert load_data.main(["--data", str(seed_data), "--spec", str(spec), "--tokenizer", str(smollm2_dir),
+                           "--loss_on", "completion", "--corpus_strategy", "line-by-line", "--source_max_len", "64",
+                           "--eval_dataset_size", "0.1", "--data_seed", "42", "--dataset", str(paths["dataset"])]) == 0
+    # The same training rows, evaluated on the held-out tone set instead of the seed data's split.
+    assert load_data.main(["--data", str(seed_data), "--eval_data", str(HELDOUT), "--spec", str(spec),
+                           "--tokenizer", str(smollm2_dir), "--loss_on", "completion", "--corpus_strategy",
+                           "line-by-line", "--source_max_len", "64", "--dataset", str(paths["heldout"])]) == 0
+    assert finetune.main(["--model", str(smollm2_dir), "--dataset", str(paths["dataset"]), "--method", "lora",
+                          "--target_modules", "q_proj,v_proj,o_proj", "--r", "16", "--alpha", "32",
+                          "--lora_dropout", "0.0", "--learning_rate", "5e-4", "--per_device_train_batch_size", "8",
+                          "--max_steps", "30", "--seed", "42", "--logging_steps", "10",
+                          "--adapter", str(paths["adapter"])]) == 0
+    assert merge.main(["--model", str(smollm2_dir), "--adapter", str(paths["adapter"]),
+                       "--output", str(paths["merged"])]) == 0
+    assert build_onnx.main(["--model", str(paths["merged"]), "--dataset", str(paths["heldout"]),
+                            "--output", str(paths["int4"])]) == 0
+    return paths
+
+
+def _metrics(model: Path, dataset: Path, out: Path) -> dict:
+    assert evaluate.main(["--model", str(model), "--dataset", str(dataset), "--max_new_tokens", "4",
+                          "--metrics", str(out)]) == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_the_real_model_learns_and_int4_keeps_it_on_rows_it_never_saw(tuned, smollm2_dir, tmp_path):
+    base = _metrics(smollm2_dir, tuned["heldout"], tmp_path / "base")
+    merged = _metrics(tuned["merged"], tuned["heldout"], tmp_path / "merged")
+    int4 = _metrics(tuned["int4"], tuned["heldout"], tmp_path / "int4")
+    print(f"held-out accuracy: base {base['accuracy']:.3f}, merged {merged['accuracy']:.3f}, "
+          f"int4 {int4['accuracy']:.3f} (majority {merged['majority_baseline']:.3f}, n {merged['n']})")
+    assert merged["n"] == int4["n"] == 200 and merged["majority_baseline"] == 0.25
+    assert base["accuracy"] < merged["majority_baseline"]  # zero-shot it does not know the task
+    assert merged["accuracy"] >= merged["majority_baseline"] + 0.15
+    assert int4["accuracy"] >= 0.9 * merged["accuracy"]
+    assert int4["size_bytes"] <= 0.35 * 4 * 134_515_008  # a third of the fp32 weights
+    check = manifest.read_manifest(tuned["int4"])["metrics"]["check"]
+    assert check["answers"]["rows"] == 200 and check["tokenizer_matches"] == check["prompts"]
+
+
+def test_merge_check_passes_on_the_real_model_and_fails_on_a_wrongly_scaled_adapter(tuned, smollm2_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    check = manifest.read_manifest(tuned["merged"])["metrics"]["check"]
+    assert check["layers"] == 30 and 0 < check["max_abs_diff"] <= check["bound"]
+
+    # The same adapter with lora_B doubled (a wrong alpha/r scaling) merged, checked against the
+    # logits of the adapter that was meant.
+    wrong = tmp_path / "wrong-adapter"
+    shutil.copytree(tuned["adapter"], wrong)
+    weights = load_file(wrong / "adapter_model.safetensors")
+    save_file({k: (v * 2 if "lora_B" in k else v) for k, v in weights.items()}, wrong / "adapter_model.safetensors")
+    from slmforge import logit_check, torch_model
+
+    reference_model = torch_model.TorchBackend(str(smollm2_dir), adapter=tuned["adapter"])
+    token_ids = [reference_model.encode(p) for p in logit_check.CHECK_PROMPTS]
+    reference = torch_model.all_logits(reference_model.model, token_ids)
+    del reference_model
+    with pytest.raises(StepFailed, match=r"does not reproduce the adapter model: max abs logit difference .* > "):
+        merge.merge_into(str(smollm2_dir), wrong, tmp_path / "out", "float32", reference=reference)
+
+
+def _rewire_lm_head(folder: Path, out: Path) -> None:
+    """The builder's mis-wiring, reproduced: `logits` computed from layer 15's input instead of the final norm."""
+    import onnx
+
+    shutil.copytree(folder, out)
+    model = onnx.load(str(out / "model.onnx"), load_external_data=False)
+    head = next(n for n in model.graph.node if n.name.startswith("/lm_head/"))
+    norms = [n.output[0] for n in model.graph.node if n.name.startswith("/model/layers.15/")]
+    head.input[0] = norms[0]
+    onnx.save(model, str(out / "model.onnx"))
+
+
+def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, tmp_path):
+    eval_data = build_onnx.read_dataset_folder(tuned["heldout"], 200)
+    check = manifest.read_manifest(tuned["int4"])["metrics"]["check"]
+    assert check["answers"]["answer_agreement"] >= 0.85
+
+    miswired = tmp_path / "miswired"
+    _rewire_lm_head(tuned["int4"], miswired)
+    with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: mean logit cosine"):
+        build_onnx.check_against_pytorch(miswired, str(tuned["merged"]), None, "int4", "cpu", eval_data=eval_data)
+
+    # A layer zeroed in the model the builder reads, checked against the model that was meant.
+    from safetensors.torch import load_file, save_file
+
+    zeroed_src = tmp_path / "zeroed-src"
+    shutil.copytree(tuned["merged"], zeroed_src)
+    weights = load_file(zeroed_src / "model.safetensors")
+    weights["model.layers.10.mlp.down_proj.weight"].zero_()
+    save_file(weights, zeroed_src / "model.safetensors", metadata={"format": "pt"})
+    zeroed = tmp_path / "zeroed"
+    from slmforge import onnx_builder
+
+    zeroed.mkdir()
+    onnx_builder.build(source=str(zeroed_src), out_dir=zeroed, precision="int4", execution_provider="cpu",
+                       block_size=32, accuracy_level=4, extra={}, algo_config=onnx_builder.DEFAULT_INT4_ALGO)
+    with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: "):
+        build_onnx.check_against_pytorch(zeroed, str(tuned["merged"]), None, "int4", "cpu", eval_data=eval_data)
+
+
+def test_batched_evaluation_gives_the_answers_of_one_at_a_time_decoding(tuned):
+    rows, examples, template = build_onnx.read_dataset_folder(tuned["heldout"], 60)
+    for folder in (tuned["merged"], tuned["int4"]):
+        backend = evaluation.load_backend(folder, None)
+        batched = evaluation.evaluate(backend, rows, template, examples=examples, max_new_tokens=6)
+        one_by_one = []
+        for row in rows:
+            suffix = evaluation.template_suffix(template, row)
+            text, _ = backend.generate(template.prompt(row), 6, evaluation.answer_finished(suffix))
+            one_by_one.append(evaluation.answer_of(text, suffix))
+        assert batched["predictions"] == one_by_one, folder.name
+        assert batched["rows_off_expected_answer"] > 0  # the continuation path ran too
