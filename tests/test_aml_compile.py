@@ -132,14 +132,15 @@ def test_cookbook_rest_body_has_registry_model_datastore_output_and_keyvault_nam
     jobs = body["jobs"]
     assert set(jobs) == {"load_data", "finetune", "merge", "evaluate_merged", "build_onnx", "evaluate_onnx"}
     registry = "azureml://registries/azureml-msr/models/microsoft/Phi-3-mini-4k-instruct/versions/11"
-    for node in ("load_data", "finetune", "merge"):
+    for node in ("load_data", "finetune", "merge", "build_onnx"):  # the build reads base + adapter
         model_input = jobs[node]["inputs"]["tokenizer" if node == "load_data" else "model"]
         assert model_input == {"uri": registry, "job_input_type": "mlflow_model"}
     assert jobs["load_data"]["inputs"]["data"] == {
         "uri": "azureml://datastores/workspaceblobstore/paths/data/train_data.json", "job_input_type": "uri_file"}
     assert jobs["finetune"]["inputs"]["dataset"]["value"] == "${{parent.jobs.load_data.outputs.dataset}}"
     assert jobs["finetune"]["inputs"]["method"]["value"] == "qlora"
-    assert jobs["build_onnx"]["inputs"]["model"]["value"] == "${{parent.jobs.merge.outputs.model}}"
+    assert jobs["build_onnx"]["inputs"]["adapter"]["value"] == "${{parent.jobs.finetune.outputs.adapter}}"
+    assert jobs["build_onnx"]["inputs"]["dataset"]["value"] == "${{parent.jobs.load_data.outputs.dataset}}"
     assert "distribution" not in jobs["finetune"]  # one node, one process: no distribution
     for node in jobs.values():
         assert node["environment_variables"] == {"SLMFORGE_KEYVAULT": "kv-slmforge"}

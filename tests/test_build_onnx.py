@@ -10,6 +10,7 @@ import pytest
 from lora_adapter import make_lora_adapter
 
 from slmforge import manifest
+from slmforge.errors import InvalidInput
 from slmforge.steps import build_onnx
 
 PROMPTS = ["### Text: The storm took our roof.\n### The tone is:\n", "Thank you for the flowers!",
@@ -178,8 +179,10 @@ def test_extra_options_are_checked_before_any_work(tiny_model_dir, tmp_path, cap
 def test_extra_options_pass_through(tiny_model_dir, int4_dir, tmp_path):
     from slmforge.onnx_builder import parse_extra_options
 
-    assert parse_extra_options("nodes_to_exclude=/lm_head/MatMul,/model/x,is_symmetric=false") == {
-        "nodes_to_exclude": "/lm_head/MatMul,/model/x", "is_symmetric": "false"}
+    assert parse_extra_options("nodes_to_exclude=/lm_head/MatMul,/model/x,op_types_to_quantize=MatMul") == {
+        "nodes_to_exclude": "/lm_head/MatMul,/model/x", "op_types_to_quantize": "MatMul"}
+    with pytest.raises(InvalidInput, match="is_symmetric is set by slmforge; use the int4_is_symmetric input"):
+        parse_extra_options("is_symmetric=false")
     out = tmp_path / "int4-excl"
     assert _build(tiny_model_dir, out, "--extra_options", "nodes_to_exclude=/lm_head/MatMul") == 0
     assert manifest.read_manifest(out)["params"]["extra_options"] == {"nodes_to_exclude": "/lm_head/MatMul"}

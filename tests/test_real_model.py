@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def tuned(smollm2_dir, seed_data, tmp_path_factory) -> dict[str, Path]:
-    """LoRA (q/v/o, r16) on the seed data for 30 steps, merged, built to int4 with the defaults."""
+    """LoRA (q/v/o, r16) on the seed data for 30 steps, merged, and built to int4 with the defaults."""
     root = tmp_path_factory.mktemp("smollm2")
     spec = root / "spec.json"
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
@@ -46,8 +46,9 @@ def tuned(smollm2_dir, seed_data, tmp_path_factory) -> dict[str, Path]:
                           "--adapter", str(paths["adapter"])]) == 0
     assert merge.main(["--model", str(smollm2_dir), "--adapter", str(paths["adapter"]),
                        "--output", str(paths["merged"])]) == 0
-    assert build_onnx.main(["--model", str(paths["merged"]), "--dataset", str(paths["heldout"]),
-                            "--output", str(paths["int4"])]) == 0
+    # As the pipeline builds after a merge: base + adapter, slmforge's default int4 method.
+    assert build_onnx.main(["--model", str(smollm2_dir), "--adapter", str(paths["adapter"]),
+                            "--dataset", str(paths["heldout"]), "--output", str(paths["int4"])]) == 0
     return paths
 
 
@@ -106,7 +107,7 @@ def _rewire_lm_head(folder: Path, out: Path) -> None:
     onnx.save(model, str(out / "model.onnx"))
 
 
-def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, tmp_path):
+def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, smollm2_dir, tmp_path):
     eval_data = build_onnx.read_dataset_folder(tuned["heldout"], 200)
     check = manifest.read_manifest(tuned["int4"])["metrics"]["check"]
     assert check["answers"]["answer_agreement"] >= 0.85
@@ -116,22 +117,21 @@ def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, tmp_path
     with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: mean logit cosine"):
         build_onnx.check_against_pytorch(miswired, str(tuned["merged"]), None, "int4", "cpu", eval_data=eval_data)
 
-    # A layer zeroed in the model the builder reads, checked against the model that was meant.
+    # A layer zeroed in the base the builder reads (slmforge's int4 path: base + adapter), checked
+    # against the model that was meant.
     from safetensors.torch import load_file, save_file
 
-    zeroed_src = tmp_path / "zeroed-src"
-    shutil.copytree(tuned["merged"], zeroed_src)
-    weights = load_file(zeroed_src / "model.safetensors")
+    zeroed_base = tmp_path / "zeroed-base"
+    shutil.copytree(smollm2_dir, zeroed_base)
+    weights = load_file(zeroed_base / "model.safetensors")
     weights["model.layers.10.mlp.down_proj.weight"].zero_()
-    save_file(weights, zeroed_src / "model.safetensors", metadata={"format": "pt"})
+    save_file(weights, zeroed_base / "model.safetensors", metadata={"format": "pt"})
     zeroed = tmp_path / "zeroed"
-    from slmforge import onnx_builder
-
     zeroed.mkdir()
-    onnx_builder.build(source=str(zeroed_src), out_dir=zeroed, precision="int4", execution_provider="cpu",
-                       block_size=32, accuracy_level=4, extra={}, algo_config=onnx_builder.DEFAULT_INT4_ALGO)
+    how = build_onnx.build_model(str(zeroed_base), zeroed, "int4", "cpu", 32, 4, "auto", True, {}, tuned["adapter"])
+    assert how["method"].startswith("exact")
     with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: "):
-        build_onnx.check_against_pytorch(zeroed, str(tuned["merged"]), None, "int4", "cpu", eval_data=eval_data)
+        build_onnx.check_against_pytorch(zeroed, str(smollm2_dir), tuned["adapter"], "int4", "cpu", eval_data=eval_data)
 
 
 def test_batched_evaluation_gives_the_answers_of_one_at_a_time_decoding(tuned):

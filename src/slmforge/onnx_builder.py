@@ -38,8 +38,11 @@ _QUANTIZED = ("int4", "int8")
 
 # The builder's int4 methods (algo_config), and the one slmforge uses unless told otherwise: the
 # best accuracy kept on the real model within the size goal (bench/int4_options.py measures them all).
-INT4_ALGOS = ("default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed")
-DEFAULT_INT4_ALGO = "k_quant_mixed"
+# "auto" (slmforge's): a base whose weights already lie on a 4-bit grid is re-encoded without loss
+# (exact_quant.py); any other model is quantized with AUTO_METHOD.
+INT4_ALGOS = ("auto", "default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed")
+DEFAULT_INT4_ALGO = "auto"
+AUTO_METHOD = "k_quant_mixed"
 
 
 def parse_extra_options(text: str | None, *, own: bool = False) -> dict[str, str]:
@@ -93,17 +96,17 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
 
     options = dict(extra)
     if precision in _QUANTIZED:
+        algo_config = AUTO_METHOD if algo_config == "auto" else algo_config
         options.update(block_size=str(block_size), accuracy_level=str(accuracy_level), algo_config=algo_config,
                        is_symmetric="true" if is_symmetric else "false")
-        if _needs_untied_quantization(source, options):
-            # The 0.18 builder shares one quantized matrix between a tied embedding (GatherBlockQuantized)
-            # and the LM head, and names it right only for symmetric default RTN: k_quant*, *_last
-            # and asymmetric builds write graphs onnxruntime refuses (bench/results/int4_options.json).
-            # Quantize the two separately: the head by the chosen method, the embedding in int4.
-            options["shared_embeddings"] = "false"
-            options.setdefault("op_types_to_quantize", "MatMul/Gather")
     if adapter is not None:
         options["adapter_path"] = str(adapter)
+        if precision in _QUANTIZED:
+            # The adapter's rank-r MatMuls stay float: k_quant cannot quantize a K=r < block matrix
+            # (0.18: "cannot reshape array of size 64 into shape (128,newaxis)"), and they are a
+            # rounding error of the model's size.
+            excluded = [n for n in options.get("nodes_to_exclude", "").split(",") if n]
+            options["nodes_to_exclude"] = ",".join(excluded + _lora_node_names(source))
     is_folder = Path(source).is_dir()
     model_name, input_path = ("", source) if is_folder else (source, "")
     log = io.StringIO()
@@ -119,17 +122,14 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
     return options
 
 
-def _needs_untied_quantization(source: str, options: dict[str, str]) -> bool:
-    """A local model that ties its embeddings, quantized by anything but symmetric default RTN."""
+def _lora_node_names(source: str) -> list[str]:
+    """The builder's names for LoRA MatMuls (`/model/layers.{i}/attn/q_proj/lora_A/MatMul`, ...)."""
     import json
 
-    if "shared_embeddings" in options:
-        return False  # the user decided
     config = Path(source) / "config.json"
-    if not config.is_file() or not json.loads(config.read_text(encoding="utf-8")).get("tie_word_embeddings"):
-        return False
-    return (options.get("algo_config", "default") != "default" or options.get("is_symmetric") == "false"
-            or "matmul_mixed_precision" in options)
+    layers = json.loads(config.read_text(encoding="utf-8")).get("num_hidden_layers", 0) if config.is_file() else 0
+    modules = [f"attn/{p}_proj" for p in "qkvo"] + [f"mlp/{p}_proj" for p in ("gate", "up", "down")]
+    return [f"/model/layers.{i}/{m}/lora_{ab}/MatMul" for i in range(layers) for m in modules for ab in "AB"]
 
 
 @contextlib.contextmanager
