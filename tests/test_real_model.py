@@ -91,8 +91,9 @@ def test_merge_check_passes_on_the_real_model_and_fails_on_a_wrongly_scaled_adap
     token_ids = [reference_model.encode(p) for p in logit_check.CHECK_PROMPTS]
     reference = torch_model.all_logits(reference_model.model, token_ids)
     del reference_model
-    with pytest.raises(StepFailed, match=r"does not reproduce the adapter model: max abs logit difference .* > "):
+    with pytest.raises(StepFailed, match=r"does not reproduce the adapter model: max abs logit difference .* > ") as e:
         merge.merge_into(str(smollm2_dir), wrong, tmp_path / "out", "float32", reference=reference)
+    print(f"wrongly scaled adapter: {e.value}")
 
 
 def _rewire_lm_head(folder: Path, out: Path) -> None:
@@ -114,8 +115,9 @@ def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, smollm2_
 
     miswired = tmp_path / "miswired"
     _rewire_lm_head(tuned["int4"], miswired)
-    with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: mean logit cosine"):
+    with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: mean logit cosine") as e:
         build_onnx.check_against_pytorch(miswired, str(tuned["merged"]), None, "int4", "cpu", eval_data=eval_data)
+    print(f"mis-wired head: {e.value}")
 
     # A layer zeroed in the base the builder reads (slmforge's int4 path: base + adapter), checked
     # against the model that was meant.
@@ -130,8 +132,9 @@ def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, smollm2_
     zeroed.mkdir()
     how = build_onnx.build_model(str(zeroed_base), zeroed, "int4", "cpu", 32, 4, "auto", True, {}, tuned["adapter"])
     assert how["method"].startswith("exact")
-    with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: "):
+    with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: ") as e:
         build_onnx.check_against_pytorch(zeroed, str(smollm2_dir), tuned["adapter"], "int4", "cpu", eval_data=eval_data)
+    print(f"zeroed layer: {e.value}")
 
 
 def test_batched_evaluation_gives_the_answers_of_one_at_a_time_decoding(tuned):
@@ -146,3 +149,13 @@ def test_batched_evaluation_gives_the_answers_of_one_at_a_time_decoding(tuned):
             one_by_one.append(evaluation.answer_of(text, suffix))
         assert batched["predictions"] == one_by_one, folder.name
         assert batched["rows_off_expected_answer"] > 0  # the continuation path ran too
+
+
+def test_fp32_onnx_parity_bound_holds_on_the_real_model(tuned, tmp_path):
+    """The fp32 build must match PyTorch to rounding, with a bound that scales with 30 layers' logits."""
+    out = tmp_path / "fp32"
+    assert build_onnx.main(["--model", str(tuned["merged"]), "--precision", "fp32", "--output", str(out)]) == 0
+    check = manifest.read_manifest(out)["metrics"]["check"]
+    print(f"fp32 ONNX vs PyTorch: max abs logit difference {check['max_abs_diff']:.3g}, bound {check['bound']:.3g}")
+    assert check["layers"] == 30 and check["positions"] > 150
+    assert 0 < check["max_abs_diff"] <= check["bound"] < 0.05

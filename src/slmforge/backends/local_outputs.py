@@ -88,7 +88,8 @@ def run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult]
 
 
 def _evaluation(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("label", "accuracy", "n", "perplexity", "tokens_per_second", "size_bytes", "model_kind", "confusion")
+    keys = ("label", "accuracy", "n", "majority_baseline", "perplexity", "tokens_per_second", "size_bytes", "model_kind",
+            "confusion")
     return {k: metrics[k] for k in keys if k in metrics}
 
 
