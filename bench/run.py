@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-ORDER = ["finetune", "inference", "e2e"]
+ORDER = ["finetune", "inference", "int4_options", "evaluate_speed", "e2e"]
 
 
 def main(argv: list[str]) -> int:

@@ -59,7 +59,7 @@ def test_report_has_steps_evaluation_and_loss_curve(warm):
 
 def test_summary_is_printed_with_the_predict_line(warm):
     out = warm.cold.stdout
-    assert "accuracy" in out and "before" in out and "after fine-tuning" in out
+    assert "accuracy: base " in out and " -> merged " in out and " -> onnx " in out and "majority class" in out
     assert f"slmforge predict --model {warm.cold.out_dir / 'model'}" in out
     assert "[slmforge] finetune" in out and "done in" in out  # plain progress lines, not a TTY
 
