@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,8 @@ from slmforge import manifest
 from slmforge.errors import InvalidInput
 
 STEP = "pretrained"
+# Bumped whenever _convert changes its output: a folder written by an older conversion is rewritten.
+CONVERTER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ def is_written(out_dir: Path, source_digest: str) -> bool:
     data = manifest.read_manifest(out_dir)
     if not data or data.get("step") != STEP:
         return False
-    if (data.get("params") or {}).get("gguf_sha256") != source_digest:
+    params = data.get("params") or {}
+    if params.get("gguf_sha256") != source_digest or params.get("converter") != CONVERTER_VERSION:
         return False
     # Sizes, not digests: a 540 MB re-hash would make the no-op cost seconds. The cache and the
     # steps digest the folder anyway when they use it.
@@ -93,7 +97,8 @@ def write_pretrained(name: str, out_dir: str | Path) -> tuple[Path, bool]:
     source_digest = manifest.digest_file(source)
     if is_written(out_dir, source_digest):
         return out_dir, False
-    if out_dir.is_dir() and any(out_dir.iterdir()) and manifest.read_manifest(out_dir) is None:
+    previous = manifest.read_manifest(out_dir) if out_dir.is_dir() else None
+    if out_dir.is_dir() and any(out_dir.iterdir()) and (previous or {}).get("step") != STEP:
         raise InvalidInput(f"{out_dir}: is not empty and was not written by slmforge; choose another folder")
 
     started = time.perf_counter()
@@ -103,7 +108,7 @@ def write_pretrained(name: str, out_dir: str | Path) -> tuple[Path, bool]:
         manifest.write_manifest(
             tmp, step=STEP,
             params={"name": model.name, "package": f"{model.package}=={model.version}", "gguf": model.gguf,
-                    "gguf_sha256": source_digest},
+                    "gguf_sha256": source_digest, "converter": CONVERTER_VERSION},
             seconds=time.perf_counter() - started, libraries=("torch", "transformers", "gguf", model.package),
             extra={"sizes": sizes, "description": model.description},
         )
@@ -132,4 +137,10 @@ def _convert(gguf: Path, out_dir: Path) -> None:
         plain.generation_config = loaded.generation_config
         plain.save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)
+    # save_pretrained records how the tokenizer was loaded (local_files_only follows HF_HUB_OFFLINE):
+    # not a property of the model, and it would make two conversions differ.
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.pop("local_files_only", None)
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     hf_logging.enable_progress_bar()
