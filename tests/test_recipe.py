@@ -233,3 +233,15 @@ def test_the_fine_tune_trains_on_its_data_and_evaluates_on_the_evaluate_data_con
     assert load.inputs["eval_data"].value == str(data / "tones-heldout.jsonl")
     assert "eval_dataset_size" not in load.params
     assert graph.step("build_onnx").inputs["dataset"].value == "load_data"  # the answer gates' rows
+
+
+def test_a_key_written_twice_is_refused(tmp_path, capsys):
+    """Issue 11 #13: `"lora"` twice in `passes` silently kept the second."""
+    from slmforge.cli import main as cli
+
+    path = tmp_path / "twice.json"
+    path.write_text('{"input_model": {"type": "HfModel", "model_path": "m"}, "passes": {"lora": {"type": "LoRA"}, '
+                    '"lora": {"type": "QLoRA"}}}')
+    assert cli(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"slmforge: error: {path}: key 'lora' appears twice in one object; JSON keeps only the last, so keep one"]

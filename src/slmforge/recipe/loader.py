@@ -36,6 +36,19 @@ class LoadedRecipe:
         return self.path.parent
 
 
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice (json.loads would silently keep the last)."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise DuplicateKey(key)
+        seen[key] = value
+    return seen
+
+
 def read_raw(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InvalidInput(f"{path}: recipe file not found")
@@ -46,7 +59,10 @@ def read_raw(path: Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+    except DuplicateKey as e:
+        raise InvalidInput(f"{path}: key '{e}' appears twice in one object; JSON keeps only the last, so "
+                           "keep one") from None
     except json.JSONDecodeError as e:
         raise InvalidInput(f"{path}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}") from None
     except Exception as e:  # yaml.YAMLError: its str carries line and column
