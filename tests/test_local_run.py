@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -156,3 +157,37 @@ def test_plain_progress_lines_and_progress_markers(tmp_path):
     with open(log, "a") as f, contextlib.redirect_stderr(f):
         report(3, 9, "rows")
     assert last_marker(log) == (3, 9, "rows")
+
+
+def _refused(tmp_path, recipe, fragment):
+    from local_pipeline import cli
+
+    done = cli(tmp_path / "home", "run", str(recipe))
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], lines
+
+
+def test_an_output_dir_that_overlaps_an_input_or_a_foreign_model_folder_is_refused(tiny_model_dir, demo_data, tmp_path):
+    """Issue 11 #2: with the base model at ./model and output_dir ".", run 1 replaced the base model."""
+    from local_pipeline import write_recipe
+
+    folder = tmp_path / "project"
+    shutil.copytree(tiny_model_dir, folder / "model")
+    before = sorted((p.name, p.stat().st_size) for p in (folder / "model").iterdir())
+
+    def same_folder(recipe):
+        recipe["engine"]["output_dir"] = "."
+    recipe = write_recipe(folder, folder / "model", demo_data, edit=same_folder)
+    _refused(tmp_path, recipe, "overlaps the input")
+    assert sorted((p.name, p.stat().st_size) for p in (folder / "model").iterdir()) == before
+
+    def root(recipe):
+        recipe["engine"]["output_dir"] = "/"
+    _refused(tmp_path, write_recipe(tmp_path / "b", tiny_model_dir, demo_data, edit=root), "choose a folder of its own")
+
+    foreign = tmp_path / "c" / "out" / "model"
+    foreign.mkdir(parents=True)
+    (foreign / "precious.txt").write_text("mine")
+    _refused(tmp_path, write_recipe(tmp_path / "c", tiny_model_dir, demo_data), "was not written by slmforge")
+    assert (foreign / "precious.txt").read_text() == "mine"

@@ -64,6 +64,27 @@ def output_dir(loaded: LoadedRecipe) -> Path:
     return resolve_path(loaded, loaded.recipe.engine.output_dir)
 
 
+def check_output_dir(loaded: LoadedRecipe, graph: StepGraph) -> None:
+    """Refuse an output_dir that would overwrite or delete what the run reads or what slmforge did not write.
+
+    The run writes output_dir/model (replacing it), run.json, report.md and logs/: an input inside
+    it (a base model called `model` beside the recipe, with output_dir ".") would be replaced by the
+    ONNX model, and a failed run would delete it (issue 11 #2)."""
+    out = output_dir(loaded)
+    if out == Path(out.anchor) or out == Path.home().resolve():
+        raise InvalidInput(f"{loaded.path}: engine.output_dir resolves to {out}; choose a folder of its own")
+    inputs = {Path(ref.value).resolve() for step in graph.steps for ref in step.inputs.values() if ref.kind == "path"}
+    inputs.add(loaded.path)
+    for path in sorted(inputs):
+        if path == out or out in path.parents or path in out.parents:
+            raise InvalidInput(f"{loaded.path}: engine.output_dir {out} overlaps the input {path}; the run would "
+                               "overwrite or delete it: choose a folder apart from the recipe's inputs")
+    model = out / "model"
+    if model.exists() and manifest.read_manifest(model) is None:
+        raise InvalidInput(f"{model} exists and was not written by slmforge; move it away or choose another "
+                           "engine.output_dir (slmforge replaces output_dir/model)")
+
+
 def check_runnable(graph: StepGraph) -> None:
     """Fail before any work when an input lives in Azure ML."""
     for step in graph.steps:
@@ -149,6 +170,7 @@ class LocalRunner:
     def run(self) -> list[StepResult]:
         """Run every step in order; stop at the first failure (raised as StepFailed)."""
         check_runnable(self.graph)
+        check_output_dir(self.loaded, self.graph)
         try:
             for step in self.graph.steps:
                 self._run_step(step)

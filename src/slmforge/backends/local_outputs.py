@@ -117,7 +117,7 @@ def write_outputs(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResu
             copy_model(Path(final.outputs[graph.final[1]]), model_dir, memo)
             if memo is not None:
                 memo.save()
-        else:
+        elif manifest.read_manifest(out_dir / MODEL) is not None:  # never delete a model/ slmforge did not write
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(out_dir / MODEL)
         record = run_record(loaded, graph, results, status=status, started=started, model_dir=model_dir, error=error)
