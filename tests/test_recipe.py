@@ -81,6 +81,13 @@ def test_graph_leaves_out_steps_the_recipe_does_not_ask_for(cookbook_dir):
     assert graph.names() == ["load_data", "finetune", "register"]
     assert graph.final == ("finetune", "adapter")
 
+    # Issue 11 #14: with the base evaluated, the adapter was registered with the base's metrics.
+    recipe.setdefault("engine", {})["evaluate_input_model"] = True
+    path.write_text(json.dumps(recipe))
+    graph = build_graph(load_recipe(path))
+    assert graph.names() == ["load_data", "evaluate_base", "finetune", "register"]
+    assert "metrics" not in graph.step("register").inputs
+
 
 # --------------------------------------------------------------------------- mistakes
 

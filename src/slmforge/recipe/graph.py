@@ -288,7 +288,10 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
     if recipe.register_.enabled:
         step_name, output = final
         inputs = {"model": Ref("step", step_name, output)}
-        last_eval = next((s.name for s in reversed(steps) if s.component == "evaluate"), None)
+        # Only an evaluation of the registered model itself: a LoRA-only recipe has evaluated just
+        # the base, and those figures are not the adapter's (issue 11 #14).
+        last_eval = next((s.name for s in reversed(steps) if s.component == "evaluate"
+                          and s.inputs.get("model") == Ref("step", step_name, output)), None)
         if last_eval is not None:
             inputs["metrics"] = Ref("step", last_eval, "metrics")
         params = {"name": registered_name(loaded), "format": recipe.register_.format,
