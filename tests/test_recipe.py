@@ -175,6 +175,9 @@ MISTAKES = [
     ("system without type", lambda r: r["systems"].update(gpu={"config": {}}), "systems.gpu: needs a 'type'"),
     ("negative source_max_len", _set("data_configs.0.pre_process_data_config.params.source_max_len", -1),
      f"{PRE}.source_max_len: Input should be greater than 0"),
+    # Issue 11 #22: strict types, no coercion of strings or booleans into numbers.
+    ("rank as a string", _set(f"{LORA}.lora_r", "16"), f"{LORA}.lora_r: Input should be a valid integer"),
+    ("rank as a boolean", _set(f"{LORA}.lora_r", True), f"{LORA}.lora_r: Input should be a valid integer"),
 ]
 
 

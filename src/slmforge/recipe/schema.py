@@ -17,7 +17,8 @@ from slmforge.onnx_builder import DEFAULT_INT4_ALGO, INT4_ALGOS
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # strict: "16" is not 16 and "false" is not False (issue 11 #22); a JSON int still passes for a float.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 def _unwrap(data: Any, level: str) -> Any:
