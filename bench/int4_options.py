@@ -135,9 +135,13 @@ def main(argv: list[str]) -> int:
                 from slmforge.steps.build_onnx import build_model
 
                 from_adapter = extra.startswith("adapter:")
-                options = onnx_builder.parse_extra_options(extra.removeprefix("adapter:") or None, own=True)
-                algo = options.pop("algo_config", "default")
-                symmetric = options.pop("is_symmetric", "true") == "true"
+                pieces = dict(p.split("=", 1) for p in extra.removeprefix("adapter:").split(",")
+                              if p.startswith(("algo_config=", "is_symmetric=")))
+                rest = ",".join(p for p in extra.removeprefix("adapter:").split(",")
+                                if not p.startswith(("algo_config=", "is_symmetric=")))
+                options = onnx_builder.parse_extra_options(rest or None)
+                algo = pieces.get("algo_config", "default")
+                symmetric = pieces.get("is_symmetric", "true") == "true"
                 source, adapter = (str(BASE), work / "adapter") if from_adapter else (str(merged), None)
                 build_model(source, out, precision, "cpu", block, level, algo, symmetric, options, adapter)
             except Exception as e:  # a builder failure is a result of this benchmark, not its end

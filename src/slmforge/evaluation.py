@@ -78,10 +78,15 @@ def examples_from_rows(backend, rows: Iterable[dict], template: Template) -> lis
     """(input_ids, labels) scoring completion + EOS, tokenized the way load_data does it."""
     out = []
     for row in rows:
-        prompt_ids = backend.encode(template.prompt(row))
-        answer_ids = backend.encode(template.completion(row), special=False) + [backend.eos_token_id]
+        prompt_ids, answer_ids = encode_row(backend, template, row)
         out.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
     return out
+
+
+def encode_row(backend, template: Template, row: dict) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids + EOS), tokenized the way load_data does it."""
+    prompt = backend.encode(template.prompt(row))
+    return prompt, backend.encode(template.completion(row), special=False) + [backend.eos_token_id]
 
 
 def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tuple[list[int], list[int]]],
@@ -97,8 +102,7 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
     started = time.perf_counter()
     requests = []
     for row in rows:
-        prompt = backend.encode(template.prompt(row))
-        expected = backend.encode(template.completion(row), special=False) + [backend.eos_token_id]
+        prompt, expected = encode_row(backend, template, row)
         requests.append(Request(prompt, expected, answer_finished(template_suffix(template, row))))
     if requests:
         backend.answers(requests, max_new_tokens)

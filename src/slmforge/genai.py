@@ -26,7 +26,7 @@ def require_onnx_folder(folder: str | Path) -> Path:
     return path
 
 
-def _config_with_threads(og, folder: Path):
+def _config_with_threads(og, folder: Path, decoder: dict):
     """og's config for `folder`, running on every core this process may use.
 
     og leaves onnxruntime at one intra-op thread unless genai_config.json says otherwise:
@@ -34,7 +34,6 @@ def _config_with_threads(og, folder: Path):
     and 692 tokens/s with 2 threads. A folder that sets its own thread count keeps it.
     """
     config = og.Config(str(folder))
-    decoder = json.loads((folder / GENAI_CONFIG).read_text(encoding="utf-8"))["model"].get("decoder", {})
     if "intra_op_num_threads" not in decoder.get("session_options", {}):
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
@@ -53,14 +52,14 @@ class GenaiModel:
             og.disable_telemetry_events()  # slmforge sends no telemetry
         self.folder = require_onnx_folder(folder)
         self._og = og
+        config = json.loads((self.folder / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]
         try:
-            self.model = og.Model(_config_with_threads(og, self.folder))
+            self.model = og.Model(_config_with_threads(og, self.folder, config.get("decoder", {})))
         except Exception as e:  # og raises RuntimeError/OSError subclasses with the reason
             raise InvalidInput(f"{self.folder}: onnxruntime-genai cannot load the model: {e}") from e
         self.tokenizer = og.Tokenizer(self.model)
         self.tokenizer.update_options(add_special_tokens="true")
         self.bos_token_id = int(self.tokenizer.bos_token_id)
-        config = json.loads((self.folder / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]
         self.context_length = int(config.get("context_length", 2048))
         eos = config.get("eos_token_id", [])
         eos = eos if isinstance(eos, list) else [eos]
@@ -177,23 +176,6 @@ class GenaiModel:
                 live = still
                 if not live or generator.is_done():
                     break
-
-    def greedy(self, prefixes: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        """Greedy continuations of many prefixes in one og generator (right-padded), EOS included."""
-        out: list[list[int]] = [[] for _ in prefixes]
-        generator = self._batch_generator(prefixes, max_new_tokens)
-        done = [False] * len(prefixes)
-        for _ in range(max_new_tokens):
-            if generator.is_done():
-                break
-            generator.generate_next_token()
-            for row, token in enumerate(generator.get_next_tokens()):
-                if not done[row]:
-                    out[row].append(int(token))
-                    done[row] = int(token) in self.eos_token_ids
-            if all(done):
-                break
-        return out
 
     def _batch_generator(self, prefixes: list[list[int]], max_new_tokens: int):
         import numpy as np

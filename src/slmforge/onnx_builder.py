@@ -45,10 +45,8 @@ DEFAULT_INT4_ALGO = "auto"
 AUTO_METHOD = "k_quant_mixed"
 
 
-def parse_extra_options(text: str | None, *, own: bool = False) -> dict[str, str]:
-    """`k=v,k=v` -> dict. A piece without `=` continues the previous value (nodes_to_exclude=a,b).
-
-    Options slmforge sets from its own inputs are refused unless `own` (the benchmarks pass them)."""
+def parse_extra_options(text: str | None) -> dict[str, str]:
+    """`k=v,k=v` -> dict. A piece without `=` continues the previous value (nodes_to_exclude=a,b)."""
     options: dict[str, str] = {}
     last: str | None = None
     for piece in (text or "").split(","):
@@ -67,7 +65,7 @@ def parse_extra_options(text: str | None, *, own: bool = False) -> dict[str, str
             raise InvalidInput(f"--extra_options: {piece!r} is not key=value")
     known = builder_option_names()
     for key in options:
-        if key in _OWN_OPTIONS and not own:
+        if key in _OWN_OPTIONS:
             raise InvalidInput(f"--extra_options: {key} is set by slmforge; use {_OWN_OPTIONS[key]}")
         if key not in known:
             match = difflib.get_close_matches(key, known, n=1)
