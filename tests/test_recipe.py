@@ -255,3 +255,31 @@ def test_a_key_written_twice_is_refused(tmp_path, capsys):
     assert cli(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"slmforge: error: {path}: key 'lora' appears twice in one object; JSON keeps only the last, so keep one"]
+
+
+LIMITS = [  # issue 11 #12: each validated, then failed late or ran away
+    ("source_max_len over the context", lambda r: r["data_configs"][0]["pre_process_data_config"].update(
+        source_max_len=2048), "data_configs[0].pre_process_data_config.source_max_len: 2048 tokens is longer than "
+     "the model's context (512: max_position_embeddings in"),
+    ("pad_to_max_len with 10**7", lambda r: r["data_configs"][0]["pre_process_data_config"].update(
+        source_max_len=10**7, pad_to_max_len=True), "source_max_len: 10000000 tokens is longer than the model's context"),
+    ("source_max_len 1", lambda r: r["data_configs"][0]["pre_process_data_config"].update(source_max_len=1),
+     "source_max_len: 1 tokens cannot hold a prompt and its answer (at least 16)"),
+    ("rank over the width", lambda r: r["passes"]["lora"]["config"].update(r=100000),
+     "passes.lora.config.r: rank 100000 is above the model's hidden_size 128"),
+    ("max_steps 1e40", lambda r: r["passes"]["lora"]["config"]["training_args"].update(max_steps=10**40),
+     "passes.lora.config.training_args.max_steps: 10000000000000000000000000000000000000000 is beyond any run"),
+    ("max_new_tokens over the context", lambda r: r["evaluate"].update(max_new_tokens=4096),
+     "evaluate.max_new_tokens: 4096 is not below the model's context (512)"),
+]
+
+
+@pytest.mark.parametrize("edit,expected", [m[1:] for m in LIMITS], ids=[m[0] for m in LIMITS])
+def test_values_beyond_the_models_limits_are_refused_at_validate_time(tmp_path, tiny_model_dir, demo_data, capsys,
+                                                                      edit, expected):
+    from local_pipeline import write_recipe
+
+    recipe = write_recipe(tmp_path, tiny_model_dir, demo_data, edit=edit)
+    assert main(["validate", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err

@@ -103,3 +103,42 @@ def test_a_deleted_registry_is_registered_again(warm, tmp_path):
     assert again.rc == 0, again.stderr
     assert again.statuses()["register"] == "ran" and again.record["registered"]["version"] == "1"
     assert [m["name"] for m in register.list_models(f"sqlite:///{home / 'registry.db'}")] == ["tiny-tones"]
+
+
+def test_a_deleted_version_or_a_truncated_registry_is_registered_again(warm, tmp_path):
+    """#5: the cached registration was trusted while registry.db existed: `registered: … v6` that
+    `slmforge models` did not show."""
+    recipe, _ = warm.fork(tmp_path)
+    home = tmp_path / "home"
+    first = run_slmforge(recipe, home)
+    assert first.rc == 0, first.stderr
+    uri = f"sqlite:///{home / 'registry.db'}"
+    register.client_for(uri).delete_model_version("tiny-tones", first.record["registered"]["version"])
+
+    again = run_slmforge(recipe, home)
+    assert again.rc == 0, again.stderr
+    assert again.statuses()["register"] == "ran"
+    listed = {v["version"] for m in register.list_models(uri) for v in m["versions"]}
+    assert again.record["registered"]["version"] in listed
+
+    (home / "registry.db").write_bytes(b"")  # truncated
+    third = run_slmforge(recipe, home)
+    assert third.rc == 0, third.stderr
+    assert third.statuses()["register"] == "ran"
+    assert [v["version"] for m in register.list_models(uri) for v in m["versions"]] == [third.record["registered"]["version"]]
+
+
+def test_registering_the_same_model_from_the_same_recipe_again_reuses_its_version(warm, tmp_path):
+    """#16: a run killed right after create_model_version left `current` behind `latest`; the rerun
+    registered a duplicate version with the same digest."""
+    uri = f"sqlite:///{tmp_path / 'r.db'}"
+    model = warm.cold.out_dir / "model"
+    first = register.run(model, "m", tmp_path / "reg1", tracking_uri=uri, recipe_digest="abc")
+    client = register.client_for(uri)
+    client.delete_registered_model_alias("m", register.ALIAS)  # killed before the alias was set
+
+    again = register.run(model, "m", tmp_path / "reg2", tracking_uri=uri, recipe_digest="abc")
+    assert again["version"] == first["version"] == "1"
+    [listed] = register.list_models(uri)
+    assert [(v["version"], v["aliases"]) for v in listed["versions"]] == [("1", ["current", "latest"])]
+    assert listed["versions"][0]["tags"]["model_digest"] == manifest.read_manifest(model)["outputs_digest"]

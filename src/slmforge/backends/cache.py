@@ -176,9 +176,16 @@ class DigestMemo:
         self.dirty = False
 
 
+@dataclass(frozen=True)
+class Held:
+    """A held lock; `fd` can be passed to a child process, which then holds the lock as long as it lives."""
+
+    fd: int
+
+
 @contextlib.contextmanager
-def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """Hold an exclusive flock on `path`; yields False when non-blocking and already held elsewhere.
+def locked(path: Path, *, blocking: bool = True) -> Iterator[Held | None]:
+    """Hold an exclusive flock on `path`; yields None when non-blocking and already held elsewhere.
 
     After locking, the path must still name the locked file: a `cache clean` may have removed it
     meanwhile, in which case we lock the new file instead.
@@ -191,14 +198,14 @@ def locked(path: Path, *, blocking: bool = True) -> Iterator[bool]:
             try:
                 fcntl.flock(fd, flags)
             except BlockingIOError:
-                yield False
+                yield None
                 return
             try:
                 same = os.fstat(fd).st_ino == os.stat(path).st_ino
             except FileNotFoundError:
                 same = False
             if same:
-                yield True
+                yield Held(fd)
                 return
         finally:
             os.close(fd)  # closing releases the lock

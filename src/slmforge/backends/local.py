@@ -10,10 +10,12 @@ Outputs land in the cache entry; `outputs.py` then fills `engine.output_dir`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ from typing import Any
 
 from slmforge import manifest
 from slmforge.backends import render
-from slmforge.backends.cache import Cache, Entry, WORK_OUTPUTS, cache_key, text_digest
+from slmforge.backends.cache import Cache, Entry, Held, WORK_OUTPUTS, cache_key, text_digest
 from slmforge.errors import InvalidInput, StepFailed
 from slmforge.progress import Display
 from slmforge.recipe.graph import Ref, Step, StepGraph
@@ -54,6 +56,7 @@ class Prepared:
     entry: Entry
     argv: list[str]
     texts: dict[str, str]  # generated input files: path -> content
+    files: dict[str, tuple[str, str]]  # file/folder inputs: name -> (path, digest in the key)
 
 
 def cache_dir(loaded: LoadedRecipe) -> Path:
@@ -163,14 +166,19 @@ class LocalRunner:
         values.update(params)
         outputs = {o: str(entry.output(o)) for o in spec.outputs}
         argv = render.render_command(spec.command, render.bind(spec, values, outputs))
-        return Prepared(step, spec, entry, argv, texts)
+        files = {name: (ref.value, digests[name]) for name, ref in step.inputs.items() if ref.kind == "path"}
+        return Prepared(step, spec, entry, argv, texts, files)
 
     # ------------------------------------------------------------------ running
 
-    def run(self) -> list[StepResult]:
-        """Run every step in order; stop at the first failure (raised as StepFailed)."""
+    def preflight(self) -> None:
+        """The checks that refuse a run before it touches anything."""
         check_runnable(self.graph)
         check_output_dir(self.loaded, self.graph)
+
+    def run(self) -> list[StepResult]:
+        """Run every step in order; stop at the first failure (raised as StepFailed)."""
+        self.preflight()
         try:
             for step in self.graph.steps:
                 self._run_step(step)
@@ -190,7 +198,7 @@ class LocalRunner:
         entry, result = prepared.entry, self.results[step.name]
         result.key = entry.key
         outputs = list(prepared.spec.outputs)
-        with self.cache.lock(entry) if _free(entry) else self._waiting(step.name, entry):
+        with self.cache.lock(entry) if _free(entry) else self._waiting(step.name, entry) as held:
             state = entry.state(outputs, self.cache.memo)
             if state == "hit" and self._forced(step.name):
                 state = "forced"
@@ -208,15 +216,15 @@ class LocalRunner:
                 self._collect(result, entry, outputs)
                 self._show(step.name, "cached", seconds=result.seconds)
                 return
-            self._execute(prepared, result, outputs)
+            self._execute(prepared, result, outputs, held)
 
     @contextlib.contextmanager
     def _waiting(self, name: str, entry: Entry):
         self._show(name, "waiting")
-        with self.cache.lock(entry):
-            yield
+        with self.cache.lock(entry) as held:
+            yield held
 
-    def _execute(self, prepared: Prepared, result: StepResult, outputs: list[str]) -> None:
+    def _execute(self, prepared: Prepared, result: StepResult, outputs: list[str], held: Held) -> None:
         step, entry = prepared.step, prepared.entry
         self.cache.mark()
         entry.work.mkdir(parents=True, exist_ok=True)
@@ -235,11 +243,13 @@ class LocalRunner:
             if module is not None and not self.isolate:
                 rc = run_in_process(module, prepared.argv[3:], log_file)
             else:
-                rc = run_subprocess(prepared.argv, log_file)
+                rc = run_subprocess(prepared.argv, log_file, lock=held)
         seconds = time.monotonic() - started
         result.seconds = seconds
         error = None
-        if rc == 0:
+        if rc == 0 and (changed := self._changed_input(prepared)):
+            error = changed
+        elif rc == 0:
             try:
                 entry.finish(step=step.name, outputs=outputs, seconds=seconds, extra={"argv": prepared.argv})
             except FileNotFoundError as e:
@@ -258,6 +268,18 @@ class LocalRunner:
         result.status = "ran"
         self._collect(result, entry, outputs)
         self._show(step.name, "done", seconds=seconds)
+
+    def _changed_input(self, prepared: Prepared) -> str | None:
+        """An input that changed while the step read it would publish outputs under the key of
+        content the step never saw (issue 11 #4): verify before the entry is finished."""
+        for name, (path, keyed) in prepared.files.items():
+            try:
+                now = self.cache.memo.digest_path(path)
+            except FileNotFoundError:
+                now = None
+            if now != keyed:
+                return f"input '{name}' ({path}) changed while the step ran; run again once it stays put"
+        return None
 
     def _collect(self, result: StepResult, entry: Entry, outputs: list[str]) -> None:
         for name in outputs:
@@ -283,17 +305,12 @@ def _free(entry: Entry) -> bool:
 
 
 def _still_valid(step: Step, prepared: Prepared) -> bool:
-    """A cached registration is only good while its local registry still exists."""
+    """A cached registration is only good while the version it made is still in its registry."""
     if step.component != "register":
         return True
-    uri = _arg(prepared.argv, "--tracking_uri") or ""
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).is_file()
-    return True
+    from slmforge.steps.register import registration_present
 
-
-def _arg(argv: list[str], option: str) -> str | None:
-    return argv[argv.index(option) + 1] if option in argv[:-1] else None
+    return registration_present(prepared.entry.output("registration"))
 
 
 # ---------------------------------------------------------------------- executing one command
@@ -314,12 +331,34 @@ def run_in_process(module: str, argv: list[str], log_file) -> int:
     return int(rc or 0)
 
 
-def run_subprocess(argv: list[str], log_file) -> int:
+def run_subprocess(argv: list[str], log_file, *, lock: Held | None = None) -> int:
+    """Run a step as a child that cannot outlive this run (issue 11 #11): it gets its own process
+    group (killed whole when we stop), the kernel kills it when we die (even by SIGKILL), and it
+    inherits the entry's lock, so no second run can start on the entry while it still lives."""
     command = [sys.executable if render.step_module(argv) or Path(argv[0]).name.startswith("python") else argv[0],
                *argv[1:]]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                          env=env).returncode
+    proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            pass_fds=(lock.fd,) if lock is not None else (),
+                            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: stop the step and anything it started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: a process group of its own, and SIGKILL when the parent dies."""
+    os.setpgid(0, 0)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """What a local run leaves in `engine.output_dir`: model/, run.json, report.md (+ loss.png), logs/.
 
 Everything is written atomically: model/ is assembled in a temporary sibling and renamed into
-place (files hard-linked from the cache when possible), run.json and report.md are written to a
-temporary file and renamed. A failed run removes model/, so nothing of it looks finished.
+place (files copied from the cache, as reflinks where the filesystem can: never hard links, so
+editing the output never edits the cache), run.json and report.md are written to a temporary file and renamed. A failed run removes model/, so nothing of it looks finished.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None:
-    """Place the final model at `dest` (hard links into the cache, else copies), atomically."""
+    """Place the final model at `dest` as its own copy (issue 11 #7: hard links let an edit of the output
+    rewrite the cache entry and every other output folder), atomically."""
     wanted = (manifest.read_manifest(source) or {}).get("outputs_digest")
     have = (manifest.read_manifest(dest) or {}).get("outputs_digest")
     if have == wanted and dest.is_dir():
@@ -52,10 +53,22 @@ def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.link(file, target)
-            except OSError:
-                shutil.copy2(file, target)
+            clone_or_copy(file, target)
+
+
+_FICLONE = 0x40049409  # linux/fs.h: share extents copy-on-write (btrfs, xfs, overlayfs on them)
+
+
+def clone_or_copy(source: Path, target: Path) -> None:
+    """A copy-on-write clone where the filesystem offers one (instant, no extra space), else a copy."""
+    import fcntl
+
+    with open(source, "rb") as src, open(target, "wb") as dst:
+        try:
+            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+        except OSError:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    shutil.copystat(source, target)
 
 
 def run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], *, status: str,
@@ -99,6 +112,16 @@ def _step_record(r: StepResult) -> dict[str, Any]:
     data["seconds"] = round(r.seconds, 3) if r.seconds is not None else None
     data["output"] = next(iter(r.outputs.values()), None)
     return data
+
+
+def mark_running(loaded: LoadedRecipe, graph: StepGraph, out_dir: Path) -> None:
+    """run.json says `running` while a run is under way, so a killed run never leaves an earlier
+    run's `succeeded` behind as if it were this one's (issue 11 #6). model/ stays until replaced."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record = {"status": "running", "pid": os.getpid(), "recipe": str(loaded.path), "recipe_digest": graph.recipe_digest,
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with locked(out_dir / ".slmforge.lock"):
+        write_atomic(out_dir / RUN_JSON, json.dumps(record, indent=2) + "\n")
 
 
 def write_outputs(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], out_dir: Path, *,

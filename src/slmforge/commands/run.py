@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -72,12 +74,26 @@ def _console():
         return sys.stdout
 
 
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM (a `kill`, a scheduler, a closing container) stops the run like Ctrl-C does: steps stop,
+    run.json says interrupted. Without it the run dies silently mid-step (issue 11 #6)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from slmforge.backends.local import LocalRunner, output_dir
-    from slmforge.backends.local_outputs import write_outputs
+    from slmforge.backends.local_outputs import mark_running, write_outputs
     from slmforge.errors import StepFailed
     from slmforge.progress import Display
     from slmforge.recipe.graph import build_graph
@@ -99,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
     runner = LocalRunner(loaded, graph, force=force, isolate=args.isolate,
                          display=Display(graph.names(), out=console, live=live))
     out = output_dir(loaded)
+    runner.preflight()
     try:
-        with runner.display:
+        with terminate_as_interrupt(), runner.display:
+            mark_running(loaded, graph, out)
             runner.run()
     except StepFailed as e:
         write_outputs(loaded, graph, list(runner.results.values()), out, status="failed", started=started,

@@ -10,6 +10,7 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from slmforge.recipe.limits import check_limits
 from slmforge.recipe.schema import (
     AzureMLSystem,
     DataConfig,
@@ -31,6 +32,7 @@ def check_recipe(loaded: "LoadedRecipe", *, check_files: bool = True) -> list[st
     if check_files:
         problems.extend(_check_model_path(loaded))
         problems.extend(_check_data_files(loaded))
+    problems.extend(check_limits(loaded, local_model_dir(loaded) if check_files else None, data_config_path))
     return problems
 
 
@@ -130,22 +132,36 @@ def _check_templates(loaded: "LoadedRecipe") -> Iterator[str]:
             yield f"{data_config_path(loaded, i, 'loss_on')}: 'completion' needs a text_template with placeholders"
 
 
-def _check_model_path(loaded: "LoadedRecipe") -> Iterator[str]:
+def _local_model_ref(loaded: "LoadedRecipe") -> tuple[str, str, str] | None:
+    """(value, json path, what) of an input model that is a local path; None for a hub id or Azure ML."""
     m = loaded.recipe.input_model
     if isinstance(m, PyTorchModel):
         if m.config.model_path is not None:
             if isinstance(m.config.model_path, str):
-                yield from _must_exist(loaded, m.config.model_path, "input_model.config.model_path")
-            return
+                return m.config.model_path, "input_model.config.model_path", "path"
+            return None
         name, where = m.config.hf_config.model_name, "input_model.config.hf_config.model_name"
     elif isinstance(m, HfModel):
         if not isinstance(m.model_path, str):
-            return
+            return None
         name, where = m.model_path, "input_model.model_path"
     else:  # pragma: no cover - the schema admits no other type
-        return
+        return None
     if looks_like_local_path(name) or (loaded.base_dir / name).exists():
-        yield from _must_exist(loaded, name, where, what="model folder")
+        return name, where, "model folder"
+    return None
+
+
+def local_model_dir(loaded: "LoadedRecipe") -> Path | None:
+    ref = _local_model_ref(loaded)
+    path = resolve_path(loaded, ref[0]) if ref else None
+    return path if path is not None and path.is_dir() else None
+
+
+def _check_model_path(loaded: "LoadedRecipe") -> Iterator[str]:
+    ref = _local_model_ref(loaded)
+    if ref is not None:
+        yield from _must_exist(loaded, ref[0], ref[1], what=ref[2])
 
 
 def _must_exist(loaded: "LoadedRecipe", value: str, where: str, what: str = "path") -> Iterator[str]:

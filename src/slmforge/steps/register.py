@@ -16,6 +16,7 @@ MLflow 3 notes (NOTES.md): `mlflow.register_model("runs:/...")` fails after `log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -91,9 +92,49 @@ def run(model: Path, name: str, registration: Path, *, metrics: Path | None = No
     if not manifest.is_finished(model):
         raise InvalidInput(f"{model}: not a finished model folder (no valid {manifest.MANIFEST})")
     uri = tracking_uri or default_tracking_uri()
-    tags = {"recipe_digest": recipe_digest, "slmforge_version": __version__, "format": format,
-            "source_step": str((manifest.read_manifest(model) or {}).get("step", "")), **_metric_tags(metrics)}
+    found = manifest.read_manifest(model) or {}
+    tags = {"recipe_digest": recipe_digest, "model_digest": str(found.get("outputs_digest")),
+            "slmforge_version": __version__, "format": format, "source_step": str(found.get("step", "")),
+            **_metric_tags(metrics)}
     client = client_for(uri)
+    # Idempotent: a run killed after creating the version (before the alias or the registration
+    # file) left that version behind; registering the same model from the same recipe reuses it.
+    version = _same_version(client, name, tags) or _new_version(client, uri, model, name, tags)
+    client.set_registered_model_alias(name, ALIAS, version.version)
+    info = {"name": name, "version": str(version.version), "alias": ALIAS, "tracking_uri": uri,
+            "source": version.source, "run_id": version.run_id, "tags": tags}
+    with manifest.atomic_output(registration) as tmp:
+        (tmp / REGISTRATION_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        manifest.write_manifest(tmp, step="register", params={"name": name, "format": format,
+                                                             "recipe_digest": recipe_digest, "tracking_uri": uri},
+                                inputs={"model": model, "metrics": metrics},
+                                metrics={"name": name, "version": str(version.version)},
+                                seconds=time.monotonic() - started, libraries=("mlflow",))
+    print(f"registered {name} version {version.version} (alias {ALIAS}) in {uri}")
+    return info
+
+
+def _same_version(client, name: str, tags: dict[str, str]):
+    """The version of `name` registering this very model (digest) from this recipe, if its files are there."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name='{name}'", max_results=1000)
+    except MlflowException:
+        return None
+    for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        mine = (v.tags or {})
+        if all(mine.get(k) == tags[k] for k in ("model_digest", "recipe_digest")) and _source_present(v.source):
+            return v
+    return None
+
+
+def _source_present(source: str) -> bool:
+    path = Path(source.removeprefix("file://")) if source.startswith(("file://", "/")) else None
+    return path is None or (path / manifest.MANIFEST).is_file()
+
+
+def _new_version(client, uri: str, model: Path, name: str, tags: dict[str, str]):
     from mlflow.exceptions import MlflowException
 
     run_ = client.create_run(_experiment_id(client, uri), tags={"mlflow.runName": f"register-{name}", **tags})
@@ -108,20 +149,33 @@ def run(model: Path, name: str, registration: Path, *, metrics: Path | None = No
     except MlflowException as e:
         if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
             raise
-    version = client.create_model_version(name, source=f"{run_.info.artifact_uri}/model", run_id=run_.info.run_id,
-                                          tags=tags)
-    client.set_registered_model_alias(name, ALIAS, version.version)
-    info = {"name": name, "version": str(version.version), "alias": ALIAS, "tracking_uri": uri,
-            "source": version.source, "run_id": run_.info.run_id, "tags": tags}
-    with manifest.atomic_output(registration) as tmp:
-        (tmp / REGISTRATION_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        manifest.write_manifest(tmp, step="register", params={"name": name, "format": format,
-                                                             "recipe_digest": recipe_digest, "tracking_uri": uri},
-                                inputs={"model": model, "metrics": metrics},
-                                metrics={"name": name, "version": str(version.version)},
-                                seconds=time.monotonic() - started, libraries=("mlflow",))
-    print(f"registered {name} version {version.version} (alias {ALIAS}) in {uri}")
-    return info
+    return client.create_model_version(name, source=f"{run_.info.artifact_uri}/model", run_id=run_.info.run_id,
+                                       tags=tags)
+
+
+def registration_present(registration: Path) -> bool:
+    """True while the version a registration folder names is still in its registry, with its files.
+
+    A cached register step is trusted only then: a deleted version or a truncated registry.db
+    must register again (issue 11 #5). Read with sqlite3, read-only: no MLflow import, no writes."""
+    import sqlite3
+
+    try:
+        info = json.loads((registration / REGISTRATION_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    db = sqlite_path(info.get("tracking_uri", ""))
+    if db is None:
+        return True  # a remote tracking server: trust it
+    if not db.is_file():
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT source FROM model_versions WHERE name = ? AND version = ?",
+                               (info.get("name"), int(info.get("version", 0)))).fetchone()
+    except (sqlite3.Error, ValueError):
+        return False
+    return row is not None and _source_present(row[0])
 
 
 def list_models(uri: str) -> list[dict[str, Any]]:
