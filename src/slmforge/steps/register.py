@@ -171,7 +171,9 @@ def registration_present(registration: Path) -> bool:
         return False
     try:
         with contextlib.closing(sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            row = conn.execute("SELECT source FROM model_versions WHERE name = ? AND version = ?",
+            # MLflow's registry table; a deleted version keeps its row, marked Deleted_Internal.
+            row = conn.execute("SELECT source FROM model_versions WHERE name = ? AND version = ? "
+                               "AND current_stage != 'Deleted_Internal'",
                                (info.get("name"), int(info.get("version", 0)))).fetchone()
     except (sqlite3.Error, ValueError):
         return False
