@@ -8,6 +8,7 @@ folder is invalid input, never a silent hub lookup.
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 from slmforge.errors import InvalidInput
@@ -34,6 +35,16 @@ def check_adapter_folder(adapter: str | Path) -> Path:
     if not (path / "adapter_config.json").is_file():
         raise InvalidInput(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
     return path
+
+
+def adapter_method(adapter: Path) -> str:
+    """lora, dora, loha or lokr, from the adapter's peft config (QLoRA saves a plain LoRA adapter)."""
+    try:
+        config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"{adapter}/adapter_config.json: unreadable ({e})") from None
+    kind = str(config.get("peft_type", "LORA")).lower()
+    return "dora" if kind == "lora" and config.get("use_dora") else kind
 
 
 def _hub_kwargs(source: str) -> dict:

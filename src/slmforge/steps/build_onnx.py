@@ -44,6 +44,9 @@ def run(*, output: str | Path, model: str | Path | None = None, model_id: str | 
     started = time.perf_counter()
     source = torch_model.base_source(model, model_id)
     adapter_path = torch_model.check_adapter_folder(adapter) if adapter else None
+    if adapter_path is not None and torch_model.adapter_method(adapter_path) != "lora":
+        raise InvalidInput(f"{adapter_path}: a {torch_model.adapter_method(adapter_path)} adapter; the ONNX builder "
+                           "reads LoRA adapters only: merge it first (MergeAdapterWeights) and build the merged model")
     _check_choice("precision", precision, PRECISIONS)
     _check_choice("execution_provider", execution_provider, PROVIDERS)
     _check_choice("int4_block_size", int4_block_size, BLOCK_SIZES)

@@ -1,4 +1,4 @@
-"""finetune step: LoRA or QLoRA on a load_data dataset folder; writes a PEFT adapter folder.
+"""finetune step: LoRA, QLoRA, DoRA, LoHa or LoKr on a load_data dataset folder; writes a PEFT adapter folder.
 
     python -m slmforge.steps.finetune --model DIR --dataset DS --adapter OUT --checkpoints CK [...]
     torchrun --nproc_per_node N -m slmforge.steps.finetune -- ...   (DDP: gloo on CPU, nccl on GPU)
@@ -24,7 +24,7 @@ from slmforge.steps._cli import StepArgumentParser, parse_bool, run_main
 from slmforge.training import checkpoint, tracking
 from slmforge.training.data import read_dataset
 from slmforge.training.loop import Dist, TrainArgs, train
-from slmforge.training.model import DTYPES, LoraSpec, base_model_name, load_model
+from slmforge.training.model import DTYPES, METHODS, LoraSpec, base_model_name, load_model
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 OPTIMIZERS = ("adamw_torch", "adamw_hf", "adamw_torch_fused", "paged_adamw_32bit", "paged_adamw_8bit",
@@ -37,7 +37,9 @@ def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | N
         model: str | Path | None = None, model_id: str | None = None, method: str = "lora",
         target_modules: str | None = None, r: int = 64, alpha: float = 16, lora_dropout: float = 0.05,
         quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str = "float32",
-        gradient_checkpointing: bool = False, progress: bool = True, **training_args) -> dict | None:
+        gradient_checkpointing: bool = False, rank_dropout: float = 0.0, module_dropout: float = 0.0,
+        decompose_both: bool = False, decompose_factor: int = -1, progress: bool = True,
+        **training_args) -> dict | None:
     """Fine-tune and write the adapter folder; returns its manifest (None on ranks other than 0)."""
     import torch
 
@@ -49,7 +51,8 @@ def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | N
     modules = [m.strip() for m in target_modules.split(",") if m.strip()] if target_modules else None
     spec = LoraSpec(method=method, r=r, alpha=alpha, dropout=lora_dropout, target_modules=modules,
                     quant_type=quant_type, double_quant=double_quant, compute_dtype=compute_dtype,
-                    gradient_checkpointing=gradient_checkpointing)
+                    gradient_checkpointing=gradient_checkpointing, rank_dropout=rank_dropout,
+                    module_dropout=module_dropout, decompose_both=decompose_both, decompose_factor=decompose_factor)
     _check(spec, args)
     data = read_dataset(dataset)
     dist, owns_group = _init_distributed()
@@ -63,7 +66,7 @@ def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | N
         peft_model = load_model(model, model_id, spec, dist.device, args.seed)
         params = dict(method=method, target_modules=target_modules, r=r, alpha=alpha, lora_dropout=lora_dropout,
                       quant_type=quant_type, double_quant=double_quant, compute_dtype=compute_dtype,
-                      gradient_checkpointing=gradient_checkpointing, **asdict(args))
+                      gradient_checkpointing=gradient_checkpointing, **_family_params(spec), **asdict(args))
         data_digest = (data.manifest.get("outputs_digest") or manifest.digest_path(dataset))
         model_print = checkpoint.model_fingerprint(model, model_id)
         run_print = checkpoint.fingerprint(
@@ -116,9 +119,22 @@ def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | N
             torch.distributed.destroy_process_group()
 
 
+def _family_params(spec: LoraSpec) -> dict:
+    """The method-specific parameters, only for the methods that have them (LoRA's params are unchanged)."""
+    if spec.method in ("loha", "lokr"):
+        extra = {"rank_dropout": spec.rank_dropout, "module_dropout": spec.module_dropout}
+        if spec.method == "lokr":
+            extra.update(decompose_both=spec.decompose_both, decompose_factor=spec.decompose_factor)
+        return extra
+    return {}
+
+
 def _check(spec: LoraSpec, args: TrainArgs) -> None:
     checks = [
-        (spec.method in ("lora", "qlora"), f"method '{spec.method}' is not one of lora, qlora"),
+        (spec.method in METHODS, f"method '{spec.method}' is not one of {', '.join(METHODS)}"),
+        (0 <= spec.rank_dropout < 1 and 0 <= spec.module_dropout < 1,
+         "rank_dropout and module_dropout must be in [0, 1)"),
+        (spec.decompose_factor == -1 or spec.decompose_factor >= 1, "decompose_factor must be -1 or at least 1"),
         (spec.quant_type in ("nf4", "fp4"), f"quant_type '{spec.quant_type}' is not one of nf4, fp4"),
         (spec.compute_dtype in DTYPES, f"compute_dtype '{spec.compute_dtype}' is not one of {', '.join(DTYPES)}"),
         (spec.r >= 1, f"r must be at least 1, got {spec.r}"),
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model")
     p.add_argument("--model_id")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--method", default="lora", choices=["lora", "qlora"])
+    p.add_argument("--method", default="lora", choices=list(METHODS))
     p.add_argument("--target_modules")
     p.add_argument("--r", type=int, default=64)
     p.add_argument("--alpha", type=float, default=16)
@@ -187,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--double_quant", type=parse_bool, default=True)
     p.add_argument("--compute_dtype", default="float32", choices=list(DTYPES))
     p.add_argument("--gradient_checkpointing", type=parse_bool, default=False)
+    p.add_argument("--rank_dropout", type=float, default=0.0)
+    p.add_argument("--module_dropout", type=float, default=0.0)
+    p.add_argument("--decompose_both", type=parse_bool, default=False)
+    p.add_argument("--decompose_factor", type=int, default=-1)
     for f in fields(TrainArgs):
         kind = {"int": int, "float": float, "bool": parse_bool}.get(str(f.type).split(" ")[0], str)
         p.add_argument(f"--{f.name}", type=kind, default=f.default)

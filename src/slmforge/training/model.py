@@ -1,4 +1,4 @@
-"""Load the base model (full precision for LoRA, bitsandbytes 4-bit for QLoRA), add LoRA, compute the loss."""
+"""Load the base model (full precision, or bitsandbytes 4-bit for QLoRA) and add a LoRA-family adapter."""
 
 from __future__ import annotations
 
@@ -14,17 +14,44 @@ from slmforge.recipe.checks import looks_like_local_path
 DTYPES = ("float32", "float16", "bfloat16")
 
 
+# The LoRA family, all through peft. Olive's pass names: LoRA, QLoRA, DoRA, LoHa, LoKr.
+METHODS = ("lora", "qlora", "dora", "loha", "lokr")
+# Adapters the ONNX builder reads beside the base (its adapter_path takes plain LoRA only); the rest
+# are built from the merged model.
+BUILDER_READS_ADAPTER = ("lora", "qlora")
+
+
 @dataclass
 class LoraSpec:
-    method: str = "lora"  # lora | qlora
+    method: str = "lora"  # one of METHODS
     r: int = 64
     alpha: float = 16
-    dropout: float = 0.05
+    dropout: float = 0.05  # LoRA / DoRA: lora_dropout
     target_modules: list[str] | None = None  # None: every linear layer but the LM head
     quant_type: str = "nf4"
     double_quant: bool = True
     compute_dtype: str = "float32"
     gradient_checkpointing: bool = False
+    rank_dropout: float = 0.0  # LoHa / LoKr: drop rank components while training
+    module_dropout: float = 0.0  # LoHa / LoKr: skip a whole adapted module while training
+    decompose_both: bool = False  # LoKr: low-rank decompose the left Kronecker factor too
+    decompose_factor: int = -1  # LoKr: the factorisation's split (-1: as square as possible)
+
+
+def peft_config(spec: LoraSpec):
+    """The peft config of one family member; every method adapts the same modules."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    targets = spec.target_modules or "all-linear"
+    if spec.method == "loha":
+        return LoHaConfig(r=spec.r, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
+                          module_dropout=spec.module_dropout, target_modules=targets, task_type="CAUSAL_LM")
+    if spec.method == "lokr":
+        return LoKrConfig(r=spec.r, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
+                          module_dropout=spec.module_dropout, decompose_both=spec.decompose_both,
+                          decompose_factor=spec.decompose_factor, target_modules=targets, task_type="CAUSAL_LM")
+    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
+                      target_modules=targets, use_dora=spec.method == "dora", task_type="CAUSAL_LM")
 
 
 def base_model_name(model_dir: str | Path | None, model_id: str | None) -> str:
@@ -45,7 +72,7 @@ def base_model_name(model_dir: str | Path | None, model_id: str | None) -> str:
 def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpec, device, seed: int):
     """The base model with fresh LoRA weights (seeded: get_peft_model initialises them)."""
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
     from slmforge.model_folder import resolve_hf_folder
@@ -85,8 +112,7 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
             if spec.gradient_checkpointing:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-        config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
-                            target_modules=spec.target_modules or "all-linear", task_type="CAUSAL_LM")
+        config = peft_config(spec)
         torch.manual_seed(seed)  # LoRA A matrices are drawn here (NOTES.md: seed before get_peft_model)
         try:
             return get_peft_model(model, config)
