@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from slmforge import chat_rows
 from slmforge.errors import InvalidInput
 
 FORMATS = ("json", "csv", "parquet")
@@ -33,19 +34,24 @@ class Rows:
 
 
 def read_rows(path: str | Path, data_format: str, text_cols: list[str], *, split: str = "train",
-              max_samples: int | None = None) -> Rows:
-    """All rows of `path` with `text_cols` as strings; any bad row is an InvalidInput naming it."""
+              max_samples: int | None = None, chat: bool = False) -> Rows:
+    """All rows of `path` with `text_cols` as strings (with `chat`: a `messages` conversation each);
+    any bad row is an InvalidInput naming it."""
     path = Path(path)
     if data_format not in FORMATS:
         raise InvalidInput(f"data_format '{data_format}' is not one of {', '.join(FORMATS)}")
+    if chat and data_format == "csv":
+        raise InvalidInput(f"{path}: chat rows need JSON lines or parquet; CSV cannot hold a list of messages")
     if not path.is_file():
         raise InvalidInput(f"data file not found: {path}")
+    if chat:
+        text_cols = [chat_rows.COLUMN]
     records = {"json": _json_records, "csv": _csv_records, "parquet": _parquet_records}[data_format](path, text_cols)
     out = Rows(path)
     problems: list[str] = []
     for where, record in records:
         out.read += 1
-        row, problem = _check_record(record, text_cols)
+        row, problem = _check_chat_record(record) if chat else _check_record(record, text_cols)
         if problem is not None:
             problems.append(f"{path}: {where}: {problem}")
             if len(problems) >= _MAX_PROBLEMS:
@@ -84,6 +90,18 @@ def _check_record(record: Any, text_cols: list[str]) -> tuple[dict[str, str] | N
             shown = "" if v is None else f" ({json.dumps(v, default=str)[:40]})"
             return None, f"column '{c}' is {_kind(v)}{shown}, expected a string"
     return values, None
+
+
+def _check_chat_record(record: Any) -> tuple[dict | None, str | None]:
+    if record is None or record == {}:
+        return None, None
+    if not isinstance(record, dict) or chat_rows.COLUMN not in record:
+        return None, f"expected an object with '{chat_rows.COLUMN}' (a chat row), got {_kind(record)}"
+    messages = record[chat_rows.COLUMN]
+    if hasattr(messages, "tolist"):  # parquet gives numpy arrays of dicts
+        messages = messages.tolist()
+    problem = chat_rows.check_conversation(messages)
+    return (None, problem) if problem else ({chat_rows.COLUMN: messages}, None)
 
 
 def _kind(value: Any) -> str:

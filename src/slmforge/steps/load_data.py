@@ -7,6 +7,10 @@ completion (the template's last placeholder and what follows it), then EOS. Toke
 apart makes the prompt/answer boundary exact (`loss_on: completion` masks exactly the prompt tokens)
 and matches what the model sees at inference, where it is given the prompt alone.
 
+A spec of `{"chat": true}` reads chat rows instead (`{"messages": [...]}`, see chat_rows.py): rendered
+with the tokenizer's chat template, learned on the assistant turns (with loss_on `completion`), held
+out as plain prompt/answer rows with a template derived from the chat template.
+
 Output (see CONTRIBUTING.md): train.jsonl / eval.jsonl with {"input_ids", "labels"[, "attention_mask"]}
 per line, eval_rows.jsonl with the raw held-out rows, and the manifest.
 """
@@ -22,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge import manifest
+from slmforge import chat_rows, manifest
 from slmforge.datasets_io import read_rows
 from slmforge.datastore import fetch_datastore_file, is_datastore_uri
 from slmforge.errors import InvalidInput
@@ -52,30 +56,38 @@ def run(*, data: str, spec: str | Path, dataset: str | Path, tokenizer: str | Pa
     """Write the tokenized dataset folder `dataset`; return its manifest. Nothing is written on error."""
     started = time.perf_counter()
     _check_params(corpus_strategy, loss_on, source_max_len, eval_dataset_size, eval_data)
-    text_cols, template = _read_spec(Path(spec))
+    text_cols, template = _read_spec(Path(spec))  # template None: chat rows
+    chat = template is None
+    tok, tok_name = load_tokenizer(tokenizer, model_id)
+    if tok.eos_token_id is None:
+        raise InvalidInput(f"tokenizer {tok_name} has no EOS token to end each example with")
+    if chat:  # evaluation reads a conversation as a plain row: prompt, then the last assistant turn
+        template, text_cols = Template(chat_rows.eval_template(tok)), ["prompt", "answer"]
     with tempfile.TemporaryDirectory(prefix="slmforge-data-") as scratch:
         data_file = _local_file(data, Path(scratch) / "data")
         eval_file = _local_file(eval_data, Path(scratch) / "eval") if eval_data else None
-        train = read_rows(data_file, data_format, text_cols, split=split, max_samples=max_samples)
+        train = read_rows(data_file, data_format, text_cols, split=split, max_samples=max_samples, chat=chat)
         if eval_file is not None:
-            held_out = read_rows(eval_file, data_format, text_cols, max_samples=max_samples)
+            held_out = read_rows(eval_file, data_format, text_cols, max_samples=max_samples, chat=chat)
             train_rows, eval_rows = train.rows, held_out.rows
         else:
             held_out = None
-            train_rows, eval_rows = split_eval(train.rows, template, eval_dataset_size, data_seed)
+            prompt_of = (lambda r: chat_rows.eval_row(tok, r[chat_rows.COLUMN])["prompt"]) if chat else template.prompt
+            train_rows, eval_rows = split_eval(train.rows, prompt_of, eval_dataset_size, data_seed)
         inputs = {"data": {"path": data, "digest": manifest.digest_path(data_file)},
                   "spec": {"path": str(spec), "digest": manifest.digest_path(spec)}}
         if eval_file is not None:
             inputs["eval_data"] = {"path": eval_data, "digest": manifest.digest_path(eval_file)}
 
-    tok, tok_name = load_tokenizer(tokenizer, model_id)
-    if tok.eos_token_id is None:
-        raise InvalidInput(f"tokenizer {tok_name} has no EOS token to end each example with")
     build = _join if corpus_strategy == "join" else _line_by_line
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     seqs = {}
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
-        examples = tokenize_rows(tok, template, rows, loss_on)
+        if chat:
+            examples = [chat_rows.tokenize_conversation(tok, r[chat_rows.COLUMN], IGNORE, loss_on_all=loss_on == "all")
+                        for r in rows]
+        else:
+            examples = tokenize_rows(tok, template, rows, loss_on)
         seqs[name] = build(examples, source_max_len)
         if pad_to_max_len:
             _pad(seqs[name], source_max_len, pad_id)
@@ -86,6 +98,8 @@ def run(*, data: str, spec: str | Path, dataset: str | Path, tokenizer: str | Pa
     with manifest.atomic_output(dataset) as out:
         for name, s in seqs.items():
             _write_jsonl(out / f"{name}.jsonl", (_record(r, use_attention_mask) for r in s.records))
+        if chat:
+            eval_rows = [chat_rows.eval_row(tok, r[chat_rows.COLUMN]) for r in eval_rows]
         _write_jsonl(out / "eval_rows.jsonl", eval_rows)
         metrics = {
             "rows_read": train.read, "empty_rows": train.empty, "rows": len(train.rows),
@@ -96,7 +110,7 @@ def run(*, data: str, spec: str | Path, dataset: str | Path, tokenizer: str | Pa
             metrics.update({f"{name}_examples": len(s.records), f"{name}_tokens": s.tokens,
                             f"{name}_label_tokens": s.label_tokens, f"{name}_pad_tokens": s.pad_tokens,
                             f"{name}_truncated": s.truncated, f"{name}_dropped": s.dropped})
-        params = {"text_template": template.text, "text_cols": text_cols, "loss_on": loss_on,
+        params = {"text_template": template.text, "text_cols": text_cols, "chat": chat, "loss_on": loss_on,
                   "corpus_strategy": corpus_strategy, "source_max_len": source_max_len,
                   "pad_to_max_len": pad_to_max_len, "use_attention_mask": use_attention_mask,
                   "data_format": data_format, "split": split, "eval_dataset_size": eval_dataset_size,
@@ -126,7 +140,8 @@ def _check_params(corpus_strategy: str, loss_on: str, source_max_len: int,
             raise InvalidInput("give either eval_data or eval_dataset_size, not both")
 
 
-def _read_spec(path: Path) -> tuple[list[str], Template]:
+def _read_spec(path: Path) -> tuple[list[str], Template | None]:
+    """(text_cols, template) of a template spec; ([messages], None) of `{"chat": true}` (chat rows)."""
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -135,6 +150,11 @@ def _read_spec(path: Path) -> tuple[list[str], Template]:
         raise InvalidInput(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(spec, dict):
         raise InvalidInput(f"{path}: expected a JSON object with text_cols and text_template")
+    if spec.get("chat") is True:
+        if spec.get("text_template"):
+            raise InvalidInput(f"{path}: chat rows are rendered with the tokenizer's chat template; "
+                               "give chat or text_template, not both")
+        return [chat_rows.COLUMN], None
     cols, text = spec.get("text_cols"), spec.get("text_template")
     if not (isinstance(cols, list) and cols and all(isinstance(c, str) for c in cols)):
         raise InvalidInput(f"{path}: text_cols must be a non-empty list of column names")
@@ -155,8 +175,9 @@ def _local_file(source: str, scratch: Path) -> Path:
     return Path(source)
 
 
-def split_eval(rows: list[dict], template: Template, size: float | None, seed: int) -> tuple[list, list]:
-    """(train, eval) rows. Rows sharing a prompt stay on one side, so no eval prompt is seen in training.
+def split_eval(rows: list[dict], prompt_of, size: float | None, seed: int) -> tuple[list, list]:
+    """(train, eval) rows. Rows sharing a prompt (`prompt_of(row)`) stay on one side, so no eval prompt is
+    seen in training.
 
     `size` below 1 is a fraction of the rows, 1 or more a row count; groups are drawn in an order
     shuffled with `seed` and skipped when they would overshoot the count.
@@ -169,7 +190,7 @@ def split_eval(rows: list[dict], template: Template, size: float | None, seed: i
         raise InvalidInput(f"eval_dataset_size {size} leaves no training rows (there are {len(rows)} rows)")
     groups: dict[str, list[int]] = {}
     for i, row in enumerate(rows):
-        groups.setdefault(template.prompt(row), []).append(i)
+        groups.setdefault(prompt_of(row), []).append(i)
     order = list(groups.values())
     random.Random(seed).shuffle(order)
     held: set[int] = set()
