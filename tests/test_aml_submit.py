@@ -221,3 +221,35 @@ def test_retry_budget_must_be_a_positive_number(emulator, monkeypatch, capsys):
     assert cli(["status", "some_job", "--workspace", str(emulator[1])]) == 2
     assert "SLMFORGE_RETRY_SECONDS='soon': give a number of seconds greater than 0" in capsys.readouterr().err
 
+
+# --- a wrong ca_bundle in the workspace file: named as a certificate problem, exit 2 (issue 11 #21) ----
+
+
+def _workspace_with_ca(emulator_ws: Path, ca_bundle: Path, out: Path) -> Path:
+    data = json.loads(emulator_ws.read_text())
+    out.write_text(json.dumps({**data, "ca_bundle": str(ca_bundle)}))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["not_a_certificate", "another_emulators_ca", "missing"])
+def test_wrong_ca_bundle_is_one_certificate_line(emulator, tmp_path, capsys, monkeypatch, kind):
+    from slmforge.emulator.tls import make_certificate
+
+    monkeypatch.setenv("SLMFORGE_RETRY_SECONDS", "2")  # before the fix: retried, then "no usable answer"
+    if kind == "not_a_certificate":
+        ca = tmp_path / "ca.pem"
+        ca.write_text("this is not a certificate\n")
+        expected = r"not a PEM certificate \(NO_CERTIFICATE_OR_CRL_FOUND\)$"
+    elif kind == "another_emulators_ca":
+        ca, _ = make_certificate(tmp_path / "other-tls")
+        expected = (r"the emulator at https://127\.0\.0\.1:\d+ presents a certificate this bundle does not verify "
+                    r"\(.+\); is it that emulator's tls/cert\.pem\?$")
+    else:
+        ca = tmp_path / "gone.pem"
+        expected = r"no such file \(the emulator's certificate is DIR/tls/cert\.pem\)$"
+    ws = _workspace_with_ca(emulator[1], ca, tmp_path / "workspace.json")
+    assert cli(["status", "some_job", "--workspace", str(ws)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"slmforge: error: {ws}: ca_bundle {ca}: "), err[0]
+    assert re.search(expected, err[0]), err[0]
