@@ -192,14 +192,16 @@ def test_dropped_connections_under_posts_are_retried(tmp_path, capsys):
 
 
 @pytest.mark.timeout(120)
-def test_retry_after_beyond_the_budget_gives_up_at_once(emulator, capsys):
-    """azure-core sleeps any Retry-After; a 429 asking for 100000 s must end in one line, not a hang (#8)."""
+@pytest.mark.parametrize("follow", [False, True])
+def test_retry_after_beyond_the_budget_gives_up_at_once(emulator, capsys, follow):
+    """azure-core sleeps any Retry-After; a 429 asking for 100000 s must end in one line, not a hang (#8),
+    and `status --wait` does not poll through it either."""
     folder, ws = emulator
     assert cli(["emulator", "faults", "--dir", str(folder), "--faults", "1:429", "--retry-after", "100000"]) == 0
     capsys.readouterr()
     try:
         started = time.monotonic()
-        rc = cli(["status", "some_job", "--workspace", str(ws)])
+        rc = cli(["status", "some_job", "--workspace", str(ws), *(["--wait"] if follow else [])])
         elapsed = time.monotonic() - started
     finally:
         control_admin_reset(folder)

@@ -132,10 +132,12 @@ def retry_policy(*, retry_total: int = RETRY_COUNT, backoff_factor: float = BACK
 
 def is_transient(error: BaseException | None) -> bool:
     """A fault worth trying again later (anywhere in the error's cause chain, which the SDK wraps):
-    a connection failure, or a 408/429/5xx answer."""
+    a connection failure, or a 408/429/5xx answer — unless it asked for a wait beyond the budget."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
+        if isinstance(error, RetryAfterBeyondBudget):
+            return False
         if isinstance(error, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError)):
             return True
         if isinstance(error, HttpResponseError) and getattr(error, "status_code", None) in TRANSIENT_STATUS:

@@ -99,13 +99,12 @@ def ml_client_from_workspace_file(path: str | Path, *, registry_name: str | None
     quiet_sdk()
     data = read_workspace_file(path)
     if is_emulator_file(data):
+        from slmforge.backends.aml_retry import retry_policy
         from slmforge.emulator import client as emulator_client
 
         _remember_endpoint(data.get("endpoint"))
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         probe(data.get("endpoint"), hint=f"is the emulator running? (`slmforge emulator status --dir {folder}`)")
-        from slmforge.backends.aml_retry import retry_policy
-
         return emulator_client.ml_client(Path(path), registry_name=registry_name, retry_policy=retry_policy())
     return _ml_client(data["subscription_id"], data["resource_group"], data["workspace_name"],
                       registry_name=registry_name)
