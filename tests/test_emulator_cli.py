@@ -44,3 +44,28 @@ def test_start_status_faults_stop(tmp_path):
     assert after.returncode == 1 and json.loads(after.stdout)["running"] is False
     assert not (folder / "emulator.pid").exists()
     print(f"emulator start (CLI, Azurite already installed): {start_s:.2f}s")
+
+
+def test_stop_never_signals_a_process_a_stale_pid_file_names(tmp_path):
+    """emulator.pid left behind, its pid now another live process: stop must leave that process alone (#10)."""
+    folder = tmp_path / "emu"
+    folder.mkdir()
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        (folder / "emulator.pid").write_text(f"{stranger.pid}\n")
+        stop = _cli("stop", "--dir", str(folder))
+        time.sleep(0.2)  # a SIGTERM, had one been sent, has landed by now
+        assert stranger.poll() is None, "stop signalled a process that is not the emulator"
+        assert stop.returncode == 0, stop.stderr
+        line = stop.stdout.strip()
+        assert line == (f"no emulator running for {folder.resolve()}: removed its stale emulator.pid (pid {stranger.pid};"
+                        " no emulator holds the file, so nothing was signalled)"), line
+        assert not (folder / "emulator.pid").exists()
+        # the same stale file does not make start think an emulator already runs
+        (folder / "emulator.pid").write_text(f"{stranger.pid}\n")
+        status = _cli("status", "--dir", str(folder))
+        assert status.returncode == 1 and json.loads(status.stdout)["running"] is False
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()

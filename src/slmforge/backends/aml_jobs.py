@@ -1,7 +1,8 @@
 """Submit a compiled pipeline and follow it: status, step by step; logs; download; cancel.
 
-Every service call goes through `with_retries` (on top of azure-core's own RetryPolicy) so a
-429/503 or a dropped connection while following a long job does not end the follow.
+Each service call rides through transient faults in azure-core's RetryPolicy (aml_retry); while
+following a long job, a poll that still failed is skipped, so an outage shorter than
+SLMFORGE_FOLLOW_PATIENCE_SECONDS does not end the follow.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from slmforge.backends.aml import FINAL_OUTPUT, compile_pipeline, validate_pipeline
-from slmforge.backends.aml_workspace import as_step_failed, with_retries
+from slmforge.backends.aml_retry import is_transient
+from slmforge.backends.aml_workspace import as_step_failed
 from slmforge.errors import InvalidInput, StepFailed
 
 if TYPE_CHECKING:
@@ -81,18 +83,17 @@ def studio_url(job: "Job") -> str | None:
     return getattr(studio, "endpoint", None)
 
 
-def get_job(ml_client: "MLClient", name: str, *, patience: float | None = None) -> "Job":
+def get_job(ml_client: "MLClient", name: str) -> "Job":
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        return with_retries(lambda: ml_client.jobs.get(name), f"reading job {name}", patience=patience)
+        return ml_client.jobs.get(name)
     except ResourceNotFoundError:
         raise InvalidInput(f"no job named '{name}' in the workspace") from None
 
 
-def child_jobs(ml_client: "MLClient", name: str, *, patience: float | None = None) -> list["Job"]:
-    return with_retries(lambda: list(ml_client.jobs.list(parent_job_name=name)), f"listing steps of {name}",
-                        patience=patience)
+def child_jobs(ml_client: "MLClient", name: str) -> list["Job"]:
+    return list(ml_client.jobs.list(parent_job_name=name))
 
 
 def node_name(child: "Job") -> str:
@@ -105,9 +106,9 @@ def status_text(status: Any) -> str:
     return str(getattr(status, "value", status) or "Unknown")
 
 
-def state(ml_client: "MLClient", name: str, *, patience: float | None = None) -> JobState:
-    job = get_job(ml_client, name, patience=patience)
-    steps = {node_name(c): status_text(c.status) for c in child_jobs(ml_client, name, patience=patience)}
+def state(ml_client: "MLClient", name: str) -> JobState:
+    job = get_job(ml_client, name)
+    steps = {node_name(c): status_text(c.status) for c in child_jobs(ml_client, name)}
     return JobState(name=job.name, status=status_text(job.status), steps=steps, studio_url=studio_url(job))
 
 
@@ -117,8 +118,16 @@ def follow(ml_client: "MLClient", name: str, *, echo: Callable[[str], None] = pr
     interval = poll_seconds() if interval is None else interval
     seen: dict[str, str] = {}
     last_status = None
+    last_answer = time.monotonic()
     while True:
-        current = state(ml_client, name, patience=follow_patience())
+        try:
+            current = state(ml_client, name)
+        except Exception as e:  # noqa: BLE001 - a transient fault that outlasted one call's retries
+            if not is_transient(e) or time.monotonic() - last_answer > follow_patience():
+                raise
+            time.sleep(interval)
+            continue
+        last_answer = time.monotonic()
         for step, status in current.steps.items():
             if seen.get(step) != status:
                 echo(f"  {step:<16} {status}")
@@ -175,8 +184,7 @@ def download(ml_client: "MLClient", name: str, out_dir: Path) -> Path:
         raise StepFailed(f"job {name} is {record['status']}; only a completed job has a model to download")
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".download-") as tmp:
-        with_retries(lambda: ml_client.jobs.download(name, download_path=tmp, output_name=FINAL_OUTPUT),
-                     f"downloading the model of {name}")
+        ml_client.jobs.download(name, download_path=tmp, output_name=FINAL_OUTPUT)
         model_dir = downloaded_output(Path(tmp), FINAL_OUTPUT)
         target = out_dir / "model"
         if target.exists():
@@ -197,7 +205,7 @@ def downloaded_output(root: Path, output: str) -> Path:
 
 def cancel(ml_client: "MLClient", name: str) -> None:
     get_job(ml_client, name)
-    with_retries(lambda: ml_client.jobs.begin_cancel(name).result(), f"cancelling {name}")
+    ml_client.jobs.begin_cancel(name).result()
 
 
 def echo_err(line: str) -> None:

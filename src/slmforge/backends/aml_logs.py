@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from slmforge.backends.aml_jobs import TERMINAL, child_jobs, find_step, get_job, node_name, status_text
-from slmforge.backends.aml_workspace import as_step_failed, one_line, with_retries
+from slmforge.backends.aml_workspace import as_step_failed, one_line
 from slmforge.errors import StepFailed
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def stored_logs(ml_client: "MLClient", run_id: str) -> dict[str, str]:
 
     # Private SDK members (azure-ai-ml 1.35): the same ones `jobs.stream` reads logs with.
     runs, requests_pipeline = ml_client.jobs._runs_operations, ml_client.jobs._requests_pipeline
-    details = with_retries(lambda: runs.get_run_details(run_id), f"reading the run details of {run_id}")
+    details = runs.get_run_details(run_id)
     files = details.log_files or {}
     names: list[str] = []
     for pattern in USER_LOG_PATTERNS:

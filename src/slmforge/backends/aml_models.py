@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from slmforge.backends.aml import FINAL_OUTPUT, METRICS_OUTPUT
 from slmforge.backends.aml_jobs import downloaded_output, get_job, status_text
-from slmforge.backends.aml_workspace import as_step_failed, resolve_ml_client, service_errors, with_retries
+from slmforge.backends.aml_workspace import as_step_failed, resolve_ml_client, service_errors
 from slmforge.errors import InvalidInput, StepFailed
 
 if TYPE_CHECKING:
@@ -30,8 +30,7 @@ def job_metrics(ml_client: "MLClient", job_name: str) -> dict[str, Any] | None:
     if METRICS_OUTPUT not in (job.outputs or {}):
         return None
     with tempfile.TemporaryDirectory(prefix="slmforge-metrics-") as tmp:
-        with_retries(lambda: ml_client.jobs.download(job_name, download_path=tmp, output_name=METRICS_OUTPUT),
-                     f"downloading the metrics of {job_name}")
+        ml_client.jobs.download(job_name, download_path=tmp, output_name=METRICS_OUTPUT)
         path = downloaded_output(Path(tmp), METRICS_OUTPUT) / "metrics.json"
         if not path.is_file():
             raise StepFailed(f"job {job_name}: its '{METRICS_OUTPUT}' output has no metrics.json")
@@ -73,17 +72,15 @@ def register_job_model(ml_client: "MLClient", job_name: str, *, name: str | None
         raise StepFailed(f"model {name}:{version} already exists from job {existing.tags.get('slmforge.job')}; "
                          "register with another --version")
     try:
-        registered = with_retries(lambda: ml_client.models.create_or_update(model), f"registering {name}:{version}")
+        registered = ml_client.models.create_or_update(model)
     except (InvalidInput, StepFailed):
         raise
     except Exception as e:  # noqa: BLE001 - one line for the user
         raise as_step_failed(e, f"registering {name}:{version} from job {job_name} failed") from None
     if registry:
         try:
-            registered = with_retries(
-                lambda: ml_client.models.share(name, version, share_with_name=name, share_with_version=version,
-                                               registry_name=registry),
-                f"sharing {name}:{version} into registry {registry}")
+            registered = ml_client.models.share(name, version, share_with_name=name, share_with_version=version,
+                                                registry_name=registry)
         except (InvalidInput, StepFailed):
             raise
         except Exception as e:  # noqa: BLE001
@@ -95,7 +92,7 @@ def _existing(ml_client: "MLClient", name: str, version: str) -> "Model | None":
     from azure.core.exceptions import ResourceNotFoundError
 
     try:
-        return with_retries(lambda: ml_client.models.get(name, version=version), f"reading model {name}:{version}")
+        return ml_client.models.get(name, version=version)
     except ResourceNotFoundError:
         return None
 
@@ -113,14 +110,11 @@ def list_workspace_models(workspace_file: str | Path | None = None, *, registry:
 def _list_models(workspace_file: str | Path | None, registry: str | None, name: str | None) -> list[dict[str, Any]]:
     ml_client = resolve_ml_client(workspace_file, registry_name=registry)
 
-    def versions() -> list[dict[str, Any]]:
-        names = [name] if name else [m.name for m in ml_client.models.list()]
-        rows = []
-        for model_name in names:
-            for m in ml_client.models.list(name=model_name):
-                created = getattr(getattr(m, "creation_context", None), "created_at", None)
-                rows.append({"name": m.name, "version": str(m.version), "type": m.type, "path": str(m.path or ""),
-                             "created": created.isoformat() if created else None, "tags": dict(m.tags or {})})
-        return rows
-
-    return with_retries(versions, "listing models")
+    names = [name] if name else [m.name for m in ml_client.models.list()]
+    rows = []
+    for model_name in names:
+        for m in ml_client.models.list(name=model_name):
+            created = getattr(getattr(m, "creation_context", None), "created_at", None)
+            rows.append({"name": m.name, "version": str(m.version), "type": m.type, "path": str(m.path or ""),
+                         "created": created.isoformat() if created else None, "tags": dict(m.tags or {})})
+    return rows

@@ -6,10 +6,10 @@ workspace file), else the recipe's `azureml_client`, else `./config.json`. Real 
 CI). Emulator workspace files (kind "slmforge-emulator") are opened by the emulator's own
 client code, which knows its certificate and credential.
 
-Transient HTTP faults (429, 5xx, dropped connections) are retried by azure-core's RetryPolicy
-with exponential backoff; `with_retries` does the same around our own polling calls. Retrying is
-bounded in time, not only in count: each service call gives up after SLMFORGE_RETRY_SECONDS
-(default 15 s), so an unreachable workspace is one clear line (`service_errors`), not minutes of
+Transient faults (408/429/5xx, dropped connections) are retried by one layer, azure-core's
+RetryPolicy as `aml_retry.BudgetRetryPolicy` configures it: bounded in time, not only in count,
+each service call gives up after SLMFORGE_RETRY_SECONDS (default 15 s), so an unreachable
+workspace is one clear line (`service_errors`) saying how long we really tried, not minutes of
 silence. An emulator workspace is probed first: a stopped emulator is reported at once.
 """
 
@@ -21,9 +21,8 @@ import os
 import re
 import socket
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator
 
 from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
 
@@ -32,48 +31,12 @@ if TYPE_CHECKING:
 
     from slmforge.recipe.schema import AzureMLClient
 
-T = TypeVar("T")
-
-# azure-core RetryPolicy settings for every SDK call (status codes: its defaults 408/429/500/502/503/504).
-RETRY_SETTINGS: dict[str, Any] = {
-    "retry_total": 8,
-    "retry_connect": 8,
-    "retry_read": 8,
-    "retry_status": 8,
-    "retry_backoff_factor": 0.8,
-    "retry_backoff_max": 30,
-}
-RETRY_SECONDS_ENV = "SLMFORGE_RETRY_SECONDS"
-DEFAULT_RETRY_SECONDS = 15.0
-TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 WORKSPACE_KEYS = ("subscription_id", "resource_group", "workspace_name")
 EMULATOR_KIND = "slmforge-emulator"  # slmforge.emulator.workspace_file.KIND (not imported: it pulls the server in)
 EMULATOR_FILE = "workspace.json"
 PROBE_TIMEOUT_S = 3.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_HOST_PORT = re.compile(r"host='([^']+)', port=(\d+)")
 _endpoint: str | None = None  # the workspace endpoint this process talks to (for error messages)
-
-
-def retry_seconds() -> float:
-    """How long one service call may keep retrying (SLMFORGE_RETRY_SECONDS, default 15)."""
-    raw = os.environ.get(RETRY_SECONDS_ENV)
-    if raw is None or not raw.strip():
-        return DEFAULT_RETRY_SECONDS
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise InvalidInput(f"{RETRY_SECONDS_ENV}={raw!r}: give a number of seconds greater than 0")
-    return value
-
-
-def retry_settings() -> dict[str, Any]:
-    """azure-core RetryPolicy settings: RETRY_SETTINGS bounded by the retry time budget."""
-    budget = retry_seconds()
-    return {**RETRY_SETTINGS, "timeout": budget,
-            "retry_backoff_max": min(RETRY_SETTINGS["retry_backoff_max"], max(1.0, budget / 4))}
 
 
 def read_workspace_file(path: str | Path) -> dict[str, Any]:
@@ -113,16 +76,20 @@ def default_credential():
 
 
 def client_settings(overrides: "AzureMLClient | None" = None) -> dict[str, Any]:
-    settings = retry_settings()
+    """MLClient keyword arguments: the one retry policy (the recipe may set its count and interval)."""
+    from slmforge.backends.aml_retry import retry_policy
+
+    policy: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     if overrides is not None:
         if overrides.max_operation_retries is not None:
-            settings.update(retry_total=overrides.max_operation_retries, retry_status=overrides.max_operation_retries)
+            policy["retry_total"] = overrides.max_operation_retries
         if overrides.operation_retry_interval is not None:
-            settings["retry_backoff_factor"] = overrides.operation_retry_interval
+            policy["backoff_factor"] = overrides.operation_retry_interval
         if overrides.read_timeout is not None:
             settings["read_timeout"] = overrides.read_timeout
-    settings.update(enable_telemetry=False, show_progress=sys.stderr.isatty())
-    return settings
+    return {"retry_policy": retry_policy(**policy), **settings,
+            "enable_telemetry": False, "show_progress": sys.stderr.isatty()}
 
 
 def ml_client_from_workspace_file(path: str | Path, *, registry_name: str | None = None) -> "MLClient":
@@ -132,12 +99,13 @@ def ml_client_from_workspace_file(path: str | Path, *, registry_name: str | None
     quiet_sdk()
     data = read_workspace_file(path)
     if is_emulator_file(data):
+        from slmforge.backends.aml_retry import retry_policy
         from slmforge.emulator import client as emulator_client
 
         _remember_endpoint(data.get("endpoint"))
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         probe(data.get("endpoint"), hint=f"is the emulator running? (`slmforge emulator status --dir {folder}`)")
-        return emulator_client.ml_client(Path(path), registry_name=registry_name, **retry_settings())
+        return emulator_client.ml_client(Path(path), registry_name=registry_name, retry_policy=retry_policy())
     return _ml_client(data["subscription_id"], data["resource_group"], data["workspace_name"],
                       registry_name=registry_name)
 
@@ -172,65 +140,56 @@ def resolve_ml_client(workspace_file: str | Path | None, recipe_client: "AzureML
     return ml_client_from_workspace_file(default, registry_name=registry_name)
 
 
-def is_transient(error: BaseException) -> bool:
-    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
-
-    if isinstance(error, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError)):
-        return True
-    if isinstance(error, HttpResponseError):
-        return getattr(error, "status_code", None) in TRANSIENT_STATUS
-    return False
-
-
-def with_retries(call: Callable[[], T], what: str, *, patience: float | None = None, first_delay: float = 1.0) -> T:
-    """Run `call`, riding through transient faults with exponential backoff for up to `patience`
-    seconds (default: the retry budget); anything else is raised. A connection that still fails at
-    the end is re-raised as is, for `service_errors` to name the endpoint."""
-    patience = retry_seconds() if patience is None else patience
-    deadline = time.monotonic() + patience
-    delay, attempt = first_delay, 0
-    while True:
-        attempt += 1
-        try:
-            return call()
-        except Exception as e:  # noqa: BLE001 - classified just below
-            if not is_transient(e):
-                raise
-            if time.monotonic() + delay > deadline:
-                if connection_failure(e) is not None:
-                    raise
-                raise StepFailed(f"{what}: still failing after {attempt} attempts: {one_line(e)}") from None
-            time.sleep(delay)
-            delay = min(delay * 2, 30.0)
-
-
 def connection_failure(error: BaseException | None) -> BaseException | None:
     """The connection-level failure inside an SDK error (the SDK wraps some in validation errors)."""
     from azure.core.exceptions import ServiceRequestError, ServiceResponseError
 
+    return _find(error, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError))
+
+
+def _find(error: BaseException | None, types: tuple[type, ...]) -> BaseException | None:
+    """The outermost error of `types` in the cause/context chain of `error`."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, (ServiceRequestError, ServiceResponseError, ConnectionError, TimeoutError)):
+        if isinstance(error, types):
             return error
         error = error.__cause__ or error.__context__
     return None
 
 
 def unreachable(error: BaseException) -> StepFailed:
-    """One line naming the endpoint that could not be reached and for how long we tried."""
-    found = _HOST_PORT.search(str(error))
-    endpoint = f"https://{found.group(1)}:{found.group(2)}" if found else (_endpoint or "the Azure ML service")
-    from azure.core.exceptions import ServiceRequestTimeoutError, ServiceResponseTimeoutError
+    """One line naming the endpoint that could not be reached and how long we really tried."""
+    from slmforge.backends.aml_retry import RETRY_SECONDS_ENV, RetriesSpent, retry_seconds
 
-    budget = f"{retry_seconds():g} s of retries; {RETRY_SECONDS_ENV} sets how long"
-    if isinstance(error, (ServiceRequestTimeoutError, ServiceResponseTimeoutError)):  # the budget ran out
-        return StepFailed(f"cannot reach the Azure ML workspace at {endpoint}: no usable answer in {budget}")
-    return StepFailed(f"cannot reach the Azure ML workspace at {endpoint}: {one_line(error)} (gave up after {budget})")
+    endpoint = _endpoint or "the Azure ML service"
+    where = f"cannot reach the Azure ML workspace at {endpoint}"
+    if not isinstance(error, RetriesSpent):
+        return StepFailed(f"{where}: {one_line(error)}")
+    tried = (f"{error.elapsed:.1f} s and {error.attempts} attempt{'s' if error.attempts != 1 else ''}"
+             f" of a {retry_seconds():g} s retry budget; {RETRY_SECONDS_ENV} sets how long")
+    if error.timed_out:
+        return StepFailed(f"{where}: no usable answer in {tried}")
+    return StepFailed(f"{where}: {one_line(error.cause)} (gave up after {tried})")
+
+
+def retry_refused(error: BaseException) -> StepFailed:
+    """A Retry-After longer than the budget has left: we stopped rather than sleep through it."""
+    from slmforge.backends.aml_retry import RETRY_SECONDS_ENV, retry_seconds
+
+    return StepFailed(f"the Azure ML workspace at {_endpoint or 'the Azure ML service'} answered "
+                      f"{error.status_code} and asked to retry after {error.retry_after:g} s, more than the "
+                      f"{error.left:.1f} s left of the {retry_seconds():g} s retry budget; gave up after "
+                      f"{error.elapsed:.1f} s ({RETRY_SECONDS_ENV} sets the budget)")
 
 
 def as_step_failed(error: BaseException, what: str) -> StepFailed:
-    """An SDK error as one line: the unreachable endpoint, else `what: <first line of the error>`."""
+    """An SDK error as one line: the unreachable endpoint, a refused Retry-After, else `what: <first line>`."""
+    from slmforge.backends.aml_retry import RetryAfterBeyondBudget
+
+    refused = _find(error, (RetryAfterBeyondBudget,))
+    if refused is not None:
+        return retry_refused(refused)
     failure = connection_failure(error)
     return unreachable(failure) if failure is not None else StepFailed(f"{what}: {one_line(error)}")
 
@@ -245,11 +204,8 @@ def service_errors() -> Iterator[None]:
     except Exception as e:  # noqa: BLE001 - connection failures and service answers are translated
         from azure.core.exceptions import HttpResponseError
 
-        failure = connection_failure(e)
-        if failure is not None:
-            raise unreachable(failure) from None
-        if isinstance(e, HttpResponseError):
-            raise StepFailed(f"the workspace answered {e.status_code}: {one_line(e)}") from None
+        if isinstance(e, HttpResponseError) or connection_failure(e) is not None:
+            raise as_step_failed(e, f"the workspace answered {getattr(e, 'status_code', None)}") from None
         raise
 
 

@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"try: slmforge submit RECIPE --workspace {info['workspace_file']} --wait")
         return 0
     if args.action == "stop":
-        print("stopped" if control.stop(folder) else f"no emulator running for {folder.resolve()}")
+        print(control.stop(folder) or f"no emulator running for {folder.resolve()}")
         return 0
     if args.action == "status":
         info = control.status(folder)

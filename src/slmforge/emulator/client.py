@@ -12,17 +12,21 @@ import base64
 import json
 import os
 import socket
+import ssl
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from slmforge.emulator import workspace_file
+from slmforge.errors import InvalidInput
 
 _patch_lock = threading.Lock()
 _patched = False
 _trusted: dict[str, str] = {}  # certificate path -> PEM
+HANDSHAKE_TIMEOUT_S = 3.0
 
 
 def _b64(data: dict) -> str:
@@ -75,9 +79,33 @@ def resolve_localhost_names() -> None:
 def prepare(workspace: str | Path) -> dict[str, Any]:
     """Read the workspace file and set up this process to reach it; return the file's contents."""
     info = workspace_file.read(workspace)
+    check_ca_bundle(info, workspace)
     trust(Path(info["ca_bundle"]))
     resolve_localhost_names()
     return info
+
+
+def check_ca_bundle(info: dict[str, Any], workspace: str | Path) -> None:
+    """One TLS handshake with the emulator trusting only the file's ca_bundle, so that a wrong bundle is
+    named at once (through the SDK, a failed handshake is retried like a dropped connection, then
+    reported as no usable answer)."""
+    bundle = Path(str(info.get("ca_bundle") or ""))
+    where = f"{workspace}: ca_bundle {bundle}"
+    if not bundle.is_file():
+        raise InvalidInput(f"{where}: no such file (the emulator's certificate is DIR/tls/cert.pem)")
+    try:
+        context = ssl.create_default_context(cafile=str(bundle))
+    except ssl.SSLError as e:
+        raise InvalidInput(f"{where}: not a PEM certificate ({e.reason or e})") from None
+    url = urlsplit(info.get("endpoint") or "")
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=HANDSHAKE_TIMEOUT_S) as sock:
+            context.wrap_socket(sock, server_hostname=url.hostname).close()
+    except ssl.SSLCertVerificationError as e:
+        raise InvalidInput(f"{where}: the emulator at {info['endpoint']} presents a certificate this bundle does not "
+                           f"verify ({e.verify_message}); is it that emulator's tls/cert.pem?") from None
+    except OSError:
+        return  # not reachable, or not TLS: the caller's own calls report that
 
 
 def trust(cert: Path) -> None:

@@ -14,9 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from slmforge.emulator import azurite
+from slmforge.emulator import azurite, pidfile
 from slmforge.emulator.context import Config
-from slmforge.emulator.daemon import PID_FILE
+from slmforge.emulator.pidfile import PID_FILE
 from slmforge.emulator.workspace_file import FILE_NAME
 from slmforge.errors import InvalidInput, SlmforgeError
 
@@ -46,12 +46,8 @@ def free_port() -> int:
 
 
 def running_pid(folder: Path) -> int | None:
-    try:
-        pid = int((folder / PID_FILE).read_text().split()[0])
-        os.kill(pid, 0)
-    except (FileNotFoundError, ValueError, IndexError, ProcessLookupError, PermissionError):
-        return None
-    return pid
+    """The pid of the daemon serving `folder` (it holds its pid file's lock); a stale pid file is removed."""
+    return pidfile.inspect(folder).pid
 
 
 def admin(folder: Path, method: str, path: str, body: dict | None = None, timeout: float = 2.0) -> Any:
@@ -109,28 +105,33 @@ def start(folder: Path, *, port: int | None = None, faults: dict | None = None,
     raise SlmforgeError(f"the emulator did not answer within {START_TIMEOUT_S}s; see {folder}/logs/")
 
 
-def stop(folder: Path, timeout: float = 15.0) -> bool:
-    """Stop the emulator serving `folder`; False when none was running."""
+def stop(folder: Path, timeout: float = 15.0) -> str | None:
+    """Stop the emulator serving `folder`: the line to print, or None when none was running."""
     folder = folder.resolve()
-    pid = running_pid(folder)
+    found = pidfile.inspect(folder)
+    if found.stale_pid is not None:
+        named = f"pid {found.stale_pid}" if found.stale_pid > 0 else "no readable pid"
+        return (f"no emulator running for {folder}: removed its stale {PID_FILE} ({named}; no emulator holds"
+                " the file, so nothing was signalled)")
+    pid = found.pid
     if pid is None:
-        return False
+        return None
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child (tests): reap it
-                return True
+                return "stopped"
         except ChildProcessError:
             pass
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return True
+            return "stopped"
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     (folder / PID_FILE).unlink(missing_ok=True)
-    return True
+    return f"stopped (killed: it did not stop within {timeout:g} s of SIGTERM)"
 
 
 def status(folder: Path) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -17,8 +16,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-PID_FILE = "emulator.pid"
 
 
 def _die_with_parent() -> None:
@@ -43,7 +40,7 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    from slmforge.emulator import azurite, tls, workspace_file
+    from slmforge.emulator import azurite, pidfile, tls, workspace_file
     from slmforge.emulator.context import Config, Emulator
     from slmforge.emulator.executor import Executor
     from slmforge.emulator.server import make_server, serve_in_thread
@@ -72,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server = None
     executor = None
+    pid_handle = None
     try:
         wait_for_port(config.azurite_port, 20, blob)
         emu.blob.get_container_client(azurite.DATASTORE_CONTAINER).exists() or \
@@ -81,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         server = make_server(emu, cert, key, config.port)
         serve_in_thread(server)
         workspace_file.write(emu)
-        (folder / PID_FILE).write_text(f"{os.getpid()}\n")
+        pid_handle = pidfile.claim(folder)
         executor.resume()
         logging.info("emulator ready on %s (Azurite on %d)", emu.base_url, config.azurite_port)
         stop.wait()
@@ -98,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             blob.kill()
         emu.store.close()
-        (folder / PID_FILE).unlink(missing_ok=True)
+        if pid_handle is not None:
+            pidfile.release(folder, pid_handle)
     return 0
 
 

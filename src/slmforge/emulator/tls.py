@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import secrets
 from pathlib import Path
 
 HOST_NAMES = ("localhost", "*.localhost", "*.blob.core.localhost", "*.vault.core.localhost")
@@ -23,7 +24,9 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "slmforge emulator")])
+    # A name of its own per certificate: OpenSSL picks a trusted CA by subject, so two emulators'
+    # certificates with one name in one CA bundle (a process talking to both) would not verify.
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"slmforge emulator {secrets.token_hex(4)}")])
     now = dt.datetime.now(dt.timezone.utc)
     sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] + [x509.DNSName(n) for n in HOST_NAMES]
     cert = (
