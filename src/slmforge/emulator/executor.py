@@ -158,12 +158,8 @@ class Executor:
         run_id = jobstate.child_run_id(job, node)
         component = self._component(spec["componentId"])
         comp_spec = component["properties"]["componentSpec"]
-        jobstate.put_node(emu, job, node, status="Queued", compute=_compute_name(spec, props))
         ndir = workdir / "data" / node
         values: dict[str, Any] = {}
-        for input_name, decl in (comp_spec.get("inputs") or {}).items():
-            values[f"inputs.{input_name}"] = self._input_value(
-                job, spec, props, input_name, decl, ndir / "inputs" / input_name, local_outputs)
         out_uris: dict[str, str] = {}
         for out_name, decl in (comp_spec.get("outputs") or {}).items():
             local = ndir / "outputs" / out_name
@@ -175,7 +171,11 @@ class Executor:
         if done.get("status") == "Completed":  # finished before a restart: reuse its uploaded outputs
             for out_name, path in out_uris.items():
                 fetch(emu, emu.datastore_uri(path), ndir / "outputs" / out_name, is_file=False)
-            return
+            return  # and keep its stored state (status, times, outputs) as it was
+        jobstate.put_node(emu, job, node, status="Queued", compute=_compute_name(spec, props))
+        for input_name, decl in (comp_spec.get("inputs") or {}).items():
+            values[f"inputs.{input_name}"] = self._input_value(
+                job, spec, props, input_name, decl, ndir / "inputs" / input_name, local_outputs)
         code = code_snapshot(emu, comp_spec["code"]) if comp_spec.get("code") else ndir
         argv = render_command(" ".join(str(comp_spec["command"]).split()), values)
         if argv and Path(argv[0]).name in ("python", "python3"):
@@ -186,9 +186,12 @@ class Executor:
         jobstate.put_node(emu, job, node, status="Running", startTimeUtc=now_iso())
         try:
             with open(log_path, "wb") as log_file:
-                proc = subprocess.Popen(argv, cwd=str(code), env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-                with self._lock:
+                with self._lock:  # shutdown() reads _current under this lock: no step starts unseen
+                    if self._stopping:
+                        raise Canceled()
+                    proc = subprocess.Popen(argv, cwd=str(code), env=env, stdout=log_file,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
                     self._current = (job, proc)
                 while True:  # the log goes up every few seconds, so `jobs.stream` can follow it
                     try:
