@@ -242,5 +242,22 @@ def test_non_aml_host_is_invalid_input(tmp_path, capsys):
         raw["engine"]["host"] = raw["engine"]["target"] = "here"
 
     assert cli(["compile", str(edited(tmp_path, LORA_AML, edit)), "-o", str(tmp_path / "out")]) == 2
-    assert "not an AzureML system" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "system 'here' is not an AzureML system; give --compute to run it on Azure ML" in err
     assert not (tmp_path / "out" / "pipeline.yml").exists()
+
+
+def _local_host(raw):
+    raw["systems"] = {"here": {"type": "LocalSystem", "accelerators": ["gpu"]}}
+    raw["engine"]["host"] = raw["engine"]["target"] = "here"
+
+
+def test_local_host_with_compute_compiles_on_that_compute_with_project_environments(tmp_path):
+    _, job = compile_to(edited(tmp_path, LORA_AML, _local_host), tmp_path / "out", "--compute", "my-cluster")
+    body = rest_body(job)
+    assert body["settings"]["default_compute"] == "my-cluster"
+    images = {n: node["componentId"]["environment"]["image"] for n, node in body["jobs"].items()}
+    project = {kind: yaml.safe_load((REPO / "environments" / f"{kind}.yml").read_text())["image"]
+               for kind in ("cpu", "gpu")}
+    assert images.pop("finetune") == project["gpu"]  # the local system's accelerators still choose
+    assert set(images.values()) == {project["cpu"]}

@@ -173,3 +173,24 @@ def test_retry_budget_must_be_a_positive_number(emulator, monkeypatch, capsys):
     monkeypatch.setenv("SLMFORGE_RETRY_SECONDS", "soon")
     assert cli(["status", "some_job", "--workspace", str(emulator[1])]) == 2
     assert "SLMFORGE_RETRY_SECONDS='soon': give a number of seconds greater than 0" in capsys.readouterr().err
+
+
+def test_local_recipe_submits_with_workspace_and_compute_flags(emulator, ml_client, capsys, tmp_path):
+    """A LocalSystem host is no refusal when the flags say where to run: --compute, slmforge's environments."""
+    import yaml
+
+    raw = json.loads(COOKBOOK_AML.read_text())
+    raw["systems"] = {"here": {"type": "LocalSystem", "accelerators": ["cpu"]}}
+    raw["engine"]["host"] = raw["engine"]["target"] = "here"
+    recipe = tmp_path / "local.json"
+    recipe.write_text(json.dumps(raw))
+    assert cli(["submit", str(recipe), "--workspace", str(emulator[1]), "--compute", "cpu-cluster", "--detach"]) == 0
+    name = re.search(r"^submitted (\S+)$", capsys.readouterr().out, re.M).group(1)
+    job = ml_client.jobs.get(name)
+    assert job.settings.default_compute.rsplit("/", 1)[-1] == "cpu-cluster"
+    cpu_image = yaml.safe_load((REPO / "environments" / "cpu.yml").read_text())["image"]
+    for node in job.jobs.values():
+        component = ml_client.components.get(*node.component.split(":"))  # azureml_anonymous:<version>
+        env = ml_client.environments.get(*component.environment.rsplit("/environments/", 1)[1].split("/versions/"))
+        assert env.image == cpu_image
+    ml_client.jobs.begin_cancel(name).result()  # free the emulator's executor for the next test

@@ -57,14 +57,19 @@ def quiet_sdk() -> None:
     logging.getLogger("azure.ai.ml.operations._job_operations").setLevel(logging.WARNING)
 
 
-def aml_system(loaded: "LoadedRecipe") -> AzureMLSystem:
+def aml_system(loaded: "LoadedRecipe", compute: str | None = None) -> AzureMLSystem:
+    """The recipe's AzureML host system; for a local recipe given `compute`, one on that compute
+    with the host's accelerators and no environment of its own (slmforge's environments/ apply)."""
     system = host_system(loaded)
-    if system is None:
-        host = loaded.recipe.engine.host
-        raise InvalidInput(f"{loaded.path}: engine.host: "
-                           + (f"system '{host}' is not an AzureML system" if host else "not set")
-                           + "; compile and submit need an AzureML host system")
-    return system
+    if system is not None:
+        return system
+    host = loaded.recipe.engine.host
+    if compute:
+        local = loaded.recipe.systems.get(host) if host else None
+        return AzureMLSystem(type="AzureML", aml_compute=compute, accelerators=getattr(local, "accelerators", None))
+    raise InvalidInput(f"{loaded.path}: engine.host: "
+                       + (f"system '{host}' is not an AzureML system" if host else "not set")
+                       + "; give --compute to run it on Azure ML, or make the host an AzureML system")
 
 
 def model_version(graph: StepGraph, version: str | None = None) -> str:
@@ -80,7 +85,7 @@ def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | 
 
     from slmforge.backends.aml_env import node_environments
 
-    system = aml_system(loaded)
+    system = aml_system(loaded, compute)
     graph = build_graph(loaded)
     steps = [s for s in graph.steps if s.component not in LOCAL_ONLY_STEPS]
     components = _load_components({s.component for s in steps},
