@@ -199,7 +199,8 @@ def test_docker_build_context_resolves_against_the_recipe(tmp_path):
 
     data, _ = compile_to(edited(tmp_path, LORA_AML, edit), tmp_path / "out")
     env = data["jobs"]["finetune"]["component"]["environment"]
-    assert Path(env["build"]["path"]) == tmp_path / "docker"
+    assert env["build"]["path"] == "docker"  # a copy beside pipeline.yml, so the folder can move
+    assert (tmp_path / "out" / "docker" / "Dockerfile").read_text() == (tmp_path / "docker" / "Dockerfile").read_text()
 
 
 def test_local_data_and_model_become_uploaded_inputs(tmp_path):
@@ -261,3 +262,25 @@ def test_local_host_with_compute_compiles_on_that_compute_with_project_environme
                for kind in ("cpu", "gpu")}
     assert images.pop("finetune") == project["gpu"]  # the local system's accelerators still choose
     assert set(images.values()) == {project["cpu"]}
+
+
+def test_compiled_folder_is_self_contained_and_can_be_moved(tmp_path):
+    import shutil
+
+    from azure.ai.ml import load_job
+
+    compile_to(COOKBOOK_AML, tmp_path / "out")
+    moved = tmp_path / "elsewhere" / "pipeline-folder"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "out", moved)
+    text = (moved / "pipeline.yml").read_text()
+    assert str(REPO) not in text and str(tmp_path / "out") not in text
+    job = load_job(moved / "pipeline.yml")
+    for name, node in job.jobs.items():
+        code = (Path(node.component.base_path) / node.component.code).resolve()  # as the SDK resolves it
+        assert code.is_relative_to(moved.resolve()), (name, code)
+        module = node.component.command.split()[2]  # python -m slmforge.steps.<step>
+        assert (code / (module.replace(".", "/") + ".py")).is_file(), (name, module)
+    snapshot = {p.relative_to(moved / "code").as_posix() for p in (moved / "code").rglob("*") if p.is_file()}
+    assert ".amlignore" in snapshot and "slmforge/cli.py" in snapshot
+    assert not any("__pycache__" in p or p.endswith(".pyc") for p in snapshot)  # src/.amlignore honoured

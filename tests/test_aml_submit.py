@@ -194,3 +194,22 @@ def test_local_recipe_submits_with_workspace_and_compute_flags(emulator, ml_clie
         env = ml_client.environments.get(*component.environment.rsplit("/environments/", 1)[1].split("/versions/"))
         assert env.image == cpu_image
     ml_client.jobs.begin_cancel(name).result()  # free the emulator's executor for the next test
+
+
+def test_moved_compiled_folder_submits_and_its_code_is_the_uploaded_snapshot(emulator, ml_client, capsys, tmp_path):
+    """`compile -o`, move the folder, submit it as `az ml job create -f` does (load_job + create_or_update):
+    the code snapshot holds exactly what a direct submission uploads, so nothing is uploaded again."""
+    import shutil
+
+    from azure.ai.ml import load_job
+
+    submit_detached(str(emulator[1]), capsys)  # the code from src/ is in the workspace now
+    assert cli(["compile", str(COOKBOOK_AML), "-o", str(tmp_path / "out")]) == 0
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "out", moved)
+    before = counters(emulator[0]).get("start_pending_upload", 0)
+    job = ml_client.jobs.create_or_update(load_job(moved / "pipeline.yml"))
+    assert set(ml_client.jobs.get(job.name).jobs) == {"load_data", "finetune", "merge", "evaluate_merged",
+                                                      "build_onnx", "evaluate_onnx"}
+    uploads = counters(emulator[0]).get("start_pending_upload", 0) - before
+    assert uploads == 0  # the snapshot (and spec.json) were found by content hash: same files as src/

@@ -33,6 +33,7 @@ METRICS_OUTPUT = "metrics"  # the last evaluation's metrics folder, read when re
 LOCAL_ONLY_STEPS = {"register"}
 KEYVAULT_ENV = "SLMFORGE_KEYVAULT"  # the vault *name*; never the secret
 PIPELINE_FILE = "pipeline.yml"
+CODE_DIR, BUILD_DIR = "code", "docker"  # snapshots beside pipeline.yml (compile -o)
 
 
 @dataclass
@@ -136,6 +137,7 @@ def write_pipeline(compiled: CompiledPipeline, out_dir: Path) -> Path:
 
     out_dir = out_dir.resolve()
     data = compiled.job._to_dict()
+    _snapshot_folders(data, out_dir)
     _fix_local_paths(data, out_dir)
     path = out_dir / PIPELINE_FILE
     header = ("# Compiled by slmforge from its recipe; submit with `slmforge submit` or `az ml job create -f`.\n"
@@ -200,6 +202,45 @@ def _configure_node(node: Any, step: Step, system: AzureMLSystem, loaded: "Loade
 def _node_safe(name: str) -> str:
     """Azure ML job/experiment names: letters, digits, '_' and '-'."""
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+
+
+def _snapshot_folders(data: dict[str, Any], out_dir: Path) -> None:
+    """Copy each component's code folder (and Docker build context) into out_dir and point the YAML
+    at the copy, relative to pipeline.yml: the compiled folder is self-contained and can be moved."""
+    refs: list[tuple[dict[str, Any], str, str]] = []  # (dict, key, snapshot folder name prefix)
+    for node in data.get("jobs", {}).values():
+        component = node.get("component")
+        if not isinstance(component, dict):
+            continue
+        if isinstance(component.get("code"), str):
+            refs.append((component, "code", CODE_DIR))
+        build = (component.get("environment") or {}).get("build") if isinstance(component.get("environment"), dict) else None
+        if isinstance(build, dict) and isinstance(build.get("path"), str):
+            refs.append((build, "path", BUILD_DIR))
+    copies: dict[str, str] = {}
+    for holder, key, prefix in refs:
+        source = holder[key]
+        if source not in copies and Path(source).is_dir():
+            copies[source] = prefix if prefix not in copies.values() else f"{prefix}-{len(copies) + 1}"
+            _copy_uploaded_files(Path(source), out_dir / copies[source])
+        if source in copies:
+            holder[key] = copies[source]
+
+
+def _copy_uploaded_files(source: Path, target: Path) -> None:
+    """Copy what the SDK would upload from `source` (its own .amlignore/.gitignore rules) to `target`."""
+    import shutil
+
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for absolute, relative in get_upload_files_from_folder(source, ignore_file=get_ignore_file(source)):
+        (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(absolute, tmp / relative)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 def _fix_local_paths(node: Any, out_dir: Path) -> None:

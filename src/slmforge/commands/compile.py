@@ -1,6 +1,8 @@
 """`slmforge compile RECIPE -o DIR`: write DIR/pipeline.yml, the Azure ML pipeline job of the recipe.
 
-DIR also gets the small generated files the pipeline uploads (e.g. spec.json). The YAML loads
+DIR also gets the small generated files the pipeline uploads (e.g. spec.json) and a snapshot of the
+steps' code (code/, the files the SDK would upload from src/), referenced relatively: the folder
+can be moved, then submitted from anywhere. Local data and model inputs stay absolute paths. The YAML loads
 with `azure.ai.ml.load_job` and is accepted by `az ml job create -f DIR/pipeline.yml`.
 """
 
