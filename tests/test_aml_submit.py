@@ -213,3 +213,44 @@ def test_moved_compiled_folder_submits_and_its_code_is_the_uploaded_snapshot(emu
                                                       "build_onnx", "evaluate_onnx"}
     uploads = counters(emulator[0]).get("start_pending_upload", 0) - before
     assert uploads == 0  # the snapshot (and spec.json) were found by content hash: same files as src/
+
+
+def _failure_reason(ml_client, name: str) -> str:
+    deadline = time.monotonic() + 60
+    while (job := ml_client.jobs.get(name)).status not in ("Completed", "Failed", "Canceled"):
+        assert time.monotonic() < deadline, f"job {name} still {job.status}"
+        time.sleep(0.3)
+    return job.properties.get("azureml.failureReason", "")
+
+
+def test_step_in_an_environment_without_slmforge_requirements_fails_naming_them(emulator, ml_client, capsys,
+                                                                                tmp_path, monkeypatch):
+    from azure.ai.ml.entities import Environment
+
+    monkeypatch.setenv("SLMFORGE_POLL_SECONDS", "0.5")
+    ml_client.environments.create_or_update(Environment(
+        name="bare-python", version="1", image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04",
+        conda_file={"name": "bare", "dependencies": ["python=3.11", "pip", {"pip": ["numpy==2.4.6"]}]}))
+    raw = json.loads(COOKBOOK_AML.read_text())
+    del raw["systems"]["aml"]["config"]["aml_docker_config"]
+    raw["systems"]["aml"]["config"]["aml_environment_config"] = {"name": "bare-python", "version": "1"}
+    recipe = tmp_path / "bare.json"
+    recipe.write_text(json.dumps(raw))
+    assert cli(["submit", str(recipe), "--workspace", str(emulator[1]), "--wait"]) == 1
+    captured = capsys.readouterr()
+    name = re.search(r"^submitted (\S+)$", captured.out, re.M).group(1)
+    assert f"job {name} failed at step load_data" in captured.err
+    reason = _failure_reason(ml_client, name)
+    assert "environment bare-python:1 lacks slmforge's runtime requirements" in reason, reason
+    assert "torch, transformers" in reason and "numpy" not in reason.split("declare")[1]
+    assert cli(["logs", name, "--step", "load_data", "--workspace", str(emulator[1])]) == 0
+    assert "node 'load_data' not started: environment bare-python:1 lacks" in capsys.readouterr().out
+
+
+def test_recipe_conda_file_merged_at_compile_passes_the_environment_check(emulator, ml_client, capsys):
+    """tests/recipes/conda.yaml declares only `slmforge`; compiled, it carries the requirements: load_data
+    gets past the environment and fails on what it really lacks offline (its datastore file)."""
+    name = submit_detached(str(emulator[1]), capsys)
+    reason = _failure_reason(ml_client, name)
+    assert reason == ("input 'azureml://datastores/workspaceblobstore/paths/"
+                      "data/train_data.json': nothing stored there"), reason

@@ -1,7 +1,8 @@
 """Runs submitted pipeline jobs in the background, one node at a time in dependency order.
 
 Each node: its component's code snapshot from Azurite, inputs fetched to local paths, the command
-rendered with backends.render and run with this Python (cwd and PYTHONPATH = the snapshot), the log
+rendered with backends.render and run with this Python (cwd and PYTHONPATH = the snapshot) once a
+slmforge step's environment is found to declare what the step imports (emulator.environments), the log
 kept per node, outputs uploaded to azureml/<child run>/<output>/ in the datastore.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from slmforge.emulator import azurite, jobstate
 from slmforge.emulator.context import Emulator, now_iso
+from slmforge.emulator.environments import environment_problem
 from slmforge.emulator.materialize import code_snapshot, fetch, upload_output
 from slmforge.errors import SlmforgeError
 
@@ -152,7 +154,7 @@ class Executor:
     # --- one node ---------------------------------------------------------------------------------
     def _run_node(self, job: str, node: str, spec: dict, props: dict, workdir: Path,
                   local_outputs: dict[tuple[str, str], Path], done: dict) -> None:
-        from slmforge.backends.render import render_command
+        from slmforge.backends.render import render_command, step_module
 
         emu = self.emu
         run_id = jobstate.child_run_id(job, node)
@@ -173,6 +175,15 @@ class Executor:
                 fetch(emu, emu.datastore_uri(path), ndir / "outputs" / out_name, is_file=False)
             return  # and keep its stored state (status, times, outputs) as it was
         jobstate.put_node(emu, job, node, status="Queued", compute=_compute_name(spec, props))
+        log_path = workdir / "logs" / f"{node}.txt"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A workspace builds the image first: a slmforge step whose environment lacks its requirements fails here.
+        if step_module(str(comp_spec["command"]).split()) and \
+                (problem := environment_problem(emu, comp_spec.get("environment"))):
+            log_path.write_text(f"slmforge emulator: node '{node}' not started: {problem}\n")
+            self._upload_log(run_id, log_path)
+            jobstate.put_node(emu, job, node, startTimeUtc=now_iso())  # so its log is listed, like a build log
+            raise SlmforgeError(f"node '{node}': {problem}")
         for input_name, decl in (comp_spec.get("inputs") or {}).items():
             values[f"inputs.{input_name}"] = self._input_value(
                 job, spec, props, input_name, decl, ndir / "inputs" / input_name, local_outputs)
@@ -181,8 +192,6 @@ class Executor:
         if argv and Path(argv[0]).name in ("python", "python3"):
             argv[0] = sys.executable
         env = self._environment(job, spec, comp_spec, code, run_id)
-        log_path = workdir / "logs" / f"{node}.txt"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         jobstate.put_node(emu, job, node, status="Running", startTimeUtc=now_iso())
         try:
             with open(log_path, "wb") as log_file:
