@@ -214,7 +214,8 @@ def _snapshot_folders(data: dict[str, Any], out_dir: Path) -> None:
             continue
         if isinstance(component.get("code"), str):
             refs.append((component, "code", CODE_DIR))
-        build = (component.get("environment") or {}).get("build") if isinstance(component.get("environment"), dict) else None
+        environment = component.get("environment")
+        build = environment.get("build") if isinstance(environment, dict) else None
         if isinstance(build, dict) and isinstance(build.get("path"), str):
             refs.append((build, "path", BUILD_DIR))
     copies: dict[str, str] = {}
