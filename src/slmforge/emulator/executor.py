@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +120,9 @@ class Executor:
         nodes = props.get("jobs") or {}
         order = node_order(nodes)
         for node in order:
-            if (jobstate.put_node(emu, name, node))["status"] != "Completed":
-                jobstate.put_node(emu, name, node, status="NotStarted", error=None)
+            if (state := jobstate.put_node(emu, name, node))["status"] != "Completed":
+                _stop_leftover(state)
+                jobstate.put_node(emu, name, node, status="NotStarted", error=None, pid=None)
         jobstate.update_job(emu, name, status="Running")
         workdir = emu.dir / "runs" / name
         local_outputs: dict[tuple[str, str], Path] = {}
@@ -202,6 +204,7 @@ class Executor:
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                             start_new_session=True)
                     self._current = (job, proc)
+                jobstate.put_node(emu, job, node, pid=proc.pid)  # a killed emulator's next start stops it
                 while True:  # the log goes up every few seconds, so `jobs.stream` can follow it
                     try:
                         rc = proc.wait(timeout=LOG_UPLOAD_S)
@@ -315,6 +318,29 @@ def _literal(value: Any, kind: str | None) -> Any:
 def _compute_name(spec: dict, props: dict) -> str | None:
     compute = spec.get("computeId") or (props.get("settings") or {}).get("default_compute")
     return compute.rsplit("/", 1)[-1] if compute else None
+
+
+def _stop_leftover(node: dict) -> None:
+    """Kill the step a killed emulator left running (its process group, found by the pid and run id
+    it stored), so a rerun never shares its output folder with an orphan of the previous run."""
+    pid = node.get("pid")
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if pid else []
+    except OSError:  # gone already (or not ours to read)
+        return
+    if f"AZUREML_RUN_ID={node['runId']}".encode() not in environ:
+        return  # the pid was reused by something else
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    for _ in range(100):
+        try:  # gone, or a zombie its new parent has yet to reap
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
 
 
 def _kill(proc: subprocess.Popen) -> None:
