@@ -199,7 +199,8 @@ def test_docker_build_context_resolves_against_the_recipe(tmp_path):
 
     data, _ = compile_to(edited(tmp_path, LORA_AML, edit), tmp_path / "out")
     env = data["jobs"]["finetune"]["component"]["environment"]
-    assert Path(env["build"]["path"]) == tmp_path / "docker"
+    assert env["build"]["path"] == "docker"  # a copy beside pipeline.yml, so the folder can move
+    assert (tmp_path / "out" / "docker" / "Dockerfile").read_text() == (tmp_path / "docker" / "Dockerfile").read_text()
 
 
 def test_local_data_and_model_become_uploaded_inputs(tmp_path):
@@ -242,5 +243,94 @@ def test_non_aml_host_is_invalid_input(tmp_path, capsys):
         raw["engine"]["host"] = raw["engine"]["target"] = "here"
 
     assert cli(["compile", str(edited(tmp_path, LORA_AML, edit)), "-o", str(tmp_path / "out")]) == 2
-    assert "not an AzureML system" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "system 'here' is not an AzureML system; give --compute to run it on Azure ML" in err
     assert not (tmp_path / "out" / "pipeline.yml").exists()
+
+
+def _local_host(raw):
+    raw["systems"] = {"here": {"type": "LocalSystem", "accelerators": ["gpu"]}}
+    raw["engine"]["host"] = raw["engine"]["target"] = "here"
+
+
+def test_local_host_with_compute_compiles_on_that_compute_with_project_environments(tmp_path):
+    _, job = compile_to(edited(tmp_path, LORA_AML, _local_host), tmp_path / "out", "--compute", "my-cluster")
+    body = rest_body(job)
+    assert body["settings"]["default_compute"] == "my-cluster"
+    images = {n: node["componentId"]["environment"]["image"] for n, node in body["jobs"].items()}
+    project = {kind: yaml.safe_load((REPO / "environments" / f"{kind}.yml").read_text())["image"]
+               for kind in ("cpu", "gpu")}
+    assert images.pop("finetune") == project["gpu"]  # the local system's accelerators still choose
+    assert set(images.values()) == {project["cpu"]}
+
+
+def test_compiled_folder_is_self_contained_and_can_be_moved(tmp_path):
+    import shutil
+
+    from azure.ai.ml import load_job
+
+    compile_to(COOKBOOK_AML, tmp_path / "out")
+    moved = tmp_path / "elsewhere" / "pipeline-folder"
+    moved.parent.mkdir()
+    shutil.move(tmp_path / "out", moved)
+    text = (moved / "pipeline.yml").read_text()
+    assert str(REPO) not in text and str(tmp_path / "out") not in text
+    job = load_job(moved / "pipeline.yml")
+    for name, node in job.jobs.items():
+        code = (Path(node.component.base_path) / node.component.code).resolve()  # as the SDK resolves it
+        assert code.is_relative_to(moved.resolve()), (name, code)
+        module = node.component.command.split()[2]  # python -m slmforge.steps.<step>
+        assert (code / (module.replace(".", "/") + ".py")).is_file(), (name, module)
+    snapshot = {p.relative_to(moved / "code").as_posix() for p in (moved / "code").rglob("*") if p.is_file()}
+    assert ".amlignore" in snapshot and "slmforge/cli.py" in snapshot
+    assert not any("__pycache__" in p or p.endswith(".pyc") for p in snapshot)  # src/.amlignore honoured
+
+
+def _with_conda(tmp_path: Path, conda: dict) -> Path:
+    """The Cookbook's AzureML recipe with its own conda file (conda.yaml beside the recipe copy)."""
+    (tmp_path / "conda.yaml").write_text(yaml.safe_dump(conda))
+    return edited(tmp_path, COOKBOOK_AML, lambda raw: None)
+
+
+def _pip(env: dict) -> list[str]:
+    return next(d["pip"] for d in env["conda_file"]["dependencies"] if isinstance(d, dict))
+
+
+def test_user_conda_file_gets_slmforge_requirements_and_keeps_its_own_packages(tmp_path):
+    from slmforge.runtime_env import conda_spec, missing_requirements
+
+    conda = {"name": "mine", "channels": ["conda-forge"],
+             "dependencies": ["python=3.11", "pip", {"pip": ["scikit-learn==1.5.2", "torch>=2.0", "slmforge"]}]}
+    _, job = compile_to(_with_conda(tmp_path, conda), tmp_path / "out")
+    env = rest_body(job)["jobs"]["finetune"]["componentId"]["environment"]
+    pip = _pip(env)
+    assert env["conda_file"]["name"] == "mine" and env["conda_file"]["channels"] == ["conda-forge"]
+    assert pip[:3] == ["scikit-learn==1.5.2", "torch==2.13.0", "slmforge"]  # the user's, torch pinned to ours
+    gpu_pins = next(d["pip"] for d in conda_spec("gpu")["dependencies"] if isinstance(d, dict))
+    assert set(gpu_pins) <= set(pip)  # accelerators: gpu -> the GPU builds (onnxruntime-gpu, ...)
+    assert missing_requirements(env["conda_file"]) == []
+    assert missing_requirements(conda) != []  # what the emulator would have refused
+
+
+@pytest.mark.parametrize("dependency, message", [
+    ({"pip": ["torch==2.0.1"]}, "'torch==2.0.1' conflicts with slmforge's torch==2.13.0"),
+    ({"pip": ["onnxruntime-gpu<1.20"]}, "'onnxruntime-gpu<1.20' conflicts with slmforge's onnxruntime-gpu==1.32.0"),
+    ("python=3.8", "'python=3.8' conflicts with slmforge's python=3.11"),
+])
+def test_conflicting_pin_in_user_conda_file_is_one_line_error(tmp_path, capsys, dependency, message):
+    recipe = _with_conda(tmp_path, {"name": "mine", "dependencies": ["pip", dependency]})
+    assert cli(["compile", str(recipe), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "systems.aml.aml_docker_config.conda_file_path: conda.yaml: " + message in err[0]
+    assert not (tmp_path / "out" / "pipeline.yml").exists()
+
+
+@pytest.mark.parametrize("text, message", [("dependencies: [python=3.11\n", "conda.yaml is not valid YAML"),
+                                           ("- python=3.11\n", "conda.yaml is not a conda environment file")])
+def test_unreadable_user_conda_file_is_one_line_error(tmp_path, capsys, text, message):
+    recipe = _with_conda(tmp_path, {})
+    (tmp_path / "conda.yaml").write_text(text)
+    assert cli(["compile", str(recipe), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

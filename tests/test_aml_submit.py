@@ -255,3 +255,84 @@ def test_wrong_ca_bundle_is_one_certificate_line(emulator, tmp_path, capsys, mon
     assert len(err) == 1, err
     assert err[0].startswith(f"slmforge: error: {ws}: ca_bundle {ca}: "), err[0]
     assert re.search(expected, err[0]), err[0]
+
+
+def test_local_recipe_submits_with_workspace_and_compute_flags(emulator, ml_client, capsys, tmp_path):
+    """A LocalSystem host is no refusal when the flags say where to run: --compute, slmforge's environments."""
+    import yaml
+
+    raw = json.loads(COOKBOOK_AML.read_text())
+    raw["systems"] = {"here": {"type": "LocalSystem", "accelerators": ["cpu"]}}
+    raw["engine"]["host"] = raw["engine"]["target"] = "here"
+    recipe = tmp_path / "local.json"
+    recipe.write_text(json.dumps(raw))
+    assert cli(["submit", str(recipe), "--workspace", str(emulator[1]), "--compute", "cpu-cluster", "--detach"]) == 0
+    name = re.search(r"^submitted (\S+)$", capsys.readouterr().out, re.M).group(1)
+    job = ml_client.jobs.get(name)
+    assert job.settings.default_compute.rsplit("/", 1)[-1] == "cpu-cluster"
+    cpu_image = yaml.safe_load((REPO / "environments" / "cpu.yml").read_text())["image"]
+    for node in job.jobs.values():
+        component = ml_client.components.get(*node.component.split(":"))  # azureml_anonymous:<version>
+        env = ml_client.environments.get(*component.environment.rsplit("/environments/", 1)[1].split("/versions/"))
+        assert env.image == cpu_image
+    ml_client.jobs.begin_cancel(name).result()  # free the emulator's executor for the next test
+
+
+def test_moved_compiled_folder_submits_and_its_code_is_the_uploaded_snapshot(emulator, ml_client, capsys, tmp_path):
+    """`compile -o`, move the folder, submit it as `az ml job create -f` does (load_job + create_or_update):
+    the code snapshot holds exactly what a direct submission uploads, so nothing is uploaded again."""
+    import shutil
+
+    from azure.ai.ml import load_job
+
+    submit_detached(str(emulator[1]), capsys)  # the code from src/ is in the workspace now
+    assert cli(["compile", str(COOKBOOK_AML), "-o", str(tmp_path / "out")]) == 0
+    moved = tmp_path / "moved"
+    shutil.move(tmp_path / "out", moved)
+    before = counters(emulator[0]).get("start_pending_upload", 0)
+    job = ml_client.jobs.create_or_update(load_job(moved / "pipeline.yml"))
+    assert set(ml_client.jobs.get(job.name).jobs) == {"load_data", "finetune", "merge", "evaluate_merged",
+                                                      "build_onnx", "evaluate_onnx"}
+    uploads = counters(emulator[0]).get("start_pending_upload", 0) - before
+    assert uploads == 0  # the snapshot (and spec.json) were found by content hash: same files as src/
+
+
+def _failure_reason(ml_client, name: str) -> str:
+    deadline = time.monotonic() + 60
+    while (job := ml_client.jobs.get(name)).status not in ("Completed", "Failed", "Canceled"):
+        assert time.monotonic() < deadline, f"job {name} still {job.status}"
+        time.sleep(0.3)
+    return job.properties.get("azureml.failureReason", "")
+
+
+def test_step_in_an_environment_without_slmforge_requirements_fails_naming_them(emulator, ml_client, capsys,
+                                                                                tmp_path, monkeypatch):
+    from azure.ai.ml.entities import Environment
+
+    monkeypatch.setenv("SLMFORGE_POLL_SECONDS", "0.5")
+    ml_client.environments.create_or_update(Environment(
+        name="bare-python", version="1", image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04",
+        conda_file={"name": "bare", "dependencies": ["python=3.11", "pip", {"pip": ["numpy==2.4.6"]}]}))
+    raw = json.loads(COOKBOOK_AML.read_text())
+    del raw["systems"]["aml"]["config"]["aml_docker_config"]
+    raw["systems"]["aml"]["config"]["aml_environment_config"] = {"name": "bare-python", "version": "1"}
+    recipe = tmp_path / "bare.json"
+    recipe.write_text(json.dumps(raw))
+    assert cli(["submit", str(recipe), "--workspace", str(emulator[1]), "--wait"]) == 1
+    captured = capsys.readouterr()
+    name = re.search(r"^submitted (\S+)$", captured.out, re.M).group(1)
+    assert f"job {name} failed at step load_data" in captured.err
+    reason = _failure_reason(ml_client, name)
+    assert "environment bare-python:1 lacks slmforge's runtime requirements" in reason, reason
+    assert "torch, transformers" in reason and "numpy" not in reason.split("declare")[1]
+    assert cli(["logs", name, "--step", "load_data", "--workspace", str(emulator[1])]) == 0
+    assert "node 'load_data' not started: environment bare-python:1 lacks" in capsys.readouterr().out
+
+
+def test_recipe_conda_file_merged_at_compile_passes_the_environment_check(emulator, ml_client, capsys):
+    """tests/recipes/conda.yaml declares only `slmforge`; compiled, it carries the requirements: load_data
+    gets past the environment and fails on what it really lacks offline (its datastore file)."""
+    name = submit_detached(str(emulator[1]), capsys)
+    reason = _failure_reason(ml_client, name)
+    assert reason == ("input 'azureml://datastores/workspaceblobstore/paths/"
+                      "data/train_data.json': nothing stored there"), reason

@@ -347,3 +347,70 @@ def test_restart_keeps_jobs_and_models(emulator):
     assert {j.name: j.status for j in after.jobs.list()} == jobs
     assert {(m.name, m.version) for m in after.models.list(name="local-model")} == models
     assert restart_s < 15  # generous: the figure itself is reported, not asserted tight
+
+
+def test_restart_mid_job_keeps_finished_nodes_and_reruns_the_interrupted_one(emulator, tmp_path):
+    """Stop while node b runs: after the start, a is still Completed (not rerun), b runs again to the end."""
+    from slmforge.emulator.client import ml_client
+
+    folder, ws_file = emulator
+    code, runs = tmp_path / "code", tmp_path / "runs.txt"
+    code.mkdir()
+    (code / "step.py").write_text(
+        "import pathlib, sys, time\n"
+        "name, seconds, out = sys.argv[1], float(sys.argv[2]), pathlib.Path(sys.argv[3])\n"
+        f"with open({str(runs)!r}, 'a') as f: f.write(name + '\\n')\n"
+        "time.sleep(seconds)\n"
+        "out.mkdir(parents=True, exist_ok=True); (out / 'result.txt').write_text(name)\n")
+    first = _component(code, "python step.py a 0 ${{outputs.out}} ${{inputs.msg}}")
+    second = _component(code, "python step.py b 4 ${{outputs.out}} ${{inputs.msg}} ${{inputs.prev}}",
+                        inputs={"msg": "string", "prev": "uri_folder"})
+    ml = ml_client(ws_file)
+    job = ml.jobs.create_or_update(_pipeline(first, second))
+    deadline = time.monotonic() + 60
+    while "b" not in (runs.read_text().split() if runs.is_file() else []):
+        assert time.monotonic() < deadline, "node b never started"
+        time.sleep(0.2)
+    assert control.stop(folder)
+    control.start(folder)
+    ml = ml_client(ws_file)
+    assert _wait(ml, job.name).status == "Completed"
+    children = {c.display_name: c.status for c in ml.jobs.list(parent_job_name=job.name)}
+    assert children == {"a": "Completed", "b": "Completed"}
+    assert runs.read_text().split() == ["a", "b", "b"]  # a ran once; the interrupted b ran again
+
+
+def test_killed_emulator_stops_the_orphaned_step_before_rerunning_it(emulator, tmp_path):
+    """SIGKILL the emulator while a step runs: its process survives (own session). The next start kills
+    it before running the node again, so exactly one run of the step finishes and the job completes."""
+    import os
+    import signal
+
+    from slmforge.emulator.client import ml_client
+
+    folder, ws_file = emulator
+    code, runs = tmp_path / "code", tmp_path / "runs.txt"
+    code.mkdir()
+    (code / "step.py").write_text(
+        "import pathlib, sys, time\n"
+        f"log = lambda text: open({str(runs)!r}, 'a').write(text + '\\n')\n"
+        "log('start'); time.sleep(6)\n"
+        "out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True); (out / 'r.txt').write_text('x')\n"
+        "log('end')\n")
+    ml = ml_client(ws_file)
+    job = ml.jobs.create_or_update(_pipeline(_component(code, "python step.py ${{outputs.out}} ${{inputs.msg}}")))
+    deadline = time.monotonic() + 60
+    while not runs.is_file():
+        assert time.monotonic() < deadline, "the step never started"
+        time.sleep(0.2)
+    pid = int((folder / "emulator.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    try:
+        os.waitpid(pid, 0)  # the session fixture started it: reap it, so its pid is gone
+    except ChildProcessError:
+        pass
+    control.start(folder)
+    ml = ml_client(ws_file)
+    assert _wait(ml, job.name).status == "Completed"
+    time.sleep(1)  # an orphan that outlived the restart would have ended by now (it started first)
+    assert runs.read_text().split() == ["start", "start", "end"]

@@ -33,6 +33,7 @@ METRICS_OUTPUT = "metrics"  # the last evaluation's metrics folder, read when re
 LOCAL_ONLY_STEPS = {"register"}
 KEYVAULT_ENV = "SLMFORGE_KEYVAULT"  # the vault *name*; never the secret
 PIPELINE_FILE = "pipeline.yml"
+CODE_DIR, BUILD_DIR = "code", "docker"  # snapshots beside pipeline.yml (compile -o)
 
 
 @dataclass
@@ -57,14 +58,19 @@ def quiet_sdk() -> None:
     logging.getLogger("azure.ai.ml.operations._job_operations").setLevel(logging.WARNING)
 
 
-def aml_system(loaded: "LoadedRecipe") -> AzureMLSystem:
+def aml_system(loaded: "LoadedRecipe", compute: str | None = None) -> AzureMLSystem:
+    """The recipe's AzureML host system; for a local recipe given `compute`, one on that compute
+    with the host's accelerators and no environment of its own (slmforge's environments/ apply)."""
     system = host_system(loaded)
-    if system is None:
-        host = loaded.recipe.engine.host
-        raise InvalidInput(f"{loaded.path}: engine.host: "
-                           + (f"system '{host}' is not an AzureML system" if host else "not set")
-                           + "; compile and submit need an AzureML host system")
-    return system
+    if system is not None:
+        return system
+    host = loaded.recipe.engine.host
+    if compute:
+        local = loaded.recipe.systems.get(host) if host else None
+        return AzureMLSystem(type="AzureML", aml_compute=compute, accelerators=getattr(local, "accelerators", None))
+    raise InvalidInput(f"{loaded.path}: engine.host: "
+                       + (f"system '{host}' is not an AzureML system" if host else "not set")
+                       + "; give --compute to run it on Azure ML, or make the host an AzureML system")
 
 
 def model_version(graph: StepGraph, version: str | None = None) -> str:
@@ -80,7 +86,7 @@ def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | 
 
     from slmforge.backends.aml_env import node_environments
 
-    system = aml_system(loaded)
+    system = aml_system(loaded, compute)
     graph = build_graph(loaded)
     steps = [s for s in graph.steps if s.component not in LOCAL_ONLY_STEPS]
     components = _load_components({s.component for s in steps},
@@ -131,6 +137,7 @@ def write_pipeline(compiled: CompiledPipeline, out_dir: Path) -> Path:
 
     out_dir = out_dir.resolve()
     data = compiled.job._to_dict()
+    _snapshot_folders(data, out_dir)
     _fix_local_paths(data, out_dir)
     path = out_dir / PIPELINE_FILE
     header = ("# Compiled by slmforge from its recipe; submit with `slmforge submit` or `az ml job create -f`.\n"
@@ -195,6 +202,46 @@ def _configure_node(node: Any, step: Step, system: AzureMLSystem, loaded: "Loade
 def _node_safe(name: str) -> str:
     """Azure ML job/experiment names: letters, digits, '_' and '-'."""
     return "".join(c if c.isalnum() or c in "_-" else "_" for c in name)
+
+
+def _snapshot_folders(data: dict[str, Any], out_dir: Path) -> None:
+    """Copy each component's code folder (and Docker build context) into out_dir and point the YAML
+    at the copy, relative to pipeline.yml: the compiled folder is self-contained and can be moved."""
+    refs: list[tuple[dict[str, Any], str, str]] = []  # (dict, key, snapshot folder name prefix)
+    for node in data.get("jobs", {}).values():
+        component = node.get("component")
+        if not isinstance(component, dict):
+            continue
+        if isinstance(component.get("code"), str):
+            refs.append((component, "code", CODE_DIR))
+        environment = component.get("environment")
+        build = environment.get("build") if isinstance(environment, dict) else None
+        if isinstance(build, dict) and isinstance(build.get("path"), str):
+            refs.append((build, "path", BUILD_DIR))
+    copies: dict[str, str] = {}
+    for holder, key, prefix in refs:
+        source = holder[key]
+        if source not in copies and Path(source).is_dir():
+            copies[source] = prefix if prefix not in copies.values() else f"{prefix}-{len(copies) + 1}"
+            _copy_uploaded_files(Path(source), out_dir / copies[source])
+        if source in copies:
+            holder[key] = copies[source]
+
+
+def _copy_uploaded_files(source: Path, target: Path) -> None:
+    """Copy what the SDK would upload from `source` (its own .amlignore/.gitignore rules) to `target`."""
+    import shutil
+
+    from azure.ai.ml._utils._asset_utils import get_ignore_file, get_upload_files_from_folder
+
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for absolute, relative in get_upload_files_from_folder(source, ignore_file=get_ignore_file(source)):
+        (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(absolute, tmp / relative)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 def _fix_local_paths(node: Any, out_dir: Path) -> None:

@@ -2,7 +2,8 @@
 
 Order of precedence: the recipe's `aml_environment_config` (a registered environment, by version
 or label), else its `aml_docker_config` (a base image with a conda file, or a Docker build
-context; paths relative to the recipe), else the project's own `environments/` definitions (the
+context; paths relative to the recipe; a conda file gets slmforge's requirements merged in, see
+slmforge.runtime_env), else the project's own `environments/` definitions (the
 GPU one for fine-tuning when the host system's accelerators say gpu). Project environments are
 used anonymously (content-hashed), so nothing has to be registered first and a rerun with the
 same definition reuses the environment the service already built.
@@ -10,12 +11,12 @@ same definition reuses the environment the service already built.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
 from slmforge.errors import InvalidInput
 from slmforge.recipe.checks import resolve_path
 from slmforge.recipe.schema import Accelerator, AzureMLSystem
+from slmforge.runtime_env import environments_dir, merge_requirements, read_conda_file
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import Environment
@@ -23,12 +24,6 @@ if TYPE_CHECKING:
     from slmforge.recipe.loader import LoadedRecipe
 
 EnvironmentChoice = Union[str, "Environment"]  # "azureml:name:version" / "azureml:name@label" or an object
-
-
-def environments_dir() -> Path:
-    from slmforge.backends.render import components_dir
-
-    return components_dir().parent / "environments"
 
 
 def wants_gpu(system: AzureMLSystem) -> bool:
@@ -61,13 +56,16 @@ def docker_environment(loaded: "LoadedRecipe", system: AzureMLSystem) -> "Enviro
         if not (context / dockerfile).is_file():
             raise InvalidInput(f"{where}.build_context_path: no {dockerfile} in {context}")
         return Environment(build=BuildContext(path=str(context), dockerfile_path=dockerfile))
-    conda_file = None
-    if cfg.conda_file_path is not None:
-        conda_file = resolve_path(loaded, cfg.conda_file_path)
-        if not conda_file.is_file():
-            raise InvalidInput(f"{where}.conda_file_path: conda file '{cfg.conda_file_path}' not found "
-                               f"(looked at {conda_file})")
-    return Environment(image=cfg.base_image, conda_file=str(conda_file) if conda_file else None)
+    if cfg.conda_file_path is None:
+        return Environment(image=cfg.base_image)
+    conda_file = resolve_path(loaded, cfg.conda_file_path)
+    if not conda_file.is_file():
+        raise InvalidInput(f"{where}.conda_file_path: conda file '{cfg.conda_file_path}' not found "
+                           f"(looked at {conda_file})")
+    # The steps import slmforge's requirements: add them to the user's own packages.
+    conda = merge_requirements(read_conda_file(conda_file, f"{where}.conda_file_path"),
+                               "gpu" if wants_gpu(system) else "cpu", f"{where}.conda_file_path: {conda_file.name}")
+    return Environment(image=cfg.base_image, conda_file=conda)
 
 
 def project_environment(kind: str) -> "Environment":

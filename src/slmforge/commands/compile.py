@@ -1,6 +1,8 @@
 """`slmforge compile RECIPE -o DIR`: write DIR/pipeline.yml, the Azure ML pipeline job of the recipe.
 
-DIR also gets the small generated files the pipeline uploads (e.g. spec.json). The YAML loads
+DIR also gets the small generated files the pipeline uploads (e.g. spec.json) and a snapshot of the
+steps' code (code/, the files the SDK would upload from src/), referenced relatively: the folder
+can be moved, then submitted from anywhere. Local data and model inputs stay absolute paths. The YAML loads
 with `azure.ai.ml.load_job` and is accepted by `az ml job create -f DIR/pipeline.yml`.
 """
 
@@ -11,9 +13,10 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe file whose engine.host is an AzureML system")
+    parser.add_argument("recipe", help="recipe file whose engine.host is an AzureML system (any host with --compute)")
     parser.add_argument("-o", "--output", required=True, help="folder for pipeline.yml and the files it references")
-    parser.add_argument("--compute", help="default compute (instead of the system's aml_compute)")
+    parser.add_argument("--compute", help="default compute (instead of the system's aml_compute; "
+                                          "required for a recipe whose host is not an AzureML system)")
     parser.add_argument("--experiment", help="experiment name (default: the model name)")
     parser.add_argument("--version", help="version of the final model (default: from the recipe digest)")
 

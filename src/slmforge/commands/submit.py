@@ -10,11 +10,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe file whose engine.host is an AzureML system")
+    parser.add_argument("recipe", help="recipe file whose engine.host is an AzureML system (any host with --compute)")
     parser.add_argument("--workspace", metavar="CONFIG",
                         help="Azure ML config.json or the emulator's workspace file "
                              "(default: the recipe's azureml_client, else ./config.json)")
-    parser.add_argument("--compute", help="default compute (instead of the system's aml_compute)")
+    parser.add_argument("--compute", help="default compute (instead of the system's aml_compute; "
+                                          "required for a recipe whose host is not an AzureML system)")
     parser.add_argument("--experiment", help="experiment name (default: the model name)")
     parser.add_argument("--version", help="version of the final model (default: from the recipe digest)")
     mode = parser.add_mutually_exclusive_group()

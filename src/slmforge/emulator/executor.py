@@ -1,7 +1,8 @@
 """Runs submitted pipeline jobs in the background, one node at a time in dependency order.
 
 Each node: its component's code snapshot from Azurite, inputs fetched to local paths, the command
-rendered with backends.render and run with this Python (cwd and PYTHONPATH = the snapshot), the log
+rendered with backends.render and run with this Python (cwd and PYTHONPATH = the snapshot) once a
+slmforge step's environment is found to declare what the step imports (emulator.environments), the log
 kept per node, outputs uploaded to azureml/<child run>/<output>/ in the datastore.
 """
 
@@ -16,11 +17,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from slmforge.emulator import azurite, jobstate
 from slmforge.emulator.context import Emulator, now_iso
+from slmforge.emulator.environments import environment_problem
 from slmforge.emulator.materialize import code_snapshot, fetch, upload_output
 from slmforge.errors import SlmforgeError
 
@@ -117,8 +120,9 @@ class Executor:
         nodes = props.get("jobs") or {}
         order = node_order(nodes)
         for node in order:
-            if (jobstate.put_node(emu, name, node))["status"] != "Completed":
-                jobstate.put_node(emu, name, node, status="NotStarted", error=None)
+            if (state := jobstate.put_node(emu, name, node))["status"] != "Completed":
+                _stop_leftover(state)
+                jobstate.put_node(emu, name, node, status="NotStarted", error=None, pid=None)
         jobstate.update_job(emu, name, status="Running")
         workdir = emu.dir / "runs" / name
         local_outputs: dict[tuple[str, str], Path] = {}
@@ -152,18 +156,14 @@ class Executor:
     # --- one node ---------------------------------------------------------------------------------
     def _run_node(self, job: str, node: str, spec: dict, props: dict, workdir: Path,
                   local_outputs: dict[tuple[str, str], Path], done: dict) -> None:
-        from slmforge.backends.render import render_command
+        from slmforge.backends.render import render_command, step_module
 
         emu = self.emu
         run_id = jobstate.child_run_id(job, node)
         component = self._component(spec["componentId"])
         comp_spec = component["properties"]["componentSpec"]
-        jobstate.put_node(emu, job, node, status="Queued", compute=_compute_name(spec, props))
         ndir = workdir / "data" / node
         values: dict[str, Any] = {}
-        for input_name, decl in (comp_spec.get("inputs") or {}).items():
-            values[f"inputs.{input_name}"] = self._input_value(
-                job, spec, props, input_name, decl, ndir / "inputs" / input_name, local_outputs)
         out_uris: dict[str, str] = {}
         for out_name, decl in (comp_spec.get("outputs") or {}).items():
             local = ndir / "outputs" / out_name
@@ -175,21 +175,36 @@ class Executor:
         if done.get("status") == "Completed":  # finished before a restart: reuse its uploaded outputs
             for out_name, path in out_uris.items():
                 fetch(emu, emu.datastore_uri(path), ndir / "outputs" / out_name, is_file=False)
-            return
+            return  # and keep its stored state (status, times, outputs) as it was
+        jobstate.put_node(emu, job, node, status="Queued", compute=_compute_name(spec, props))
+        log_path = workdir / "logs" / f"{node}.txt"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        # A workspace builds the image first: a slmforge step whose environment lacks its requirements fails here.
+        if step_module(str(comp_spec["command"]).split()) and \
+                (problem := environment_problem(emu, comp_spec.get("environment"))):
+            log_path.write_text(f"slmforge emulator: node '{node}' not started: {problem}\n")
+            self._upload_log(run_id, log_path)
+            jobstate.put_node(emu, job, node, startTimeUtc=now_iso())  # so its log is listed, like a build log
+            raise SlmforgeError(f"node '{node}': {problem}")
+        for input_name, decl in (comp_spec.get("inputs") or {}).items():
+            values[f"inputs.{input_name}"] = self._input_value(
+                job, spec, props, input_name, decl, ndir / "inputs" / input_name, local_outputs)
         code = code_snapshot(emu, comp_spec["code"]) if comp_spec.get("code") else ndir
         argv = render_command(" ".join(str(comp_spec["command"]).split()), values)
         if argv and Path(argv[0]).name in ("python", "python3"):
             argv[0] = sys.executable
         env = self._environment(job, spec, comp_spec, code, run_id)
-        log_path = workdir / "logs" / f"{node}.txt"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         jobstate.put_node(emu, job, node, status="Running", startTimeUtc=now_iso())
         try:
             with open(log_path, "wb") as log_file:
-                proc = subprocess.Popen(argv, cwd=str(code), env=env, stdout=log_file, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-                with self._lock:
+                with self._lock:  # shutdown() reads _current under this lock: no step starts unseen
+                    if self._stopping:
+                        raise Canceled()
+                    proc = subprocess.Popen(argv, cwd=str(code), env=env, stdout=log_file,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
                     self._current = (job, proc)
+                jobstate.put_node(emu, job, node, pid=proc.pid)  # a killed emulator's next start stops it
                 while True:  # the log goes up every few seconds, so `jobs.stream` can follow it
                     try:
                         rc = proc.wait(timeout=LOG_UPLOAD_S)
@@ -303,6 +318,29 @@ def _literal(value: Any, kind: str | None) -> Any:
 def _compute_name(spec: dict, props: dict) -> str | None:
     compute = spec.get("computeId") or (props.get("settings") or {}).get("default_compute")
     return compute.rsplit("/", 1)[-1] if compute else None
+
+
+def _stop_leftover(node: dict) -> None:
+    """Kill the step a killed emulator left running (its process group, found by the pid and run id
+    it stored), so a rerun never shares its output folder with an orphan of the previous run."""
+    pid = node.get("pid")
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if pid else []
+    except OSError:  # gone already (or not ours to read)
+        return
+    if f"AZUREML_RUN_ID={node['runId']}".encode() not in environ:
+        return  # the pid was reused by something else
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return
+    for _ in range(100):
+        try:  # gone, or a zombie its new parent has yet to reap
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except OSError:
+            return
+        time.sleep(0.05)
 
 
 def _kill(proc: subprocess.Popen) -> None:

@@ -50,10 +50,16 @@ def fetch(emu: Emulator, uri: str, dest: Path, *, is_file: bool) -> Path:
     """Download `uri` under `dest`; return the path a command should see (the file, or the folder)."""
     container, path = blob_location(emu, uri)
     if is_file:
+        from azure.core.exceptions import ResourceNotFoundError
+
         target = dest / Path(path.rstrip("/")).name
         dest.mkdir(parents=True, exist_ok=True)
+        try:
+            downloader = emu.blob.get_container_client(container).download_blob(path.rstrip("/"))
+        except ResourceNotFoundError:
+            raise InvalidInput(f"input '{uri}': nothing stored there") from None
         with open(target, "wb") as f:
-            emu.blob.get_container_client(container).download_blob(path.rstrip("/")).readinto(f)
+            downloader.readinto(f)
         return target
     count = azurite.download_prefix(emu.blob, container, path, dest)
     if count == 0:
