@@ -1,0 +1,64 @@
+"""The recipe's data configs in their canonical (Olive 0.7–0.13) shape.
+
+Older spellings (`params`, `params_config`, `component_kwargs`, `corpus_strategy`, `source_max_len`)
+are rewritten into this shape by `generations.py` before these models see them.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from slmforge.recipe.azure import AzureMLDatastoreFiles
+from slmforge.recipe.base import Strict, olive_choice
+
+
+class LoadDatasetConfig(Strict):
+    data_name: Literal["json", "csv", "parquet"] = Field("json", description="file format")
+    data_files: str | AzureMLDatastoreFiles = Field(description="local path or datastore file")
+    split: str = "train"
+
+
+class PreProcessConfig(Strict):
+    dataset_type: Literal["corpus"] = Field("corpus", description="the Cookbook's; Olive 0.7+ leaves it out")
+    text_template: str | None = Field(None, description="e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'")
+    text_cols: list[str] | str | None = Field(None, description="columns the template reads (default: its placeholders)")
+    strategy: Literal["join", "line-by-line"] = Field("join", description="the Cookbook: corpus_strategy")
+    max_seq_len: int = Field(1024, gt=0, description="tokens per training example (the Cookbook: source_max_len)")
+    pad_to_max_len: bool = False
+    add_special_tokens: Literal[True] = Field(True, description="the tokenizer's special tokens (e.g. <s>) are added")
+    use_attention_mask: bool = True
+    loss_on: Literal["all", "completion"] = Field(
+        "all", description="slmforge: 'completion': loss only on the text after the template's last placeholder"
+    )
+    max_samples: int | None = Field(None, gt=0, description="use only the first N rows")
+
+    _strategy = field_validator("strategy", mode="before")(
+        olive_choice(("join", "line-by-line"), ("line-by-line-random", "join-random", "join-sliding-window"),
+                     "the random and sliding-window strategies are not implemented"))
+    _special = field_validator("add_special_tokens", mode="before")(
+        olive_choice((True,), (False,), "every example starts with the tokenizer's special tokens"))
+
+    @model_validator(mode="after")
+    def _has_template(self) -> "PreProcessConfig":
+        if self.text_template is None:
+            raise ValueError("needs 'text_template' (a plain-text column without one, text_cols alone, is "
+                             "not supported by slmforge yet: training needs the answer's place in the template)")
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns read: text_cols, or (Olive 0.13 without text_cols) the template's placeholders."""
+        if self.text_cols is not None:
+            return [self.text_cols] if isinstance(self.text_cols, str) else list(self.text_cols)
+        names = [n for _, n, _, _ in string.Formatter().parse(self.text_template or "") if n is not None]
+        return list(dict.fromkeys(names))
+
+
+class DataConfig(Strict):
+    name: str = Field(min_length=1)
+    type: Literal["HuggingfaceContainer"] = "HuggingfaceContainer"
+    load_dataset_config: LoadDatasetConfig
+    pre_process_data_config: PreProcessConfig
