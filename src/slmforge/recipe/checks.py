@@ -164,7 +164,8 @@ def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
             continue
         for col in pre.columns:
             if col not in columns:
-                field = "text_cols" if pre.text_cols is not None else "text_template"
+                written = "text_cols" in loaded.canonical["data_configs"][i]["pre_process_data_config"]
+                field = "text_cols" if written else "text_template"  # without text_cols: its placeholders
                 yield (f"{data_config_path(loaded, i, field)}: column '{col}' is not in "
                        f"{path.name} (columns: {', '.join(sorted(columns))}){_hint(col, sorted(columns))}")
 

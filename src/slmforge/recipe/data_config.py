@@ -46,15 +46,21 @@ class PreProcessConfig(Strict):
         if self.text_template is None:
             raise ValueError("needs 'text_template' (a plain-text column without one, text_cols alone, is "
                              "not supported by slmforge yet: training needs the answer's place in the template)")
+        # One meaning, one value: Olive 0.13 without text_cols reads the template's placeholders.
+        if isinstance(self.text_cols, str):
+            self.text_cols = [self.text_cols]
+        elif self.text_cols is None:
+            try:
+                names = [n for _, n, _, _ in string.Formatter().parse(self.text_template) if n is not None]
+            except ValueError:
+                names = []  # checks.py reports the broken template
+            self.text_cols = list(dict.fromkeys(names))
         return self
 
     @property
     def columns(self) -> list[str]:
-        """The columns read: text_cols, or (Olive 0.13 without text_cols) the template's placeholders."""
-        if self.text_cols is not None:
-            return [self.text_cols] if isinstance(self.text_cols, str) else list(self.text_cols)
-        names = [n for _, n, _, _ in string.Formatter().parse(self.text_template or "") if n is not None]
-        return list(dict.fromkeys(names))
+        """The columns read: text_cols, or (without text_cols) the template's placeholders."""
+        return list(self.text_cols or [])
 
 
 class DataConfig(Strict):

@@ -90,8 +90,10 @@ class StepGraph:
 
 
 def recipe_digest(loaded: LoadedRecipe) -> str:
-    # Of the canonical shape: one recipe written in two Olive generations is one recipe.
-    canonical = json.dumps(loaded.canonical, sort_keys=True, separators=(",", ":")).encode()
+    # Of the validated recipe: one recipe written in two Olive generations (or with its defaults
+    # written out) is one recipe.
+    canonical = json.dumps(loaded.recipe.model_dump(mode="json", by_alias=True), sort_keys=True,
+                           separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
 
 

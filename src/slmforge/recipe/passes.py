@@ -72,8 +72,8 @@ class FinetunePass(Strict):
     r: int = Field(64, ge=1, description="LoRA rank (the Cookbook and Olive < 0.8: lora_r)")
     alpha: float = Field(16, gt=0, description="LoRA alpha (the Cookbook and Olive < 0.8: lora_alpha)")
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    torch_dtype: Literal["float32", "fp32"] | None = Field(
-        None, description="training dtype; slmforge trains in float32 (Olive's default bfloat16 is 2.5x slower on CPU)")
+    torch_dtype: Literal["float32", "fp32"] = Field(
+        "float32", description="training dtype; slmforge trains in float32 (Olive's default bfloat16 is 2.5x slower on CPU)")
     # The Cookbook writes QLoRA's quantization keys on its LoRA pass too: accepted there, used by QLoRA.
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants")
     quant_type: Literal["nf4", "fp4"] = "nf4"
