@@ -249,6 +249,11 @@ def old_spellings(cparent: Path) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def canonical_name(name: str) -> str:
+    """Today's name of a key another generation spells `name` (the name itself if none)."""
+    return next((a.new[-1] for a in ALIASES if not a.level and a.old[-1] == name), name)
+
+
 def _section_of(cpath: Path) -> tuple[tuple[str, ...] | None, Path]:
     if cpath[:1] == ("input_model",):
         return ("input_model", "PyTorchModel"), tuple(cpath[1:])

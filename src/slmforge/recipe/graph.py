@@ -91,9 +91,9 @@ class StepGraph:
 
 def recipe_digest(loaded: LoadedRecipe) -> str:
     # Of the validated recipe: one recipe written in two Olive generations (or with its defaults
-    # written out) is one recipe.
-    canonical = json.dumps(loaded.recipe.model_dump(mode="json", by_alias=True), sort_keys=True,
-                           separators=(",", ":")).encode()
+    # written out, or another description) is one recipe.
+    meaning = loaded.recipe.model_dump(mode="json", by_alias=True, exclude={"schema_", "description"})
+    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
 
 

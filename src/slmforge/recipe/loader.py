@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from slmforge.errors import InvalidInput
-from slmforge.recipe.generations import Normalised, dotted, normalise, old_spellings
+from slmforge.recipe.generations import Normalised, canonical_name, dotted, normalise, old_spellings
 from slmforge.recipe.schema import Recipe
 
 
@@ -108,7 +108,7 @@ def format_validation_errors(error: ValidationError, norm: Normalised) -> list[s
         path = list(norm.raw_path(tuple(cpath)))
         entries.append((path, err["type"], _message(err, path, cpath, norm.data)))
     # A misspelt key also makes its real name "missing": report the typo once, with its hint.
-    suggested = {(dotted(p[:-1]), m.split("did you mean '")[1].rstrip("'?"))
+    suggested = {(dotted(p[:-1]), canonical_name(m.split("did you mean '")[1].rstrip("'?")))
                  for p, kind, m in entries if kind == "extra_forbidden" and "did you mean" in m}
     lines: list[str] = []
     for path, kind, message in entries:
