@@ -77,6 +77,22 @@ def test_the_shipped_flat_demo_is_the_demo():
     assert "config" not in json.loads(flat.read_text())["passes"]["lora"]
 
 
+def test_the_readme_s_three_shapes_are_one_recipe(tmp_path, demo_data):
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Three shapes, one recipe", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```(json|yaml)\n(.*?)```", section, re.S)
+    assert [kind for kind, _ in blocks] == ["json", "yaml", "json"]
+    folder = _place(tmp_path, demo_data, names=[])
+    graphs = []
+    for i, (kind, text) in enumerate(blocks):
+        path = folder / f"shape{i}.{kind}"
+        path.write_text(text)
+        graphs.append(_graph(path))
+    assert graphs[0] == graphs[1] == graphs[2]
+
+
 ALL_RECIPES = [p.name for p in sorted(RECIPES.iterdir()) if p.suffix in (".json", ".yaml") and p.name != "conda.yaml"]
 
 
@@ -260,7 +276,7 @@ def test_olive_013_lora_and_qlora_recipes_run_to_int4_and_the_cookbook_shape_reu
     # The same recipe in the Cookbook's shape: every step is a cache hit, with the very same keys.
     cookbook = run_slmforge(folder / "cookbook-tiny-lora.json", home)
     assert cookbook.rc == 0, cookbook.stderr
-    assert set(cookbook.statuses().values()) == {"cached"}, cookbook.statuses()
+    assert set(cookbook.statuses().values()) == {"cached"}, sorted(cookbook.statuses().items())
     assert [s["cache_key"] for s in cookbook.record["steps"]] == [s["cache_key"] for s in flat.record["steps"]]
 
     qlora = run_slmforge(folder / "olive013-qlora.json", home)
