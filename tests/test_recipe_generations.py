@@ -202,6 +202,12 @@ MISTAKES = [
     ("params beside its own keys", lambda r: r["data_configs"][0]["load_dataset_config"].update(
         params={"data_files": "dataset/tones.jsonl"}),
      f"{LOAD}.params.data_files: 'data_files' and {LOAD}.data_files set the same 'data_files'"),
+    ("component_kwargs typo", lambda r: r["data_configs"][0].update(
+        component_kwargs={"pre_proces_data": r["data_configs"][0].pop("pre_process_data_config")}),
+     "data_configs[0].component_kwargs.pre_proces_data: unknown key 'pre_proces_data'; did you mean 'pre_process_data'?"),
+    ("component_kwargs post-processing", lambda r: r["data_configs"][0].update(
+        component_kwargs={"post_process_data": {}}),
+     f"data_configs[0].component_kwargs.post_process_data: 'post_process_data' {NOT_YET}"),
     ("r and lora_r", _lora(lora_r=8),
      "passes.lora.lora_r: 'lora_r' and passes.lora.r set the same 'r' (lora_r: the Cookbook and Olive < 0.8)"),
     ("lora_alpha typo", _lora(lora_alpah=8), "passes.lora.lora_alpah: unknown key 'lora_alpah'; did you mean 'lora_alpha'?"),

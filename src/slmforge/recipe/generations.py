@@ -10,6 +10,7 @@ Every alias fact lives in `ALIASES`; Olive keys slmforge does not run yet live i
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ class Alias:
     era: str  # who writes the old spelling
     level: bool = False
     yields: str | None = None  # dropped when this canonical key is also given (it names the same model)
+    holder: bool = False  # a level that only holds other levels (component_kwargs)
 
 
 ENGINE_KEYS = tuple(Engine.model_fields)
@@ -60,10 +62,11 @@ ALIASES: tuple[Alias, ...] = (
     Alias("data_config", ("pre_process_data_config", "params"), ("pre_process_data_config",), "Olive 0.6",
           level=True),
     Alias("data_config", ("params_config",), ("load_dataset_config",), "Olive < 0.6.2", level=True),
-    Alias("data_config", ("params_config", "component_kwargs"), ("component_kwargs",), "Olive < 0.6.2", level=True),
+    Alias("data_config", ("params_config", "component_kwargs"), ("component_kwargs",), "Olive < 0.6.2", level=True,
+          holder=True),
     Alias("data_config", ("params_config", "component_kwargs", "pre_process_data"), ("pre_process_data_config",),
           "Olive < 0.6.2", level=True),
-    Alias("data_config", ("component_kwargs",), ("component_kwargs",), "Olive < 0.6.2", level=True),
+    Alias("data_config", ("component_kwargs",), ("component_kwargs",), "Olive < 0.6.2", level=True, holder=True),
     Alias("data_config", ("component_kwargs", "pre_process_data"), ("pre_process_data_config",), "Olive < 0.6.2",
           level=True),
     Alias("data_config", ("pre_process_data_config", "corpus_strategy"), ("pre_process_data_config", "strategy"),
@@ -96,6 +99,8 @@ UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
     ("data_config", None, "dataloader_config"): "batching is set by training_args",
     ("data_config", None, "user_script"): "slmforge runs no user code",
     ("data_config", None, "script_dir"): "slmforge runs no user code",
+    **{("data_config", None, ("component_kwargs", k)): "only text-generation pre-processing is implemented"
+       for k in ("load_dataset", "post_process_data", "dataloader")},
     ("data_config", None, ("load_dataset_config", "trust_remote_code")): "only local files and datastores are read",
     ("data_config", None, ("load_dataset_config", "subset")): "only local files and datastores are read",
     ("data_config", None, ("pre_process_data_config", "stride")): "only for join-sliding-window, not implemented",
@@ -135,6 +140,7 @@ class Normalised:
     origin: dict[Path, Path] = field(default_factory=dict)  # canonical path -> the user's path
     inside: dict[Path, Path] = field(default_factory=dict)  # canonical node -> the level its keys were in
     problems: list[tuple[Path, str]] = field(default_factory=list)  # (the user's path, message)
+    typo_sections: set[Path] = field(default_factory=set)  # where a typo may also leave a key "missing"
 
     def raw_path(self, cpath: Path) -> Path:
         """The path the user wrote for a canonical path; a key not written belongs inside its level."""
@@ -195,16 +201,16 @@ def normalise(raw: dict[str, Any]) -> Normalised:
 
 def _section(node: dict, section: str, kind: str | None, rbase: Path, cbase: Path, out: Normalised) -> dict:
     """Place every key of one section at its canonical path; report clashes and unsupported keys."""
-    levels = {a.old: a.new for a in ALIASES if a.section == section and a.level}
+    levels = {a.old: a for a in ALIASES if a.section == section and a.level}
     renames = {a.old: a for a in ALIASES if a.section == section and not a.level}
     placed: dict[Path, tuple[Any, Path, Alias | None]] = {}
 
-    def visit(d: dict, rel: Path, target: Path) -> None:
+    def visit(d: dict, rel: Path, target: Path, holder: bool) -> None:
         for k, v in d.items():
             q = rel + (k,)
             if q in levels and isinstance(v, dict):
-                out.inside[cbase + levels[q]] = rbase + q  # a deeper level wins
-                visit(v, q, levels[q])
+                out.inside[cbase + levels[q].new] = rbase + q  # a deeper level wins
+                visit(v, q, levels[q].new, levels[q].holder)
                 continue
             dest = target + (k,)
             alias = renames.get(dest)
@@ -213,6 +219,11 @@ def _section(node: dict, section: str, kind: str | None, rbase: Path, cbase: Pat
             why = UNSUPPORTED.get((section_kind, kind, _key(dest))) or UNSUPPORTED.get((section_kind, None, _key(dest)))
             if why is not None:
                 out.problems.append((rbase + q, f"'{k}' is {NOT_SUPPORTED} ({why})"))
+                continue
+            if holder:
+                inner = [o[-1] for o in levels if o[:-1] == rel]
+                out.problems.append((rbase + q, f"unknown key '{k}'{did_you_mean(k, inner)}"))
+                out.typo_sections.add(rbase)
                 continue
             if dest in placed:
                 _, prev, prev_alias = placed[dest]
@@ -226,7 +237,7 @@ def _section(node: dict, section: str, kind: str | None, rbase: Path, cbase: Pat
             placed[dest] = (v, q, alias)
 
     section_kind = "input_model" if section == "PyTorchModel" else section
-    visit(node, (), ())
+    visit(node, (), (), False)
     canon: dict[str, Any] = {}
     for dest, (value, q, _) in placed.items():
         target = canon
@@ -247,6 +258,11 @@ def old_spellings(cparent: Path) -> list[str]:
     level_of = {a.old: a.new for a in aliases if a.level}
     names += [a.old[-1] for a in aliases if a.level and (level_of.get(a.old[:-1]) if a.old[:-1] else ()) == rel]
     return list(dict.fromkeys(names))
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else ""
 
 
 def canonical_name(name: str) -> str:

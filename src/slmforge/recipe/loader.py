@@ -5,7 +5,6 @@ Each problem reads `<recipe file>: <json.path>: <message>`, so it can be found i
 
 from __future__ import annotations
 
-import difflib
 import json
 import types
 import typing
@@ -16,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from slmforge.errors import InvalidInput
-from slmforge.recipe.generations import Normalised, canonical_name, dotted, normalise, old_spellings
+from slmforge.recipe.generations import Normalised, canonical_name, did_you_mean, dotted, normalise, old_spellings
 from slmforge.recipe.schema import Recipe
 
 
@@ -114,6 +113,8 @@ def format_validation_errors(error: ValidationError, norm: Normalised) -> list[s
     for path, kind, message in entries:
         if kind == "missing" and path and (dotted(path[:-1]), str(path[-1])) in suggested:
             continue
+        if kind == "missing" and any(tuple(path[:len(t)]) == t for t in norm.typo_sections):
+            continue  # the misspelt level the normaliser reported is where this key was
         line = f"{dotted(path) or '(top level)'}: {message}"
         if line not in lines:
             lines.append(line)
@@ -142,7 +143,7 @@ def _message(err: dict, path: list[str | int], cpath: list[str | int], data: Any
     if kind == "extra_forbidden":
         key = str(path[-1]) if path else "?"
         known = _known_keys(cpath[:-1], data) + old_spellings(tuple(cpath[:-1]))
-        return f"unknown key '{key}'{_did_you_mean(key, known)}"
+        return f"unknown key '{key}'{did_you_mean(key, known)}"
     if kind == "missing":
         return "required key is missing"
     if kind == "literal_error":
@@ -233,8 +234,3 @@ def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
         if type_field is not None and tag in typing.get_args(_strip(type_field.annotation)):
             return m
     return models[0] if len(models) == 1 else None
-
-
-def _did_you_mean(key: str, known: list[str]) -> str:
-    match = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else ""
