@@ -172,7 +172,7 @@ MISTAKES = [
     ("system config typo", lambda r: r["systems"]["local_system"]["config"].update(acelerators=["cpu"]),
      "systems.local_system.config.acelerators: unknown key 'acelerators'; did you mean 'accelerators'?"),
     ("data_files of the wrong type", _set("data_configs.0.load_dataset_config.params.data_files", 5),
-     "data_configs[0].load_dataset_config.params.data_files: Input should be a valid string or dictionary (got 5)"),
+     "data_configs[0].load_dataset_config.params.data_files: Input should be a valid string or list or dictionary (got 5)"),
     ("system without type", lambda r: r["systems"].update(gpu={"config": {}}), "systems.gpu: needs a 'type'"),
     ("negative source_max_len", _set("data_configs.0.pre_process_data_config.params.source_max_len", -1),
      f"{PRE}.source_max_len: Input should be greater than 0"),

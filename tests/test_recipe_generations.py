@@ -199,6 +199,9 @@ MISTAKES = [
                           f"{NOT_YET}"),
     ("a placeholder the data lacks (no text_cols)", _pre(text_template="{phrase} is {tones}"),
      f"{PRE}.text_template: column 'tones' is not in tones.jsonl"),
+    ("several data files", lambda r: r["data_configs"][0]["load_dataset_config"].update(
+        data_files=["dataset/tones.jsonl", "dataset/more.jsonl"]),
+     f"{LOAD}.data_files: several data files are not supported by slmforge yet (give one file)"),
     ("params beside its own keys", lambda r: r["data_configs"][0]["load_dataset_config"].update(
         params={"data_files": "dataset/tones.jsonl"}),
      f"{LOAD}.params.data_files: 'data_files' and {LOAD}.data_files set the same 'data_files'"),
@@ -225,6 +228,8 @@ MISTAKES = [
      "passes.builder.precison: unknown key 'precison'; did you mean 'precision'?"),
     ("engine key twice", lambda r: r.update(engine={"output_dir": "elsewhere"}),
      "engine.output_dir: 'output_dir' and output_dir set the same 'output_dir'"),
+    ("engine key typo at the top level", lambda r: r.update(outptu_dir=r.pop("output_dir")),
+     "outptu_dir: unknown key 'outptu_dir'; did you mean 'output_dir'?"),
     ("packaging_config", lambda r: r.update(packaging_config={"type": "Zipfile"}),
      f"packaging_config: 'packaging_config' {NOT_YET} (use the 'register' block)"),
     ("adapter_path", lambda r: r["input_model"].update(adapter_path="adapter"),

@@ -7,18 +7,29 @@ are rewritten into this shape by `generations.py` before these models see them.
 from __future__ import annotations
 
 import string
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from slmforge.recipe.azure import AzureMLDatastoreFiles
-from slmforge.recipe.base import Strict, olive_choice
+from slmforge.recipe.base import NOT_SUPPORTED, Strict, olive_choice
 
 
 class LoadDatasetConfig(Strict):
     data_name: Literal["json", "csv", "parquet"] = Field("json", description="file format")
-    data_files: str | AzureMLDatastoreFiles = Field(description="local path or datastore file")
+    data_files: str | Annotated[list[str], Field(min_length=1, max_length=1)] | AzureMLDatastoreFiles = Field(
+        description="local path or datastore file (or a list of one path, as `olive finetune` writes)")
     split: str = "train"
+
+    @field_validator("data_files", mode="before")
+    @classmethod
+    def _one_file(cls, value: Any) -> Any:
+        """Olive takes a list (`olive finetune --data_files a,b`): one file is that file."""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            return value[0]
+        if isinstance(value, list):
+            raise ValueError(f"several data files are {NOT_SUPPORTED} (give one file)")
+        return value
 
 
 class PreProcessConfig(Strict):

@@ -254,7 +254,7 @@ def old_spellings(cparent: Path) -> list[str]:
     if section is None:
         return []
     aliases = [a for a in ALIASES if a.section in section]
-    names = [a.old[-1] for a in aliases if not a.level and a.new[:-1] == rel]
+    names = [a.old[-1] for a in aliases if not a.level and a.old[:-1] == rel]
     level_of = {a.old: a.new for a in aliases if a.level}
     names += [a.old[-1] for a in aliases if a.level and (level_of.get(a.old[:-1]) if a.old[:-1] else ()) == rel]
     return list(dict.fromkeys(names))
