@@ -162,7 +162,7 @@ MISTAKES = [
      "input_model.config.hf_config.model_name: model folder 'model-cache/microsoft/phi-3-mini-128k' not found"),
     ("bad precision", _set("passes.builder.config.precision", "int3"),
      "passes.builder.config.precision: got 'int3'; expected 'int4', 'int8', 'fp16' or 'fp32'"),
-    ("merge before fine-tune", _merge_first, "passes.merge_adapter_weights: MergeAdapterWeights needs a LoRA or QLoRA pass before it"),
+    ("merge before fine-tune", _merge_first, "passes.merge_adapter_weights: MergeAdapterWeights needs a fine-tune pass (LoRA, QLoRA, DoRA, LoHa, LoKr) before it"),
     ("r beside lora_r", _set(f"{LORA}.r", 8),
      f"{LORA}.r: 'r' and {LORA}.lora_r set the same 'r' (lora_r: the Cookbook and Olive < 0.8); keep one"),
     ("missing required key", _delete(f"{LORA}.train_data_config"), f"{LORA}.train_data_config: required key is missing"),

@@ -163,6 +163,15 @@ def _lora(**kw):
     return lambda r: r["passes"]["lora"].update(kw)
 
 
+def _family(kind, **kw):
+    """The LoRA pass turned into another family member (LyCORIS ones have no lora_dropout)."""
+    def edit(r):
+        r["passes"]["lora"].update(type=kind, **kw)
+        if kind in ("LoHa", "LoKr") and "lora_dropout" not in kw:
+            r["passes"]["lora"].pop("lora_dropout")
+    return edit
+
+
 def _rename_pre(old, new):
     def edit(r):
         pre = r["data_configs"][0]["pre_process_data_config"]
@@ -189,8 +198,11 @@ MISTAKES = [
     ("an unknown strategy", _pre(strategy="lines"),
      f"{PRE}.strategy: got 'lines'; expected 'join' or 'line-by-line'"),
     ("stride", _pre(stride=16), f"{PRE}.stride: 'stride' {NOT_YET} (only for join-sliding-window, not implemented)"),
-    ("chat_template", _pre(chat_template="{{ messages }}"),
-     f"{PRE}.chat_template: 'chat_template' {NOT_YET} (chat data is not implemented yet)"),
+    ("a chat template string", lambda r: r["data_configs"][0].update(pre_process_data_config={
+        "chat_template": "{{ messages }}"}),
+     f"{PRE}.chat_template: a chat template of the recipe's own is not supported by slmforge yet; chat_template: true renders"),
+    ("chat_template beside a text template", _pre(chat_template=True),
+     f"{PRE}: chat_template renders whole conversations (the 'messages' column): give it without text_template"),
     ("random_seed", _pre(random_seed=1), f"{PRE}.random_seed: 'random_seed' {NOT_YET}"),
     ("add_special_tokens false", _pre(add_special_tokens=False), f"{PRE}.add_special_tokens: False {NOT_YET}"),
     ("text_cols without a template", lambda r: r["data_configs"][0]["pre_process_data_config"].update(
@@ -220,8 +232,17 @@ MISTAKES = [
     ("device_map", _lora(device_map="auto"), f"passes.lora.device_map: 'device_map' {NOT_YET}"),
     ("bfloat16 training", _lora(torch_dtype="bfloat16"),
      f"passes.lora.torch_dtype: 'bfloat16' {NOT_YET} (the fine-tune trains in float32; use 'float32' or 'fp32')"),
-    ("DoRA", lambda r: r["passes"]["lora"].update(type="DoRA"),
-     f"passes.lora.type: pass type 'DoRA' {NOT_YET} (LoRA-family training beyond LoRA and QLoRA comes later)"),
+    ("LoftQ", lambda r: r["passes"]["lora"].update(type="LoftQ"),
+     f"passes.lora.type: pass type 'LoftQ' {NOT_YET} (LoftQ initialisation rewrites the base model's weights"),
+    ("LoHa with lora_dropout", _family("LoHa", lora_dropout=0.1),
+     "passes.lora: LoHa has no 'lora_dropout'; use 'rank_dropout' or 'module_dropout'"),
+    ("LoKr decompose_factor 0", _family("LoKr", decompose_factor=0),
+     "passes.lora.decompose_factor: decompose_factor is -1 (automatic) or at least 1"),
+    ("LoHa rank_pattern", _family("LoHa", rank_pattern={"q": 4}),
+     f"passes.lora.rank_pattern: 'rank_pattern' {NOT_YET} (a LyCORIS option slmforge does not pass on yet)"),
+    ("LoKr straight into ModelBuilder", lambda r: _family("LoKr")(r) or r["passes"].pop("merge"),
+     "passes.builder: the ONNX builder reads LoRA adapters only; put a MergeAdapterWeights pass between the "
+     "LoKr pass 'lora' and ModelBuilder"),
     ("a builder key slmforge does not pass on", lambda r: r["passes"]["builder"].update(metadata_only=True),
      f"passes.builder.metadata_only: 'metadata_only' {NOT_YET}"),
     ("precision typo (flat pass)", lambda r: r["passes"]["builder"].update(precison="int4"),
@@ -295,3 +316,53 @@ def test_olive_013_lora_and_qlora_recipes_run_to_int4_and_the_cookbook_shape_reu
     assert qlora.statuses()["finetune"] == "ran"
     manifest = json.loads((qlora.out_dir / "model" / "slmforge.json").read_text())
     assert manifest["params"]["precision"] == "int4"
+
+
+def test_olive_013_dora_loha_and_lokr_recipes_run_to_int4(tmp_path, demo_data, tiny_model_dir):
+    """Issue 12 #2: each family member trains, merges under the merge check and builds int4 from the merge."""
+    folder = _place(tmp_path, demo_data, tiny_model_dir, names=["olive013-lora.json"])
+    home = tmp_path / "home"
+    base = json.loads((folder / "olive013-lora.json").read_text())
+    base["passes"]["lora"]["training_args"]["max_steps"] = 10
+    # Plumbing on a random model: its answers are near-ties that int4 flips, so the answer gate (proven on
+    # the real model in test_real_model.py) is opened here; the merge check still applies in full.
+    base["passes"]["builder"]["max_accuracy_drop"] = 1.0
+    for kind, extra in (("DoRA", {}), ("LoHa", {"rank_dropout": 0.0}), ("LoKr", {"decompose_both": True})):
+        recipe = json.loads(json.dumps(base))
+        _family(kind, **extra)(recipe)
+        recipe["output_dir"] = f"out-{kind}"
+        path = folder / f"{kind}.json"
+        path.write_text(json.dumps(recipe))
+        outcome = run_slmforge(path, home)
+        assert outcome.rc == 0, (kind, outcome.stderr)
+        steps = {s["name"]: s for s in outcome.record["steps"]}
+        assert steps["finetune"]["status"] == "ran" and steps["merge"]["status"] == "ran"
+        adapter = json.loads((Path(steps["finetune"]["output"]) / "adapter_config.json").read_text())
+        assert adapter["peft_type"] == {"DoRA": "LORA", "LoHa": "LOHA", "LoKr": "LOKR"}[kind]
+        assert adapter.get("use_dora", False) == (kind == "DoRA")
+        build = json.loads((outcome.out_dir / "model" / "slmforge.json").read_text())
+        assert build["params"]["precision"] == "int4"
+        assert build["inputs"].get("adapter") is None  # built from the merged model, not base + adapter
+
+
+def test_chat_rows_run_to_int4_with_chat_template_true(tmp_path, demo_data, tiny_model_dir):
+    """Issue 12 #3 in a recipe: `chat_template: true` over {"messages": [...]} rows."""
+    folder = _place(tmp_path, demo_data, tiny_model_dir, names=["olive013-lora.json"])
+    rows = [json.loads(line) for line in demo_data.read_text().splitlines() if line.strip()]
+    with (folder / "dataset" / "chat.jsonl").open("w") as f:
+        for row in rows:
+            f.write(json.dumps({"messages": [{"role": "user", "content": row["phrase"]},
+                                             {"role": "assistant", "content": row["tone"]}]}) + "\n")
+    recipe = json.loads((folder / "olive013-lora.json").read_text())
+    recipe["data_configs"][0]["load_dataset_config"]["data_files"] = "dataset/chat.jsonl"
+    recipe["data_configs"][0]["pre_process_data_config"] = {"chat_template": True, "strategy": "line-by-line",
+                                                            "max_seq_len": 96}
+    recipe["passes"]["lora"]["training_args"]["max_steps"] = 10
+    path = folder / "chat.json"
+    path.write_text(json.dumps(recipe))
+    graph = build_graph(load_recipe(path))
+    load = graph.step("load_data")
+    assert json.loads(load.inputs["spec"].value) == {"chat": True} and load.params["loss_on"] == "completion"
+    outcome = run_slmforge(path, tmp_path / "home")
+    assert outcome.rc == 0, outcome.stderr
+    assert outcome.record["evaluation"]["onnx"]["n"] == 16

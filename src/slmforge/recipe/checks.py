@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from slmforge.recipe.limits import check_limits
+from slmforge.recipe.passes import FINETUNE_PASSES
 from slmforge.recipe.schema import AzureMLSystem, FinetunePass, MergePass, ModelBuilderPass
 
 if TYPE_CHECKING:
@@ -69,6 +70,11 @@ def _check_passes(loaded: "LoadedRecipe") -> Iterator[str]:
     seen_finetune = seen_merge = seen_build = None
     for name, p in loaded.recipe.passes.items():
         where = loaded.where("passes", name)
+        if isinstance(p, ModelBuilderPass) and seen_finetune and not seen_merge:
+            finetune = loaded.recipe.passes[seen_finetune]
+            if not FINETUNE_PASSES[finetune.type].builder_reads_adapter:
+                yield (f"{where}: the ONNX builder reads LoRA adapters only; put a MergeAdapterWeights pass "
+                       f"between the {finetune.type} pass '{seen_finetune}' and ModelBuilder")
         if isinstance(p, FinetunePass):
             if seen_finetune:
                 yield f"{where}: a second fine-tune pass; '{seen_finetune}' already fine-tunes"
@@ -77,7 +83,7 @@ def _check_passes(loaded: "LoadedRecipe") -> Iterator[str]:
             seen_finetune = name
         elif isinstance(p, MergePass):
             if not seen_finetune:
-                yield f"{where}: MergeAdapterWeights needs a LoRA or QLoRA pass before it"
+                yield f"{where}: MergeAdapterWeights needs a fine-tune pass (LoRA, QLoRA, DoRA, LoHa, LoKr) before it"
             if seen_merge:
                 yield f"{where}: a second MergeAdapterWeights pass"
             if seen_build:
@@ -101,6 +107,8 @@ def _check_secrets(loaded: "LoadedRecipe") -> Iterator[str]:
 def _check_templates(loaded: "LoadedRecipe") -> Iterator[str]:
     for i, dc in enumerate(loaded.recipe.data_configs):
         pre = dc.pre_process_data_config
+        if pre.chat_template:
+            continue  # the tokenizer's template; load_data names a bad conversation by its line
         try:
             fields = template_fields(pre.text_template)
         except ValueError as e:

@@ -45,6 +45,8 @@ class PreProcessConfig(Strict):
         "all", description="slmforge: 'completion': loss only on the text after the template's last placeholder"
     )
     max_samples: int | None = Field(None, gt=0, description="use only the first N rows")
+    chat_template: bool = Field(False, description="rows are {\"messages\": [{role, content}, ...]} conversations "
+                                "rendered with the tokenizer's own chat template; the loss is on the assistant turns")
 
     _strategy = field_validator("strategy", mode="before")(
         olive_choice(("join", "line-by-line"), ("line-by-line-random", "join-random", "join-sliding-window"),
@@ -52,8 +54,23 @@ class PreProcessConfig(Strict):
     _special = field_validator("add_special_tokens", mode="before")(
         olive_choice((True,), (False,), "every example starts with the tokenizer's special tokens"))
 
+    @field_validator("chat_template", mode="before")
+    @classmethod
+    def _tokenizers_template(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(f"a chat template of the recipe's own is {NOT_SUPPORTED}; chat_template: true renders "
+                             "the rows with the tokenizer's own")
+        return value
+
     @model_validator(mode="after")
     def _has_template(self) -> "PreProcessConfig":
+        if self.chat_template:
+            if self.text_template is not None or self.text_cols is not None:
+                raise ValueError("chat_template renders whole conversations (the 'messages' column): "
+                                 "give it without text_template and text_cols")
+            if "loss_on" not in self.model_fields_set:
+                self.loss_on = "completion"  # a chat row's completion: its assistant turns
+            return self
         if self.text_template is None:
             raise ValueError("needs 'text_template' (a plain-text column without one, text_cols alone, is "
                              "not supported by slmforge yet: training needs the answer's place in the template)")
@@ -70,8 +87,15 @@ class PreProcessConfig(Strict):
 
     @property
     def columns(self) -> list[str]:
-        """The columns read: text_cols, or (without text_cols) the template's placeholders."""
-        return list(self.text_cols or [])
+        """The columns read: text_cols, or (without text_cols) the template's placeholders; chat: messages."""
+        return ["messages"] if self.chat_template else list(self.text_cols or [])
+
+    @property
+    def step_spec(self) -> dict[str, Any]:
+        """What the load_data step reads as its --spec."""
+        if self.chat_template:
+            return {"chat": True}
+        return {"text_cols": self.columns, "text_template": self.text_template}
 
 
 class DataConfig(Strict):

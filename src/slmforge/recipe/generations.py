@@ -81,7 +81,8 @@ ALIASES: tuple[Alias, ...] = (
 
 RENAMED_TYPES = {"PyTorchModel": "HfModel"}  # the Cookbook's input model type -> today's
 
-_LORA_FAMILY = ("LoRA", "QLoRA")
+_LORA_FAMILY = ("LoRA", "QLoRA", "DoRA", "LoHa", "LoKr")
+_LYCORIS_WHY = "a LyCORIS option slmforge does not pass on yet"
 _BUILDER_WHY = "a builder option slmforge does not pass on or check; extra_options reaches the builder as is"
 # (section, pass/system type or None for any, canonical key) -> why slmforge refuses it for now.
 UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
@@ -106,7 +107,6 @@ UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
     ("data_config", None, ("pre_process_data_config", "stride")): "only for join-sliding-window, not implemented",
     ("data_config", None, ("pre_process_data_config", "random_seed")): "only for the random strategies, "
                                                                      "not implemented",
-    ("data_config", None, ("pre_process_data_config", "chat_template")): "chat data is not implemented yet",
     ("data_config", None, ("pre_process_data_config", "text_formatting_func")): "slmforge runs no user code",
     ("system", None, "olive_managed_env"): "slmforge's environments come from environments/",
     ("system", None, "requirements_file"): "slmforge's environments come from environments/",
@@ -119,12 +119,16 @@ UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
         "ephemeral_gpu_offload": "slmforge places the model itself (CPU, or the one GPU)",
         "save_quant_config": "a QLoRA adapter is merged into the full-precision base",
     }.items()},
+    **{("pass", t, k): _LYCORIS_WHY for t in ("LoHa", "LoKr") for k in (
+        "use_effective_conv2d", "exclude_modules", "init_weights", "layers_to_transform", "layers_pattern",
+        "rank_pattern", "alpha_pattern")},
+    ("pass", "LoKr", "rank_dropout_scale"): _LYCORIS_WHY,
     **{("pass", "ModelBuilder", k): _BUILDER_WHY for k in (
         "metadata_only", "search", "use_qdq", "use_8bits_moe", "use_webgpu_fp32", "use_cuda_bf16",
         "include_hidden_states", "enable_cuda_graph")},
 }
 UNSUPPORTED_PASS_TYPES = {
-    **{t: "LoRA-family training beyond LoRA and QLoRA comes later" for t in ("DoRA", "LoHa", "LoKr", "LoftQ")},
+    "LoftQ": "LoftQ initialisation rewrites the base model's weights, which the merge and build do not carry yet",
     **{t: "slmforge builds ONNX with ModelBuilder only" for t in (
         "OnnxConversion", "OrtTransformersOptimization", "ExtractAdapters", "OnnxMatMul4Quantizer",
         "OnnxDynamicQuantization", "OnnxStaticQuantization", "OnnxPeepholeOptimizer", "OrtSessionParamsTuning")},

@@ -162,7 +162,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         eval_name = None
     if dc is not None:
         pre = dc.pre_process_data_config
-        spec = {"text_cols": pre.columns, "text_template": pre.text_template}
+        spec = pre.step_spec
         inputs, params = _model_inputs(source, "tokenizer")
         inputs["data"] = _data_ref(loaded, dc)
         inputs["spec"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "spec.json")
@@ -202,7 +202,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
     final: tuple[str, str] | None = None
     current_model: tuple[dict[str, Ref], dict[str, Scalar]] = (base_inputs, base_params)
     adapter: Ref | None = None  # an adapter not merged yet
-    trained_adapter: Ref | None = None
+    trained_adapter: Ref | None = None  # set only for adapters the ONNX builder reads beside the base
 
     if recipe.engine.evaluate_input_model and dc is not None:
         steps.append(_evaluate("evaluate_base", dict(base_inputs), dict(base_params), recipe))
@@ -224,7 +224,8 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             inputs = dict(base_inputs)
             inputs["dataset"] = Ref("step", "load_data", "dataset")
             steps.append(Step("finetune", "finetune", inputs, params))
-            adapter = trained_adapter = Ref("step", "finetune", "adapter")
+            adapter = Ref("step", "finetune", "adapter")
+            trained_adapter = adapter if family.builder_reads_adapter else None
             final = ("finetune", "adapter")
         elif isinstance(p, MergePass):
             assert adapter is not None  # checks.py guarantees a fine-tune pass first

@@ -14,7 +14,7 @@ from typing import Any
 from slmforge.recipe.generations import ALIASES, Alias, Path
 from slmforge.recipe.schema import Recipe
 
-_PASS_DEFS = ("LoRAPass", "QLoRAPass", "MergePass", "ModelBuilderPass")
+_PASS_DEFS = ("LoRAPass", "QLoRAPass", "DoRAPass", "LoHaPass", "LoKrPass", "MergePass", "ModelBuilderPass")
 _SECTION_DEFS = {"input_model": ("HfModel",), "data_config": ("DataConfig",),
                  "system": ("LocalSystem", "AzureMLSystem"), "pass": _PASS_DEFS}
 

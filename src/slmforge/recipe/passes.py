@@ -1,9 +1,9 @@
 """The recipe's passes in their canonical (Olive 0.7–0.13, flat) shape.
 
 The fine-tune passes form one family: `FINETUNE_PASSES` maps each Olive pass type slmforge runs
-to its model, the finetune step's `--method` and its method-specific step parameters. Adding
-DoRA, LoHa, LoKr or LoftQ is one model (its own keys) and one entry there; until then
-`generations.UNSUPPORTED_PASS_TYPES` refuses them by name.
+to its model, the finetune step's `--method` and its method-specific step parameters: LoRA, QLoRA,
+DoRA, LoHa and LoKr. Adding another (LoftQ) is one model (its own keys) and one entry there; until
+then `generations.UNSUPPORTED_PASS_TYPES` refuses it by name.
 """
 
 from __future__ import annotations
@@ -96,6 +96,42 @@ class QLoRAPass(FinetunePass):
     type: Literal["QLoRA"]
 
 
+class DoRAPass(FinetunePass):
+    """LoRA with weight decomposition (peft `use_dora`): Olive's DoRA takes LoRA's keys."""
+
+    type: Literal["DoRA"]
+
+
+class LycorisPass(FinetunePass):
+    """LoHa and LoKr (peft's LyCORIS adapters): dropout per rank component or per module, not lora_dropout."""
+
+    rank_dropout: float = Field(0.0, ge=0, lt=1, description="drop rank components while training")
+    module_dropout: float = Field(0.0, ge=0, lt=1, description="skip a whole adapted module while training")
+
+    @model_validator(mode="after")
+    def _no_lora_dropout(self) -> "LycorisPass":
+        if "lora_dropout" in self.model_fields_set:
+            raise ValueError(f"{self.type} has no 'lora_dropout'; use 'rank_dropout' or 'module_dropout'")
+        return self
+
+
+class LoHaPass(LycorisPass):
+    type: Literal["LoHa"]
+
+
+class LoKrPass(LycorisPass):
+    type: Literal["LoKr"]
+    decompose_both: bool = Field(False, description="low-rank decompose the left Kronecker factor too")
+    decompose_factor: int = Field(-1, ge=-1, description="the Kronecker factorisation's split (-1: near square)")
+
+    @field_validator("decompose_factor")
+    @classmethod
+    def _factor(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("decompose_factor is -1 (automatic) or at least 1")
+        return value
+
+
 def dtype_name(dtype: str) -> str:
     return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
 
@@ -105,12 +141,23 @@ class FinetuneMethod:
     model: type[FinetunePass]
     method: str  # the finetune step's --method
     params: Callable[[Any], dict[str, Any]]  # method-specific finetune step parameters
+    # The ONNX builder reads plain LoRA beside the base (its adapter_path); other adapters are built merged.
+    builder_reads_adapter: bool = False
+
+
+def _lycoris(p: LycorisPass) -> dict[str, Any]:
+    return {"rank_dropout": p.rank_dropout, "module_dropout": p.module_dropout}
 
 
 FINETUNE_PASSES: dict[str, FinetuneMethod] = {
-    "LoRA": FinetuneMethod(LoRAPass, "lora", lambda p: {}),
+    "LoRA": FinetuneMethod(LoRAPass, "lora", lambda p: {}, builder_reads_adapter=True),
     "QLoRA": FinetuneMethod(QLoRAPass, "qlora", lambda p: {
-        "quant_type": p.quant_type, "double_quant": p.double_quant, "compute_dtype": dtype_name(p.compute_dtype)}),
+        "quant_type": p.quant_type, "double_quant": p.double_quant, "compute_dtype": dtype_name(p.compute_dtype)},
+        builder_reads_adapter=True),
+    "DoRA": FinetuneMethod(DoRAPass, "dora", lambda p: {}),
+    "LoHa": FinetuneMethod(LoHaPass, "loha", _lycoris),
+    "LoKr": FinetuneMethod(LoKrPass, "lokr", lambda p: {
+        **_lycoris(p), "decompose_both": p.decompose_both, "decompose_factor": p.decompose_factor}),
 }
 
 
@@ -136,7 +183,8 @@ class ModelBuilderPass(Strict):
     extra_options: dict[str, str | int | float | bool] | None = None
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1, description="slmforge: the largest accuracy loss on the eval rows, against the model "
-        "the build came from, that the build may show (default per precision: int4 0.05, int8 0.02)")
+        "the build came from, that the build may show; it replaces the default gates (answer agreement with the "
+        "source and a drop of at most int4 0.05, int8 0.03, fp16 0.02)")
 
 
 Pass = Annotated[Union[tuple(m.model for m in FINETUNE_PASSES.values()) + (MergePass, ModelBuilderPass)],

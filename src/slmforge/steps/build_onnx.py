@@ -158,13 +158,16 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     if reference_answers is not None and not problems:
         gate = logit_check.ANSWER_GATES[precision]
         if max_accuracy_drop is not None:
-            gate = dataclasses.replace(gate, max_accuracy_drop=max_accuracy_drop)
+            # The user's own bound on what the build may lose replaces the agreement gates: answers
+            # that differ but are as often right are then fine. The logit checks still catch a broken graph.
+            gate = dataclasses.replace(gate, max_accuracy_drop=max_accuracy_drop, min_answer_agreement=0.0,
+                                       min_first_token_agreement=0.0)
         answers = logit_check.answer_comparison(reference_answers, _answers(og_model, eval_data))
         check["answers"] = {**answers, "gate": dataclasses.asdict(gate)}
         answer_problems = logit_check.answer_failures(answers, gate)
         if answer_problems:
-            answer_problems[-1] += (" (to ship it anyway, set max_accuracy_drop; int8 or another "
-                                    "int4_algo_config may keep more)")
+            answer_problems[-1] += (" (to ship it anyway, set max_accuracy_drop: the accuracy loss you accept "
+                                    "then replaces the agreement gates; int8 or another int4_algo_config may keep more)")
         problems += answer_problems
     if problems:
         raise StepFailed(f"the {precision} ONNX model does not match its source: " + "; ".join(problems))
