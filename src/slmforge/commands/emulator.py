@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from slmforge.commands import output_folder, port_number
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -16,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for p in (start, stop, status, faults):
         p.add_argument("--dir", type=Path, default=None,
                        help="state folder (default: $SLMFORGE_EMULATOR_DIR or .slmforge/emulator)")
-    start.add_argument("--port", type=int, default=None, help="HTTPS port on 127.0.0.1 (default: a free one)")
+    start.add_argument("--port", type=port_number, default=None, help="HTTPS port on 127.0.0.1 (default: a free one)")
     start.add_argument("--computes", default=None,
                        help="comma-separated compute names to offer (default: cpu-cluster,gpu-cluster)")
     for p in (start, faults):
@@ -31,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.emulator.faults import parse_spec
     from slmforge.errors import InvalidInput
 
-    folder = args.dir or control.default_dir()
+    folder = output_folder(args.dir or control.default_dir(), "--dir")
     fault_settings = None
     if getattr(args, "faults", None) is not None:
         try:

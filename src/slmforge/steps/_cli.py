@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable
 
-from slmforge.errors import InvalidInput, SlmforgeError
+from slmforge.errors import InvalidInput, report
 
 
 def parse_bool(text: str) -> bool:
@@ -34,11 +34,6 @@ def run_main(step: str, body: Callable[[], None]) -> int:
     """Run a step body; report a failure as one line naming the step, and return the exit code."""
     try:
         body()
-    except InvalidInput as e:
-        for line in e.problems:
-            print(f"slmforge {step}: error: {line}", file=sys.stderr)
-        return e.exit_code
-    except SlmforgeError as e:
-        print(f"slmforge {step}: error: {e}", file=sys.stderr)
-        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - errors.report translates or names it on one line
+        return report(e, prefix=f"slmforge {step}")
     return 0

@@ -16,12 +16,14 @@ MLflow 3 notes (NOTES.md): `mlflow.register_model("runs:/...")` fails after `log
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from slmforge import __version__, manifest
 from slmforge.errors import InvalidInput, StepFailed
@@ -46,15 +48,36 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def client_for(uri: str):
-    """An MlflowClient on `uri`, offline and without telemetry."""
+    """An MlflowClient on `uri`, offline, without telemetry and without MLflow's INFO lines on stderr."""
+    import logging
+
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     from mlflow import MlflowClient
 
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def registry_errors(uri: str) -> Iterator[None]:
+    """An unusable registry (unknown URI scheme, a locked, broken or half-made database) is one line naming it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except UnsupportedModelRegistryStoreURIException:
+        raise InvalidInput(f"tracking URI '{uri}': not a model registry MLflow knows (use sqlite:///PATH, "
+                           "a folder, or http(s)://HOST)") from None
+    except (SQLAlchemyError, MlflowException, sqlite3.Error) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise StepFailed(f"the model registry {uri} cannot be used: {first[:300]}") from None
 
 
 def _experiment_id(client, uri: str) -> str:
@@ -93,24 +116,25 @@ def run(model: Path, name: str, registration: Path, *, metrics: Path | None = No
     uri = tracking_uri or default_tracking_uri()
     tags = {"recipe_digest": recipe_digest, "slmforge_version": __version__, "format": format,
             "source_step": str((manifest.read_manifest(model) or {}).get("step", "")), **_metric_tags(metrics)}
-    client = client_for(uri)
-    from mlflow.exceptions import MlflowException
+    with registry_errors(uri):
+        client = client_for(uri)
+        from mlflow.exceptions import MlflowException
 
-    run_ = client.create_run(_experiment_id(client, uri), tags={"mlflow.runName": f"register-{name}", **tags})
-    try:
-        client.log_artifacts(run_.info.run_id, str(model), "model")
-    except Exception as e:
-        client.set_terminated(run_.info.run_id, "FAILED")
-        raise StepFailed(f"copying {model} into the registry's artifact store failed: {e}") from e
-    client.set_terminated(run_.info.run_id, "FINISHED")
-    try:
-        client.create_registered_model(name)
-    except MlflowException as e:
-        if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
-            raise
-    version = client.create_model_version(name, source=f"{run_.info.artifact_uri}/model", run_id=run_.info.run_id,
-                                          tags=tags)
-    client.set_registered_model_alias(name, ALIAS, version.version)
+        run_ = client.create_run(_experiment_id(client, uri), tags={"mlflow.runName": f"register-{name}", **tags})
+        try:
+            client.log_artifacts(run_.info.run_id, str(model), "model")
+        except Exception as e:
+            client.set_terminated(run_.info.run_id, "FAILED")
+            raise StepFailed(f"copying {model} into the registry's artifact store failed: {e}") from e
+        client.set_terminated(run_.info.run_id, "FINISHED")
+        try:
+            client.create_registered_model(name)
+        except MlflowException as e:
+            if "already exists" not in str(e).lower() and "RESOURCE_ALREADY_EXISTS" not in str(e):
+                raise
+        version = client.create_model_version(name, source=f"{run_.info.artifact_uri}/model", run_id=run_.info.run_id,
+                                              tags=tags)
+        client.set_registered_model_alias(name, ALIAS, version.version)
     info = {"name": name, "version": str(version.version), "alias": ALIAS, "tracking_uri": uri,
             "source": version.source, "run_id": run_.info.run_id, "tags": tags}
     with manifest.atomic_output(registration) as tmp:
@@ -129,7 +153,11 @@ def list_models(uri: str) -> list[dict[str, Any]]:
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         return []
-    client = client_for(uri)
+    with registry_errors(uri):
+        return _list_models(client_for(uri))
+
+
+def _list_models(client) -> list[dict[str, Any]]:
     out = []
     for rm in client.search_registered_models(max_results=1000):
         aliases_by_version: dict[str, list[str]] = {}
