@@ -328,3 +328,17 @@ def test_a_closed_stdout_pipe_exits_quietly_and_is_not_an_unreachable_workspace(
     lines = done.stderr.splitlines()
     assert (done.returncode, lines) == (141, []) or (
         done.returncode == 1 and len(lines) == 1 and f"job {finished_job} failed at step" in lines[0]), done.stderr
+
+
+def test_a_run_names_the_first_bad_row_of_its_data(tmp_path, tiny_model_dir):
+    """Issue 11 #17: rows 3 and 7 are broken; the run's one line names row 3, the one to fix first."""
+    env = Env(tmp=tmp_path, model=tiny_model_dir, home=tmp_path / "home")
+    rows = [dict(r) for r in ROWS]
+    rows[2]["tone"], rows[6]["tone"] = 3, 7
+    recipe = env.recipe(data=jsonl(rows).encode())
+    done = subprocess.run([*SLMFORGE, "run", str(recipe), "--plain"], capture_output=True, text=True,
+                          env=cli_env(env), timeout=300)
+    lines = done.stderr.splitlines()
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert "row 3 (line 3): column 'tone' is a number (3)" in lines[0], lines[0]
+    assert "row 7" not in lines[0] and "(and 1 more in the log)" in lines[0], lines[0]

@@ -359,6 +359,7 @@ def redirect_fds(log_file):
 
 
 _ERROR_LINE = re.compile(r"(error|exception|failed|traceback)", re.IGNORECASE)
+_STEP_ERROR_LINE = re.compile(r"^slmforge [\w.-]+: error: ")  # what steps._cli.run_main prints
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 
 
@@ -369,6 +370,9 @@ def last_error_line(log: Path) -> str | None:
     except OSError:
         return None
     lines = [ln for ln in lines[1:] if ln and not ln.startswith("##slmforge-progress")]
+    own = [ln for ln in lines if _STEP_ERROR_LINE.match(ln)]
+    if own:  # the step's own report: its first problem is the one to fix first (a data file's first bad row)
+        return own[0] + (f" (and {len(own) - 1} more in the log)" if len(own) > 1 else "")
     for line in reversed(lines):
         if _EXCEPTION_LINE.match(line) or "error:" in line.lower():
             return line
