@@ -67,8 +67,8 @@ class Case:
     names: str  # the error line must contain this (the path or the service)
     exit_code: int | None = None  # None: any non-zero code
     prefix: list[str] = field(default_factory=list)  # e.g. a wrapper that drops privileges
-    preexec: Callable[[], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    python: bool = False  # argv is for `python` itself (e.g. `-m slmforge.steps.X`), not for the CLI
 
 
 def jsonl(rows: list[dict]) -> str:
@@ -227,7 +227,7 @@ def _cases() -> dict[str, Callable[[Env], Case]]:
 
     return {
         "output_dir is a file": lambda env: run(
-            env.recipe(), names=str(file_at(env.tmp / "out")), exit_code=2),
+            env.recipe(), names=f"engine.output_dir {file_at(env.tmp / 'out')} is a file", exit_code=2),
         "output_dir read-only": out_ro,
         "cache read-only": cache_ro,
         "disk full during the final copy": disk_full,
@@ -266,6 +266,32 @@ def _cases() -> dict[str, Callable[[Env], Case]]:
         "evaluate --template with a lone brace": evaluate_template,
         "tiny-model --seed 99999999999999999999": lambda env: Case(
             ["tiny-model", str(env.tmp / "m"), "--seed", "99999999999999999999"], names="--seed", exit_code=2),
+        # issue 11 #19: names and versions follow Azure ML's asset rules, before any service call
+        "register --name 'bad name!'": lambda env: Case(
+            ["register", "job-1", "--workspace", str(ws_file(env)), "--name", "bad name!"], names="--name 'bad name!'",
+            exit_code=2),
+        "register --version ../x": lambda env: Case(
+            ["register", "job-1", "--workspace", str(ws_file(env)), "--version", "../x"], names="--version '../x'",
+            exit_code=2),
+        "compile --version ../x": lambda env: Case(
+            ["compile", str(REPO / "pipelines" / "demo-aml.json"), "-o", str(env.tmp / "c"), "--version", "../x"],
+            names="--version '../x'", exit_code=2),
+        "the register step with a bad name": lambda env: Case(
+            ["-m", "slmforge.steps.register", "--model", str(env.model), "--name", "bad name!", "--registration",
+             str(env.tmp / "reg")], names="'bad name!'", exit_code=2, python=True),
+        "a recipe whose register.name is 256 characters": lambda env: Case(
+            ["validate", str(env.recipe(lambda r: r["register"].update(name="m" * 256)))], names="register.name",
+            exit_code=2),
+        # issue 11 #22
+        "a folder given as the recipe": lambda env: Case(["validate", str(env.tmp)],
+                                                         names=f"{env.tmp}: is a folder; expected a recipe file",
+                                                         exit_code=2),
+        "emulator start --port -1": lambda env: Case(
+            ["emulator", "start", "--dir", str(env.tmp / "emu"), "--port", "-1"], names="port -1 is out of range",
+            exit_code=2),
+        "engine.output_dir is empty": lambda env: Case(
+            ["validate", str(env.recipe(lambda r: r["engine"].update(output_dir="")))], names="engine.output_dir",
+            exit_code=2),
     }
 
 
@@ -282,7 +308,8 @@ def test_one_error_line_naming_the_cause(name, tmp_path, tiny_model_dir):
     env = Env(tmp=tmp_path, model=tiny_model_dir, home=tmp_path / "home")
     try:
         case = CASES[name](env)
-        done = subprocess.run([*case.prefix, *SLMFORGE, *case.argv], capture_output=True, text=True, cwd=tmp_path,
+        command = [sys.executable, *case.argv] if case.python else [*SLMFORGE, *case.argv]
+        done = subprocess.run([*case.prefix, *command], capture_output=True, text=True, cwd=tmp_path,
                               env=cli_env(env, case.env), timeout=300, stdin=subprocess.DEVNULL)
     finally:
         for cleanup in reversed(env.cleanups):
@@ -342,3 +369,52 @@ def test_a_run_names_the_first_bad_row_of_its_data(tmp_path, tiny_model_dir):
     assert done.returncode != 0 and len(lines) == 1, done.stderr
     assert "row 3 (line 3): column 'tone' is a number (3)" in lines[0], lines[0]
     assert "row 7" not in lines[0] and "(and 1 more in the log)" in lines[0], lines[0]
+
+
+def test_sharing_into_a_registry_that_does_not_exist_is_one_line(emulator, finished_job):
+    """Issue 11 #19: `register --registry nonexistent` used to succeed; nothing is registered now."""
+    done = subprocess.run([*SLMFORGE, "register", finished_job, "--workspace", str(emulator[1]),
+                           "--registry", "nonexistent"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "--registry nonexistent: no such Azure ML registry" in lines[0], lines[0]
+
+
+def test_emulator_faults_changes_only_what_it_is_given(emulator):
+    """Issue 11 #22: `faults --retry-after 7` alone used to reset the fault rate to 0."""
+    from slmforge.cli import main as cli
+    from slmforge.emulator import control
+
+    folder = str(emulator[0])
+    try:
+        assert cli(["emulator", "faults", "--dir", folder, "--faults", "0.25:503"]) == 0
+        assert cli(["emulator", "faults", "--dir", folder, "--retry-after", "7"]) == 0
+        settings = control.admin(Path(folder), "GET", "faults")
+        assert (settings["rate"], settings["kinds"], settings["retry_after"]) == (0.25, ["503"], 7)
+        assert cli(["emulator", "faults", "--dir", folder, "--faults", "0.5"]) == 0
+        assert control.admin(Path(folder), "GET", "faults")["retry_after"] == 7
+    finally:
+        control.admin(Path(folder), "PUT", "faults", {"rate": 0.0})
+
+
+def test_a_recipe_with_a_utf8_bom_is_read(tmp_path, tiny_model_dir):
+    """Issue 11 #22: editors on Windows write a BOM; the recipe is still UTF-8."""
+    env = Env(tmp=tmp_path, model=tiny_model_dir, home=tmp_path / "home")
+    for name in ("recipe.json", "recipe.yaml"):
+        path = env.recipe(name=name)
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+        done = subprocess.run([*SLMFORGE, "validate", str(path)], capture_output=True, text=True,
+                              env=cli_env(env), timeout=120)
+        assert done.returncode == 0 and ": valid;" in done.stdout, done.stderr
+
+
+def test_the_schema_states_the_tracking_uri_default_the_code_uses(tmp_path, monkeypatch):
+    """Issue 11 #22: the schema said 'sqlite beside output_dir'; the registry is under SLMFORGE_HOME."""
+    from slmforge.commands.schema import recipe_schema_text
+    from slmforge.registry_rules import default_tracking_uri
+
+    monkeypatch.setenv("SLMFORGE_HOME", str(tmp_path))
+    text = json.loads(recipe_schema_text())["$defs"]["RegisterConfig"]["properties"]["tracking_uri"]["description"]
+    stated = text.split("default: ", 1)[1].split(",")[0]
+    assert stated.replace("$SLMFORGE_HOME", str(tmp_path)) == default_tracking_uri()

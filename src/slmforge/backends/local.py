@@ -71,6 +71,8 @@ def check_output_dir(loaded: LoadedRecipe, graph: StepGraph) -> None:
     it (a base model called `model` beside the recipe, with output_dir ".") would be replaced by the
     ONNX model, and a failed run would delete it (issue 11 #2)."""
     out = output_dir(loaded)
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"{loaded.path}: engine.output_dir {out} is a file; expected a folder")
     if out == Path(out.anchor) or out == Path.home().resolve():
         raise InvalidInput(f"{loaded.path}: engine.output_dir resolves to {out}; choose a folder of its own")
     inputs = {Path(ref.value).resolve() for step in graph.steps for ref in step.inputs.values() if ref.kind == "path"}
@@ -98,7 +100,7 @@ def check_runnable(graph: StepGraph) -> None:
 def extra_params(loaded: LoadedRecipe, step: Step) -> dict[str, Any]:
     """Values the local backend adds to a step: the register step's local tracking URI."""
     if step.component == "register":
-        from slmforge.steps.register import default_tracking_uri
+        from slmforge.registry_rules import default_tracking_uri
 
         return {"tracking_uri": loaded.recipe.register_.tracking_uri or default_tracking_uri()}
     return {}

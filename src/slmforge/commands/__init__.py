@@ -57,3 +57,14 @@ def output_file(path: str | Path, option: str) -> Path:
     if not path.resolve().parent.is_dir():
         raise InvalidInput(f"{option} {path}: the folder {path.resolve().parent} does not exist")
     return path
+
+
+def check_names(args: argparse.Namespace) -> None:
+    """--name, --version and --registry follow Azure ML's asset rules, checked before any service call."""
+    from slmforge.registry_rules import check_asset_name
+
+    for option in ("name", "version", "registry"):
+        value = getattr(args, option, None)
+        if value is not None:
+            check_asset_name(value, f"--{option}")
+

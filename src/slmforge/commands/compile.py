@@ -7,7 +7,7 @@ with `azure.ai.ml.load_job` and is accepted by `az ml job create -f DIR/pipeline
 from __future__ import annotations
 
 import argparse
-from slmforge.commands import output_folder
+from slmforge.commands import check_names, output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.recipe.loader import load_recipe
 
     out_dir = output_folder(args.output, "-o").resolve()
+    check_names(args)
     loaded = load_recipe(args.recipe)
     compiled = compile_pipeline(loaded, out_dir, compute=args.compute, version=args.version,
                                 experiment=args.experiment)

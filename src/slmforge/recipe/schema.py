@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slmforge.onnx_builder import DEFAULT_INT4_ALGO, INT4_ALGOS
+from slmforge.registry_rules import ASSET_NAME_PATTERN, DEFAULT_TRACKING_URI_TEXT
 
 
 class Strict(BaseModel):
@@ -416,8 +417,8 @@ class Engine(Strict):
     target: str | None = None
     search_strategy: Literal[False] | None = None
     execution_providers: list[str] | None = None
-    cache_dir: str = ".slmforge/cache"
-    output_dir: str = "out"
+    cache_dir: str = Field(".slmforge/cache", min_length=1)
+    output_dir: str = Field("out", min_length=1)
     evaluate_input_model: bool = False
     clean_cache: bool = False
 
@@ -436,10 +437,10 @@ class EvaluateConfig(Strict):
 class RegisterConfig(Strict):
     """slmforge's own block: where the final model is registered."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="model name")
+    name: str | None = Field(None, pattern=ASSET_NAME_PATTERN, description="model name")
     registry: str | None = Field(None, description="Azure ML registry instead of the workspace")
     format: Literal["custom_model", "mlflow_model"] = "custom_model"
-    tracking_uri: str | None = Field(None, description="local MLflow registry (default: sqlite beside output_dir)")
+    tracking_uri: str | None = Field(None, description=f"local MLflow registry (default: {DEFAULT_TRACKING_URI_TEXT})")
     enabled: bool = True
 
 

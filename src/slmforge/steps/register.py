@@ -27,20 +27,13 @@ from typing import Any, Iterator
 
 from slmforge import __version__, manifest
 from slmforge.errors import InvalidInput, StepFailed
+from slmforge.registry_rules import check_asset_name, default_tracking_uri
 from slmforge.steps._cli import StepArgumentParser, run_main
 
 EXPERIMENT = "slmforge-models"
 ALIAS = "current"  # MLflow reserves "latest" (see above)
 BUILTIN_LATEST = "latest"
 REGISTRATION_FILE = "registration.json"
-
-
-def slmforge_home() -> Path:
-    return Path(os.environ.get("SLMFORGE_HOME") or Path.home() / ".slmforge").expanduser()
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{slmforge_home() / 'registry.db'}"
 
 
 def sqlite_path(uri: str) -> Path | None:
@@ -108,6 +101,7 @@ def _metric_tags(metrics_dir: Path | None) -> dict[str, str]:
 def run(model: Path, name: str, registration: Path, *, metrics: Path | None = None,
         format: str = "custom_model", recipe_digest: str = "unknown", tracking_uri: str | None = None) -> dict[str, Any]:
     started = time.monotonic()
+    check_asset_name(name)  # the rule Azure ML applies, so the name also works in a workspace
     model = Path(model)
     if not model.is_dir():
         raise InvalidInput(f"{model}: model folder not found")
