@@ -279,6 +279,8 @@ def _cases() -> dict[str, Callable[[Env], Case]]:
         "the register step with a bad name": lambda env: Case(
             ["-m", "slmforge.steps.register", "--model", str(env.model), "--name", "bad name!", "--registration",
              str(env.tmp / "reg")], names="'bad name!'", exit_code=2, python=True),
+        "a step run with a missing option": lambda env: Case(
+            ["-m", "slmforge.steps.register", "--name", "m"], names="required: --model", exit_code=2, python=True),
         "a recipe whose register.name is 256 characters": lambda env: Case(
             ["validate", str(env.recipe(lambda r: r["register"].update(name="m" * 256)))], names="register.name",
             exit_code=2),

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable
 
-from slmforge.errors import InvalidInput, report
+from slmforge.errors import EXIT_INVALID_INPUT, report
 
 
 def parse_bool(text: str) -> bool:
@@ -24,10 +24,11 @@ def parse_bool(text: str) -> bool:
 
 
 class StepArgumentParser(argparse.ArgumentParser):
-    """Argument errors are invalid input: one line and exit 2, via InvalidInput."""
+    """Argument errors are invalid input: one line and exit 2 (not usage + error, never a traceback:
+    `main` parses its argv before `run_main` guards the body)."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        raise InvalidInput(f"{self.prog}: {message}")
+        self.exit(EXIT_INVALID_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def run_main(step: str, body: Callable[[], None]) -> int:
