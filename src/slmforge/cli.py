@@ -53,7 +53,7 @@ def _top_parser() -> argparse.ArgumentParser:
         description="Fine-tune a small language model from an Olive recipe and ship it as INT4 ONNX.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items())
-        + "\n\nexit codes: 0 ok, 1 a step failed, 2 invalid input",
+        + "\n\nexit codes: 0 ok, 1 a step failed, 2 invalid input, 141 the output pipe closed",
     )
     parser.add_argument("--version", action="version", version=f"slmforge {__version__}")
     parser.add_argument("command", nargs="?", help=argparse.SUPPRESS)
