@@ -107,6 +107,7 @@ def _flush_stdout() -> bool:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return False
 
+
 def _takes_name(module) -> bool:
     import inspect
 

@@ -7,7 +7,6 @@ backend here — so its option names are the component's input and output names.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Callable
 
 from slmforge.errors import EXIT_INVALID_INPUT, report
