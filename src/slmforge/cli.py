@@ -8,11 +8,14 @@ Each command lives in `slmforge.commands.<module>` with `add_arguments(parser)` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
 from slmforge import __version__
-from slmforge.errors import EXIT_INVALID_INPUT, EXIT_STEP_FAILED, InvalidInput, SlmforgeError
+from slmforge.errors import EXIT_INVALID_INPUT, report
+
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer killed by a closed pipe
 
 # name -> (module under slmforge.commands, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,13 +41,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A wrong option is one line and exit 2, like every other invalid input (not usage + error)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(EXIT_INVALID_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="slmforge",
         description="Fine-tune a small language model from an Olive recipe and ship it as INT4 ONNX.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n" + "\n".join(f"  {n:<12} {h}" for n, (_, h) in COMMANDS.items())
-        + "\n\nexit codes: 0 ok, 1 a step failed, 2 invalid input",
+        + "\n\nexit codes: 0 ok, 1 a step failed, 2 invalid input, 141 the output pipe closed",
     )
     parser.add_argument("--version", action="version", version=f"slmforge {__version__}")
     parser.add_argument("command", nargs="?", help=argparse.SUPPRESS)
@@ -67,24 +77,36 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID_INPUT if argv else 0
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(f"slmforge.commands.{COMMANDS[name][0]}")
-    parser = argparse.ArgumentParser(prog=f"slmforge {name}", description=COMMANDS[name][1])
+    parser = CommandParser(prog=f"slmforge {name}", description=COMMANDS[name][1])
     module.add_arguments(parser, name) if _takes_name(module) else module.add_arguments(parser)
     args = parser.parse_args(rest)
     args.command = name
     try:
-        return int(module.run(args) or 0)
-    except InvalidInput as e:
-        for line in e.problems:
-            print(f"slmforge: error: {line}", file=sys.stderr)
-        return EXIT_INVALID_INPUT
-    except SlmforgeError as e:
-        print(f"slmforge: error: {e}", file=sys.stderr)
-        return e.exit_code
+        code = int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("slmforge: interrupted", file=sys.stderr)
-        return 130
+        code = 130
     except BrokenPipeError:
-        return EXIT_STEP_FAILED
+        code = EXIT_BROKEN_PIPE
+    except Exception as e:  # noqa: BLE001 - the one error boundary: translated or reported on one line
+        code = report(e)
+    if not _flush_stdout():
+        return code or EXIT_BROKEN_PIPE
+    return code
+
+
+def _flush_stdout() -> bool:
+    """Flush now, inside the boundary, not at interpreter exit. False when the reader of our output
+    went away (`slmforge status JOB | head -1`): that ends the command quietly, as it does for `cat`."""
+    try:
+        sys.stdout.flush()
+        return True
+    except BrokenPipeError:
+        import os
+
+        with contextlib.suppress(OSError):  # keep the interpreter's final flush from failing again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return False
 
 
 def _takes_name(module) -> bool:

@@ -113,7 +113,7 @@ def _kind(value: Any) -> str:
 
 def _json_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
     """JSON lines, or one top-level JSON array of objects (what `datasets` "json" also reads)."""
-    text = _read_text(path)
+    text = read_text(path)
     if text.lstrip().startswith("["):
         try:
             array, end = json.JSONDecoder().raw_decode(text.lstrip())
@@ -148,7 +148,7 @@ def _json_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]
 
 
 def _csv_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
-    text = _read_text(path)
+    text = read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, None)
@@ -172,14 +172,19 @@ def _csv_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
         raise InvalidInput(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
 
 
-def _parquet_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
+def read_parquet(path: Path, *, schema_only: bool = False):
+    """The parquet table (or only its schema); a file pyarrow can't read is one line naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        return pq.read_schema(path) if schema_only else pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise InvalidInput(f"{path}: not a readable parquet file ({e})") from None
+
+
+def _parquet_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
+    table = read_parquet(path)
     missing = [c for c in text_cols if c not in table.column_names]
     if missing:
         raise InvalidInput(f"{path}: no column '{missing[0]}' (columns: {', '.join(table.column_names)})")
@@ -188,7 +193,8 @@ def _parquet_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, An
         yield f"row {i + 1}", {c: columns[c][i] for c in text_cols}
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """The file as UTF-8 (a BOM is dropped); other encodings are one line naming the first bad line."""
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:

@@ -17,6 +17,12 @@ from slmforge.errors import InvalidInput
 class Template:
     text: str
 
+    def __post_init__(self):
+        try:
+            list(string.Formatter().parse(self.text))
+        except ValueError as e:  # "Single '{' encountered": a literal brace is written {{ or }}
+            raise InvalidInput(f"template {self.text!r}: {e} (write a literal brace as {{{{ or }}}})") from None
+
     @property
     def fields(self) -> list[str]:
         return [name for _, name, _, _ in string.Formatter().parse(self.text) if name is not None]

@@ -101,8 +101,10 @@ def ml_client_from_workspace_file(path: str | Path, *, registry_name: str | None
     if is_emulator_file(data):
         from slmforge.backends.aml_retry import retry_policy
         from slmforge.emulator import client as emulator_client
+        from slmforge.emulator.workspace_file import read as read_emulator_file
 
-        _remember_endpoint(data.get("endpoint"))
+        data = read_emulator_file(path)  # every key the client needs, with the right type
+        _remember_endpoint(data["endpoint"])
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         probe(data.get("endpoint"), hint=f"is the emulator running? (`slmforge emulator status --dir {folder}`)")
         return emulator_client.ml_client(Path(path), registry_name=registry_name, retry_policy=retry_policy())
@@ -199,7 +201,7 @@ def service_errors() -> Iterator[None]:
     """Around a command's service calls: an unreachable workspace, or an error answer, is one line (exit 1)."""
     try:
         yield
-    except SlmforgeError:
+    except (SlmforgeError, BrokenPipeError):  # a bare BrokenPipeError is our stdout's reader gone (the SDK wraps its own)
         raise
     except Exception as e:  # noqa: BLE001 - connection failures and service answers are translated
         from azure.core.exceptions import HttpResponseError

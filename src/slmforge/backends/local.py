@@ -74,6 +74,8 @@ def check_output_dir(loaded: LoadedRecipe, graph: StepGraph) -> None:
     it (a base model called `model` beside the recipe, with output_dir ".") would be replaced by the
     ONNX model, and a failed run would delete it (issue 11 #2)."""
     out = output_dir(loaded)
+    if out.exists() and not out.is_dir():
+        raise InvalidInput(f"{loaded.path}: engine.output_dir {out} is a file; expected a folder")
     if out == Path(out.anchor) or out == Path.home().resolve():
         raise InvalidInput(f"{loaded.path}: engine.output_dir resolves to {out}; choose a folder of its own")
     inputs = {Path(ref.value).resolve() for step in graph.steps for ref in step.inputs.values() if ref.kind == "path"}
@@ -101,7 +103,7 @@ def check_runnable(graph: StepGraph) -> None:
 def extra_params(loaded: LoadedRecipe, step: Step) -> dict[str, Any]:
     """Values the local backend adds to a step: the register step's local tracking URI."""
     if step.component == "register":
-        from slmforge.steps.register import default_tracking_uri
+        from slmforge.registry_rules import default_tracking_uri
 
         return {"tracking_uri": loaded.recipe.register_.tracking_uri or default_tracking_uri()}
     return {}
@@ -398,6 +400,7 @@ def redirect_fds(log_file):
 
 
 _ERROR_LINE = re.compile(r"(error|exception|failed|traceback)", re.IGNORECASE)
+_STEP_ERROR_LINE = re.compile(r"^slmforge [\w.-]+: error: ")  # what steps._cli.run_main prints
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 
 
@@ -408,6 +411,9 @@ def last_error_line(log: Path) -> str | None:
     except OSError:
         return None
     lines = [ln for ln in lines[1:] if ln and not ln.startswith("##slmforge-progress")]
+    own = [ln for ln in lines if _STEP_ERROR_LINE.match(ln)]
+    if own:  # the step's own report: its first problem is the one to fix first (a data file's first bad row)
+        return own[0] + (f" (and {len(own) - 1} more in the log)" if len(own) > 1 else "")
     for line in reversed(lines):
         if _EXCEPTION_LINE.match(line) or "error:" in line.lower():
             return line

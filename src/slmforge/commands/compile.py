@@ -9,7 +9,7 @@ with `azure.ai.ml.load_job` and is accepted by `az ml job create -f DIR/pipeline
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+from slmforge.commands import check_names, output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.backends.aml import compile_pipeline, summary, validate_pipeline, write_pipeline
     from slmforge.recipe.loader import load_recipe
 
+    out_dir = output_folder(args.output, "-o").resolve()
+    check_names(args)
     loaded = load_recipe(args.recipe)
-    out_dir = Path(args.output).resolve()
     compiled = compile_pipeline(loaded, out_dir, compute=args.compute, version=args.version,
                                 experiment=args.experiment)
     validate_pipeline(compiled.job)

@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from slmforge.commands import output_folder, port_number
+
+FAULT_SETTINGS = ("rate", "kinds", "retry_after", "retry_after_ms", "methods")  # what PUT /_emulator/faults takes
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -16,14 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for p in (start, stop, status, faults):
         p.add_argument("--dir", type=Path, default=None,
                        help="state folder (default: $SLMFORGE_EMULATOR_DIR or .slmforge/emulator)")
-    start.add_argument("--port", type=int, default=None, help="HTTPS port on 127.0.0.1 (default: a free one)")
+    start.add_argument("--port", type=port_number, default=None, help="HTTPS port on 127.0.0.1 (default: a free one)")
     start.add_argument("--computes", default=None,
                        help="comma-separated compute names to offer (default: cpu-cluster,gpu-cluster)")
     for p in (start, faults):
         p.add_argument("--faults", default=None, metavar="RATE[:KINDS]",
                        help="e.g. 0.3:429,503,drop — answer 30%% of API requests with one of these faults"
                             " (0 turns it off)")
-    faults.add_argument("--retry-after", type=int, default=1, help="Retry-After seconds on 429/503")
+    faults.add_argument("--retry-after", type=int, default=None,
+                        help="Retry-After seconds on 429/503 (default: unchanged; 1 when the emulator started)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.emulator.faults import parse_spec
     from slmforge.errors import InvalidInput
 
-    folder = args.dir or control.default_dir()
+    folder = output_folder(args.dir or control.default_dir(), "--dir")
     fault_settings = None
     if getattr(args, "faults", None) is not None:
         try:
@@ -56,7 +61,12 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "faults":
         if not control.running_pid(folder.resolve()):
             raise InvalidInput(f"no emulator running for {folder.resolve()}")
-        settings = dict(fault_settings or {"rate": 0.0}, retry_after=args.retry_after)
+        # change only what was given: the rest of the running emulator's settings stay as they are
+        current = control.admin(folder.resolve(), "GET", "faults")
+        settings = {k: current[k] for k in FAULT_SETTINGS if current.get(k) is not None}
+        settings.update(fault_settings or {})
+        if args.retry_after is not None:
+            settings["retry_after"] = args.retry_after
         print(json.dumps(control.admin(folder.resolve(), "PUT", "faults", settings), indent=2))
         return 0
     return 2

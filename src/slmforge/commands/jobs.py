@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from slmforge.commands import output_folder
+
 
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("job", help="job name (printed by `slmforge submit`)")
@@ -32,6 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     from slmforge.backends import aml_jobs, aml_logs
     from slmforge.backends.aml_workspace import resolve_ml_client
 
+    if args.command == "download":
+        output_folder(args.output, "-o")  # before any service call
     ml_client = resolve_ml_client(args.workspace)
     if args.command == "status":
         current = aml_jobs.follow(ml_client, args.job) if args.wait else aml_jobs.state(ml_client, args.job)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from slmforge.registry_rules import DEFAULT_TRACKING_URI_TEXT
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="only this model")
-    parser.add_argument("--tracking-uri", help="local MLflow registry (default: sqlite under $SLMFORGE_HOME or ~/.slmforge)")
+    parser.add_argument("--tracking-uri", help=f"local MLflow registry (default: {DEFAULT_TRACKING_URI_TEXT})")
     parser.add_argument("--workspace", metavar="CONFIG",
                         help="list an Azure ML workspace's models instead (config.json or the emulator's file)")
     parser.add_argument("--registry", help="with --workspace: an Azure ML registry instead of the workspace")
@@ -18,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workspace or args.registry:
         return _workspace(args)
-    from slmforge.steps.register import default_tracking_uri, list_models
+    from slmforge.registry_rules import default_tracking_uri
+    from slmforge.steps.register import list_models
 
     uri = args.tracking_uri or default_tracking_uri()
     models = [m for m in list_models(uri) if not args.name or m["name"] == args.name]

@@ -26,6 +26,10 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.genai import GenaiModel, require_onnx_folder
     from slmforge.model_folder import carried_template
 
+    from slmforge.template import Template
+
+    if args.template:
+        Template(args.template)  # a broken --template is named before the model folder is looked at
     folder = require_onnx_folder(args.model)
     text = args.template or carried_template(folder)
     prompt, suffix = prompt_and_suffix(text, args.text) if text else (args.text, "")

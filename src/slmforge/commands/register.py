@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from slmforge.commands import check_names
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("job", help="a completed pipeline job submitted by slmforge")
@@ -27,9 +29,25 @@ def _run(args: argparse.Namespace) -> int:
     from slmforge.backends.aml_models import register_job_model
     from slmforge.backends.aml_workspace import resolve_ml_client
 
+    check_names(args)
     ml_client = resolve_ml_client(args.workspace)
+    if args.registry:
+        require_registry(args.workspace, args.registry)
     model = register_job_model(ml_client, args.job, name=args.name, version=args.version,
                                model_format=args.format, registry=args.registry)
     where = f" (shared into registry {args.registry})" if args.registry else ""
     print(f"registered model {model.name}:{model.version}{where}")
     return 0
+
+
+def require_registry(workspace: str | None, registry: str) -> None:
+    """Fail before registering anything when the registry to share into does not exist."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from slmforge.backends.aml_workspace import one_line, resolve_ml_client
+    from slmforge.errors import InvalidInput
+
+    try:
+        resolve_ml_client(workspace, registry_name=registry)  # the SDK looks the registry up here
+    except ResourceNotFoundError as e:
+        raise InvalidInput(f"--registry {registry}: no such Azure ML registry; the service said: {one_line(e)}") from None

@@ -22,8 +22,9 @@ def recipe_schema_text() -> str:
 def run(args: argparse.Namespace) -> int:
     text = recipe_schema_text()
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text)
+        from slmforge.commands import output_file
+
+        output_file(args.output, "-o").write_text(text, encoding="utf-8")
     else:
         print(text, end="")
     return 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from slmforge.commands import check_names
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="recipe file whose engine.host is an AzureML system (any host with --compute)")
@@ -39,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     from slmforge.backends.aml_workspace import resolve_ml_client
     from slmforge.recipe.loader import load_recipe
 
+    check_names(args)
     loaded = load_recipe(args.recipe)
     ml_client = resolve_ml_client(args.workspace, loaded.recipe.azureml_client)
     job = submit(ml_client, loaded, compute=args.compute, experiment=args.experiment, version=args.version)

@@ -113,7 +113,7 @@ def trust(cert: Path) -> None:
     by azure-core). Several emulators (or one restarted with a new certificate) are all trusted:
     the bundle is rewritten from every certificate seen, read afresh."""
     if not cert.is_file():
-        raise FileNotFoundError(f"{cert}: the emulator's certificate is gone (is it running?)")
+        raise InvalidInput(f"{cert}: the emulator's certificate is gone (is it running?)")
     with _patch_lock:
         _trusted[str(cert)] = cert.read_text()
         if len(_trusted) == 1:

@@ -16,6 +16,8 @@ from slmforge.emulator.store import Store
 
 CONFIG_FILE = "config.json"
 DEFAULT_COMPUTES = ["cpu-cluster", "gpu-cluster"]
+# Registries the emulated tenant has (Azure ML's public ones and the demo's): any other is not found.
+DEFAULT_REGISTRIES = ["azureml", "azureml-msr", "emulated-registry", "slmforge-demo-registry"]
 
 
 @dataclass
@@ -30,6 +32,7 @@ class Config:
     tenant: str = "00000000-0000-0000-0000-0000000000aa"
     keyvault: str = "kv-emulator"
     computes: list[str] = field(default_factory=lambda: list(DEFAULT_COMPUTES))
+    registries: list[str] = field(default_factory=lambda: list(DEFAULT_REGISTRIES))
     faults: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -24,6 +24,9 @@ def key(registry: str, name: str, version: str = "") -> str:
 @route("GET", r"/registrymanagement/v1\.0/registries/(?P<registry>[^/]+)/discovery")
 def discover(emu: Emulator, req: Request, registry: str) -> Reply:
     c = emu.config
+    if registry not in c.registries:
+        return error(404, "NotFound", f"registry '{registry}' not found (the emulated tenant has "
+                                      f"{', '.join(c.registries)})")
     return Reply(200, {"registryName": registry, "tenantId": c.tenant, "primaryRegion": "local",
                        "regions": ["local"], "subscriptionId": c.subscription, "resourceGroup": c.resource_group,
                        "workspaceName": None, "primaryRegionResourceProviderUri": emu.base_url + "/"})

@@ -11,6 +11,8 @@ from slmforge.errors import InvalidInput
 
 KIND = "slmforge-emulator"
 FILE_NAME = "workspace.json"
+# What a client reads from the file (describe() writes them): each must be a non-empty string.
+REQUIRED_TEXT = ("subscription_id", "resource_group", "workspace_name", "tenant_id", "ca_bundle", "endpoint")
 
 
 def cloud_name(emu_port: int, azurite_port: int) -> str:
@@ -63,8 +65,18 @@ def read(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise InvalidInput(f"{path}: not valid JSON ({e})") from e
-    if data.get("kind") != KIND:
-        raise InvalidInput(f"{path}: not an emulator workspace file (kind is {data.get('kind')!r})")
+    if not isinstance(data, dict) or data.get("kind") != KIND:
+        kind = data.get("kind") if isinstance(data, dict) else None
+        raise InvalidInput(f"{path}: not an emulator workspace file (kind is {kind!r})")
+    for key in REQUIRED_TEXT:
+        if key not in data:
+            raise InvalidInput(f"{path}: lacks '{key}' (rewrite it with `slmforge emulator start`)")
+        if not isinstance(data[key], str) or not data[key]:
+            raise InvalidInput(f"{path}: '{key}' must be a non-empty string, got {json.dumps(data[key])}")
+    cloud = data.get("cloud")
+    if not isinstance(cloud, dict) or not isinstance(cloud.get("name"), str) \
+            or not isinstance(cloud.get("metadata"), dict):
+        raise InvalidInput(f"{path}: 'cloud' must be an object with a 'name' and a 'metadata' object")
     return data
 
 

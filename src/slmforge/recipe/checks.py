@@ -10,6 +10,7 @@ import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from slmforge.errors import InvalidInput
 from slmforge.recipe.limits import check_limits
 from slmforge.recipe.passes import FINETUNE_PASSES
 from slmforge.recipe.schema import AzureMLSystem, FinetunePass, MergePass, ModelBuilderPass
@@ -167,7 +168,11 @@ def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
             yield f"{where}: data file '{files}' not found (looked at {path})"
             continue
         pre = dc.pre_process_data_config
-        columns = read_columns(path, dc.load_dataset_config.data_name)
+        try:
+            columns = read_columns(path, dc.load_dataset_config.data_name)
+        except InvalidInput as e:
+            yield f"{where}: {e}"
+            continue
         if columns is None:
             continue
         for col in pre.columns:
@@ -179,9 +184,22 @@ def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
 
 
 def read_columns(path: Path, data_name: str) -> set[str] | None:
-    """The columns of a data file, from its first record; None when they can't be read cheaply."""
+    """The columns of a data file, from its first record; None when they can't be read cheaply.
+    A file in another encoding than UTF-8, or a broken parquet file, is InvalidInput naming it."""
+    from slmforge.datasets_io import read_parquet, read_text
+
+    if data_name == "parquet":
+        return set(read_parquet(path, schema_only=True).names)
+    try:
+        return _text_columns(path, data_name)
+    except UnicodeDecodeError:
+        read_text(path)  # raises, naming the first line that is not UTF-8
+        raise
+
+
+def _text_columns(path: Path, data_name: str) -> set[str] | None:
     if data_name == "json":
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:
             head = f.read(1)
             f.seek(0)
             if head == "[":
@@ -197,13 +215,9 @@ def read_columns(path: Path, data_name: str) -> set[str] | None:
     if data_name == "csv":
         import csv
 
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             header = next(csv.reader(f), None)
         return set(header) if header else None
-    if data_name == "parquet":
-        import pyarrow.parquet as pq
-
-        return set(pq.read_schema(path).names)
     return None
 
 

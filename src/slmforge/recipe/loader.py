@@ -18,6 +18,8 @@ from slmforge.errors import InvalidInput
 from slmforge.recipe.generations import Normalised, canonical_name, did_you_mean, dotted, normalise, old_spellings
 from slmforge.recipe.schema import Recipe
 
+MAX_VALUES = 100_000  # values in a recipe after YAML aliases are expanded; real recipes have hundreds
+
 
 @dataclass(frozen=True)
 class LoadedRecipe:
@@ -53,9 +55,13 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def read_raw(path: Path) -> dict[str, Any]:
+    from slmforge.datasets_io import read_text
+
+    if path.is_dir():
+        raise InvalidInput(f"{path}: is a folder; expected a recipe file (.json, .yaml or .yml)")
     if not path.is_file():
         raise InvalidInput(f"{path}: recipe file not found")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)  # UTF-8, with or without a BOM
     try:
         if path.suffix.lower() in (".yml", ".yaml"):
             import yaml
@@ -73,7 +79,27 @@ def read_raw(path: Path) -> dict[str, Any]:
         raise InvalidInput(f"{path}: not valid YAML: {first}") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"{path}: the recipe must be a JSON object at the top level")
+    _check_values(path, data)
     return data
+
+
+def _check_values(path: Path, data: Any) -> None:
+    """Refuse what no key can mean: a string with a NUL byte (no path can hold one), and a YAML
+    document whose aliases expand to more values than any recipe has (an alias bomb)."""
+    stack: list[tuple[list[str | int], Any]] = [([], data)]
+    seen = 0
+    while stack:
+        where, value = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise InvalidInput(f"{path}: more than {MAX_VALUES} values once its YAML aliases are expanded; "
+                               "a recipe is far smaller (an alias bomb?)")
+        if isinstance(value, dict):
+            stack.extend(([*where, str(k)], v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend(([*where, i], v) for i, v in enumerate(value))
+        elif isinstance(value, str) and "\x00" in value:
+            raise InvalidInput(f"{path}: {_dotted(where) or '(top level)'}: holds a NUL byte")
 
 
 def load_recipe(path: str | Path, *, check_files: bool = True) -> LoadedRecipe:

@@ -16,6 +16,7 @@ from typing import Annotated
 from slmforge.recipe.azure import (  # noqa: F401 - re-exported
     AzureMLClient, AzureMLDatastoreFiles, AzureMLRegistryModel, DatastorePath, RegistryModelRef)
 from slmforge.recipe.base import Strict
+from slmforge.registry_rules import ASSET_NAME_PATTERN, DEFAULT_TRACKING_URI_TEXT
 from slmforge.recipe.data_config import DataConfig, LoadDatasetConfig, PreProcessConfig  # noqa: F401
 from slmforge.recipe.passes import (  # noqa: F401 - re-exported
     FINETUNE_PASSES, FinetunePass, MergePass, ModelBuilderPass, Pass, TrainingArgs)
@@ -117,8 +118,8 @@ class Engine(Strict):
     target: str | None = None
     search_strategy: Literal[False] | None = None
     execution_providers: list[str] | None = None
-    cache_dir: str = ".slmforge/cache"
-    output_dir: str = "out"
+    cache_dir: str = Field(".slmforge/cache", min_length=1)
+    output_dir: str = Field("out", min_length=1)
     evaluate_input_model: bool = False
     clean_cache: bool = False
 
@@ -137,10 +138,10 @@ class EvaluateConfig(Strict):
 class RegisterConfig(Strict):
     """slmforge's own block: where the final model is registered."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="model name")
+    name: str | None = Field(None, pattern=ASSET_NAME_PATTERN, description="model name")
     registry: str | None = Field(None, description="Azure ML registry instead of the workspace")
     format: Literal["custom_model", "mlflow_model"] = "custom_model"
-    tracking_uri: str | None = Field(None, description="local MLflow registry (default: sqlite beside output_dir)")
+    tracking_uri: str | None = Field(None, description=f"local MLflow registry (default: {DEFAULT_TRACKING_URI_TEXT})")
     enabled: bool = True
 
 

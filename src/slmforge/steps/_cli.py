@@ -7,10 +7,9 @@ backend here — so its option names are the component's input and output names.
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Callable
 
-from slmforge.errors import InvalidInput, SlmforgeError
+from slmforge.errors import EXIT_INVALID_INPUT, report
 
 
 def parse_bool(text: str) -> bool:
@@ -24,21 +23,17 @@ def parse_bool(text: str) -> bool:
 
 
 class StepArgumentParser(argparse.ArgumentParser):
-    """Argument errors are invalid input: one line and exit 2, via InvalidInput."""
+    """Argument errors are invalid input: one line and exit 2 (not usage + error, never a traceback:
+    `main` parses its argv before `run_main` guards the body)."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        raise InvalidInput(f"{self.prog}: {message}")
+        self.exit(EXIT_INVALID_INPUT, f"{self.prog}: error: {message}\n")
 
 
 def run_main(step: str, body: Callable[[], None]) -> int:
     """Run a step body; report a failure as one line naming the step, and return the exit code."""
     try:
         body()
-    except InvalidInput as e:
-        for line in e.problems:
-            print(f"slmforge {step}: error: {line}", file=sys.stderr)
-        return e.exit_code
-    except SlmforgeError as e:
-        print(f"slmforge {step}: error: {e}", file=sys.stderr)
-        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - errors.report translates or names it on one line
+        return report(e, prefix=f"slmforge {step}")
     return 0

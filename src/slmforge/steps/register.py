@@ -19,13 +19,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from slmforge import __version__, manifest
 from slmforge.errors import InvalidInput, StepFailed
+from slmforge.registry_rules import check_asset_name, default_tracking_uri
 from slmforge.steps._cli import StepArgumentParser, run_main
 
 EXPERIMENT = "slmforge-models"
@@ -34,28 +36,41 @@ BUILTIN_LATEST = "latest"
 REGISTRATION_FILE = "registration.json"
 
 
-def slmforge_home() -> Path:
-    return Path(os.environ.get("SLMFORGE_HOME") or Path.home() / ".slmforge").expanduser()
-
-
-def default_tracking_uri() -> str:
-    return f"sqlite:///{slmforge_home() / 'registry.db'}"
-
-
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def client_for(uri: str):
-    """An MlflowClient on `uri`, offline and without telemetry."""
+    """An MlflowClient on `uri`, offline, without telemetry and without MLflow's INFO lines on stderr."""
+    import logging
+
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
     from mlflow import MlflowClient
 
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextlib.contextmanager
+def registry_errors(uri: str) -> Iterator[None]:
+    """An unusable registry (unknown URI scheme, a locked, broken or half-made database) is one line naming it."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking.registry import UnsupportedModelRegistryStoreURIException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except UnsupportedModelRegistryStoreURIException:
+        raise InvalidInput(f"tracking URI '{uri}': not a model registry MLflow knows (use sqlite:///PATH, "
+                           "a folder, or http(s)://HOST)") from None
+    except (SQLAlchemyError, MlflowException, sqlite3.Error) as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        raise StepFailed(f"the model registry {uri} cannot be used: {first[:300]}") from None
 
 
 def _experiment_id(client, uri: str) -> str:
@@ -86,6 +101,7 @@ def _metric_tags(metrics_dir: Path | None) -> dict[str, str]:
 def run(model: Path, name: str, registration: Path, *, metrics: Path | None = None,
         format: str = "custom_model", recipe_digest: str = "unknown", tracking_uri: str | None = None) -> dict[str, Any]:
     started = time.monotonic()
+    check_asset_name(name)  # the rule Azure ML applies, so the name also works in a workspace
     model = Path(model)
     if not model.is_dir():
         raise InvalidInput(f"{model}: model folder not found")
@@ -96,11 +112,12 @@ def run(model: Path, name: str, registration: Path, *, metrics: Path | None = No
     tags = {"recipe_digest": recipe_digest, "model_digest": str(found.get("outputs_digest")),
             "slmforge_version": __version__, "format": format, "source_step": str(found.get("step", "")),
             **_metric_tags(metrics)}
-    client = client_for(uri)
-    # Idempotent: a run killed after creating the version (before the alias or the registration
-    # file) left that version behind; registering the same model from the same recipe reuses it.
-    version = _same_version(client, name, tags) or _new_version(client, uri, model, name, tags)
-    client.set_registered_model_alias(name, ALIAS, version.version)
+    with registry_errors(uri):
+        client = client_for(uri)
+        # Idempotent: a run killed after creating the version (before the alias or the registration
+        # file) left that version behind; registering the same model from the same recipe reuses it.
+        version = _same_version(client, name, tags) or _new_version(client, uri, model, name, tags)
+        client.set_registered_model_alias(name, ALIAS, version.version)
     info = {"name": name, "version": str(version.version), "alias": ALIAS, "tracking_uri": uri,
             "source": version.source, "run_id": version.run_id, "tags": tags}
     with manifest.atomic_output(registration) as tmp:
@@ -185,7 +202,11 @@ def list_models(uri: str) -> list[dict[str, Any]]:
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         return []
-    client = client_for(uri)
+    with registry_errors(uri):
+        return _list_models(client_for(uri))
+
+
+def _list_models(client) -> list[dict[str, Any]]:
     out = []
     for rm in client.search_registered_models(max_results=1000):
         aliases_by_version: dict[str, list[str]] = {}
