@@ -420,3 +420,15 @@ def test_the_schema_states_the_tracking_uri_default_the_code_uses(tmp_path, monk
     text = json.loads(recipe_schema_text())["$defs"]["RegisterConfig"]["properties"]["tracking_uri"]["description"]
     stated = text.split("default: ", 1)[1].split(",")[0]
     assert stated.replace("$SLMFORGE_HOME", str(tmp_path)) == default_tracking_uri()
+
+
+def test_a_child_process_that_inherits_an_emulator_cloud_still_reaches_the_emulator(emulator):
+    """The SDK records its last client's cloud in AZUREML_CURRENT_CLOUD; a child process inherited it and
+    failed at `import azure.ai.ml` ("Unknown cloud environment") before its own client registered it."""
+    cloud = json.loads(Path(emulator[1]).read_text())["cloud"]["name"]
+    done = subprocess.run([*SLMFORGE, "submit", str(REPO / "tests" / "recipes" / "cookbook-aml.json"),
+                           "--workspace", str(emulator[1]), "--detach"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src"), "AZUREML_CURRENT_CLOUD": cloud},
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "submitted " in done.stdout

@@ -62,6 +62,9 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from slmforge.emulator.cloud import forget_inherited_emulator_cloud
+
+    forget_inherited_emulator_cloud()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         parser = _top_parser()

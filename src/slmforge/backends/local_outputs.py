@@ -63,11 +63,14 @@ def clone_or_copy(source: Path, target: Path) -> None:
     """A copy-on-write clone where the filesystem offers one (instant, no extra space), else a copy."""
     import fcntl
 
-    with open(source, "rb") as src, open(target, "wb") as dst:
+    with open(source, "rb") as src, open(target, "wb", buffering=0) as dst:  # unbuffered: a write error names the file
         try:
             fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
         except OSError:
-            shutil.copyfileobj(src, dst, 1 << 20)
+            try:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            except OSError as e:  # a full disk: name the file being written
+                raise OSError(e.errno, e.strerror, str(target)) from None
     shutil.copystat(source, target)
 
 

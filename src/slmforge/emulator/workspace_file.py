@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+
 import json
 from pathlib import Path
 from typing import Any
 
+from slmforge.emulator.cloud import CLOUD_PREFIX
 from slmforge.emulator.context import Emulator
 from slmforge.errors import InvalidInput
 
@@ -17,7 +19,7 @@ REQUIRED_TEXT = ("subscription_id", "resource_group", "workspace_name", "tenant_
 
 def cloud_name(emu_port: int, azurite_port: int) -> str:
     # One name per address pair: the SDK can't re-register a cloud name within a process.
-    return f"SlmforgeEmulator-{emu_port}-{azurite_port}"
+    return f"{CLOUD_PREFIX}{emu_port}-{azurite_port}"
 
 
 def describe(emu: Emulator) -> dict[str, Any]:
