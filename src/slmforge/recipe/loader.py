@@ -99,7 +99,7 @@ def _check_values(path: Path, data: Any) -> None:
         elif isinstance(value, list):
             stack.extend(([*where, i], v) for i, v in enumerate(value))
         elif isinstance(value, str) and "\x00" in value:
-            raise InvalidInput(f"{path}: {_dotted(where) or '(top level)'}: holds a NUL byte")
+            raise InvalidInput(f"{path}: {dotted(where) or '(top level)'}: holds a NUL byte")
 
 
 def load_recipe(path: str | Path, *, check_files: bool = True) -> LoadedRecipe:
