@@ -322,6 +322,7 @@ def test_conflicting_pin_in_user_conda_file_is_one_line_error(tmp_path, capsys, 
     assert cli(["compile", str(recipe), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
+    # named where the Cookbook recipe writes it (under `config`), as every recipe error is
     assert "systems.aml.config.aml_docker_config.conda_file_path: conda.yaml: " + message in err[0]
     assert not (tmp_path / "out" / "pipeline.yml").exists()
 

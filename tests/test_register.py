@@ -50,8 +50,8 @@ def test_models_command_lists_names_versions_and_aliases(warm):
 def test_new_version_each_registration_and_alias_moves(warm, tmp_path):
     uri = f"sqlite:///{tmp_path / 'r.db'}"
     model = warm.cold.out_dir / "model"
-    first = register.run(model, "m", tmp_path / "reg1", tracking_uri=uri, recipe_digest="abc")
-    second = register.run(model, "m", tmp_path / "reg2", tracking_uri=uri, recipe_digest="def")
+    first = register.run(model=model, name="m", registration=tmp_path / "reg1", tracking_uri=uri, recipe_digest="abc")
+    second = register.run(model=model, name="m", registration=tmp_path / "reg2", tracking_uri=uri, recipe_digest="def")
     assert (first["version"], second["version"]) == ("1", "2")
     [listed] = register.list_models(uri)
     assert [v["version"] for v in listed["versions"]] == ["2", "1"]
@@ -133,11 +133,11 @@ def test_registering_the_same_model_from_the_same_recipe_again_reuses_its_versio
     registered a duplicate version with the same digest."""
     uri = f"sqlite:///{tmp_path / 'r.db'}"
     model = warm.cold.out_dir / "model"
-    first = register.run(model, "m", tmp_path / "reg1", tracking_uri=uri, recipe_digest="abc")
+    first = register.run(model=model, name="m", registration=tmp_path / "reg1", tracking_uri=uri, recipe_digest="abc")
     client = register.client_for(uri)
     client.delete_registered_model_alias("m", register.ALIAS)  # killed before the alias was set
 
-    again = register.run(model, "m", tmp_path / "reg2", tracking_uri=uri, recipe_digest="abc")
+    again = register.run(model=model, name="m", registration=tmp_path / "reg2", tracking_uri=uri, recipe_digest="abc")
     assert again["version"] == first["version"] == "1"
     [listed] = register.list_models(uri)
     assert [(v["version"], v["aliases"]) for v in listed["versions"]] == [("1", ["current", "latest"])]

@@ -14,18 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmforge.errors import InvalidInput
+from slmforge.resources import environments_dir
 
 if TYPE_CHECKING:
     from packaging.requirements import Requirement
 
 # Builds of one package that install the same modules (`import onnxruntime`): one requirement.
 VARIANTS = {"onnxruntime-gpu": "onnxruntime", "onnxruntime-genai-cuda": "onnxruntime-genai"}
-
-
-def environments_dir() -> Path:
-    from slmforge.backends.render import components_dir
-
-    return components_dir().parent / "environments"
 
 
 def conda_spec(kind: str) -> dict[str, Any]:

@@ -154,7 +154,7 @@ def write_pipeline(compiled: CompiledPipeline, out_dir: Path) -> Path:
 def _load_components(names: set[str], environments: dict[str, Any]) -> dict[str, Any]:
     from azure.ai.ml import load_component
 
-    from slmforge.backends.render import components_dir
+    from slmforge.resources import components_dir
 
     loaded = {}
     for name in sorted(names):

@@ -63,14 +63,16 @@ def clone_or_copy(source: Path, target: Path) -> None:
     """A copy-on-write clone where the filesystem offers one (instant, no extra space), else a copy."""
     import fcntl
 
-    with open(source, "rb") as src, open(target, "wb", buffering=0) as dst:  # unbuffered: a write error names the file
-        try:
-            fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
-        except OSError:
+    try:
+        with open(source, "rb") as src, open(target, "wb") as dst:
             try:
+                fcntl.ioctl(dst.fileno(), _FICLONE, src.fileno())
+            except OSError:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            except OSError as e:  # a full disk: name the file being written
-                raise OSError(e.errno, e.strerror, str(target)) from None
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, str(target)) from e  # a write names no file: name the one written
     shutil.copystat(source, target)
 
 

@@ -8,7 +8,6 @@ the same wherever it runs.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -17,19 +16,12 @@ from pathlib import Path
 from typing import Any, Union
 
 from slmforge.errors import InvalidInput
+from slmforge.resources import components_dir
 
 Value = Union[str, int, float, bool, None]
 
 _REF = re.compile(r"\$\{\{\s*(inputs|outputs)\.([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _OPTIONAL = re.compile(r"\$\[\[(.*?)\]\]", re.DOTALL)
-
-
-def components_dir() -> Path:
-    """`components/` at the repository root (override with SLMFORGE_COMPONENTS_DIR)."""
-    override = os.environ.get("SLMFORGE_COMPONENTS_DIR")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[3] / "components"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`slmforge run [RECIPE]`: run a recipe on this machine (default: pipelines/demo.json)."""
+"""`slmforge run [RECIPE]`: run a recipe on this machine (default: the shipped smollm2-tones)."""
 
 from __future__ import annotations
 
@@ -11,27 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-PIPELINES = Path(__file__).resolve().parents[3] / "pipelines"
-DEFAULT_RECIPE = PIPELINES / "smollm2-tones.json"
+DEFAULT_RECIPE = "smollm2-tones"  # pipelines/smollm2-tones.json, a shipped recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", nargs="?", help=f"recipe file (default: {DEFAULT_RECIPE.name}, a real model learning tones)")
+    parser.add_argument("recipe", nargs="?", help=f"recipe file, or the name of a shipped one such as demo (default: "
+                                                  f"{DEFAULT_RECIPE}, a real model learning tones)")
     parser.add_argument("--force", nargs="?", action="append", const="*", metavar="STEP",
                         help="rerun every step (or, repeatable, only STEP) even when cached")
     parser.add_argument("--isolate", action="store_true",
                         help="run every step as a subprocess instead of in this process")
     parser.add_argument("--plain", action="store_true", help="plain line output even on a terminal")
-
-
-def default_recipe() -> Path:
-    """pipelines/smollm2-tones.json of this checkout (or of the working folder, for a non-editable install)."""
-    from slmforge.errors import InvalidInput
-
-    for candidate in (DEFAULT_RECIPE, Path.cwd() / "pipelines" / DEFAULT_RECIPE.name):
-        if candidate.is_file():
-            return candidate
-    raise InvalidInput(f"no recipe given and the default {DEFAULT_RECIPE} is missing; pass a recipe file")
 
 
 def ensure_shipped_model(recipe: Path) -> None:
@@ -41,7 +31,9 @@ def ensure_shipped_model(recipe: Path) -> None:
     from slmforge.recipe.generations import normalise
     from slmforge.recipe.loader import read_raw
 
-    if recipe.resolve().parent not in (PIPELINES.resolve(), (Path.cwd() / "pipelines").resolve()):
+    from slmforge.resources import shipped_pipelines_dirs
+
+    if recipe.resolve().parent not in [d.resolve() for d in shipped_pipelines_dirs()] + [(Path.cwd() / "pipelines").resolve()]:
         return
     input_model = normalise(read_raw(recipe)).data.get("input_model")  # any Olive generation's spelling
     model = input_model.get("model_path") if isinstance(input_model, dict) else None
@@ -102,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.recipe is None and args.force and args.force[-1].endswith((".json", ".yml", ".yaml")):
         args.recipe, args.force[-1] = args.force[-1], "*"  # `run --force RECIPE`: argparse took it as STEP
-    recipe = Path(args.recipe) if args.recipe else default_recipe()
+    from slmforge.resources import find_recipe
+
+    recipe = find_recipe(args.recipe or DEFAULT_RECIPE)
     ensure_shipped_model(recipe)
     loaded = load_recipe(recipe)
     graph = build_graph(loaded)

@@ -7,15 +7,16 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe file (Olive workflow JSON or YAML)")
+    parser.add_argument("recipe", help="recipe file (Olive workflow JSON or YAML), or the name of a shipped one")
     parser.add_argument("--json", action="store_true", help="print the step graph as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.loader import load_recipe
+    from slmforge.resources import find_recipe
 
-    loaded = load_recipe(args.recipe)
+    loaded = load_recipe(find_recipe(args.recipe))
     graph = build_graph(loaded)
     if args.json:
         print(json.dumps(graph_as_dict(graph), indent=2))

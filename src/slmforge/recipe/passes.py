@@ -11,43 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from slmforge.onnx_builder import DEFAULT_INT4_ALGO, INT4_ALGOS
+from slmforge.params import pydantic_fields
 from slmforge.recipe.base import Strict, olive_choice
+from slmforge.training.args import EVAL_STRATEGIES, TrainArgs
 
 
-class TrainingArgs(Strict):
-    """The Hugging Face TrainingArguments names the fine-tune step honours; anything else is an error."""
+class TrainingArgs(create_model("TrainArgsFields", __base__=Strict,
+                                **pydantic_fields(TrainArgs, exclude=("eval_strategy",)))):
+    """The Hugging Face TrainingArguments names the fine-tune step honours (training/args.py, the one
+    definition), plus Olive's recipe-side names; anything else is an error."""
 
-    seed: int = 42
-    data_seed: int | None = None
-    per_device_train_batch_size: int = Field(8, ge=1)
-    per_device_eval_batch_size: int = Field(8, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    gradient_checkpointing: bool = False
-    learning_rate: float = Field(2e-4, gt=0, lt=1)
-    lr_scheduler_type: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"
-    ] = "linear"
-    warmup_steps: int = Field(0, ge=0)
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    num_train_epochs: float = Field(1.0, gt=0)
-    max_steps: int = Field(-1, ge=-1, description="-1: train num_train_epochs; else this many optimizer steps")
-    logging_steps: int = Field(10, ge=1)
-    save_steps: int = Field(500, ge=1)
-    evaluation_strategy: Literal["no", "steps", "epoch"] | None = None
-    eval_strategy: Literal["no", "steps", "epoch"] | None = None
-    eval_steps: int | None = Field(None, ge=1)
-    group_by_length: bool = False
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_epsilon: float = Field(1e-8, gt=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    optim: Literal[
-        "adamw_torch", "adamw_hf", "adamw_torch_fused", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit", "sgd"
-    ] = "adamw_torch"
+    data_seed: int | None = Field(None, description="seed of the held-out split (default: seed)")
+    evaluation_strategy: Literal[EVAL_STRATEGIES] | None = Field(None, description="older name of eval_strategy")
+    eval_strategy: Literal[EVAL_STRATEGIES] | None = Field(None, description="when to compute the eval loss")
 
     @model_validator(mode="after")
     def _one_eval_strategy(self) -> "TrainingArgs":

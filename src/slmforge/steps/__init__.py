@@ -1,7 +1,9 @@
 """The pipeline steps: one module each, run as `python -m slmforge.steps.<name> ...`.
 
-Each module has a typed `run(...)` doing the work and `main(argv)` parsing the argv that its
-`components/<name>.yml` command renders (option names are the component's input/output names).
+Each module has a `Params` dataclass (its parameters, declared once with `slmforge.params.param`),
+`run(**given)` doing the work and `main(argv)` parsing the argv that its `components/<name>.yml`
+command renders (option names are the component's input/output names; tests/test_params.py keeps
+the YAML equal to Params).
 
 Folder formats the steps exchange (see CONTRIBUTING.md for the full contract):
 - dataset (load_data): train.jsonl / eval.jsonl with {"input_ids", "labels"[, "attention_mask"]}

@@ -7,9 +7,11 @@ backend here — so its option names are the component's input and output names.
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
-from slmforge.errors import EXIT_INVALID_INPUT, report
+from slmforge.errors import InvalidInput, report
+from slmforge.params import optional, value_type
 
 
 def parse_bool(text: str) -> bool:
@@ -23,11 +25,31 @@ def parse_bool(text: str) -> bool:
 
 
 class StepArgumentParser(argparse.ArgumentParser):
-    """Argument errors are invalid input: one line and exit 2 (not usage + error, never a traceback:
-    `main` parses its argv before `run_main` guards the body)."""
+    """Argument errors are invalid input, raised into `run_main`'s boundary: one line, exit 2."""
 
     def error(self, message: str):  # noqa: D401 - argparse API
-        self.exit(EXIT_INVALID_INPUT, f"{self.prog}: error: {message}\n")
+        raise InvalidInput(message)
+
+
+def parser_for(params: type, step: str, description: str) -> StepArgumentParser:
+    """The step's argparse, one `--name` per field of its Params. Allowed values and bounds are
+    checked by `params.make` (one message for argv and for `run()` callers), not by argparse."""
+    parser = StepArgumentParser(prog=f"python -m slmforge.steps.{step}", description=description)
+    for f in dataclasses.fields(params):
+        kind = value_type(params, f.name)
+        text = f.metadata["help"]
+        if f.metadata.get("choices"):
+            text += f" (one of {', '.join(map(str, f.metadata['choices']))})"
+        extra: dict[str, Any] = ({"required": True} if f.default is dataclasses.MISSING else
+                                 {"default": None if optional(f) else f.default})
+        parser.add_argument(f"--{f.name}", type=parse_bool if kind is bool else kind, help=text, **extra)
+    return parser
+
+
+def run_step(step: str, params: type, argv: list[str] | None, work: Callable[[dict[str, Any]], None],
+             description: str) -> int:
+    """Parse argv into Params values and run `work` on them, all inside the one error boundary."""
+    return run_main(step, lambda: work(vars(parser_for(params, step, description).parse_args(argv))))
 
 
 def run_main(step: str, body: Callable[[], None]) -> int:

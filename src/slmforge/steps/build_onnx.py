@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge import manifest, onnx_builder
 from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
-from slmforge.steps._cli import StepArgumentParser, parse_bool, run_main
+from slmforge.params import make, param
+from slmforge.steps._cli import run_step
 from slmforge.steps.evaluate import read_dataset_folder
 
 STEP = "build_onnx"
@@ -33,12 +35,35 @@ DEFAULT_INT4_ALGO = onnx_builder.DEFAULT_INT4_ALGO
 LIBRARIES = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "torch", "transformers", "peft")
 
 
-def run(*, output: str | Path, model: str | Path | None = None, model_id: str | None = None,
-        adapter: str | Path | None = None, precision: str = "int4", execution_provider: str = "cpu",
-        int4_block_size: int = 32, int4_accuracy_level: int = 4, int4_algo_config: str = DEFAULT_INT4_ALGO,
-        int4_is_symmetric: bool = True, extra_options: str | None = None,
-        dataset: str | Path | None = None, check_max_samples: int = 200,
-        max_accuracy_drop: float | None = None) -> dict:
+@dataclass(kw_only=True)
+class Params:
+    """The build_onnx step's parameters: `components/build_onnx.yml`'s inputs and outputs."""
+
+    model: str | None = param(None, asset="uri_folder", help="model folder (Hugging Face format), e.g. the merge output")
+    model_id: str | None = param(None, help="hub id of the model, when no folder is given")
+    adapter: str | None = param(None, asset="uri_folder", help="PEFT adapter folder: build straight from base + adapter")
+    precision: str = param("int4", choices=PRECISIONS, help="weight precision")
+    execution_provider: str = param("cpu", choices=PROVIDERS, help="onnxruntime execution provider")
+    int4_block_size: int = param(32, choices=BLOCK_SIZES, help="int4 quantization block size")
+    int4_accuracy_level: int = param(4, ge=0, le=4, help="MatMulNBits accuracy level")
+    int4_algo_config: str = param(DEFAULT_INT4_ALGO, choices=INT4_ALGOS, help=(
+        "int4 method; auto re-encodes a base whose weights lie on a 4-bit grid (a GGUF's Q4_1) without loss and "
+        "keeps the adapter float, else uses k_quant_mixed"))
+    int4_is_symmetric: bool = param(True, help="symmetric int4 quantization")
+    extra_options: str | None = param(None, help="comma-separated key=value builder options")
+    dataset: str | None = param(None, asset="uri_folder",
+                                help="load_data output folder: gate the build on its eval rows' answers")
+    check_max_samples: int = param(200, ge=1, help="eval rows the answer gates use")
+    max_accuracy_drop: float | None = param(None, ge=0, le=1, help=(
+        "largest accuracy loss against the source model the build may show (default per precision)"))
+    output: str = param(asset="custom_model", output="model", help="onnxruntime-genai model folder to write")
+
+
+def run(**given) -> dict:
+    """Build, check and write the ONNX folder (`given`: Params' names); return the check."""
+    p = make(Params, given)
+    output, model, model_id, adapter, precision, dataset = p.output, p.model, p.model_id, p.adapter, p.precision, p.dataset
+    execution_provider, max_accuracy_drop = p.execution_provider, p.max_accuracy_drop
     from slmforge import model_folder, onnx_builder, torch_model
 
     started = time.perf_counter()
@@ -47,30 +72,21 @@ def run(*, output: str | Path, model: str | Path | None = None, model_id: str | 
     if adapter_path is not None and torch_model.adapter_method(adapter_path) != "lora":
         raise InvalidInput(f"{adapter_path}: a {torch_model.adapter_method(adapter_path)} adapter; the ONNX builder "
                            "reads LoRA adapters only: merge it first (MergeAdapterWeights) and build the merged model")
-    _check_choice("precision", precision, PRECISIONS)
-    _check_choice("execution_provider", execution_provider, PROVIDERS)
-    _check_choice("int4_block_size", int4_block_size, BLOCK_SIZES)
-    _check_choice("int4_accuracy_level", int4_accuracy_level, (0, 1, 2, 3, 4))
-    _check_choice("int4_algo_config", int4_algo_config, INT4_ALGOS)
-    extra = onnx_builder.parse_extra_options(extra_options)
-    if check_max_samples < 1:
-        raise InvalidInput(f"--check_max_samples {check_max_samples}: must be at least 1")
-    if max_accuracy_drop is not None and not 0 <= max_accuracy_drop <= 1:
-        raise InvalidInput(f"--max_accuracy_drop {max_accuracy_drop}: must be between 0 and 1")
-    eval_data = read_dataset_folder(dataset, check_max_samples) if dataset else None
+    extra = onnx_builder.parse_extra_options(p.extra_options)
+    eval_data = read_dataset_folder(dataset, p.check_max_samples) if dataset else None
 
     with manifest.atomic_output(output) as tmp:
         build_started = time.perf_counter()
-        builder_options = build_model(source, tmp, precision, execution_provider, int4_block_size, int4_accuracy_level,
-                                      int4_algo_config, int4_is_symmetric, extra, adapter_path)
+        builder_options = build_model(source, tmp, precision, execution_provider, p.int4_block_size,
+                                      p.int4_accuracy_level, p.int4_algo_config, p.int4_is_symmetric, extra, adapter_path)
         build_seconds = time.perf_counter() - build_started
         check = check_against_pytorch(tmp, source, adapter_path, precision, execution_provider,
                                       eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
         template = model_folder.carried_template(adapter_path or model) if (adapter_path or model) else None
         params = {"model_id": model_id, "precision": precision, "execution_provider": execution_provider,
-                  "int4_block_size": int4_block_size, "int4_accuracy_level": int4_accuracy_level,
-                  "int4_algo_config": int4_algo_config, "int4_is_symmetric": int4_is_symmetric,
-                  "extra_options": extra, "check_max_samples": check_max_samples,
+                  "int4_block_size": p.int4_block_size, "int4_accuracy_level": p.int4_accuracy_level,
+                  "int4_algo_config": p.int4_algo_config, "int4_is_symmetric": p.int4_is_symmetric,
+                  "extra_options": extra, "check_max_samples": p.check_max_samples,
                   "max_accuracy_drop": max_accuracy_drop}
         if template:
             params["text_template"] = template
@@ -181,36 +197,8 @@ def _answers(backend, eval_data) -> dict:
     return evaluation.evaluate(backend, rows, template, examples=[], max_new_tokens=8, label="check")
 
 
-def _check_choice(name: str, value, choices: tuple) -> None:
-    if value not in choices:
-        raise InvalidInput(f"--{name} {value!r}: expected one of {', '.join(map(str, choices))}")
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = StepArgumentParser(prog=f"python -m slmforge.steps.{STEP}", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model folder (Hugging Face format), e.g. the merge output")
-    parser.add_argument("--model_id", help="hub id of the model, when no folder is given")
-    parser.add_argument("--adapter", help="PEFT adapter folder: build straight from base + adapter")
-    parser.add_argument("--precision", default="int4", choices=PRECISIONS)
-    parser.add_argument("--execution_provider", default="cpu", choices=PROVIDERS)
-    parser.add_argument("--int4_block_size", type=int, default=32)
-    parser.add_argument("--int4_accuracy_level", type=int, default=4)
-    parser.add_argument("--int4_algo_config", default=DEFAULT_INT4_ALGO, choices=INT4_ALGOS)
-    parser.add_argument("--int4_is_symmetric", type=parse_bool, default=True)
-    parser.add_argument("--extra_options", help="comma-separated key=value builder options")
-    parser.add_argument("--dataset", help="load_data output folder: gate the build on its eval rows' answers")
-    parser.add_argument("--check_max_samples", type=int, default=200, help="eval rows the answer gates use")
-    parser.add_argument("--max_accuracy_drop", type=float,
-                        help="largest accuracy loss against the source model the build may show (default per precision)")
-    parser.add_argument("--output", required=True, help="onnxruntime-genai model folder to write")
-    args = parser.parse_args(argv)
-    return run_main(STEP, lambda: run(
-        output=args.output, model=args.model, model_id=args.model_id, adapter=args.adapter,
-        precision=args.precision, execution_provider=args.execution_provider,
-        int4_block_size=args.int4_block_size, int4_accuracy_level=args.int4_accuracy_level,
-        int4_algo_config=args.int4_algo_config, int4_is_symmetric=args.int4_is_symmetric,
-        extra_options=args.extra_options, dataset=args.dataset, check_max_samples=args.check_max_samples,
-        max_accuracy_drop=args.max_accuracy_drop))
+    return run_step(STEP, Params, argv, lambda values: run(**values), __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

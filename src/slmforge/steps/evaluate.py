@@ -11,25 +11,41 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge import manifest
 from slmforge.errors import InvalidInput
-from slmforge.steps._cli import StepArgumentParser, run_main
+from slmforge.params import make, param
+from slmforge.steps._cli import run_step
 
 STEP = "evaluate"
 METRICS_FILE = "metrics.json"
 
 
-def run(*, dataset: str | Path, metrics: str | Path, model: str | Path | None = None, model_id: str | None = None,
-        label: str = "model", max_samples: int = 200, max_new_tokens: int = 8) -> dict:
+@dataclass(kw_only=True)
+class Params:
+    """The evaluate step's parameters: `components/evaluate.yml`'s inputs and outputs."""
+
+    model: str | None = param(None, asset="uri_folder", help="model folder: Hugging Face or onnxruntime-genai")
+    model_id: str | None = param(None, help="hub id of the model, when no folder is given")
+    dataset: str = param(asset="uri_folder", help="output of load_data (its manifest carries the template)")
+    label: str = param("model", help="name shown in the report (base, merged, onnx)")
+    max_samples: int = param(200, ge=1, help="eval rows to answer")
+    max_new_tokens: int = param(8, ge=1, help="tokens generated per answer")
+    metrics: str = param(asset="uri_folder", output=True, help="metrics folder to write")
+
+
+def run(**given) -> dict:
+    """Evaluate and write the metrics folder (`given`: Params' names); return the metrics."""
+    p = make(Params, given)
+    dataset, metrics, model, model_id, label = p.dataset, p.metrics, p.model, p.model_id, p.label
+    max_samples, max_new_tokens = p.max_samples, p.max_new_tokens
     from slmforge import evaluation
     from slmforge.model_folder import is_onnx_folder
 
     started = time.perf_counter()
     rows, examples_raw, template = read_dataset_folder(dataset, max_samples)
-    if max_new_tokens < 1:
-        raise InvalidInput(f"--max_new_tokens {max_new_tokens}: must be at least 1")
     backend = evaluation.load_backend(model, model_id)
     result = evaluation.evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
                                  label=label, model_dir=model)
@@ -79,18 +95,7 @@ def read_dataset_folder(dataset: str | Path, max_samples: int):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = StepArgumentParser(prog=f"python -m slmforge.steps.{STEP}", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model folder: Hugging Face or onnxruntime-genai")
-    parser.add_argument("--model_id", help="hub id of the model, when no folder is given")
-    parser.add_argument("--dataset", required=True, help="load_data output folder")
-    parser.add_argument("--label", default="model", help="name shown in the report (base, merged, onnx)")
-    parser.add_argument("--max_samples", type=int, default=200)
-    parser.add_argument("--max_new_tokens", type=int, default=8)
-    parser.add_argument("--metrics", required=True, help="metrics folder to write")
-    args = parser.parse_args(argv)
-    return run_main(STEP, lambda: run(
-        dataset=args.dataset, metrics=args.metrics, model=args.model, model_id=args.model_id,
-        label=args.label, max_samples=args.max_samples, max_new_tokens=args.max_new_tokens))
+    return run_step(STEP, Params, argv, lambda values: run(**values), __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

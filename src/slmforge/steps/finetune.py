@@ -15,45 +15,69 @@ import os
 import resource
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmforge import manifest
 from slmforge.errors import InvalidInput
-from slmforge.steps._cli import StepArgumentParser, parse_bool, run_main
+from slmforge.params import make, param
+from slmforge.steps._cli import run_step
 from slmforge.training import checkpoint, tracking
+from slmforge.training.args import TrainArgs
 from slmforge.training.data import read_dataset
-from slmforge.training.loop import Dist, TrainArgs, train
+from slmforge.training.loop import Dist, train
 from slmforge.training.model import DTYPES, METHODS, LoraSpec, base_model_name, load_model
 
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
-OPTIMIZERS = ("adamw_torch", "adamw_hf", "adamw_torch_fused", "paged_adamw_32bit", "paged_adamw_8bit",
-              "adamw_8bit", "sgd")
 # Parameters that do not change the trained weights: a checkpoint made under other values still resumes.
 _NOT_IN_FINGERPRINT = {"logging_steps", "save_steps", "eval_strategy", "eval_steps", "per_device_eval_batch_size"}
+_FOLDERS = ("model", "model_id", "dataset", "adapter", "checkpoints")  # where, not how: not in the params
+_LYCORIS = ("rank_dropout", "module_dropout")
+_LOKR = ("decompose_both", "decompose_factor")
 
 
-def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | None = None,
-        model: str | Path | None = None, model_id: str | None = None, method: str = "lora",
-        target_modules: str | None = None, r: int = 64, alpha: float = 16, lora_dropout: float = 0.05,
-        quant_type: str = "nf4", double_quant: bool = True, compute_dtype: str = "float32",
-        gradient_checkpointing: bool = False, rank_dropout: float = 0.0, module_dropout: float = 0.0,
-        decompose_both: bool = False, decompose_factor: int = -1, progress: bool = True,
-        **training_args) -> dict | None:
-    """Fine-tune and write the adapter folder; returns its manifest (None on ranks other than 0)."""
+@dataclass(kw_only=True)
+class Params(TrainArgs):
+    """The finetune step's parameters (and the training arguments): `components/finetune.yml`'s inputs and outputs."""
+
+    model: str | None = param(None, asset="uri_folder", help="base model folder (Hugging Face format)")
+    model_id: str | None = param(None, help="hub id of the base model, when no folder is given")
+    dataset: str = param(asset="uri_folder", help="output of load_data")
+    method: str = param("lora", choices=METHODS, help="the LoRA-family method")
+    target_modules: str | None = param(None, help="comma-separated module names (default all projections)")
+    r: int = param(64, ge=1, help="adapter rank")
+    alpha: float = param(16, gt=0, help="adapter alpha")
+    lora_dropout: float = param(0.05, ge=0, lt=1, help="LoRA / DoRA dropout")
+    quant_type: str = param("nf4", choices=("nf4", "fp4"), help="QLoRA 4-bit type")
+    double_quant: bool = param(True, help="QLoRA: quantize the quantization constants")
+    compute_dtype: str = param("float32", choices=DTYPES, help="QLoRA compute dtype")
+    rank_dropout: float = param(0.0, ge=0, lt=1, help="LoHa / LoKr only")
+    module_dropout: float = param(0.0, ge=0, lt=1, help="LoHa / LoKr only")
+    decompose_both: bool = param(False, help="LoKr only")
+    decompose_factor: int = param(-1, ge=-1, help="LoKr only")
+    adapter: str = param(asset="uri_folder", output=True, help="PEFT adapter folder to write")
+    checkpoints: str | None = param(None, asset="uri_folder", output=True,
+                                    help="checkpoint folder (resumes from its newest matching checkpoint)")
+
+    def check(self) -> None:
+        if self.decompose_factor == 0:
+            raise InvalidInput("decompose_factor must be -1 or at least 1")
+
+
+def run(*, progress: bool = True, **given) -> dict | None:
+    """Fine-tune and write the adapter folder (`given`: Params' names); returns its manifest (None on
+    ranks other than 0). `progress`: print a progress line on stderr."""
+    started = time.perf_counter()
+    p = make(Params, given)  # before the heavy imports: a bad value costs nothing
     import torch
 
-    started = time.perf_counter()
-    unknown = sorted(set(training_args) - {f.name for f in fields(TrainArgs)})
-    if unknown:
-        raise InvalidInput(f"unknown training argument '{unknown[0]}'")
-    args = TrainArgs(**training_args)
+    dataset, adapter, checkpoints, model, model_id = p.dataset, p.adapter, p.checkpoints, p.model, p.model_id
+    method, target_modules, compute_dtype = p.method, p.target_modules, p.compute_dtype
     modules = [m.strip() for m in target_modules.split(",") if m.strip()] if target_modules else None
-    spec = LoraSpec(method=method, r=r, alpha=alpha, dropout=lora_dropout, target_modules=modules,
-                    quant_type=quant_type, double_quant=double_quant, compute_dtype=compute_dtype,
-                    gradient_checkpointing=gradient_checkpointing, rank_dropout=rank_dropout,
-                    module_dropout=module_dropout, decompose_both=decompose_both, decompose_factor=decompose_factor)
-    _check(spec, args)
+    spec = LoraSpec(method=method, r=p.r, alpha=p.alpha, dropout=p.lora_dropout, target_modules=modules,
+                    quant_type=p.quant_type, double_quant=p.double_quant, compute_dtype=compute_dtype,
+                    gradient_checkpointing=p.gradient_checkpointing, rank_dropout=p.rank_dropout,
+                    module_dropout=p.module_dropout, decompose_both=p.decompose_both,
+                    decompose_factor=p.decompose_factor)
     data = read_dataset(dataset)
     dist, owns_group = _init_distributed()
     threads = torch.get_num_threads()
@@ -63,17 +87,15 @@ def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | N
         torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0
                               else max(1, len(os.sched_getaffinity(0)) // local))
     try:
-        peft_model = load_model(model, model_id, spec, dist.device, args.seed)
-        params = dict(method=method, target_modules=target_modules, r=r, alpha=alpha, lora_dropout=lora_dropout,
-                      quant_type=quant_type, double_quant=double_quant, compute_dtype=compute_dtype,
-                      gradient_checkpointing=gradient_checkpointing, **_family_params(spec), **asdict(args))
+        peft_model = load_model(model, model_id, spec, dist.device, p.seed)
+        params = _recorded_params(p)
         data_digest = (data.manifest.get("outputs_digest") or manifest.digest_path(dataset))
         model_print = checkpoint.model_fingerprint(model, model_id)
         run_print = checkpoint.fingerprint(
             params={k: v for k, v in params.items() if k not in _NOT_IN_FINGERPRINT},
             dataset=data_digest, model=model_print, world=dist.world)
         autocast = getattr(torch, compute_dtype) if method == "lora" and compute_dtype != "float32" else None
-        result = train(peft_model, data, args, dist, checkpoints=Path(checkpoints) if checkpoints else None,
+        result = train(peft_model, data, p, dist, checkpoints=Path(checkpoints) if checkpoints else None,
                        run_fingerprint=run_print, autocast_dtype=autocast,
                        progress=_progress_printer() if progress and dist.rank == 0 else None)
         if dist.rank != 0:
@@ -119,40 +141,15 @@ def run(*, dataset: str | Path, adapter: str | Path, checkpoints: str | Path | N
             torch.distributed.destroy_process_group()
 
 
-def _family_params(spec: LoraSpec) -> dict:
-    """The method-specific parameters, only for the methods that have them (LoRA's params are unchanged)."""
-    if spec.method in ("loha", "lokr"):
-        extra = {"rank_dropout": spec.rank_dropout, "module_dropout": spec.module_dropout}
-        if spec.method == "lokr":
-            extra.update(decompose_both=spec.decompose_both, decompose_factor=spec.decompose_factor)
-        return extra
-    return {}
-
-
-def _check(spec: LoraSpec, args: TrainArgs) -> None:
-    checks = [
-        (spec.method in METHODS, f"method '{spec.method}' is not one of {', '.join(METHODS)}"),
-        (0 <= spec.rank_dropout < 1 and 0 <= spec.module_dropout < 1,
-         "rank_dropout and module_dropout must be in [0, 1)"),
-        (spec.decompose_factor == -1 or spec.decompose_factor >= 1, "decompose_factor must be -1 or at least 1"),
-        (spec.quant_type in ("nf4", "fp4"), f"quant_type '{spec.quant_type}' is not one of nf4, fp4"),
-        (spec.compute_dtype in DTYPES, f"compute_dtype '{spec.compute_dtype}' is not one of {', '.join(DTYPES)}"),
-        (spec.r >= 1, f"r must be at least 1, got {spec.r}"),
-        (0 <= spec.dropout < 1, f"lora_dropout must be in [0, 1), got {spec.dropout}"),
-        (args.lr_scheduler_type in SCHEDULERS, f"lr_scheduler_type '{args.lr_scheduler_type}' is not one of "
-                                               f"{', '.join(SCHEDULERS)}"),
-        (args.optim in OPTIMIZERS, f"optim '{args.optim}' is not one of {', '.join(OPTIMIZERS)}"),
-        (args.eval_strategy in ("no", "steps", "epoch"), f"eval_strategy '{args.eval_strategy}' is not one of "
-                                                         "no, steps, epoch"),
-        (args.learning_rate > 0, f"learning_rate must be above 0, got {args.learning_rate}"),
-        (min(args.per_device_train_batch_size, args.per_device_eval_batch_size,
-             args.gradient_accumulation_steps, args.logging_steps, args.save_steps) >= 1,
-         "batch sizes, gradient_accumulation_steps, logging_steps and save_steps must be at least 1"),
-        (args.max_steps > 0 or args.num_train_epochs > 0, "give max_steps or num_train_epochs above 0"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise InvalidInput(message)
+def _recorded_params(p: Params) -> dict:
+    """How it was trained (the manifest's, MLflow's and the checkpoint fingerprint's params): the
+    method-specific parameters only for the methods that have them (LoRA's params are unchanged)."""
+    skip = set(_FOLDERS)
+    if p.method not in ("loha", "lokr"):
+        skip |= set(_LYCORIS)
+    if p.method != "lokr":
+        skip |= set(_LOKR)
+    return {k: v for k, v in asdict(p).items() if k not in skip}
 
 
 def _init_distributed() -> tuple[Dist, bool]:
@@ -190,41 +187,19 @@ def _progress_printer():
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = StepArgumentParser(prog="python -m slmforge.steps.finetune", description=__doc__.splitlines()[0])
-    p.add_argument("--model")
-    p.add_argument("--model_id")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--method", default="lora", choices=list(METHODS))
-    p.add_argument("--target_modules")
-    p.add_argument("--r", type=int, default=64)
-    p.add_argument("--alpha", type=float, default=16)
-    p.add_argument("--lora_dropout", type=float, default=0.05)
-    p.add_argument("--quant_type", default="nf4", choices=["nf4", "fp4"])
-    p.add_argument("--double_quant", type=parse_bool, default=True)
-    p.add_argument("--compute_dtype", default="float32", choices=list(DTYPES))
-    p.add_argument("--gradient_checkpointing", type=parse_bool, default=False)
-    p.add_argument("--rank_dropout", type=float, default=0.0)
-    p.add_argument("--module_dropout", type=float, default=0.0)
-    p.add_argument("--decompose_both", type=parse_bool, default=False)
-    p.add_argument("--decompose_factor", type=int, default=-1)
-    for f in fields(TrainArgs):
-        kind = {"int": int, "float": float, "bool": parse_bool}.get(str(f.type).split(" ")[0], str)
-        p.add_argument(f"--{f.name}", type=kind, default=f.default)
-    p.add_argument("--adapter", required=True)
-    p.add_argument("--checkpoints")
+    given = list(sys.argv[1:] if argv is None else argv)
+    # torchrun's own parser rejects `--r` (a prefix of several of its options), so under
+    # torchrun the step's arguments follow a `--`, which torchrun passes on: drop it.
+    given = given[1:] if given[:1] == ["--"] else given
 
-    def body() -> None:
-        given = list(sys.argv[1:] if argv is None else argv)
-        # torchrun's own parser rejects `--r` (a prefix of several of its options), so under
-        # torchrun the step's arguments follow a `--`, which torchrun passes on: drop it.
-        args = vars(p.parse_args(given[1:] if given[:1] == ["--"] else given))
-        m = run(**args)
+    def work(values: dict) -> None:
+        m = run(**values)
         if m is not None:
             c = m["metrics"]
             print(f"finetune: {c['steps']} steps, final loss {c['final_loss']:.4f}, eval loss {c['eval_loss']}, "
-                  f"{c['tokens_per_second']:,.0f} tokens/s -> {args['adapter']}", file=sys.stderr)
+                  f"{c['tokens_per_second']:,.0f} tokens/s -> {values['adapter']}", file=sys.stderr)
 
-    return run_main("finetune", body)
+    return run_step("finetune", Params, given, work, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

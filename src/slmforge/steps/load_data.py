@@ -30,10 +30,13 @@ from slmforge import chat_rows, manifest
 from slmforge.datasets_io import read_rows
 from slmforge.datastore import fetch_datastore_file, is_datastore_uri
 from slmforge.errors import InvalidInput
-from slmforge.steps._cli import StepArgumentParser, parse_bool, run_main
+from slmforge.params import make, param
+from slmforge.steps._cli import run_step
 from slmforge.template import Template
 
 IGNORE = -100  # label of a token the loss skips (PyTorch's cross-entropy ignore_index)
+STRATEGIES = ("join", "line-by-line")
+LOSS_ON = ("all", "completion")
 
 
 @dataclass
@@ -48,17 +51,45 @@ class Sequences:
     dropped: int = 0  # examples left with no label token after truncation
 
 
-def run(*, data: str, spec: str | Path, dataset: str | Path, tokenizer: str | Path | None = None,
-        model_id: str | None = None, eval_data: str | None = None, data_format: str = "json",
-        split: str = "train", corpus_strategy: str = "join", source_max_len: int = 1024,
-        pad_to_max_len: bool = False, use_attention_mask: bool = True, loss_on: str = "all",
-        eval_dataset_size: float | None = None, data_seed: int = 42, max_samples: int | None = None) -> dict:
-    """Write the tokenized dataset folder `dataset`; return its manifest. Nothing is written on error."""
+@dataclass(kw_only=True)
+class Params:
+    """The load_data step's parameters: `components/load_data.yml`'s inputs and outputs."""
+
+    data: str = param(asset="uri_file", help="data file (local upload or azureml://datastores/<name>/paths/<path>)")
+    eval_data: str | None = param(None, asset="uri_file", help="separate eval file (else eval_dataset_size is split off)")
+    spec: str = param(asset="uri_file", help="JSON: {text_cols, text_template} or {chat: true}")
+    tokenizer: str | None = param(None, asset="uri_folder", help="model folder whose tokenizer is used")
+    model_id: str | None = param(None, help="hub id of the model, when no tokenizer folder is given")
+    data_format: str = param("json", choices=("json", "csv", "parquet"), help="format of the data files")
+    split: str = param("train", help="split of the data file to read")
+    corpus_strategy: str = param("join", choices=STRATEGIES, help="pack examples into blocks, or one per line")
+    source_max_len: int = param(1024, ge=2, help="tokens per sequence")
+    pad_to_max_len: bool = param(False, help="pad every sequence to source_max_len")
+    use_attention_mask: bool = param(True, help="write an attention_mask per sequence")
+    loss_on: str = param("all", choices=LOSS_ON, help="learn every token, or only the answer")
+    eval_dataset_size: float | None = param(None, gt=0, help="rows held out: a fraction below 1 or a row count")
+    data_seed: int = param(42, help="seed of the held-out split")
+    max_samples: int | None = param(None, ge=1, help="read at most this many rows")
+    dataset: str = param(asset="uri_folder", output=True, help="tokenized dataset folder to write")
+
+    def check(self) -> None:
+        size = self.eval_dataset_size
+        if size is not None and size >= 1 and size != int(size):
+            raise InvalidInput(f"eval_dataset_size must be a fraction below 1 or a whole row count, got {size}")
+        if size is not None and self.eval_data:
+            raise InvalidInput("give either eval_data or eval_dataset_size, not both")
+
+
+def run(**given) -> dict:
+    """Write the tokenized dataset folder (`given`: Params' names); return its manifest. Nothing is
+    written on error."""
     started = time.perf_counter()
-    _check_params(corpus_strategy, loss_on, source_max_len, eval_dataset_size, eval_data)
+    p = make(Params, given)
+    data, spec, dataset, eval_data, data_format, split = p.data, p.spec, p.dataset, p.eval_data, p.data_format, p.split
+    corpus_strategy, source_max_len, loss_on, max_samples = p.corpus_strategy, p.source_max_len, p.loss_on, p.max_samples
     text_cols, template = _read_spec(Path(spec))  # template None: chat rows
     chat = template is None
-    tok, tok_name = load_tokenizer(tokenizer, model_id)
+    tok, tok_name = load_tokenizer(p.tokenizer, p.model_id)
     if tok.eos_token_id is None:
         raise InvalidInput(f"tokenizer {tok_name} has no EOS token to end each example with")
     if chat:  # evaluation reads a conversation as a plain row: prompt, then the last assistant turn
@@ -73,7 +104,7 @@ def run(*, data: str, spec: str | Path, dataset: str | Path, tokenizer: str | Pa
         else:
             held_out = None
             prompt_of = (lambda r: chat_rows.eval_row(tok, r[chat_rows.COLUMN])["prompt"]) if chat else template.prompt
-            train_rows, eval_rows = split_eval(train.rows, prompt_of, eval_dataset_size, data_seed)
+            train_rows, eval_rows = split_eval(train.rows, prompt_of, p.eval_dataset_size, p.data_seed)
         inputs = {"data": {"path": data, "digest": manifest.digest_path(data_file)},
                   "spec": {"path": str(spec), "digest": manifest.digest_path(spec)}}
         if eval_file is not None:
@@ -89,7 +120,7 @@ def run(*, data: str, spec: str | Path, dataset: str | Path, tokenizer: str | Pa
         else:
             examples = tokenize_rows(tok, template, rows, loss_on)
         seqs[name] = build(examples, source_max_len)
-        if pad_to_max_len:
+        if p.pad_to_max_len:
             _pad(seqs[name], source_max_len, pad_id)
     if not seqs["train"].records:
         raise InvalidInput(f"{data}: no training example is left with a token to learn from "
@@ -97,7 +128,7 @@ def run(*, data: str, spec: str | Path, dataset: str | Path, tokenizer: str | Pa
 
     with manifest.atomic_output(dataset) as out:
         for name, s in seqs.items():
-            _write_jsonl(out / f"{name}.jsonl", (_record(r, use_attention_mask) for r in s.records))
+            _write_jsonl(out / f"{name}.jsonl", (_record(r, p.use_attention_mask) for r in s.records))
         if chat:
             eval_rows = [chat_rows.eval_row(tok, r[chat_rows.COLUMN]) for r in eval_rows]
         _write_jsonl(out / "eval_rows.jsonl", eval_rows)
@@ -112,9 +143,9 @@ def run(*, data: str, spec: str | Path, dataset: str | Path, tokenizer: str | Pa
                             f"{name}_truncated": s.truncated, f"{name}_dropped": s.dropped})
         params = {"text_template": template.text, "text_cols": text_cols, "chat": chat, "loss_on": loss_on,
                   "corpus_strategy": corpus_strategy, "source_max_len": source_max_len,
-                  "pad_to_max_len": pad_to_max_len, "use_attention_mask": use_attention_mask,
-                  "data_format": data_format, "split": split, "eval_dataset_size": eval_dataset_size,
-                  "data_seed": data_seed, "max_samples": max_samples}
+                  "pad_to_max_len": p.pad_to_max_len, "use_attention_mask": p.use_attention_mask,
+                  "data_format": data_format, "split": split, "eval_dataset_size": p.eval_dataset_size,
+                  "data_seed": p.data_seed, "max_samples": max_samples}
         tokenizer_info = {"name": tok_name, "digest": tokenizer_digest(tok), "eos_token_id": tok.eos_token_id,
                           "pad_token_id": pad_id, "bos_token_id": tok.bos_token_id}
         return manifest.write_manifest(
@@ -122,22 +153,6 @@ def run(*, data: str, spec: str | Path, dataset: str | Path, tokenizer: str | Pa
             libraries=("transformers", "tokenizers"),
             extra={"inputs": inputs, "tokenizer": tokenizer_info, "source_digest": inputs["data"]["digest"]},
         )
-
-
-def _check_params(corpus_strategy: str, loss_on: str, source_max_len: int,
-                  eval_dataset_size: float | None, eval_data: str | None) -> None:
-    if corpus_strategy not in ("join", "line-by-line"):
-        raise InvalidInput(f"corpus_strategy '{corpus_strategy}' is not one of join, line-by-line")
-    if loss_on not in ("all", "completion"):
-        raise InvalidInput(f"loss_on '{loss_on}' is not one of all, completion")
-    if source_max_len < 2:
-        raise InvalidInput(f"source_max_len must be at least 2, got {source_max_len}")
-    if eval_dataset_size is not None:
-        if eval_dataset_size <= 0 or (eval_dataset_size >= 1 and eval_dataset_size != int(eval_dataset_size)):
-            raise InvalidInput(f"eval_dataset_size must be a fraction below 1 or a whole row count, "
-                               f"got {eval_dataset_size}")
-        if eval_data:
-            raise InvalidInput("give either eval_data or eval_dataset_size, not both")
 
 
 def _read_spec(path: Path) -> tuple[list[str], Template | None]:
@@ -310,33 +325,13 @@ def _write_jsonl(path: Path, records) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = StepArgumentParser(prog="python -m slmforge.steps.load_data", description=__doc__.splitlines()[0])
-    p.add_argument("--data", required=True)
-    p.add_argument("--eval_data")
-    p.add_argument("--spec", required=True)
-    p.add_argument("--tokenizer")
-    p.add_argument("--model_id")
-    p.add_argument("--data_format", default="json", choices=["json", "csv", "parquet"])
-    p.add_argument("--split", default="train")
-    p.add_argument("--corpus_strategy", default="join", choices=["join", "line-by-line"])
-    p.add_argument("--source_max_len", type=int, default=1024)
-    p.add_argument("--pad_to_max_len", type=parse_bool, default=False)
-    p.add_argument("--use_attention_mask", type=parse_bool, default=True)
-    p.add_argument("--loss_on", default="all", choices=["all", "completion"])
-    p.add_argument("--eval_dataset_size", type=float)
-    p.add_argument("--data_seed", type=int, default=42)
-    p.add_argument("--max_samples", type=int)
-    p.add_argument("--dataset", required=True)
-
-    def body() -> None:
-        args = p.parse_args(argv)
-        m = run(**vars(args))
-        c = m["metrics"]
+    def work(values: dict) -> None:
+        c = run(**values)["metrics"]
         print(f"load_data: {c['train_examples']} train / {c['eval_examples']} eval sequences, "
-              f"{c['train_tokens']} train tokens, {c['empty_rows']} empty rows skipped -> {args.dataset}",
+              f"{c['train_tokens']} train tokens, {c['empty_rows']} empty rows skipped -> {values['dataset']}",
               file=sys.stderr)
 
-    return run_main("load_data", body)
+    return run_step("load_data", Params, argv, work, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge import manifest
-from slmforge.errors import InvalidInput, StepFailed
-from slmforge.steps._cli import StepArgumentParser, run_main
+from slmforge.errors import StepFailed
+from slmforge.params import make, param
+from slmforge.steps._cli import run_step
 
 STEP = "merge"
 LIBRARIES = ("torch", "transformers", "peft", "safetensors")
@@ -28,15 +30,26 @@ LIBRARIES = ("torch", "transformers", "peft", "safetensors")
 FP16_RELATIVE_BOUND = 1e-2
 
 
-def run(*, adapter: str | Path, output: str | Path, model: str | Path | None = None,
-        model_id: str | None = None, torch_dtype: str = "float32") -> dict:
+@dataclass(kw_only=True)
+class Params:
+    """The merge step's parameters: `components/merge.yml`'s inputs and outputs."""
+
+    model: str | None = param(None, asset="uri_folder", help="base model folder (Hugging Face format)")
+    model_id: str | None = param(None, help="hub id of the base model, when no folder is given")
+    adapter: str = param(asset="uri_folder", help="PEFT adapter folder (finetune output)")
+    torch_dtype: str = param("float32", choices=("float32", "float16"), help="dtype of the merged weights")
+    output: str = param(asset="custom_model", output="model", help="merged model folder to write")
+
+
+def run(**given) -> dict:
+    """Merge, check and write the model folder (`given`: Params' names); return the check."""
+    p = make(Params, given)
+    model, model_id, torch_dtype, output = p.model, p.model_id, p.torch_dtype, p.output
     from slmforge import model_folder, torch_model
 
     started = time.perf_counter()
     source = torch_model.base_source(model, model_id)
-    adapter = torch_model.check_adapter_folder(adapter)
-    if torch_dtype not in torch_model.DTYPES:
-        raise InvalidInput(f"--torch_dtype {torch_dtype!r}: expected one of {', '.join(torch_model.DTYPES)}")
+    adapter = torch_model.check_adapter_folder(p.adapter)
 
     with manifest.atomic_output(output) as tmp:
         check = merge_into(source, adapter, tmp, torch_dtype)
@@ -100,15 +113,7 @@ def check_merged(reference: list, token_ids: list[list[int]], folder: Path, torc
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = StepArgumentParser(prog=f"python -m slmforge.steps.{STEP}", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="base model folder (Hugging Face format)")
-    parser.add_argument("--model_id", help="hub id of the base model, when no folder is given")
-    parser.add_argument("--adapter", required=True, help="PEFT adapter folder (finetune output)")
-    parser.add_argument("--torch_dtype", default="float32", choices=["float32", "float16"])
-    parser.add_argument("--output", required=True, help="merged model folder to write")
-    args = parser.parse_args(argv)
-    return run_main(STEP, lambda: run(adapter=args.adapter, output=args.output, model=args.model,
-                                      model_id=args.model_id, torch_dtype=args.torch_dtype))
+    return run_step(STEP, Params, argv, lambda values: run(**values), __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -22,13 +22,15 @@ import os
 import sqlite3
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from slmforge import __version__, manifest
 from slmforge.errors import InvalidInput, StepFailed
 from slmforge.registry_rules import check_asset_name, default_tracking_uri
-from slmforge.steps._cli import StepArgumentParser, run_main
+from slmforge.params import make, param
+from slmforge.steps._cli import run_step
 
 EXPERIMENT = "slmforge-models"
 ALIAS = "current"  # MLflow reserves "latest" (see above)
@@ -98,16 +100,32 @@ def _metric_tags(metrics_dir: Path | None) -> dict[str, str]:
     return {f"metric.{k}": str(v) for k, v in data.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
-def run(model: Path, name: str, registration: Path, *, metrics: Path | None = None,
-        format: str = "custom_model", recipe_digest: str = "unknown", tracking_uri: str | None = None) -> dict[str, Any]:
+@dataclass(kw_only=True)
+class Params:
+    """The register step's parameters: `components/register.yml`'s inputs and outputs."""
+
+    model: str = param(asset="custom_model", help="the model folder to register")
+    metrics: str | None = param(None, asset="uri_folder", help="evaluate output whose metrics become tags")
+    name: str = param(help="registered model name")
+    format: str = param("custom_model", choices=("custom_model", "mlflow_model"), help="how the model is stored")
+    recipe_digest: str = param("unknown", help="digest of the recipe, a tag of the version")
+    tracking_uri: str | None = param(None, help="MLflow registry (default ~/.slmforge/registry.db)")
+    registration: str = param(asset="uri_folder", output=True, help="folder to write registration.json to")
+
+
+def run(**given) -> dict[str, Any]:
+    """Register the model (`given`: Params' names); return what registration.json records."""
     started = time.monotonic()
+    p = make(Params, given)
+    name, format, recipe_digest, registration = p.name, p.format, p.recipe_digest, p.registration  # noqa: A001
+    metrics = Path(p.metrics) if p.metrics else None
     check_asset_name(name)  # the rule Azure ML applies, so the name also works in a workspace
-    model = Path(model)
+    model = Path(p.model)
     if not model.is_dir():
         raise InvalidInput(f"{model}: model folder not found")
     if not manifest.is_finished(model):
         raise InvalidInput(f"{model}: not a finished model folder (no valid {manifest.MANIFEST})")
-    uri = tracking_uri or default_tracking_uri()
+    uri = p.tracking_uri or default_tracking_uri()
     found = manifest.read_manifest(model) or {}
     tags = {"recipe_digest": recipe_digest, "model_digest": str(found.get("outputs_digest")),
             "slmforge_version": __version__, "format": format, "source_step": str(found.get("step", "")),
@@ -227,18 +245,7 @@ def _list_models(client) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = StepArgumentParser(prog="slmforge.steps.register", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--metrics", type=Path)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--format", default="custom_model", choices=["custom_model", "mlflow_model"])
-    parser.add_argument("--recipe_digest", default="unknown")
-    parser.add_argument("--tracking_uri")
-    parser.add_argument("--registration", required=True, type=Path)
-    args = parser.parse_args(argv)
-    return run_main("register", lambda: run(args.model, args.name, args.registration, metrics=args.metrics,
-                                            format=args.format, recipe_digest=args.recipe_digest,
-                                            tracking_uri=args.tracking_uri))
+    return run_step("register", Params, argv, lambda values: run(**values), __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -22,35 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from slmforge.training import checkpoint
+from slmforge.training.args import TrainArgs
 from slmforge.training.data import (BatchPlan, DatasetFolder, attention_cost, count_label_tokens, count_tokens,
                                     pack_batch)
-
-
-@dataclass
-class TrainArgs:
-    """The Hugging Face TrainingArguments names the recipe accepts (recipe/schema.py TrainingArgs)."""
-
-    seed: int = 42
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 2e-4
-    lr_scheduler_type: str = "linear"
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    num_train_epochs: float = 1.0
-    max_steps: int = -1
-    logging_steps: int = 10
-    save_steps: int = 500
-    eval_strategy: str = "no"
-    eval_steps: int | None = None
-    group_by_length: bool = False
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    optim: str = "adamw_torch"
 
 
 @dataclass

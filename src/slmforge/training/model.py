@@ -21,21 +21,23 @@ METHODS = ("lora", "qlora", "dora", "loha", "lokr")
 BUILDER_READS_ADAPTER = ("lora", "qlora")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LoraSpec:
-    method: str = "lora"  # one of METHODS
-    r: int = 64
-    alpha: float = 16
-    dropout: float = 0.05  # LoRA / DoRA: lora_dropout
-    target_modules: list[str] | None = None  # None: every linear layer but the LM head
-    quant_type: str = "nf4"
-    double_quant: bool = True
-    compute_dtype: str = "float32"
-    gradient_checkpointing: bool = False
-    rank_dropout: float = 0.0  # LoHa / LoKr: drop rank components while training
-    module_dropout: float = 0.0  # LoHa / LoKr: skip a whole adapted module while training
-    decompose_both: bool = False  # LoKr: low-rank decompose the left Kronecker factor too
-    decompose_factor: int = -1  # LoKr: the factorisation's split (-1: as square as possible)
+    """The adapter to train, as the finetune step's Params give it (their defaults are the only ones)."""
+
+    method: str  # one of METHODS
+    r: int
+    alpha: float
+    dropout: float  # LoRA / DoRA: lora_dropout
+    target_modules: list[str] | None  # None: every linear layer but the LM head
+    quant_type: str
+    double_quant: bool
+    compute_dtype: str
+    gradient_checkpointing: bool
+    rank_dropout: float  # LoHa / LoKr: drop rank components while training
+    module_dropout: float  # LoHa / LoKr: skip a whole adapted module while training
+    decompose_both: bool  # LoKr: low-rank decompose the left Kronecker factor too
+    decompose_factor: int  # LoKr: the factorisation's split (-1: as square as possible)
 
 
 def peft_config(spec: LoraSpec):

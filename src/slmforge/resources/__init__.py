@@ -1,0 +1,84 @@
+"""Where slmforge's shipped files are: `components/`, `environments/` and the ready recipes of `pipelines/`.
+
+They live at the repository's top level (Azure ML and `az ml` read them there). This package
+reaches them through symlinks in a checkout and holds them as package data in a wheel; both
+are found with importlib.resources, here only. SLMFORGE_COMPONENTS_DIR overrides the components.
+
+A shipped recipe names its model, data, cache and output by paths relative to `pipelines/`
+(`../.slmforge/models/…`, `../src/slmforge/data/…`, `../out/…`). In a checkout they resolve in
+the checkout. Installed, the package folder is no place to write models or outputs: the recipes
+run from `$SLMFORGE_HOME/shipped/`, laid out like a checkout (the recipes copied to `pipelines/`,
+`src/slmforge/data` a link to the package's data), so the same relative paths hold there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from importlib.resources import files
+from pathlib import Path
+
+COMPONENTS_ENV = "SLMFORGE_COMPONENTS_DIR"
+
+
+def _shipped(name: str) -> Path:
+    return Path(str(files(__name__) / name))  # a plain folder: slmforge is never installed zipped
+
+
+def components_dir() -> Path:
+    override = os.environ.get(COMPONENTS_ENV)
+    return Path(override) if override else _shipped("components")
+
+
+def environments_dir() -> Path:
+    return _shipped("environments")
+
+
+def pipelines_dir() -> Path:
+    return _shipped("pipelines")
+
+
+def _installed_root() -> Path:
+    from slmforge.registry_rules import slmforge_home
+
+    return slmforge_home() / "shipped"
+
+
+def _checkout_root() -> Path | None:
+    root = pipelines_dir().resolve().parent  # through the symlink: the checkout
+    return root if (root / "src" / "slmforge").is_dir() else None
+
+
+def shipped_pipelines_dirs() -> list[Path]:
+    """The folders a shipped recipe runs from (side-effect free; see `shipped_recipe`)."""
+    checkout = _checkout_root()
+    return [checkout / "pipelines" if checkout else _installed_root() / "pipelines"]
+
+
+def shipped_recipe(name: str) -> Path | None:
+    """The shipped recipe `name` (`demo` or `demo.json`) as a file its relative paths work from, or None."""
+    stem = name.removesuffix(".json")
+    if not stem or "/" in stem or os.sep in stem or not (pipelines_dir() / f"{stem}.json").is_file():
+        return None
+    checkout = _checkout_root()
+    if checkout is not None:
+        return checkout / "pipelines" / f"{stem}.json"
+    root = _installed_root()
+    (root / "pipelines").mkdir(parents=True, exist_ok=True)
+    for recipe in pipelines_dir().glob("*.json"):  # refreshed: an upgraded slmforge ships newer recipes
+        target = root / "pipelines" / recipe.name
+        if not target.is_file() or target.read_bytes() != recipe.read_bytes():
+            shutil.copyfile(recipe, target)
+    data = root / "src" / "slmforge" / "data"
+    package_data = Path(str(files("slmforge") / "data"))
+    if not (data.is_symlink() and data.resolve() == package_data.resolve()):
+        data.parent.mkdir(parents=True, exist_ok=True)
+        data.unlink(missing_ok=True)
+        data.symlink_to(package_data, target_is_directory=True)
+    return root / "pipelines" / f"{stem}.json"
+
+
+def find_recipe(given: str) -> Path:
+    """A recipe file as given; else the shipped recipe of that name; else the path, for the loader to name."""
+    path = Path(given)
+    return path if path.exists() else shipped_recipe(given) or path
