@@ -95,7 +95,8 @@ def run_slmforge(recipe: Path, home: Path, *extra: str, timeout: float = 600) ->
     started = time.monotonic()
     proc = start_run(recipe, home, *extra)
     stdout, stderr = proc.communicate(timeout=timeout)
-    out_dir = recipe.parent / json.loads(recipe.read_text())["engine"]["output_dir"]
+    raw = json.loads(recipe.read_text())
+    out_dir = recipe.parent / (raw.get("output_dir") or raw["engine"]["output_dir"])  # flat or Cookbook shape
     return RunOutcome(proc.returncode, stdout, stderr, time.monotonic() - started, out_dir)
 
 

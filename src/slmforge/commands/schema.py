@@ -11,9 +11,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def recipe_schema_text() -> str:
-    from slmforge.recipe.schema import Recipe
+    from slmforge.recipe.json_schema import recipe_schema
 
-    schema = Recipe.model_json_schema(by_alias=True)
+    schema = recipe_schema()
     schema["$id"] = "https://slmforge.dev/schema/recipe.schema.json"
     schema["title"] = "slmforge recipe (Olive workflow JSON)"
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"

@@ -11,15 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from slmforge.recipe.limits import check_limits
-from slmforge.recipe.schema import (
-    AzureMLSystem,
-    DataConfig,
-    HfModel,
-    LoRAPass,
-    MergePass,
-    ModelBuilderPass,
-    PyTorchModel,
-)
+from slmforge.recipe.schema import AzureMLSystem, FinetunePass, MergePass, ModelBuilderPass
 
 if TYPE_CHECKING:
     from slmforge.recipe.loader import LoadedRecipe
@@ -43,16 +35,8 @@ def template_fields(template: str) -> list[str]:
 
 def data_config_path(loaded: "LoadedRecipe", index: int, field: str) -> str:
     """The JSON path of a load/pre-process field, in the shape the user wrote."""
-    dc: DataConfig = loaded.recipe.data_configs[index]
-    if dc.params_config is not None:
-        if field in type(dc.params_config).model_fields:
-            return f"data_configs[{index}].params_config.{field}"
-        where = "params_config.component_kwargs" if dc.params_config.component_kwargs else "component_kwargs"
-        return f"data_configs[{index}].{where}.pre_process_data.{field}"
     block = "load_dataset_config" if field in ("data_name", "data_files", "split") else "pre_process_data_config"
-    raw_block = loaded.raw["data_configs"][index].get(block)
-    level = ".params" if isinstance(raw_block, dict) and isinstance(raw_block.get("params"), dict) else ""
-    return f"data_configs[{index}].{block}{level}.{field}"
+    return loaded.where("data_configs", index, block, field)
 
 
 def looks_like_local_path(name: str) -> bool:
@@ -67,25 +51,25 @@ def _check_references(loaded: "LoadedRecipe") -> Iterator[str]:
         if names.index(name) != i:
             yield f"data_configs[{i}].name: duplicate data config name '{name}'"
     for pname, p in r.passes.items():
-        if isinstance(p, LoRAPass):
+        if isinstance(p, FinetunePass):
             for field in ("train_data_config", "eval_data_config"):
-                ref = getattr(p.config, field)
+                ref = getattr(p, field)
                 if ref is not None and ref not in names:
-                    yield f"passes.{pname}.config.{field}: no data config named '{ref}'{_hint(ref, names)}"
+                    yield f"{loaded.where('passes', pname, field)}: no data config named '{ref}'{_hint(ref, names)}"
     if r.evaluate.data_config is not None and r.evaluate.data_config not in names:
         ref = r.evaluate.data_config
         yield f"evaluate.data_config: no data config named '{ref}'{_hint(ref, names)}"
     for field in ("host", "target"):
         ref = getattr(r.engine, field)
         if ref is not None and ref not in r.systems:
-            yield f"engine.{field}: no system named '{ref}'{_hint(ref, list(r.systems))}"
+            yield f"{loaded.where('engine', field)}: no system named '{ref}'{_hint(ref, list(r.systems))}"
 
 
 def _check_passes(loaded: "LoadedRecipe") -> Iterator[str]:
     seen_finetune = seen_merge = seen_build = None
     for name, p in loaded.recipe.passes.items():
-        where = f"passes.{name}"
-        if isinstance(p, LoRAPass):
+        where = loaded.where("passes", name)
+        if isinstance(p, FinetunePass):
             if seen_finetune:
                 yield f"{where}: a second fine-tune pass; '{seen_finetune}' already fine-tunes"
             if seen_build:
@@ -110,43 +94,32 @@ def _check_secrets(loaded: "LoadedRecipe") -> Iterator[str]:
     for name, system in r.systems.items():
         if isinstance(system, AzureMLSystem) and system.hf_token:
             if r.azureml_client is None or not r.azureml_client.keyvault_name:
-                yield (f"systems.{name}: hf_token is true but azureml_client.keyvault_name is not set "
+                yield (f"{loaded.where('systems', name)}: hf_token is true but azureml_client.keyvault_name is not set "
                        "(the token is read from that Key Vault's secret 'hf-token')")
 
 
 def _check_templates(loaded: "LoadedRecipe") -> Iterator[str]:
     for i, dc in enumerate(loaded.recipe.data_configs):
-        pre = dc.preprocess
-        if pre is None or pre.text_template is None:
-            continue
+        pre = dc.pre_process_data_config
         try:
             fields = template_fields(pre.text_template)
         except ValueError as e:
             yield f"{data_config_path(loaded, i, 'text_template')}: not a valid template: {e}"
             continue
         for field in fields:
-            if field not in pre.text_cols:
+            if field not in pre.columns:
                 yield (f"{data_config_path(loaded, i, 'text_template')}: placeholder '{{{field}}}' "
-                       f"is not in text_cols {pre.text_cols}{_hint(field, pre.text_cols)}")
+                       f"is not in text_cols {pre.columns}{_hint(field, pre.columns)}")
         if pre.loss_on == "completion" and not fields:
             yield f"{data_config_path(loaded, i, 'loss_on')}: 'completion' needs a text_template with placeholders"
 
 
 def _local_model_ref(loaded: "LoadedRecipe") -> tuple[str, str, str] | None:
     """(value, json path, what) of an input model that is a local path; None for a hub id or Azure ML."""
-    m = loaded.recipe.input_model
-    if isinstance(m, PyTorchModel):
-        if m.config.model_path is not None:
-            if isinstance(m.config.model_path, str):
-                return m.config.model_path, "input_model.config.model_path", "path"
-            return None
-        name, where = m.config.hf_config.model_name, "input_model.config.hf_config.model_name"
-    elif isinstance(m, HfModel):
-        if not isinstance(m.model_path, str):
-            return None
-        name, where = m.model_path, "input_model.model_path"
-    else:  # pragma: no cover - the schema admits no other type
-        return None
+    name = loaded.recipe.input_model.model_path
+    if not isinstance(name, str):
+        return None  # an Azure ML registry model
+    where = loaded.where("input_model", "model_path")
     if looks_like_local_path(name) or (loaded.base_dir / name).exists():
         return name, where, "model folder"
     return None
@@ -177,7 +150,7 @@ def resolve_path(loaded: "LoadedRecipe", value: str) -> Path:
 
 def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
     for i, dc in enumerate(loaded.recipe.data_configs):
-        files = dc.load.data_files
+        files = dc.load_dataset_config.data_files
         if not isinstance(files, str):
             continue
         where = data_config_path(loaded, i, "data_files")
@@ -185,15 +158,15 @@ def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
         if not path.is_file():
             yield f"{where}: data file '{files}' not found (looked at {path})"
             continue
-        pre = dc.preprocess
-        if pre is None:
-            continue
-        columns = read_columns(path, dc.load.data_name)
+        pre = dc.pre_process_data_config
+        columns = read_columns(path, dc.load_dataset_config.data_name)
         if columns is None:
             continue
-        for col in pre.text_cols:
+        for col in pre.columns:
             if col not in columns:
-                yield (f"{data_config_path(loaded, i, 'text_cols')}: column '{col}' is not in "
+                written = "text_cols" in loaded.canonical["data_configs"][i]["pre_process_data_config"]
+                field = "text_cols" if written else "text_template"  # without text_cols: its placeholders
+                yield (f"{data_config_path(loaded, i, field)}: column '{col}' is not in "
                        f"{path.name} (columns: {', '.join(sorted(columns))}){_hint(col, sorted(columns))}")
 
 

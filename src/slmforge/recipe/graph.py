@@ -17,15 +17,14 @@ from typing import Literal, Union
 from slmforge.errors import InvalidInput
 from slmforge.recipe.checks import looks_like_local_path, resolve_path
 from slmforge.recipe.loader import LoadedRecipe
+from slmforge.recipe.passes import FINETUNE_PASSES, dtype_name
 from slmforge.recipe.schema import (
     AzureMLRegistryModel,
     AzureMLSystem,
     DataConfig,
-    HfModel,
-    LoRAPass,
+    FinetunePass,
     MergePass,
     ModelBuilderPass,
-    PyTorchModel,
     Recipe,
 )
 
@@ -91,22 +90,18 @@ class StepGraph:
 
 
 def recipe_digest(loaded: LoadedRecipe) -> str:
-    canonical = json.dumps(loaded.raw, sort_keys=True, separators=(",", ":")).encode()
+    # Of the validated recipe: one recipe written in two Olive generations (or with its defaults
+    # written out, or another description) is one recipe.
+    meaning = loaded.recipe.model_dump(mode="json", by_alias=True, exclude={"schema_", "description"})
+    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).hexdigest()
 
 
 def model_source(loaded: LoadedRecipe) -> ModelSource:
     m = loaded.recipe.input_model
-    if isinstance(m, PyTorchModel):
-        path, fmt, name = m.config.model_path, m.config.model_file_format, m.config.hf_config.model_name
-    elif isinstance(m, HfModel):
-        path, fmt, name = m.model_path, m.model_file_format, m.model_path
-    else:  # pragma: no cover
-        raise AssertionError(m)
-    if isinstance(path, AzureMLRegistryModel):
-        return ModelSource(Ref("uri", path.uri), None, mlflow=fmt == "PyTorch.MLflow")
-    if isinstance(path, str):
-        name = path
+    if isinstance(m.model_path, AzureMLRegistryModel):
+        return ModelSource(Ref("uri", m.model_path.uri), None, mlflow=m.model_file_format == "PyTorch.MLflow")
+    name = m.model_path
     local = resolve_path(loaded, name)
     if looks_like_local_path(name) or local.exists():
         return ModelSource(Ref("path", str(local)), None)
@@ -120,15 +115,15 @@ def _model_inputs(source: ModelSource, key: str = "model") -> tuple[dict[str, Re
 
 
 def _data_ref(loaded: LoadedRecipe, dc: DataConfig) -> Ref:
-    files = dc.load.data_files
+    files = dc.load_dataset_config.data_files
     if isinstance(files, str):
         return Ref("path", str(resolve_path(loaded, files)))
     return Ref("uri", files.uri)
 
 
-def _finetune_pass(recipe: Recipe) -> tuple[str, LoRAPass] | None:
+def _finetune_pass(recipe: Recipe) -> tuple[str, FinetunePass] | None:
     for name, p in recipe.passes.items():
-        if isinstance(p, LoRAPass):
+        if isinstance(p, FinetunePass):
             return name, p
     return None
 
@@ -142,8 +137,8 @@ def _data_config(recipe: Recipe, name: str | None) -> DataConfig | None:
 def _eval_data_name(loaded: LoadedRecipe, pass_name: str, finetune_eval: str | None,
                     evaluate_name: str | None) -> str | None:
     if finetune_eval and evaluate_name and finetune_eval != evaluate_name:
-        raise InvalidInput(f"{loaded.path}: evaluate.data_config '{evaluate_name}' and passes.{pass_name}."
-                           f"eval_data_config '{finetune_eval}' name different data configs; slmforge evaluates "
+        raise InvalidInput(f"{loaded.path}: evaluate.data_config '{evaluate_name}' and "
+                           f"{loaded.where('passes', pass_name, 'eval_data_config')} '{finetune_eval}' name different data configs; slmforge evaluates "
                            "on one held-out set: name the same one, or leave one out")
     return evaluate_name or finetune_eval
 
@@ -157,7 +152,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
     # ---- load_data: trains on the fine-tune's data config; evaluates on evaluate.data_config or the
     # fine-tune's eval_data_config when one is named, else on a seeded split of the training rows.
     if finetune is not None:
-        cfg = finetune[1].config
+        cfg = finetune[1]
         dc = _data_config(recipe, cfg.train_data_config)
         eval_name = _eval_data_name(loaded, finetune[0], cfg.eval_data_config, recipe.evaluate.data_config)
         if eval_name == (dc.name if dc else None):
@@ -166,17 +161,16 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         dc = _data_config(recipe, recipe.evaluate.data_config)
         eval_name = None
     if dc is not None:
-        pre = dc.preprocess
-        assert pre is not None  # the schema requires it
-        spec = {"text_cols": pre.text_cols, "text_template": pre.text_template}
+        pre = dc.pre_process_data_config
+        spec = {"text_cols": pre.columns, "text_template": pre.text_template}
         inputs, params = _model_inputs(source, "tokenizer")
         inputs["data"] = _data_ref(loaded, dc)
         inputs["spec"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "spec.json")
         params.update(
-            data_format=dc.load.data_name,
-            split=dc.load.split,
-            corpus_strategy=pre.corpus_strategy,
-            source_max_len=pre.source_max_len,
+            data_format=dc.load_dataset_config.data_name,
+            split=dc.load_dataset_config.split,
+            corpus_strategy=pre.strategy,
+            source_max_len=pre.max_seq_len,
             pad_to_max_len=pre.pad_to_max_len,
             use_attention_mask=pre.use_attention_mask,
             loss_on=pre.loss_on,
@@ -187,7 +181,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             if eval_name is not None:
                 eval_dc = _data_config(recipe, eval_name)
                 assert eval_dc is not None
-                if eval_dc.preprocess != pre:
+                if eval_dc.pre_process_data_config != pre:
                     raise InvalidInput(
                         f"{loaded.path}: data config '{eval_dc.name}' (evaluated on) must use the same "
                         f"pre-processing as '{dc.name}' (trained on)"
@@ -214,21 +208,15 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         steps.append(_evaluate("evaluate_base", dict(base_inputs), dict(base_params), recipe))
 
     for pass_name, p in recipe.passes.items():
-        if isinstance(p, LoRAPass):
-            cfg = p.config
+        if isinstance(p, FinetunePass):
+            cfg = p
             targs = cfg.training_args
+            family = FINETUNE_PASSES[p.type]
             params: dict[str, Scalar] = dict(base_params)
-            params.update(
-                method="qlora" if p.type == "QLoRA" else "lora",
-                r=cfg.rank,
-                alpha=cfg.scaling_alpha,
-                lora_dropout=cfg.lora_dropout,
-            )
+            params.update(method=family.method, r=cfg.r, alpha=cfg.alpha, lora_dropout=cfg.lora_dropout)
             if cfg.target_modules:
                 params["target_modules"] = ",".join(cfg.target_modules)
-            if p.type == "QLoRA":
-                params.update(quant_type=cfg.quant_type, double_quant=cfg.double_quant,
-                              compute_dtype=_dtype_name(cfg.compute_dtype))
+            params.update(family.params(cfg))
             for key, value in targs.model_dump(exclude={"evaluation_strategy", "eval_strategy", "data_seed"}).items():
                 if value is not None:
                     params[key] = value
@@ -243,7 +231,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             inputs = dict(base_inputs)
             inputs["adapter"] = adapter
             params = dict(base_params)
-            params["torch_dtype"] = _dtype_name(p.config.torch_dtype)
+            params["torch_dtype"] = dtype_name(p.torch_dtype)
             steps.append(Step("merge", "merge", inputs, params))
             current_model = (model_of("merge"), {})
             adapter = None
@@ -251,7 +239,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             if dc is not None:
                 steps.append(_evaluate("evaluate_merged", model_of("merge"), {}, recipe))
         elif isinstance(p, ModelBuilderPass):
-            cfg = p.config
+            cfg = p
             inputs = dict(current_model[0])
             params = dict(current_model[1])
             if adapter is None and trained_adapter is not None:
@@ -329,10 +317,6 @@ def _provider(recipe: Recipe) -> str:
     return "cuda" if any("CUDA" in ep for ep in eps) else "cpu"
 
 
-def _dtype_name(dtype: str) -> str:
-    return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
-
-
 # Olive's ModelBuilder keys that slmforge passes to the builder as they are, under the builder's names.
 _BUILDER_KEYS = {"int4_op_types_to_quantize": "op_types_to_quantize", "int4_nodes_to_exclude": "nodes_to_exclude",
                  "exclude_embeds": "exclude_embeds", "exclude_lm_head": "exclude_lm_head"}
@@ -346,7 +330,7 @@ def _builder_extra_options(loaded: LoadedRecipe, pass_name: str, cfg) -> dict[st
         if value in (None, False):
             continue
         if option in extra:
-            raise InvalidInput(f"{loaded.path}: passes.{pass_name}.config: '{key}' and extra_options.{option} "
+            raise InvalidInput(f"{loaded.path}: {loaded.where('passes', pass_name)}: '{key}' and extra_options.{option} "
                                "set the same builder option; keep one")
         sep = "/" if key == "int4_op_types_to_quantize" else ","
         extra[option] = sep.join(value) if isinstance(value, list) else value

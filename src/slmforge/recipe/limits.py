@@ -1,6 +1,6 @@
 """Values that validate on their own but cannot work with the recipe's model, found at validate time.
 
-A source_max_len over the model's context failed only at evaluate_onnx; pad_to_max_len with a huge
+A max_seq_len (the Cookbook: source_max_len) over the model's context failed only at evaluate_onnx; pad_to_max_len with a huge
 source_max_len ran out of memory; a rank above the model's width wrote GB-sized checkpoints
 (issue 11 #12). The model's config.json is read when the model is a local folder; the bounds that
 need no model (a step count no run reaches, a length too short for a prompt) always apply.
@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from slmforge.recipe.schema import LoRAPass
+from slmforge.recipe.schema import FinetunePass
 
 if TYPE_CHECKING:
     from slmforge.recipe.loader import LoadedRecipe
@@ -30,29 +30,26 @@ def check_limits(loaded: "LoadedRecipe", model_dir: Path | None,
     context = config[context_key] if context_key else None
     width = config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else None
     for i, dc in enumerate(loaded.recipe.data_configs):
-        pre = dc.preprocess
-        if pre is None:
-            continue
-        where = data_config_path(loaded, i, "source_max_len")
-        if pre.source_max_len < MIN_SOURCE_LEN:
-            yield (f"{where}: {pre.source_max_len} tokens cannot hold a prompt and its answer "
-                   f"(at least {MIN_SOURCE_LEN})")
-        elif context is not None and pre.source_max_len > context:
-            yield (f"{where}: {pre.source_max_len} tokens is longer than the model's context "
+        length = dc.pre_process_data_config.max_seq_len
+        where = data_config_path(loaded, i, "max_seq_len")
+        if length < MIN_SOURCE_LEN:
+            yield f"{where}: {length} tokens cannot hold a prompt and its answer (at least {MIN_SOURCE_LEN})"
+        elif context is not None and length > context:
+            yield (f"{where}: {length} tokens is longer than the model's context "
                    f"({context}: {context_key} in {model_dir}/config.json)")
     for name, p in loaded.recipe.passes.items():
-        if not isinstance(p, LoRAPass):
+        if not isinstance(p, FinetunePass):
             continue
-        field = "r" if p.config.r is not None else "lora_r"
-        if width is not None and p.config.rank > width:
-            yield (f"passes.{name}.config.{field}: rank {p.config.rank} is above the model's hidden_size {width}; "
+        if width is not None and p.r > width:
+            yield (f"{loaded.where('passes', name, 'r')}: rank {p.r} is above the model's hidden_size {width}; "
                    "a rank beyond a layer's width adds parameters, not capacity")
-        steps = p.config.training_args.max_steps
+        steps = p.training_args.max_steps
         if steps > MAX_STEPS:
-            yield f"passes.{name}.config.training_args.max_steps: {steps} is beyond any run (at most {MAX_STEPS})"
+            yield (f"{loaded.where('passes', name, 'training_args', 'max_steps')}: {steps} is beyond any run "
+                   f"(at most {MAX_STEPS})")
     new_tokens = loaded.recipe.evaluate.max_new_tokens
     if context is not None and new_tokens >= context:
-        yield f"evaluate.max_new_tokens: {new_tokens} is not below the model's context ({context})"
+        yield f"{loaded.where('evaluate', 'max_new_tokens')}: {new_tokens} is not below the model's context ({context})"
 
 
 def _model_config(model_dir: Path | None) -> dict:

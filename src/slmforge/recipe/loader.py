@@ -5,7 +5,6 @@ Each problem reads `<recipe file>: <json.path>: <message>`, so it can be found i
 
 from __future__ import annotations
 
-import difflib
 import json
 import types
 import typing
@@ -16,24 +15,28 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from slmforge.errors import InvalidInput
+from slmforge.recipe.generations import Normalised, canonical_name, did_you_mean, dotted, normalise, old_spellings
 from slmforge.recipe.schema import Recipe
-
-# Levels that `schema._unwrap` folds away; the formatter puts them back into paths.
-_WRAPPER_LEVELS = ("config", "params")
-_TAGS = {"PyTorchModel", "HfModel", "LocalSystem", "AzureML", "LoRA", "QLoRA", "MergeAdapterWeights",
-         "ModelBuilder", "str", "list[str]", "AzureMLRegistryModel", "AzureMLDatastoreFiles",
-         "Accelerator", "function-after", "function-before", "literal['cpu','gpu','npu']"}
 
 
 @dataclass(frozen=True)
 class LoadedRecipe:
     recipe: Recipe
     path: Path  # the recipe file, resolved
-    raw: dict[str, Any]
+    raw: dict[str, Any]  # as the user wrote it
+    normalised: Normalised  # in the canonical shape, with where each key came from
 
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+    @property
+    def canonical(self) -> dict[str, Any]:
+        return self.normalised.data
+
+    def where(self, *cpath: str | int) -> str:
+        """The JSON path, in the shape the user wrote, of a canonical path (for messages)."""
+        return dotted(self.normalised.raw_path(cpath))
 
 
 class DuplicateKey(ValueError):
@@ -79,12 +82,15 @@ def load_recipe(path: str | Path, *, check_files: bool = True) -> LoadedRecipe:
 
     path = Path(path).expanduser().resolve()
     raw = read_raw(path)
+    norm = normalise(raw)  # any Olive generation -> the canonical shape
+    problems = [f"{path}: {dotted(p)}: {m}" for p, m in norm.problems]
     try:
-        recipe = Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(norm.data)
     except ValidationError as e:
-        problems = [f"{path}: {p}" for p in format_validation_errors(e, raw)]
+        problems += [f"{path}: {p}" for p in format_validation_errors(e, norm)]
+    if problems:
         raise InvalidInput(problems[0], problems) from None
-    loaded = LoadedRecipe(recipe=recipe, path=path, raw=raw)
+    loaded = LoadedRecipe(recipe=recipe, path=path, raw=raw, normalised=norm)
     problems = [f"{path}: {p}" for p in check_recipe(loaded, check_files=check_files)]
     if problems:
         raise InvalidInput(problems[0], problems)
@@ -94,66 +100,50 @@ def load_recipe(path: str | Path, *, check_files: bool = True) -> LoadedRecipe:
 # --------------------------------------------------------------------------- error formatting
 
 
-def format_validation_errors(error: ValidationError, raw: dict[str, Any]) -> list[str]:
-    entries: list[tuple[list[str | int], str, str]] = []  # (path, kind, message)
+def format_validation_errors(error: ValidationError, norm: Normalised) -> list[str]:
+    entries: list[tuple[list[str | int], str, str]] = []  # (the user's path, kind, message)
     for err in error.errors():
-        path = _raw_path(err["loc"], raw)
-        entries.append((path, err["type"], _message(err, path, raw)))
+        cpath = _canonical_path(err["loc"], norm.data, err["type"])
+        path = list(norm.raw_path(tuple(cpath)))
+        entries.append((path, err["type"], _message(err, path, cpath, norm.data)))
     # A misspelt key also makes its real name "missing": report the typo once, with its hint.
-    suggested = {(_dotted(p[:-1]), m.split("did you mean '")[1].rstrip("'?"))
+    suggested = {(dotted(p[:-1]), canonical_name(m.split("did you mean '")[1].rstrip("'?")))
                  for p, kind, m in entries if kind == "extra_forbidden" and "did you mean" in m}
     lines: list[str] = []
     for path, kind, message in entries:
-        if kind == "missing" and path and (_dotted(path[:-1]), str(path[-1])) in suggested:
+        if kind == "missing" and path and (dotted(path[:-1]), str(path[-1])) in suggested:
             continue
-        line = f"{_dotted(path) or '(top level)'}: {message}"
+        if kind == "missing" and any(tuple(path[:len(t)]) == t for t in norm.typo_sections):
+            continue  # the misspelt level the normaliser reported is where this key was
+        line = f"{dotted(path) or '(top level)'}: {message}"
         if line not in lines:
             lines.append(line)
     return _drop_union_noise(lines)
 
 
-def _raw_path(loc: tuple, raw: Any) -> list[str | int]:
-    """Map a pydantic location onto the keys the user wrote (union tags out, wrapper levels in)."""
+def _canonical_path(loc: tuple, data: Any, kind: str) -> list[str | int]:
+    """A pydantic location without its union tags: a part is a key only where the data has it."""
     path: list[str | int] = []
-    node = raw
-    for part in loc:
-        if isinstance(part, str) and (part in _TAGS or part.startswith(("function-", "literal[", "union["))):
-            continue
-        if isinstance(node, dict) and isinstance(part, str) and part not in node:
-            for level in _WRAPPER_LEVELS:
-                inner = node.get(level)
-                if isinstance(inner, dict) and (part in inner or _expected_inside(level, node)):
-                    path.append(level)
-                    node = inner
-                    break
-        path.append(part)
-        if isinstance(node, dict):
-            node = node.get(part) if isinstance(part, str) else None
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
         elif isinstance(node, list) and isinstance(part, int) and part < len(node):
             node = node[part]
-        else:
+        elif i == len(loc) - 1 and kind == "missing":
             node = None
+        else:
+            continue  # a union member's tag (a pass type, 'str', 'function-after[...]')
+        path.append(part)
     return path
 
 
-def _expected_inside(level: str, node: dict) -> bool:
-    """A missing field belongs inside the wrapper level when the user wrote that level."""
-    return isinstance(node.get(level), dict)
-
-
-def _dotted(path: list[str | int]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def _message(err: dict, path: list[str | int], raw: Any) -> str:
+def _message(err: dict, path: list[str | int], cpath: list[str | int], data: Any) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         key = str(path[-1]) if path else "?"
-        hint = _did_you_mean(key, _known_keys(path[:-1], raw))
-        return f"unknown key '{key}'{hint}"
+        known = _known_keys(cpath[:-1], data) + old_spellings(tuple(cpath[:-1]))
+        return f"unknown key '{key}'{did_you_mean(key, known)}"
     if kind == "missing":
         return "required key is missing"
     if kind == "literal_error":
@@ -191,10 +181,10 @@ def _drop_union_noise(lines: list[str]) -> list[str]:
     return kept
 
 
-def _known_keys(path: list[str | int], raw: Any) -> list[str]:
-    """The keys allowed at `path`, found by walking the schema along the user's own path."""
+def _known_keys(path: list[str | int], data: Any) -> list[str]:
+    """The keys allowed at a canonical path, found by walking the schema along it."""
     annotation: Any = Recipe
-    node = raw
+    node = data
     for part in path:
         child_node = None
         if isinstance(node, dict) and isinstance(part, str):
@@ -204,9 +194,6 @@ def _known_keys(path: list[str | int], raw: Any) -> list[str]:
         model = _resolve(annotation, node)
         if model is not None:
             fields = model.model_fields
-            if part in _WRAPPER_LEVELS and part not in fields:
-                annotation, node = model, child_node
-                continue  # a folded wrapper level: same model
             field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
             if field is None:
                 return []
@@ -247,8 +234,3 @@ def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
         if type_field is not None and tag in typing.get_args(_strip(type_field.annotation)):
             return m
     return models[0] if len(models) == 1 else None
-
-
-def _did_you_mean(key: str, known: list[str]) -> str:
-    match = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else ""

@@ -1,0 +1,35 @@
+"""`slmforge migrate RECIPE`: the recipe in the flat shape Olive 0.7–0.13 writes.
+
+What a user needs to move a Cookbook (or Olive 0.6) recipe to today's Olive, and back to
+slmforge: the same recipe, every key in its current place and spelling, engine keys at the top
+level. Only a valid recipe is migrated, so the output loads to the same step graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe file (Olive workflow JSON or YAML, any generation)")
+    parser.add_argument("-o", "--output", help="write to this file (refused if it exists) instead of standard output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from slmforge.errors import InvalidInput
+    from slmforge.recipe.generations import to_current
+    from slmforge.recipe.loader import load_recipe
+
+    loaded = load_recipe(args.recipe, check_files=False)  # a recipe moves before its files do
+    text = json.dumps(to_current(loaded.canonical), indent=2, ensure_ascii=False) + "\n"
+    if not args.output:
+        print(text, end="")
+        return 0
+    out = Path(args.output)
+    if out.exists():
+        raise InvalidInput(f"{out}: already exists; migrate never overwrites a file")
+    out.write_text(text, encoding="utf-8")
+    return 0

@@ -1,0 +1,26 @@
+"""What every recipe model shares: strictness, and refusing Olive values slmforge does not run yet."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+NOT_SUPPORTED = "not supported by slmforge yet"
+
+
+class Strict(BaseModel):
+    # strict: "16" is not 16 and "false" is not False (issue 11 #22); a JSON int still passes for a float.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
+
+def olive_choice(supported: tuple, olive_only: tuple, why: str) -> Callable[[Any], Any]:
+    """A before-validator: a value Olive takes but slmforge does not run is refused by name, not as a typo."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, (str, bool)) and value in olive_only and value not in supported:
+            choices = " or ".join(repr(s) for s in supported)
+            raise ValueError(f"{value!r} is {NOT_SUPPORTED} ({why}; use {choices})")
+        return value
+
+    return check

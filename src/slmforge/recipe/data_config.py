@@ -1,0 +1,81 @@
+"""The recipe's data configs in their canonical (Olive 0.7–0.13) shape.
+
+Older spellings (`params`, `params_config`, `component_kwargs`, `corpus_strategy`, `source_max_len`)
+are rewritten into this shape by `generations.py` before these models see them.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from slmforge.recipe.azure import AzureMLDatastoreFiles
+from slmforge.recipe.base import NOT_SUPPORTED, Strict, olive_choice
+
+
+class LoadDatasetConfig(Strict):
+    data_name: Literal["json", "csv", "parquet"] = Field("json", description="file format")
+    data_files: str | Annotated[list[str], Field(min_length=1, max_length=1)] | AzureMLDatastoreFiles = Field(
+        description="local path or datastore file (or a list of one path, as `olive finetune` writes)")
+    split: str = "train"
+
+    @field_validator("data_files", mode="before")
+    @classmethod
+    def _one_file(cls, value: Any) -> Any:
+        """Olive takes a list (`olive finetune --data_files a,b`): one file is that file."""
+        if isinstance(value, list) and len(value) == 1 and isinstance(value[0], str):
+            return value[0]
+        if isinstance(value, list):
+            raise ValueError(f"several data files are {NOT_SUPPORTED} (give one file)")
+        return value
+
+
+class PreProcessConfig(Strict):
+    dataset_type: Literal["corpus"] = Field("corpus", description="the Cookbook's; Olive 0.7+ leaves it out")
+    text_template: str | None = Field(None, description="e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'")
+    text_cols: list[str] | str | None = Field(None, description="columns the template reads (default: its placeholders)")
+    strategy: Literal["join", "line-by-line"] = Field("join", description="the Cookbook: corpus_strategy")
+    max_seq_len: int = Field(1024, gt=0, description="tokens per training example (the Cookbook: source_max_len)")
+    pad_to_max_len: bool = False
+    add_special_tokens: Literal[True] = Field(True, description="the tokenizer's special tokens (e.g. <s>) are added")
+    use_attention_mask: bool = True
+    loss_on: Literal["all", "completion"] = Field(
+        "all", description="slmforge: 'completion': loss only on the text after the template's last placeholder"
+    )
+    max_samples: int | None = Field(None, gt=0, description="use only the first N rows")
+
+    _strategy = field_validator("strategy", mode="before")(
+        olive_choice(("join", "line-by-line"), ("line-by-line-random", "join-random", "join-sliding-window"),
+                     "the random and sliding-window strategies are not implemented"))
+    _special = field_validator("add_special_tokens", mode="before")(
+        olive_choice((True,), (False,), "every example starts with the tokenizer's special tokens"))
+
+    @model_validator(mode="after")
+    def _has_template(self) -> "PreProcessConfig":
+        if self.text_template is None:
+            raise ValueError("needs 'text_template' (a plain-text column without one, text_cols alone, is "
+                             "not supported by slmforge yet: training needs the answer's place in the template)")
+        # One meaning, one value: Olive 0.13 without text_cols reads the template's placeholders.
+        if isinstance(self.text_cols, str):
+            self.text_cols = [self.text_cols]
+        elif self.text_cols is None:
+            try:
+                names = [n for _, n, _, _ in string.Formatter().parse(self.text_template) if n is not None]
+            except ValueError:
+                names = []  # checks.py reports the broken template
+            self.text_cols = list(dict.fromkeys(names))
+        return self
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns read: text_cols, or (without text_cols) the template's placeholders."""
+        return list(self.text_cols or [])
+
+
+class DataConfig(Strict):
+    name: str = Field(min_length=1)
+    type: Literal["HuggingfaceContainer"] = "HuggingfaceContainer"
+    load_dataset_config: LoadDatasetConfig
+    pre_process_data_config: PreProcessConfig
