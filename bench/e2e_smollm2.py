@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         olive=olive_venv.PINS, olive_error=olive_error,
         notes=["Olive's LoRA trains in bf16 by default (torch_dtype), ~2.5x slower than fp32 on this CPU; the "
                "recipe does not set it, as a user's would not; slmforge trains in fp32",
+               "Olive's training_args default gradient_checkpointing to true (the forward runs twice); "
+               "slmforge's default is false",
                "both train on the whole templated text (the recipe names no loss_on, a slmforge-only key)",
                "slmforge's int4 default (auto) re-encodes the base's Q4_1 GGUF weights exactly and keeps the "
                "adapter in float; Olive's ModelBuilder quantizes the merged weights with RTN",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -43,27 +42,61 @@ def run_measured(argv: list[str], cwd: Path | None = None, env: dict | None = No
                  timeout: float = 1800) -> dict:
     """Run a command; its wall time, exit code, stdout (when no log is given) and peak RSS.
 
-    Peak RSS comes from wait4 on that very child: the largest resident set among it and the
-    descendants it waited for, not the maximum over every child this process ever had.
+    Peak RSS is the largest VmHWM (the kernel's high-water mark of a process's resident set) among
+    the child and its descendants, sampled every 50 ms. Not wait4's ru_maxrss: that survives exec,
+    so every child of a big parent would report at least the parent's size.
     """
     out = open(log, "w") if log else subprocess.PIPE
     started = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, env=env or child_env(), stdout=out, stderr=subprocess.STDOUT, text=True)
-    timer = threading.Timer(timeout, proc.kill)
-    timer.start()
+    peak = {"kb": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while True:
+            peak["kb"] = max([peak["kb"], *(_hwm_kb(pid) for pid in _tree(proc.pid))])
+            if done.wait(0.05):
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     try:
-        stdout = "" if log else proc.stdout.read()  # until EOF; the child is reaped by wait4 below
-        _, status, usage = os.wait4(proc.pid, 0)
+        stdout = proc.communicate(timeout=timeout)[0] or ""
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, rc = proc.communicate()[0] or "", 124
     finally:
-        timer.cancel()
+        done.set()
+        sampler.join()
         if log:
             out.close()
-        else:
-            proc.stdout.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    timed_out = proc.returncode == -signal.SIGKILL and time.perf_counter() - started >= timeout
-    return {"rc": 124 if timed_out else proc.returncode, "wall_seconds": round(time.perf_counter() - started, 2),
-            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "stdout": stdout}
+    return {"rc": rc, "wall_seconds": round(time.perf_counter() - started, 2),
+            "peak_rss_mb": round(peak["kb"] / 1024, 1) or None, "stdout": stdout}
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and its descendants now alive (from /proc/<pid>/task/<tid>/children)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in children.read_text().split()]
+            except OSError:
+                pass
+    return found
+
+
+def _hwm_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def last_json_line(text: str) -> dict:

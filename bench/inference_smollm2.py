@@ -107,7 +107,7 @@ def models(run_json: Path) -> tuple[Path, Path, str]:
     """(merged HF folder, int4 genai folder, where they came from)."""
     if run_json.is_file():
         run = json.loads(run_json.read_text())
-        steps = {s["name"]: s for s in run["steps"]}
+        steps = {s["name"]: s for s in run.get("steps", [])}  # a run still going has none yet
         merged, int4 = steps.get("merge", {}).get("output"), steps.get("build_onnx", {}).get("output")
         if run.get("status") == "succeeded" and merged and int4:
             return Path(merged), Path(int4), f"slmforge's run of the Olive recipe ({run_json})"

@@ -6,10 +6,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import harness  # noqa: E402
 
-ALLOCATE = "import sys; b = bytearray(int(sys.argv[1]) * 2**20); b[::4096] = b'x' * len(b[::4096]); print('{\"ok\": 1}')"
+ALLOCATE = "import sys, time; b = bytearray(int(sys.argv[1]) * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(0.3); print('{\"ok\": 1}')"
 
 
-def test_peak_rss_is_that_childs_not_the_largest_child_so_far(tmp_path):
+def test_peak_rss_is_that_childs_not_the_largest_child_so_far_nor_the_parents(tmp_path):
+    ballast = bytearray(400 * 2**20)  # a big parent: wait4's ru_maxrss would give every child >= 400 MB
+    ballast[::4096] = b"x" * len(ballast[::4096])
     big = harness.run_measured([sys.executable, "-c", ALLOCATE, "300"])
     small = harness.run_measured([sys.executable, "-c", ALLOCATE, "10"])
     logged = harness.run_measured([sys.executable, "-c", ALLOCATE, "10"], log=tmp_path / "log")
@@ -18,6 +20,7 @@ def test_peak_rss_is_that_childs_not_the_largest_child_so_far(tmp_path):
     assert small["peak_rss_mb"] < 150 and logged["peak_rss_mb"] < 150
     assert harness.last_json_line(small["stdout"]) == {"ok": 1}
     assert (tmp_path / "log").read_text().strip() == '{"ok": 1}'
+    del ballast
 
 
 def test_timeout_kills_the_child():
