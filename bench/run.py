@@ -26,7 +26,7 @@ BENCHMARKS = {
     "finetune_smollm2": ("finetune.py", ["--sizes", "smollm2", "--out", str(BENCH / "results" / "finetune_smollm2.json")]),
     "finetune_profile": ("finetune_profile.py", []),
     "scaling": ("scaling.py", []),
-    "finetune": ("finetune.py", ["--sizes", "tiny", "--reps", "3"]),
+    "finetune": ("finetune.py", ["--sizes", "tiny", "--methods", "lora", "--reps", "3"]),
     "inference": ("inference.py", ["--sizes", "tiny"]),
     "e2e": ("e2e.py", ["--rounds", "1"]),
 }
