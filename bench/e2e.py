@@ -3,10 +3,10 @@
 Same machine, same run, alternating: slmforge fresh, Olive fresh, slmforge cached, Olive cached, for
 each round; then `slmforge --help` vs `olive --help`. Writes bench/results/e2e.json.
 
-Olive runs in its own virtual environment (olive-ai 0.13.0 + `requests` + onnxruntime-genai 0.14.1,
-the combination that works, see NOTES.md) under ~/.cache/slmforge/olive-venv; torch, transformers
-and peft come from this project's venv through a .pth file, so both tools train with the same
-libraries. Olive runs with OLIVE_DISABLE_TELEMETRY=1 (offline, its telemetry would only add time).
+Olive runs in its own virtual environment (bench/olive_venv.py: olive-ai 0.13.0 + `requests` +
+onnxruntime-genai 0.14.1, the combination that works, see NOTES.md; the same torch, transformers and
+peft versions as this project's). Olive runs with OLIVE_DISABLE_TELEMETRY=1 (offline, its telemetry
+would only add time).
 slmforge's graph also evaluates the merged and the ONNX model (Olive's does not); registration is off.
 When Olive cannot be installed, the reason is recorded and slmforge is still measured.
 
@@ -18,19 +18,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results" / "e2e.json"
-CACHE = Path(os.environ.get("SLMFORGE_BENCH_CACHE", Path.home() / ".cache" / "slmforge"))
-OLIVE_VENV = CACHE / "olive-venv"
-OLIVE_PINS = ["olive-ai==0.13.0", "requests", "onnxruntime-genai==0.14.1"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+import olive_venv  # noqa: E402
+
+REPO = harness.REPO
+RESULTS = harness.RESULTS / "e2e.json"
+CACHE = Path(os.environ.get("SLMFORGE_BENCH_CACHE", REPO / ".slmforge" / "bench"))
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 TARGETS = {"fresh_ratio_max": 0.5, "cached_seconds_max": 2.0, "help_seconds_max": 0.3}
 
@@ -86,37 +84,9 @@ def olive_config(folder: Path, model: Path, data: Path, steps: int) -> Path:
     return path
 
 
-def env() -> dict[str, str]:
-    return dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OLIVE_DISABLE_TELEMETRY="1",
-                MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
-
-
 def timed(command: list[str], cwd: Path, log: Path | None = None) -> tuple[float, int]:
-    started = time.perf_counter()
-    with open(log, "w") if log else open(os.devnull, "w") as out:
-        rc = subprocess.call(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env())
-    return time.perf_counter() - started, rc
-
-
-def ensure_olive() -> tuple[Path | None, str | None]:
-    """The Olive venv's `olive` (installed on first use), or the reason it is unavailable."""
-    olive = OLIVE_VENV / "bin" / "olive"
-    if olive.is_file():
-        return olive, None
-    try:
-        base_python = getattr(sys, "_base_executable", None) or shutil.which("python3") or "python3"
-        subprocess.run([base_python, "-m", "venv", str(OLIVE_VENV)], check=True, capture_output=True, text=True)
-        site = next((OLIVE_VENV / "lib").glob("python3*/site-packages"))
-        ours = subprocess.run([sys.executable, "-c", "import site; print(site.getsitepackages()[0])"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        (site / "slmforge-venv.pth").write_text(ours + "\n")  # torch, transformers, peft: the same libraries
-        subprocess.run([str(OLIVE_VENV / "bin" / "pip"), "install", "-q", *OLIVE_PINS], check=True,
-                       capture_output=True, text=True, timeout=1800)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, StopIteration, OSError) as e:
-        detail = getattr(e, "stderr", "") or str(e)
-        lines = [ln for ln in str(detail).splitlines() if ln.strip()]
-        return None, f"installing {' '.join(OLIVE_PINS)} failed: {lines[-1] if lines else e}"
-    return (olive, None) if olive.is_file() else (None, "olive-ai installed no `olive` script")
+    r = harness.run_measured(command, cwd=cwd, env=harness.child_env(), log=log or Path(os.devnull))
+    return r["wall_seconds"], r["rc"]
 
 
 def olive_output_ok(folder: Path) -> bool:
@@ -124,7 +94,7 @@ def olive_output_ok(folder: Path) -> bool:
 
 
 def median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 3) if values else None
+    return harness.medians([{"v": v} for v in values]).get("v") if values else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     data = work / "tones.jsonl"
     shutil.copyfile(demo_data_path(), data)
 
-    olive, olive_error = (None, "skipped (--no-olive)") if args.no_olive else ensure_olive()
+    olive, olive_error = (None, "skipped (--no-olive)") if args.no_olive else olive_venv.ensure()
     ours_cmd = [sys.executable, "-m", "slmforge.cli", "run", "recipe.json", "--plain"]
     times: dict[str, dict[str, list[float]]] = {"slmforge": {"fresh": [], "cached": []},
                                                 "olive": {"fresh": [], "cached": []}}
@@ -172,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ours_fresh, ours_cached = median(times["slmforge"]["fresh"]), median(times["slmforge"]["cached"])
     olive_fresh, olive_cached = median(times["olive"]["fresh"]), median(times["olive"]["cached"])
     ours_help, olive_help = median(help_times["slmforge"]), median(help_times["olive"])
-    ratio = lambda a, b: round(a / b, 3) if a is not None and b else None  # noqa: E731
+    ratio = harness.ratio
     summary = {
         "fresh_seconds": {"slmforge": ours_fresh, "olive": olive_fresh, "ratio": ratio(ours_fresh, olive_fresh)},
         "cached_seconds": {"slmforge": ours_cached, "olive": olive_cached, "ratio": ratio(ours_cached, olive_cached)},
@@ -184,22 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         "cached_seconds": ours_cached is not None and ours_cached <= TARGETS["cached_seconds_max"],
         "help_seconds": ours_help is not None and ours_help <= TARGETS["help_seconds_max"],
     }
-    result = {
-        "benchmark": "e2e",
-        "what": "Cookbook-style recipe LoRA -> merge -> int4 on the tiny Phi-3 (0.56 M params), tones data",
-        "settings": {"rounds": args.rounds, "lora_steps": args.steps, "batch": 16,
-                     "slmforge_extra_work": "evaluates the merged and ONNX models (16 rows each); register off",
-                     "olive_env": {"OLIVE_DISABLE_TELEMETRY": "1"}, "olive_pins": OLIVE_PINS},
-        "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "python": platform.python_version()},
-        "raw_seconds": times, "help_raw_seconds": help_times,
-        "summary": summary, "targets": TARGETS, "met": met,
-        "olive_error": olive_error, "failures": failures,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, RESULTS)
+    harness.Result("e2e", RESULTS).write(
+        what="Cookbook-style recipe LoRA -> merge -> int4 on the tiny Phi-3 (0.56 M params), tones data",
+        settings={"rounds": args.rounds, "lora_steps": args.steps, "batch": 16,
+                  "slmforge_extra_work": "evaluates the merged and ONNX models (16 rows each); register off",
+                  "olive_env": {"OLIVE_DISABLE_TELEMETRY": "1"}, "olive_pins": olive_venv.pins()},
+        raw_seconds=times, help_raw_seconds=help_times, summary=summary, targets=TARGETS, met=met,
+        olive_error=olive_error, failures=failures)
     print(json.dumps(summary, indent=2))
     return 1 if failures else 0
 

@@ -2,8 +2,8 @@
 
     python bench/finetune.py [--reps N] [--out bench/results/finetune.json]
 
-LoRA and QLoRA on the tiny Phi-3 and on the "small" one (tinymodel.SPECS["small"], ~27 M parameters),
-on the Cookbook's phrase/tone data set (../shared/data/phrase-classification), loss on the answer,
+LoRA and QLoRA on the tiny Phi-3, on the "small" one (tinymodel.SPECS["small"], ~27 M parameters) and
+on the real model SmolLM2-135M-Instruct (--sizes smollm2), on the Cookbook's phrase/tone data set (../shared/data/phrase-classification), loss on the answer,
 one example per row. Both sides get the same tokenized rows, model, LoRA settings, batch size,
 optimizer (fused AdamW), learning rate schedule, step count and thread count. Each configuration
 runs in its own process, so peak RSS is that configuration's; ours and the baseline alternate.
@@ -17,19 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SEED_DATA = REPO.parent / "shared" / "data" / "phrase-classification" / "dataset-classification.json"
-TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
-# steps per configuration: enough for a steady rate, small enough for the whole run to stay < 10 min
-STEPS = {"tiny": 60, "small": 16}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+REPO, SEED_DATA, TEMPLATE = harness.REPO, harness.SEED_DATA, harness.TEMPLATE
+# steps per configuration: enough for a steady rate, small enough for `make bench` to fit its budget
+STEPS = {"tiny": 60, "small": 16, "smollm2": 8}
 TRAIN = dict(r=16, alpha=32, lora_dropout=0.05, seed=0, per_device_train_batch_size=16, learning_rate=3e-3,
              lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0)
 
@@ -112,7 +110,7 @@ def child_baseline(a: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------- parent
 
 
-def prepare(work: Path) -> dict[str, tuple[Path, Path]]:
+def prepare(work: Path, sizes: list[str]) -> dict[str, tuple[Path, Path]]:
     """(model folder, dataset folder) per size; the small model's tokenizer also learns the seed data."""
     from slmforge.steps import load_data
     from slmforge.tinymodel import build_tiny_model
@@ -120,9 +118,9 @@ def prepare(work: Path) -> dict[str, tuple[Path, Path]]:
     spec = work / "spec.json"
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
     out = {}
-    for size in STEPS:
-        model = build_tiny_model(work / f"phi3-{size}", seed=0, size=size,
-                                 extra_corpus=[SEED_DATA] if size == "small" else [])
+    for size in sizes:
+        model = harness.SMOLLM2 if size == "smollm2" else build_tiny_model(
+            work / f"phi3-{size}", seed=0, size=size, extra_corpus=[SEED_DATA] if size == "small" else [])
         dataset = work / f"data-{size}"
         load_data.run(data=str(SEED_DATA), spec=spec, tokenizer=model, dataset=dataset,
                       corpus_strategy="line-by-line", loss_on="completion", source_max_len=256)
@@ -131,26 +129,20 @@ def prepare(work: Path) -> dict[str, tuple[Path, Path]]:
 
 
 def run_child(impl: str, size: str, method: str, model: Path, dataset: Path, work: Path, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
     child_work = tempfile.mkdtemp(dir=work, prefix=f"{impl}-{size}-{method}-")
     argv = [sys.executable, __file__, "--child", impl, "--model", str(model), "--dataset", str(dataset),
             "--method", method, "--steps", str(STEPS[size]), "--work", child_work]
-    started = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{impl} {size} {method} failed:\n{done.stderr[-3000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    result["wall_seconds"] = round(wall, 2)
-    return result
+    done = harness.run_measured(argv, env=harness.child_env(threads))
+    if done["rc"] != 0:
+        raise SystemExit(f"{impl} {size} {method} failed:\n{done['stdout'][-3000:]}")
+    return {**harness.last_json_line(done["stdout"]), "wall_seconds": done["wall_seconds"],
+            "peak_rss_mb": done["peak_rss_mb"]}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=3, help="runs of each configuration (median reported)")
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / "finetune.json"))
+    p.add_argument("--out", default=str(harness.RESULTS / "finetune.json"))
     p.add_argument("--sizes", default=",".join(STEPS))
     p.add_argument("--methods", default="lora,qlora")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
@@ -161,65 +153,44 @@ def main() -> int:
     p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        result = child_ours(a) if a.child == "ours" else child_baseline(a)
-        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-        print(json.dumps(result))
+        print(json.dumps(child_ours(a) if a.child == "ours" else child_baseline(a)))
         return 0
 
-    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    result = harness.Result("finetune", Path(a.out))
     threads = a.threads
     sizes, methods = a.sizes.split(","), a.methods.split(",")
+    table = []
     with tempfile.TemporaryDirectory(prefix="slmforge-bench-ft-") as tmp:
         work = Path(tmp)
-        prepared = prepare(work)
-        params_millions = {size: round((model / "model.safetensors").stat().st_size / 4 / 1e6, 2)  # fp32
-                           for size, (model, _) in prepared.items()}
-        runs: dict[tuple[str, str, str], list[dict]] = {}
-        for rep in range(a.reps):
-            for size in sizes:
-                for method in methods:
-                    order = ("ours", "baseline") if rep % 2 == 0 else ("baseline", "ours")
-                    for impl in order:
-                        r = run_child(impl, size, method, *prepared[size], work, threads)
-                        runs.setdefault((size, method, impl), []).append(r)
-                        print(f"{size:5} {method:5} {impl:8} rep {rep + 1}: {r['tokens_per_second']:>9,.0f} tokens/s  "
-                              f"peak RSS {r['peak_rss_mb']:7.1f} MB  wall {r['wall_seconds']:6.1f} s", flush=True)
-    table = []
-    for size in sizes:
-        model_info = {"model_params_millions": params_millions[size]}
-        for method in methods:
-            row = {"model": size, "method": method, "steps": STEPS[size], **TRAIN}
-            for impl in ("ours", "baseline"):
-                rs = runs[(size, method, impl)]
-                row[impl] = {k: statistics.median(r[k] for r in rs) for k in rs[0]
-                             if isinstance(rs[0][k], (int, float))}
-                row[impl]["runs"] = rs
-            ours, base = row["ours"], row["baseline"]
-            row["tokens_per_second_ratio"] = round(ours["tokens_per_second"] / base["tokens_per_second"], 2)
-            best = [max(r["tokens_per_second"] for r in row[impl]["runs"]) for impl in ("ours", "baseline")]
-            row["best_tokens_per_second_ratio"] = round(best[0] / best[1], 2)  # least disturbed runs
-            row["peak_rss_ratio"] = round(ours["peak_rss_mb"] / base["peak_rss_mb"], 3)
-            table.append(model_info | row)
-    result = {
-        "benchmark": "finetune", "command": "python bench/finetune.py", "data": SEED_DATA.name,
-        "threads": threads, "reps": a.reps, "seconds": round(time.perf_counter() - started, 1),
-        "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        "tokens_per_second": "tokens of the training examples (no pad) per second of the training loop; median of reps",
-        "target": "ours >= 1.3x baseline tokens/s at no more peak RSS",
-        "baseline": "transformers.Trainer + peft, DataCollatorForSeq2Seq(padding=True), Trainer defaults",
-        "ours": "slmforge finetune step: packed batches (no pad compute), LM head and the last layer's MLP and "
-                "o_proj only at labelled positions (same loss and gradients), fused AdamW, a plain loop",
-        "results": table,
-    }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".json.tmp")
-    tmp_out.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp_out, out)
+        prepared = prepare(work, sizes)
+        for size in sizes:
+            model, dataset = prepared[size]
+            params_millions = round((model / "model.safetensors").stat().st_size / 4 / 1e6, 2)  # fp32
+            for method in methods:
+                runs = harness.alternate(
+                    {impl: (lambda rep, impl=impl: run_child(impl, size, method, model, dataset, work, threads))
+                     for impl in ("ours", "baseline")}, a.reps, f"{size} {method}")
+                row = {"model_params_millions": params_millions, "model": size, "method": method,
+                       "steps": STEPS[size], **TRAIN}
+                for impl, rs in runs.items():
+                    row[impl] = {**harness.medians(rs), "runs": rs}
+                ours, base = row["ours"], row["baseline"]
+                row["tokens_per_second_ratio"] = harness.ratio(ours["tokens_per_second"], base["tokens_per_second"], 2)
+                best = [max(r["tokens_per_second"] for r in runs[impl]) for impl in ("ours", "baseline")]
+                row["best_tokens_per_second_ratio"] = round(best[0] / best[1], 2)  # least disturbed runs
+                row["peak_rss_ratio"] = harness.ratio(ours["peak_rss_mb"], base["peak_rss_mb"])
+                table.append(row)
+    result.write(
+        data=SEED_DATA.name, threads=threads, reps=a.reps,
+        tokens_per_second="tokens of the training examples (no pad) per second of the training loop; median of reps",
+        target="ours >= 1.5x baseline tokens/s at no more peak RSS",
+        baseline="transformers.Trainer + peft, DataCollatorForSeq2Seq(padding=True), Trainer defaults",
+        ours="slmforge finetune step: packed batches (no pad compute), LM head and the last layer's MLP and "
+             "o_proj only at labelled positions (same loss and gradients), fused AdamW, a plain loop",
+        results=table)
     for row in table:
         print(f"{row['model']:5} {row['method']:5}: ours/baseline tokens/s {row['tokens_per_second_ratio']:.2f}x "
               f"(best runs {row['best_tokens_per_second_ratio']:.2f}x), peak RSS {row['peak_rss_ratio']:.2f}x")
-    print(f"wrote {out} in {result['seconds']:.0f} s")
     return 0
 
 
