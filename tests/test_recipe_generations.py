@@ -366,3 +366,16 @@ def test_chat_rows_run_to_int4_with_chat_template_true(tmp_path, demo_data, tiny
     outcome = run_slmforge(path, tmp_path / "home")
     assert outcome.rc == 0, outcome.stderr
     assert outcome.record["evaluation"]["onnx"]["n"] == 16
+
+
+def test_an_olive_recipe_without_eval_data_holds_out_a_share_to_evaluate_on(tmp_path, demo_data):
+    """Olive 0.13 has no eval_dataset_size: such a recipe trained for minutes, then failed at evaluate_merged
+    with 'no held-out rows to evaluate on'."""
+    folder = _place(tmp_path, demo_data, names=["olive013-lora.json"])
+    path = folder / "olive013-lora.json"
+    recipe = json.loads(path.read_text())
+    del recipe["passes"]["lora"]["eval_dataset_size"]
+    path.write_text(json.dumps(recipe))
+    graph = build_graph(load_recipe(path, check_files=False))
+    assert graph.step("load_data").params["eval_dataset_size"] == 0.1
+    assert {"evaluate_merged", "evaluate_onnx"} <= set(graph.names())

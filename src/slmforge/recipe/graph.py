@@ -121,6 +121,9 @@ def _data_ref(loaded: LoadedRecipe, dc: DataConfig) -> Ref:
     return Ref("uri", files.uri)
 
 
+DEFAULT_EVAL_SHARE = 0.1  # rows held out for the evaluate steps when the recipe names no eval data
+
+
 def _finetune_pass(recipe: Recipe) -> tuple[str, FinetunePass] | None:
     for name, p in recipe.passes.items():
         if isinstance(p, FinetunePass):
@@ -187,8 +190,9 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
                         f"pre-processing as '{dc.name}' (trained on)"
                     )
                 inputs["eval_data"] = _data_ref(loaded, eval_dc)
-            elif cfg.eval_dataset_size is not None:
-                params["eval_dataset_size"] = cfg.eval_dataset_size
+            else:  # Olive 0.13 has no eval_dataset_size: without eval data, hold out a seeded share to evaluate on
+                params["eval_dataset_size"] = (cfg.eval_dataset_size if cfg.eval_dataset_size is not None
+                                               else DEFAULT_EVAL_SHARE)
             params["data_seed"] = cfg.training_args.data_seed if cfg.training_args.data_seed is not None else cfg.training_args.seed
         else:
             params["eval_dataset_size"] = 0.2
