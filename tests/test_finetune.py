@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lora_adapter import tone_dataset
 from slmforge.steps import finetune, load_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,13 +31,8 @@ def one_thread(monkeypatch):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_model_dir, seed_data) -> Path:
     """240 rows of the seed data, loss on the tone only, 10% held out."""
-    root = tmp_path_factory.mktemp("ft-data")
-    spec = root / "spec.json"
-    spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
-    out = root / "dataset"
-    load_data.run(data=str(seed_data), spec=spec, tokenizer=tiny_model_dir, dataset=out, max_samples=240,
-                  corpus_strategy="line-by-line", loss_on="completion", eval_dataset_size=0.1, source_max_len=128)
-    return out
+    return tone_dataset(tmp_path_factory.mktemp("ft-data"), tiny_model_dir, seed_data, max_samples=240,
+                        source_max_len=128)
 
 
 def train(tmp_path, name, tiny_model_dir, dataset, **kw) -> tuple[Path, dict]:

@@ -3,17 +3,16 @@ merge under the same check as LoRA (which fails on a broken adapter), and build 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file, save_file
 
+from lora_adapter import tone_dataset
 from slmforge import manifest
 from slmforge.errors import StepFailed
-from slmforge.steps import build_onnx, finetune, load_data, merge
+from slmforge.steps import build_onnx, finetune, merge
 
-TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 PEFT_CONFIG = {"dora": "LoraConfig", "loha": "LoHaConfig", "lokr": "LoKrConfig"}
 
 
@@ -24,13 +23,8 @@ def one_thread(monkeypatch):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_model_dir, seed_data) -> Path:
-    root = tmp_path_factory.mktemp("family-data")
-    spec = root / "spec.json"
-    spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
-    out = root / "dataset"
-    load_data.run(data=str(seed_data), spec=spec, tokenizer=tiny_model_dir, dataset=out, max_samples=160,
-                  corpus_strategy="line-by-line", loss_on="completion", eval_dataset_size=0.1, source_max_len=96)
-    return out
+    return tone_dataset(tmp_path_factory.mktemp("family-data"), tiny_model_dir, seed_data, max_samples=160,
+                        source_max_len=96)
 
 
 @pytest.fixture(scope="module", params=sorted(PEFT_CONFIG))
