@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     work = CACHE / "bench-e2e"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    from slmforge.tinymodel import build_tiny_model, demo_data_path
+    from slmforge.models.tinymodel import build_tiny_model, demo_data_path
 
     model = build_tiny_model(work / "phi3-tiny", seed=0)
     data = work / "tones.jsonl"

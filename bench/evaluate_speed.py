@@ -26,7 +26,7 @@ MODELS = {"merged (PyTorch fp32)": WORK / "merged",
 
 
 def one_at_a_time(backend, rows, examples, template, max_new_tokens):
-    from slmforge import evaluation
+    from slmforge.models import evaluation
 
     answers = []
     for row in rows:
@@ -39,8 +39,8 @@ def one_at_a_time(backend, rows, examples, template, max_new_tokens):
 
 
 def main() -> int:
-    from slmforge import evaluation
-    from slmforge.steps.evaluate import read_dataset_folder
+    from slmforge.models import evaluation
+    from slmforge.models.evaluation import read_dataset_folder
 
     rows, examples, template = read_dataset_folder(WORK / "dataset", 1000)
     results = {}

@@ -113,7 +113,7 @@ def child_baseline(a: argparse.Namespace) -> dict:
 def prepare(work: Path, sizes: list[str]) -> dict[str, tuple[Path, Path]]:
     """(model folder, dataset folder) per size; the small model's tokenizer also learns the seed data."""
     from slmforge.steps import load_data
-    from slmforge.tinymodel import build_tiny_model
+    from slmforge.models.tinymodel import build_tiny_model
 
     spec = work / "spec.json"
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))

@@ -104,14 +104,14 @@ def run_measurement(kind: str, folder: Path) -> dict:
 
 def build_base(size: str, folder: Path) -> tuple[Path, str | None]:
     """tinymodel's model of that size (the small one's tokenizer also learns from the seed data)."""
-    from slmforge import tinymodel
+    from slmforge.models import tinymodel
 
     extra = [SEED_DATA] if size == "small" else []
     return tinymodel.build_tiny_model(folder, size=size, extra_corpus=extra), None
 
 
 def bench_size(size: str, root: Path) -> dict:
-    from slmforge.model_folder import size_on_disk
+    from slmforge.contract.files import folder_size as size_on_disk
     from slmforge.steps import build_onnx
 
     base, note = build_base(size, root / size / "hf")

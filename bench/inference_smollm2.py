@@ -119,7 +119,7 @@ def models(run_json: Path) -> tuple[Path, Path, str]:
 
 
 def size_mb(folder: Path) -> float:
-    from slmforge.model_folder import size_on_disk
+    from slmforge.contract.files import folder_size as size_on_disk
 
     return round(size_on_disk(folder) / 1e6, 1)
 

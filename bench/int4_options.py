@@ -88,9 +88,9 @@ def reference(work: Path) -> tuple[Path, Path]:
 
 
 def score(folder: Path, dataset: Path, reference_answers: dict | None) -> dict:
-    from slmforge import evaluation
-    from slmforge.steps.evaluate import read_dataset_folder
-    from slmforge.template import Template
+    from slmforge.models import evaluation
+    from slmforge.models.evaluation import read_dataset_folder
+    from slmforge.data.template import Template
 
     rows, examples, template = read_dataset_folder(dataset, 1000)
     heldout = evaluation.read_jsonl(HELDOUT)
@@ -117,13 +117,14 @@ def main(argv: list[str]) -> int:
     work = Path(args.work)
     merged, dataset = reference(work)
 
-    from slmforge import model_folder, onnx_builder
+    from slmforge.contract.files import folder_size
+    from slmforge.models import onnx_builder
 
     started = time.perf_counter()
     merged_scores = score(merged, dataset, None)
     reference_answers = {k: v["predictions"] for k, v in merged_scores.items()}
     fp32_size = None
-    results = {"merged (PyTorch fp32)": {**merged_scores, "size_bytes": model_folder.size_on_disk(merged)}}
+    results = {"merged (PyTorch fp32)": {**merged_scores, "size_bytes": folder_size(merged)}}
     for name, (precision, block, level, extra) in OPTIONS.items():
         if args.only and name not in args.only:
             continue
@@ -162,7 +163,7 @@ def main(argv: list[str]) -> int:
             results[name] = {"error": f"{type(e).__name__}: {e}"[:300]}
             print(f"{name}: does not run: {results[name]['error']}", flush=True)
             continue
-        entry["size_bytes"] = model_folder.size_on_disk(out)
+        entry["size_bytes"] = folder_size(out)
         entry["build_seconds"] = build_seconds
         entry["options"] = {"precision": precision, "block_size": block, "accuracy_level": level, "extra": extra}
         if name == "fp32":

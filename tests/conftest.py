@@ -20,7 +20,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Phi-3 with its ByteLevel BPE tokenizer (read-only: copy it before changing it)."""
-    from slmforge.tinymodel import build_tiny_model
+    from slmforge.models.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "phi3-tiny", seed=0)
 
@@ -31,7 +31,7 @@ def smollm2_dir() -> Path:
 
     It lives where the shipped recipes expect it (.slmforge/models/), so the demo and the tests
     share one conversion; write_pretrained is a no-op when the folder already holds it."""
-    from slmforge.pretrained import write_pretrained
+    from slmforge.models.pretrained import write_pretrained
 
     folder, _ = write_pretrained("smollm2-135m-instruct", REPO / ".slmforge" / "models" / "smollm2-135m-instruct")
     return folder
@@ -47,7 +47,7 @@ def seed_data() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_data() -> Path:
-    from slmforge.tinymodel import demo_data_path
+    from slmforge.models.tinymodel import demo_data_path
 
     return demo_data_path()
 

@@ -297,7 +297,7 @@ def _pip(env: dict) -> list[str]:
 
 
 def test_user_conda_file_gets_slmforge_requirements_and_keeps_its_own_packages(tmp_path):
-    from slmforge.runtime_env import conda_spec, missing_requirements
+    from slmforge.contract.runtime_env import conda_spec, missing_requirements
 
     conda = {"name": "mine", "channels": ["conda-forge"],
              "dependencies": ["python=3.11", "pip", {"pip": ["scikit-learn==1.5.2", "torch>=2.0", "slmforge"]}]}

@@ -21,7 +21,7 @@ COOKBOOK_AML = REPO / "tests" / "recipes" / "cookbook-aml.json"
 
 @pytest.fixture(scope="module")
 def ml_client(emulator):
-    from slmforge.backends.aml_workspace import ml_client_from_workspace_file
+    from slmforge.backends.aml.workspace import ml_client_from_workspace_file
 
     return ml_client_from_workspace_file(emulator[1])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lora_adapter import make_lora_adapter
 
-from slmforge import manifest
+from slmforge.contract import manifest
 from slmforge.errors import InvalidInput
 from slmforge.steps import build_onnx
 
@@ -119,7 +119,7 @@ def test_int4_builds_loads_and_generates_with_onnxruntime_genai(int4_dir, fp32_d
 def test_og_token_ids_equal_hf_tokenizer_ids(int4_dir, demo_data, seed_data):
     from transformers import AutoTokenizer
 
-    from slmforge.genai import GenaiModel
+    from slmforge.models.genai import GenaiModel
 
     texts = []
     for path in (demo_data, seed_data):
@@ -137,8 +137,8 @@ def test_og_token_ids_equal_hf_tokenizer_ids(int4_dir, demo_data, seed_data):
 def test_build_straight_from_base_plus_adapter(tiny_model_dir, int4_dir, tmp_path):
     import numpy as np
 
-    from slmforge.genai import PlainOrtModel
-    from slmforge.logit_check import compare
+    from slmforge.models.genai import PlainOrtModel
+    from slmforge.models.logit_check import compare
 
     adapter = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
     manifest.write_manifest(adapter, step="finetune", params={}, extra={"text_template": "Q: {q}\nA: {a}"})
@@ -177,7 +177,7 @@ def test_extra_options_are_checked_before_any_work(tiny_model_dir, tmp_path, cap
 
 
 def test_extra_options_pass_through(tiny_model_dir, int4_dir, tmp_path):
-    from slmforge.onnx_builder import parse_extra_options
+    from slmforge.models.onnx_builder import parse_extra_options
 
     assert parse_extra_options("nodes_to_exclude=/lm_head/MatMul,/model/x,op_types_to_quantize=MatMul") == {
         "nodes_to_exclude": "/lm_head/MatMul,/model/x", "op_types_to_quantize": "MatMul"}

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from local_pipeline import cache_entries, cli, run_slmforge, start_run, warm_pipeline, write_recipe
-from slmforge import manifest
-from slmforge.backends.cache import ENTRY, Cache, DigestMemo, cache_key, locked
+from slmforge.contract import manifest
+from slmforge.backends.local.cache import ENTRY, Cache, DigestMemo, cache_key, locked
 
 pytestmark = pytest.mark.slow
 

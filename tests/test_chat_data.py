@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from slmforge import chat_rows, manifest
+from slmforge.data import chat_rows
+
+from slmforge.contract import manifest
 from slmforge.steps import evaluate, finetune, load_data, merge
 
 TONES = ("joy", "sadness", "anger", "fear", "surprise", "neutral")

@@ -130,7 +130,7 @@ def small_disk(folder: Path, size: int) -> list[str]:
 
 
 def locked_db(env: Env) -> Path:
-    from slmforge.steps.register import client_for
+    from slmforge.registry.mlflow_store import client_for
 
     db = env.home / "registry.db"
     client_for(f"sqlite:///{db}").search_registered_models()  # an empty but initialised registry
@@ -414,7 +414,7 @@ def test_a_recipe_with_a_utf8_bom_is_read(tmp_path, tiny_model_dir):
 def test_the_schema_states_the_tracking_uri_default_the_code_uses(tmp_path, monkeypatch):
     """Issue 11 #22: the schema said 'sqlite beside output_dir'; the registry is under SLMFORGE_HOME."""
     from slmforge.commands.schema import recipe_schema_text
-    from slmforge.registry_rules import default_tracking_uri
+    from slmforge.registry.rules import default_tracking_uri
 
     monkeypatch.setenv("SLMFORGE_HOME", str(tmp_path))
     text = json.loads(recipe_schema_text())["$defs"]["RegisterConfig"]["properties"]["tracking_uri"]["description"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from lora_adapter import make_lora_adapter
 
-from slmforge import manifest
-from slmforge.evaluation import answer_finished, answer_of
+from slmforge.contract import manifest
+from slmforge.models.evaluation import answer_finished, answer_of
 from slmforge.steps import build_onnx, evaluate, load_data, merge
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"

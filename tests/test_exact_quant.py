@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slmforge import exact_quant
+from slmforge.models import exact_quant
 
 
 def _q4_1_weights(rng, n=48, k=128) -> np.ndarray:

@@ -178,7 +178,7 @@ def test_packed_batch_gives_the_padded_batch_loss_and_gradients(loss_on, tiny_mo
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from slmforge.template import Template
+    from slmforge.data.template import Template
     from slmforge.training.data import pack_batch
     from slmforge.training.loss import causal_lm_loss
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from slmforge.steps import load_data
-from slmforge.template import Template
+from slmforge.data.template import Template
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 IGNORE = -100

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from local_pipeline import run_slmforge, warm_pipeline, write_recipe
-from slmforge import manifest
-from slmforge.backends import render
-from slmforge.backends.local import LocalRunner
+from slmforge.contract import manifest
+from slmforge.contract import render
+from slmforge.backends.local.runner import LocalRunner
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
 
@@ -139,7 +139,9 @@ def test_help_is_fast_and_does_not_import_heavy_modules():
 def test_plain_progress_lines_and_progress_markers(tmp_path):
     import io
 
-    from slmforge.progress import Display, last_marker, report
+    from slmforge.backends.local.display import Display
+    from slmforge.contract.progress import Progress, last_event
+    from slmforge.steps.finetune import _progress_printer
 
     out = io.StringIO()
     with Display(["a", "b"], out=out, live=False) as display:
@@ -151,12 +153,15 @@ def test_plain_progress_lines_and_progress_markers(tmp_path):
                      "[slmforge] b                failed after 1.2s"]
     log = tmp_path / "step.log"
     log.write_text("finetune: step 10/200  loss 4.1\nnoise\n")
-    assert last_marker(log) == (10, 200, "steps")
+    assert last_event(log) is None  # a human line is never parsed: only events count
     import contextlib
 
     with open(log, "a") as f, contextlib.redirect_stderr(f):
-        report(3, 9, "rows")
-    assert last_marker(log) == (3, 9, "rows")
+        _progress_printer()(10, 200, 4.1, 900.0, 30.0)  # what the finetune step prints per logged step
+    assert last_event(log) == Progress(10, 200, "steps")
+    with open(log, "a") as f:
+        f.write('##slmforge-progress {"done": 11, "tot')  # cut by a crash mid-line
+    assert last_event(log) == Progress(10, 200, "steps")
 
 
 def _refused(tmp_path, recipe, fragment):

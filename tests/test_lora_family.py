@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from lora_adapter import tone_dataset
-from slmforge import manifest
+from slmforge.contract import manifest
 from slmforge.errors import StepFailed
 from slmforge.steps import build_onnx, finetune, merge
 
@@ -67,7 +67,7 @@ def test_each_method_merges_under_the_check_and_builds_int4(trained, tiny_model_
 def test_the_merge_check_fails_on_a_broken_adapter_of_each_method(trained, tiny_model_dir, tmp_path):
     """A merge whose weights differ from the adapter's own forward must fail: here the saved adapter is
     scaled after training, and the check compares against the model the intact adapter defines."""
-    from slmforge import logit_check, torch_model
+    from slmforge.models import logit_check, torch_model
 
     method, root, _ = trained
     broken = tmp_path / "broken"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from lora_adapter import make_lora_adapter
 
-from slmforge import manifest
+from slmforge.contract import manifest
 from slmforge.steps import merge
 
 PROMPTS = ["### Text: I lost my keys again.\n### The tone is:\n", "What a wonderful surprise!", "hello there"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from slmforge.errors import InvalidInput
-from slmforge.model_folder import resolve_hf_folder, resolve_tokenizer_folder
+from slmforge.models.model_folder import resolve_hf_folder, resolve_tokenizer_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 

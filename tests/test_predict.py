@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from lora_adapter import make_lora_adapter
 
-from slmforge import manifest
+from slmforge.contract import manifest
 from slmforge.steps import build_onnx
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from slmforge import manifest
+from slmforge.contract import manifest
 from slmforge.cli import main as cli
 from slmforge.errors import InvalidInput
-from slmforge.pretrained import MODELS, PretrainedModel, gguf_path, write_pretrained
+from slmforge.models.pretrained import MODELS, PretrainedModel, gguf_path, write_pretrained
 
 
 def test_the_folder_is_a_loadable_hf_model_and_a_second_call_is_a_no_op(smollm2_dir):

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from slmforge import evaluation, manifest
+from slmforge.models import evaluation
+
+from slmforge.contract import manifest
 from slmforge.errors import StepFailed
 from slmforge.steps import build_onnx, evaluate, finetune, load_data, merge
 
@@ -85,7 +87,7 @@ def test_merge_check_passes_on_the_real_model_and_fails_on_a_wrongly_scaled_adap
     shutil.copytree(tuned["adapter"], wrong)
     weights = load_file(wrong / "adapter_model.safetensors")
     save_file({k: (v * 2 if "lora_B" in k else v) for k, v in weights.items()}, wrong / "adapter_model.safetensors")
-    from slmforge import logit_check, torch_model
+    from slmforge.models import logit_check, torch_model
 
     reference_model = torch_model.TorchBackend(str(smollm2_dir), adapter=tuned["adapter"])
     token_ids = [reference_model.encode(p) for p in logit_check.CHECK_PROMPTS]
@@ -109,7 +111,7 @@ def _rewire_lm_head(folder: Path, out: Path) -> None:
 
 
 def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, smollm2_dir, tmp_path):
-    eval_data = build_onnx.read_dataset_folder(tuned["heldout"], 200)
+    eval_data = evaluation.read_dataset_folder(tuned["heldout"], 200)
     check = manifest.read_manifest(tuned["int4"])["metrics"]["check"]
     assert check["answers"]["answer_agreement"] >= 0.85
 
@@ -138,7 +140,7 @@ def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, smollm2_
 
 
 def test_batched_evaluation_gives_the_answers_of_one_at_a_time_decoding(tuned):
-    rows, examples, template = build_onnx.read_dataset_folder(tuned["heldout"], 60)
+    rows, examples, template = evaluation.read_dataset_folder(tuned["heldout"], 60)
     for folder in (tuned["merged"], tuned["int4"]):
         backend = evaluation.load_backend(folder, None)
         batched = evaluation.evaluate(backend, rows, template, examples=examples, max_new_tokens=6)

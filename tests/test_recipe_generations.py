@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from local_pipeline import run_slmforge
-from slmforge.backends.local import LocalRunner
+from slmforge.backends.local.runner import LocalRunner
 from slmforge.cli import main
 from slmforge.commands.validate import graph_as_dict
 from slmforge.recipe.graph import build_graph

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from local_pipeline import REPO, cli, run_slmforge, warm_pipeline
-from slmforge import manifest
+from slmforge.contract import manifest
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
+from slmforge.registry import mlflow_store
 from slmforge.steps import register
 
 pytestmark = pytest.mark.slow
@@ -26,11 +27,11 @@ def test_run_registers_the_final_model_with_tags(warm):
     registered = warm.cold.record["registered"]
     assert registered["name"] == "tiny-tones" and int(registered["version"]) >= 1
     assert registered["tracking_uri"] == f"sqlite:///{warm.home / 'registry.db'}"
-    [model] = [m for m in register.list_models(registered["tracking_uri"]) if m["name"] == "tiny-tones"]
+    [model] = [m for m in mlflow_store.list_models(registered["tracking_uri"]) if m["name"] == "tiny-tones"]
     version = next(v for v in model["versions"] if v["version"] == registered["version"])
-    assert version["tags"]["recipe_digest"] == warm.cold.record["recipe_digest"]
-    assert version["tags"]["slmforge_version"]
-    assert float(version["tags"]["metric.accuracy"]) == warm.cold.record["evaluation"]["onnx"]["accuracy"]
+    assert version["tags"]["slmforge.recipe_digest"] == warm.cold.record["recipe_digest"]
+    assert version["tags"]["slmforge.version"]
+    assert float(version["tags"]["metrics.accuracy"]) == warm.cold.record["evaluation"]["onnx"]["accuracy"]
     # The registry holds its own copy of the model: it survives `slmforge cache clean`.
     source = Path(version["source"].removeprefix("file://"))
     assert (source / "genai_config.json").is_file()
@@ -53,7 +54,7 @@ def test_new_version_each_registration_and_alias_moves(warm, tmp_path):
     first = register.run(model=model, name="m", registration=tmp_path / "reg1", tracking_uri=uri, recipe_digest="abc")
     second = register.run(model=model, name="m", registration=tmp_path / "reg2", tracking_uri=uri, recipe_digest="def")
     assert (first["version"], second["version"]) == ("1", "2")
-    [listed] = register.list_models(uri)
+    [listed] = mlflow_store.list_models(uri)
     assert [v["version"] for v in listed["versions"]] == ["2", "1"]
     assert listed["versions"][0]["aliases"] == ["current", "latest"] and listed["versions"][1]["aliases"] == []
     assert manifest.is_finished(tmp_path / "reg2")
@@ -102,7 +103,7 @@ def test_a_deleted_registry_is_registered_again(warm, tmp_path):
     again = run_slmforge(recipe, home)
     assert again.rc == 0, again.stderr
     assert again.statuses()["register"] == "ran" and again.record["registered"]["version"] == "1"
-    assert [m["name"] for m in register.list_models(f"sqlite:///{home / 'registry.db'}")] == ["tiny-tones"]
+    assert [m["name"] for m in mlflow_store.list_models(f"sqlite:///{home / 'registry.db'}")] == ["tiny-tones"]
 
 
 def test_a_deleted_version_or_a_truncated_registry_is_registered_again(warm, tmp_path):
@@ -113,19 +114,19 @@ def test_a_deleted_version_or_a_truncated_registry_is_registered_again(warm, tmp
     first = run_slmforge(recipe, home)
     assert first.rc == 0, first.stderr
     uri = f"sqlite:///{home / 'registry.db'}"
-    register.client_for(uri).delete_model_version("tiny-tones", first.record["registered"]["version"])
+    mlflow_store.client_for(uri).delete_model_version("tiny-tones", first.record["registered"]["version"])
 
     again = run_slmforge(recipe, home)
     assert again.rc == 0, again.stderr
     assert again.statuses()["register"] == "ran"
-    listed = {v["version"] for m in register.list_models(uri) for v in m["versions"]}
+    listed = {v["version"] for m in mlflow_store.list_models(uri) for v in m["versions"]}
     assert again.record["registered"]["version"] in listed
 
     (home / "registry.db").write_bytes(b"")  # truncated
     third = run_slmforge(recipe, home)
     assert third.rc == 0, third.stderr
     assert third.statuses()["register"] == "ran"
-    assert [v["version"] for m in register.list_models(uri) for v in m["versions"]] == [third.record["registered"]["version"]]
+    assert [v["version"] for m in mlflow_store.list_models(uri) for v in m["versions"]] == [third.record["registered"]["version"]]
 
 
 def test_registering_the_same_model_from_the_same_recipe_again_reuses_its_version(warm, tmp_path):
@@ -134,11 +135,11 @@ def test_registering_the_same_model_from_the_same_recipe_again_reuses_its_versio
     uri = f"sqlite:///{tmp_path / 'r.db'}"
     model = warm.cold.out_dir / "model"
     first = register.run(model=model, name="m", registration=tmp_path / "reg1", tracking_uri=uri, recipe_digest="abc")
-    client = register.client_for(uri)
-    client.delete_registered_model_alias("m", register.ALIAS)  # killed before the alias was set
+    client = mlflow_store.client_for(uri)
+    client.delete_registered_model_alias("m", mlflow_store.ALIAS)  # killed before the alias was set
 
     again = register.run(model=model, name="m", registration=tmp_path / "reg2", tracking_uri=uri, recipe_digest="abc")
     assert again["version"] == first["version"] == "1"
-    [listed] = register.list_models(uri)
+    [listed] = mlflow_store.list_models(uri)
     assert [(v["version"], v["aliases"]) for v in listed["versions"]] == [("1", ["current", "latest"])]
-    assert listed["versions"][0]["tags"]["model_digest"] == manifest.read_manifest(model)["outputs_digest"]
+    assert listed["versions"][0]["tags"]["slmforge.model_digest"] == manifest.read_manifest(model)["outputs_digest"]

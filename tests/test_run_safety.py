@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from local_pipeline import cache_entries, run_slmforge, start_run, warm_pipeline
-from slmforge import manifest
-from slmforge.backends.cache import ENTRY
+from slmforge.contract import manifest
+from slmforge.backends.local.cache import ENTRY
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,7 @@ def test_an_isolated_step_dies_with_its_run_and_the_rerun_resumes_alone(warm, tm
 def test_an_input_that_changes_while_a_step_reads_it_is_never_cached(warm, tmp_path, monkeypatch):
     """#4: the entry keyed for the original content stored the other rows, forever. The change is made
     by the step's own first action: the moment the step starts reading, as a concurrent writer would."""
-    from slmforge.backends.local import LocalRunner
+    from slmforge.backends.local.runner import LocalRunner
     from slmforge.errors import StepFailed
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.loader import load_recipe

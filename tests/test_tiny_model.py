@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slmforge import tinymodel
+from slmforge.models import tinymodel
 
 
 def files_of(folder: Path) -> dict[str, bytes]:

@@ -1,40 +1,33 @@
 """The CLI commands: one module each, with `add_arguments(parser)` and `run(args) -> int`."""
 
 import argparse
+import functools
 from pathlib import Path
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts that must be at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def int_range(low: int, high: int | None = None, *, noun: str = "", shown: str = ""):
+    """An argparse type for a whole number in [low, high] (`high` None: no upper bound).
+
+    `noun` names the value in messages ("port"); `shown` spells the range ("0 to 2**63 - 1")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a ' + noun + ' number' if noun else 'a whole number'}, "
+                                             f"got {text!r}") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{noun + ' ' if noun else ''}{value} is out of range "
+                                             f"({shown or f'{low} to {high}'})")
+        return value
+
+    return parse
 
 
-def port_number(text: str) -> int:
-    """argparse type for a TCP port: 1 to 65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port {value} is out of range (1 to 65535)")
-    return value
-
-
-def seed_number(text: str) -> int:
-    """argparse type for a random seed: what torch.manual_seed takes (0 to 2**63 - 1)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"{value} is out of range (0 to 2**63 - 1)")
-    return value
+positive_int = int_range(1)  # counts
+port_number = int_range(1, 65535, noun="port")  # a TCP port
+seed_number = int_range(0, 2**63 - 1, shown="0 to 2**63 - 1")  # what torch.manual_seed takes
 
 
 def output_folder(path: str | Path, option: str) -> Path:
@@ -61,10 +54,22 @@ def output_file(path: str | Path, option: str) -> Path:
 
 def check_names(args: argparse.Namespace) -> None:
     """--name, --version and --registry follow Azure ML's asset rules, checked before any service call."""
-    from slmforge.registry_rules import check_asset_name
+    from slmforge.registry.rules import check_asset_name
 
     for option in ("name", "version", "registry"):
         value = getattr(args, option, None)
         if value is not None:
             check_asset_name(value, f"--{option}")
 
+
+
+def service_command(run):
+    """A command's `run(args)` that talks to Azure ML: a service failure is one line, not a traceback."""
+    @functools.wraps(run)
+    def guarded(args: argparse.Namespace) -> int:
+        from slmforge.backends.aml.workspace import service_errors
+
+        with service_errors():
+            return run(args)
+
+    return guarded

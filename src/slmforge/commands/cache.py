@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cache_dir(args: argparse.Namespace) -> Path:
     if args.recipe:
-        from slmforge.backends.local import cache_dir
+        from slmforge.backends.local.runner import cache_dir
         from slmforge.recipe.loader import load_recipe
 
         return cache_dir(load_recipe(args.recipe, check_files=False))
@@ -44,9 +44,10 @@ def parse_age(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.backends.cache import ENTRY, Cache, folder_size
-    from slmforge.progress import fmt_seconds
-    from slmforge.report import fmt_size
+    from slmforge.backends.local.cache import ENTRY, Cache
+    from slmforge.contract.files import folder_size
+    from slmforge.backends.local.display import fmt_seconds
+    from slmforge.backends.local.report import fmt_size
 
     cache = Cache(_cache_dir(args))
     if args.action == "clean":

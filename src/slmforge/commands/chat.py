@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.genai import GenaiModel, require_onnx_folder
+    from slmforge.models.genai import GenaiModel, require_onnx_folder
 
     folder = require_onnx_folder(args.model)
     model = GenaiModel(folder)

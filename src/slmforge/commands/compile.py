@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml import compile_pipeline, summary, validate_pipeline, write_pipeline
+    from slmforge.backends.aml.pipeline import compile_pipeline, summary, validate_pipeline, write_pipeline
     from slmforge.recipe.loader import load_recipe
 
     out_dir = output_folder(args.output, "-o").resolve()

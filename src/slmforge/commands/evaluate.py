@@ -25,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge import evaluation
+    from slmforge.models import evaluation
     from slmforge.errors import InvalidInput
-    from slmforge.model_folder import carried_template
-    from slmforge.template import Template
+    from slmforge.models.model_folder import carried_template
+    from slmforge.data.template import Template
 
     model, data = Path(args.model), Path(args.data)
     if not model.is_dir():
@@ -37,9 +37,7 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("--max_samples and --max_new_tokens must be at least 1")
     label = args.label or model.name
     if data.is_dir():
-        from slmforge.steps.evaluate import read_dataset_folder
-
-        rows, examples, template = read_dataset_folder(data, args.max_samples)
+        rows, examples, template = evaluation.read_dataset_folder(data, args.max_samples)
         if args.template:
             template = Template(args.template)
         backend = evaluation.load_backend(model, None)
@@ -59,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
 def read_rows(path: Path, template, limit: int) -> list[dict]:
     """The first `limit` rows of a JSON / JSON lines / CSV / parquet file, with the template's columns."""
-    from slmforge.datasets_io import read_rows as read_data_file
+    from slmforge.data.readers import read_rows as read_data_file
 
     data_format = {".csv": "csv", ".parquet": "parquet"}.get(path.suffix.lower(), "json")
     return read_data_file(path, data_format, list(dict.fromkeys(template.fields)), max_samples=limit).rows

@@ -24,15 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml_workspace import service_errors
+    from slmforge.backends.aml.workspace import service_errors
 
     with service_errors():
         return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from slmforge.backends import aml_jobs, aml_logs
-    from slmforge.backends.aml_workspace import resolve_ml_client
+    from slmforge.backends.aml import jobs as aml_jobs, logs as aml_logs
+    from slmforge.backends.aml.workspace import resolve_ml_client
 
     if args.command == "download":
         output_folder(args.output, "-o")  # before any service call

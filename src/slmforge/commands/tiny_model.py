@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.tinymodel import build_tiny_model
+    from slmforge.models.tinymodel import build_tiny_model
 
     output_folder(args.dir, "DIR")
     out = build_tiny_model(args.dir, seed=args.seed, size=args.size)

@@ -1,6 +1,6 @@
 """Would a node's environment run a slmforge step? The emulator runs every node in its own venv, so
 it checks what a workspace's image build would decide: the environment's conda file must declare
-slmforge's runtime requirements (slmforge.runtime_env). An environment without a conda file (an
+slmforge's runtime requirements (slmforge.contract.runtime_env). An environment without a conda file (an
 image or a Docker build context only) cannot be inspected here and is not judged.
 """
 
@@ -18,7 +18,7 @@ def environment_problem(emu: Emulator, environment: str | None) -> str | None:
     """Why this environment (a component's `environment` id) cannot run a slmforge step, or None."""
     import yaml
 
-    from slmforge.runtime_env import missing_requirements
+    from slmforge.contract.runtime_env import missing_requirements
 
     match = _ARM_ENV.search(environment or "") or _SHORT_ENV.match(environment or "")
     if match is None:

@@ -156,7 +156,7 @@ class Executor:
     # --- one node ---------------------------------------------------------------------------------
     def _run_node(self, job: str, node: str, spec: dict, props: dict, workdir: Path,
                   local_outputs: dict[tuple[str, str], Path], done: dict) -> None:
-        from slmforge.backends.render import render_command, step_module
+        from slmforge.contract.render import render_command, step_module
 
         emu = self.emu
         run_id = jobstate.child_run_id(job, node)

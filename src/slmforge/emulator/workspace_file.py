@@ -10,6 +10,7 @@ from typing import Any
 from slmforge.emulator.cloud import CLOUD_PREFIX
 from slmforge.emulator.context import Emulator
 from slmforge.errors import InvalidInput
+from slmforge.contract.files import write_atomic
 
 KIND = "slmforge-emulator"
 FILE_NAME = "workspace.json"
@@ -51,9 +52,7 @@ def describe(emu: Emulator) -> dict[str, Any]:
 
 def write(emu: Emulator) -> Path:
     path = emu.dir / FILE_NAME
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(describe(emu), indent=2) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(describe(emu), indent=2) + "\n")
     return path
 
 

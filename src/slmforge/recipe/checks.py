@@ -8,18 +8,18 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 from slmforge.errors import InvalidInput
+from slmforge.models.model_folder import looks_like_local_path
 from slmforge.recipe.limits import check_limits
 from slmforge.recipe.passes import FINETUNE_PASSES
+from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.schema import AzureMLSystem, FinetunePass, MergePass, ModelBuilderPass
 
-if TYPE_CHECKING:
-    from slmforge.recipe.loader import LoadedRecipe
 
 
-def check_recipe(loaded: "LoadedRecipe", *, check_files: bool = True) -> list[str]:
+def check_recipe(loaded: LoadedRecipe, *, check_files: bool = True) -> list[str]:
     problems: list[str] = []
     for check in (_check_references, _check_passes, _check_secrets, _check_templates):
         problems.extend(check(loaded))
@@ -35,18 +35,13 @@ def template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
 
 
-def data_config_path(loaded: "LoadedRecipe", index: int, field: str) -> str:
+def data_config_path(loaded: LoadedRecipe, index: int, field: str) -> str:
     """The JSON path of a load/pre-process field, in the shape the user wrote."""
     block = "load_dataset_config" if field in ("data_name", "data_files", "split") else "pre_process_data_config"
     return loaded.where("data_configs", index, block, field)
 
 
-def looks_like_local_path(name: str) -> bool:
-    """A hub id is `name` or `org/name`; anything else (./x, /x, ~, a/b/c, a\\b) is a local path."""
-    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
-
-
-def _check_references(loaded: "LoadedRecipe") -> Iterator[str]:
+def _check_references(loaded: LoadedRecipe) -> Iterator[str]:
     r = loaded.recipe
     names = [dc.name for dc in r.data_configs]
     for i, name in enumerate(names):
@@ -67,7 +62,7 @@ def _check_references(loaded: "LoadedRecipe") -> Iterator[str]:
             yield f"{loaded.where('engine', field)}: no system named '{ref}'{_hint(ref, list(r.systems))}"
 
 
-def _check_passes(loaded: "LoadedRecipe") -> Iterator[str]:
+def _check_passes(loaded: LoadedRecipe) -> Iterator[str]:
     seen_finetune = seen_merge = seen_build = None
     for name, p in loaded.recipe.passes.items():
         where = loaded.where("passes", name)
@@ -96,7 +91,7 @@ def _check_passes(loaded: "LoadedRecipe") -> Iterator[str]:
             seen_build = name
 
 
-def _check_secrets(loaded: "LoadedRecipe") -> Iterator[str]:
+def _check_secrets(loaded: LoadedRecipe) -> Iterator[str]:
     r = loaded.recipe
     for name, system in r.systems.items():
         if isinstance(system, AzureMLSystem) and system.hf_token:
@@ -105,7 +100,7 @@ def _check_secrets(loaded: "LoadedRecipe") -> Iterator[str]:
                        "(the token is read from that Key Vault's secret 'hf-token')")
 
 
-def _check_templates(loaded: "LoadedRecipe") -> Iterator[str]:
+def _check_templates(loaded: LoadedRecipe) -> Iterator[str]:
     for i, dc in enumerate(loaded.recipe.data_configs):
         pre = dc.pre_process_data_config
         if pre.chat_template:
@@ -123,7 +118,7 @@ def _check_templates(loaded: "LoadedRecipe") -> Iterator[str]:
             yield f"{data_config_path(loaded, i, 'loss_on')}: 'completion' needs a text_template with placeholders"
 
 
-def _local_model_ref(loaded: "LoadedRecipe") -> tuple[str, str, str] | None:
+def _local_model_ref(loaded: LoadedRecipe) -> tuple[str, str, str] | None:
     """(value, json path, what) of an input model that is a local path; None for a hub id or Azure ML."""
     name = loaded.recipe.input_model.model_path
     if not isinstance(name, str):
@@ -134,30 +129,30 @@ def _local_model_ref(loaded: "LoadedRecipe") -> tuple[str, str, str] | None:
     return None
 
 
-def local_model_dir(loaded: "LoadedRecipe") -> Path | None:
+def local_model_dir(loaded: LoadedRecipe) -> Path | None:
     ref = _local_model_ref(loaded)
     path = resolve_path(loaded, ref[0]) if ref else None
     return path if path is not None and path.is_dir() else None
 
 
-def _check_model_path(loaded: "LoadedRecipe") -> Iterator[str]:
+def _check_model_path(loaded: LoadedRecipe) -> Iterator[str]:
     ref = _local_model_ref(loaded)
     if ref is not None:
         yield from _must_exist(loaded, ref[0], ref[1], what=ref[2])
 
 
-def _must_exist(loaded: "LoadedRecipe", value: str, where: str, what: str = "path") -> Iterator[str]:
+def _must_exist(loaded: LoadedRecipe, value: str, where: str, what: str = "path") -> Iterator[str]:
     path = resolve_path(loaded, value)
     if not path.exists():
         yield f"{where}: {what} '{value}' not found (looked at {path}); a local path is never looked up on a hub"
 
 
-def resolve_path(loaded: "LoadedRecipe", value: str) -> Path:
+def resolve_path(loaded: LoadedRecipe, value: str) -> Path:
     """Paths in a recipe are relative to the recipe file, not the working directory."""
     return (loaded.base_dir / Path(value).expanduser()).resolve()
 
 
-def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
+def _check_data_files(loaded: LoadedRecipe) -> Iterator[str]:
     for i, dc in enumerate(loaded.recipe.data_configs):
         files = dc.load_dataset_config.data_files
         if not isinstance(files, str):
@@ -186,7 +181,7 @@ def _check_data_files(loaded: "LoadedRecipe") -> Iterator[str]:
 def read_columns(path: Path, data_name: str) -> set[str] | None:
     """The columns of a data file, from its first record; None when they can't be read cheaply.
     A file in another encoding than UTF-8, or a broken parquet file, is InvalidInput naming it."""
-    from slmforge.datasets_io import read_parquet, read_text
+    from slmforge.data.readers import read_parquet, read_text
 
     if data_name == "parquet":
         return set(read_parquet(path, schema_only=True).names)

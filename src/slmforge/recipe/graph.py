@@ -8,15 +8,16 @@ renders the component's command with them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
+from slmforge.contract.files import json_digest
 from slmforge.errors import InvalidInput
-from slmforge.recipe.checks import looks_like_local_path, resolve_path
-from slmforge.recipe.loader import LoadedRecipe
+from slmforge.models.model_folder import looks_like_local_path
+from slmforge.recipe.checks import resolve_path
+from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.passes import FINETUNE_PASSES, dtype_name
 from slmforge.recipe.schema import (
     AzureMLRegistryModel,
@@ -93,8 +94,7 @@ def recipe_digest(loaded: LoadedRecipe) -> str:
     # Of the validated recipe: one recipe written in two Olive generations (or with its defaults
     # written out, or another description) is one recipe.
     meaning = loaded.recipe.model_dump(mode="json", by_alias=True, exclude={"schema_", "description"})
-    canonical = json.dumps(meaning, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).hexdigest()
+    return json_digest(meaning)
 
 
 def model_source(loaded: LoadedRecipe) -> ModelSource:

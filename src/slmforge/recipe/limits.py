@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
+from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.schema import FinetunePass
 
-if TYPE_CHECKING:
-    from slmforge.recipe.loader import LoadedRecipe
 
 MIN_SOURCE_LEN = 16  # a template's prompt and its answer need at least this many tokens
 MAX_STEPS = 100_000_000  # ~3 years at one step a second: beyond it, a typo
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 
 
-def check_limits(loaded: "LoadedRecipe", model_dir: Path | None,
-                 data_config_path: Callable[["LoadedRecipe", int, str], str]) -> Iterator[str]:
+def check_limits(loaded: LoadedRecipe, model_dir: Path | None,
+                 data_config_path: Callable[[LoadedRecipe, int, str], str]) -> Iterator[str]:
     """`data_config_path(loaded, i, field)` names a data field in the shape the user wrote."""
     config = _model_config(model_dir)
     context_key = next((k for k in CONTEXT_KEYS if isinstance(config.get(k), int)), None)

@@ -8,37 +8,18 @@ from __future__ import annotations
 import json
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from slmforge.errors import InvalidInput
+from slmforge.recipe.checks import check_recipe
 from slmforge.recipe.generations import Normalised, canonical_name, did_you_mean, dotted, normalise, old_spellings
+from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.schema import Recipe
 
 MAX_VALUES = 100_000  # values in a recipe after YAML aliases are expanded; real recipes have hundreds
-
-
-@dataclass(frozen=True)
-class LoadedRecipe:
-    recipe: Recipe
-    path: Path  # the recipe file, resolved
-    raw: dict[str, Any]  # as the user wrote it
-    normalised: Normalised  # in the canonical shape, with where each key came from
-
-    @property
-    def base_dir(self) -> Path:
-        return self.path.parent
-
-    @property
-    def canonical(self) -> dict[str, Any]:
-        return self.normalised.data
-
-    def where(self, *cpath: str | int) -> str:
-        """The JSON path, in the shape the user wrote, of a canonical path (for messages)."""
-        return dotted(self.normalised.raw_path(cpath))
 
 
 class DuplicateKey(ValueError):
@@ -55,7 +36,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def read_raw(path: Path) -> dict[str, Any]:
-    from slmforge.datasets_io import read_text
+    from slmforge.data.readers import read_text
 
     if path.is_dir():
         raise InvalidInput(f"{path}: is a folder; expected a recipe file (.json, .yaml or .yml)")
@@ -104,7 +85,6 @@ def _check_values(path: Path, data: Any) -> None:
 
 def load_recipe(path: str | Path, *, check_files: bool = True) -> LoadedRecipe:
     """Parse and fully validate a recipe; raise InvalidInput listing every problem."""
-    from slmforge.recipe.checks import check_recipe
 
     path = Path(path).expanduser().resolve()
     raw = read_raw(path)

@@ -16,7 +16,7 @@ from typing import Annotated
 from slmforge.recipe.azure import (  # noqa: F401 - re-exported
     AzureMLClient, AzureMLDatastoreFiles, AzureMLRegistryModel, DatastorePath, RegistryModelRef)
 from slmforge.recipe.base import Strict
-from slmforge.registry_rules import ASSET_NAME_PATTERN, DEFAULT_TRACKING_URI_TEXT
+from slmforge.registry.rules import ASSET_NAME_PATTERN, DEFAULT_TRACKING_URI_TEXT
 from slmforge.recipe.data_config import DataConfig, LoadDatasetConfig, PreProcessConfig  # noqa: F401
 from slmforge.recipe.passes import (  # noqa: F401 - re-exported
     FINETUNE_PASSES, FinetunePass, MergePass, ModelBuilderPass, Pass, TrainingArgs)

@@ -38,9 +38,12 @@ def pipelines_dir() -> Path:
     return _shipped("pipelines")
 
 
-def _installed_root() -> Path:
-    from slmforge.registry_rules import slmforge_home
+def slmforge_home() -> Path:
+    """Where slmforge keeps what outlives a run: the model registry, shipped recipes' outputs."""
+    return Path(os.environ.get("SLMFORGE_HOME") or Path.home() / ".slmforge").expanduser()
 
+
+def _installed_root() -> Path:
     return slmforge_home() / "shipped"
 
 

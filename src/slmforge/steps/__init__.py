@@ -1,6 +1,6 @@
 """The pipeline steps: one module each, run as `python -m slmforge.steps.<name> ...`.
 
-Each module has a `Params` dataclass (its parameters, declared once with `slmforge.params.param`),
+Each module has a `Params` dataclass (its parameters, declared once with `slmforge.contract.params.param`),
 `run(**given)` doing the work and `main(argv)` parsing the argv that its `components/<name>.yml`
 command renders (option names are the component's input/output names; tests/test_params.py keeps
 the YAML equal to Params).

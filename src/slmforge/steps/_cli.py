@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any, Callable
 
 from slmforge.errors import InvalidInput, report
-from slmforge.params import optional, value_type
+from slmforge.contract.params import optional, value_type
 
 
 def parse_bool(text: str) -> bool:

@@ -20,11 +20,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge import manifest, onnx_builder
+from slmforge.contract import manifest
+
+from slmforge.models import onnx_builder
 from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
-from slmforge.params import make, param
+from slmforge.contract.params import make, param
 from slmforge.steps._cli import run_step
-from slmforge.steps.evaluate import read_dataset_folder
+from slmforge.models.evaluation import read_dataset_folder
+from slmforge.contract.files import folder_size
 
 STEP = "build_onnx"
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
@@ -64,7 +67,7 @@ def run(**given) -> dict:
     p = make(Params, given)
     output, model, model_id, adapter, precision, dataset = p.output, p.model, p.model_id, p.adapter, p.precision, p.dataset
     execution_provider, max_accuracy_drop = p.execution_provider, p.max_accuracy_drop
-    from slmforge import model_folder, onnx_builder, torch_model
+    from slmforge.models import model_folder, onnx_builder, torch_model
 
     started = time.perf_counter()
     source = torch_model.base_source(model, model_id)
@@ -93,7 +96,7 @@ def run(**given) -> dict:
         manifest.write_manifest(
             tmp, step=STEP, params=params,
             inputs={"model": model, "adapter": adapter_path, "dataset": dataset},
-            metrics={"check": check, "size_bytes": model_folder.size_on_disk(tmp), "builder_options": builder_options,
+            metrics={"check": check, "size_bytes": folder_size(tmp), "builder_options": builder_options,
                      "build_seconds": round(build_seconds, 3)},
             seconds=time.perf_counter() - started, libraries=LIBRARIES,
         )
@@ -111,7 +114,7 @@ def build_model(source: str, out: Path, precision: str, execution_provider: str,
                 accuracy_level: int, algo_config: str, is_symmetric: bool, extra: dict, adapter: Path | None) -> dict:
     """Build `out`; return how. int4 of a base whose weights already lie on a 4-bit grid (a GGUF's
     Q4_1) re-encodes them without loss (exact_quant.py); anything else goes to the builder's method."""
-    from slmforge import exact_quant
+    from slmforge.models import exact_quant
 
     exact = (precision == "int4" and algo_config == "auto" and execution_provider == "cpu" and not extra
              and Path(source).is_dir() and exact_quant.on_grid(source))
@@ -138,7 +141,7 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     a mis-wired head or a broken layer cannot reach. With eval rows (`eval_data`): the built model's
     greedy answers against the source model's, and the accuracy it loses (logit_check.ANSWER_GATES).
     """
-    from slmforge import genai, logit_check, torch_model
+    from slmforge.models import genai, logit_check, torch_model
 
     reference_model = torch_model.TorchBackend(source, adapter=adapter)
     token_ids = [reference_model.encode(p) for p in logit_check.CHECK_PROMPTS]
@@ -191,7 +194,7 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
 
 
 def _answers(backend, eval_data) -> dict:
-    from slmforge import evaluation
+    from slmforge.models import evaluation
 
     rows, examples, template = eval_data
     return evaluation.evaluate(backend, rows, template, examples=[], max_new_tokens=8, label="check")

@@ -12,11 +12,9 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from slmforge import manifest
-from slmforge.errors import InvalidInput
-from slmforge.params import make, param
+from slmforge.contract import manifest
+from slmforge.contract.params import make, param
 from slmforge.steps._cli import run_step
 
 STEP = "evaluate"
@@ -41,11 +39,11 @@ def run(**given) -> dict:
     p = make(Params, given)
     dataset, metrics, model, model_id, label = p.dataset, p.metrics, p.model, p.model_id, p.label
     max_samples, max_new_tokens = p.max_samples, p.max_new_tokens
-    from slmforge import evaluation
-    from slmforge.model_folder import is_onnx_folder
+    from slmforge.models import evaluation
+    from slmforge.models.model_folder import is_onnx_folder
 
     started = time.perf_counter()
-    rows, examples_raw, template = read_dataset_folder(dataset, max_samples)
+    rows, examples_raw, template = evaluation.read_dataset_folder(dataset, max_samples)
     backend = evaluation.load_backend(model, model_id)
     result = evaluation.evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
                                  label=label, model_dir=model)
@@ -61,37 +59,6 @@ def run(**given) -> dict:
         )
     print(evaluation.format_table(result))
     return result
-
-
-def read_dataset_folder(dataset: str | Path, max_samples: int):
-    """(eval rows, perplexity examples, template) from a load_data output folder, first max_samples each."""
-    from slmforge.evaluation import check_rows, read_jsonl
-    from slmforge.template import Template
-
-    folder = Path(dataset)
-    data = manifest.read_manifest(folder)
-    if data is None:
-        raise InvalidInput(f"{folder}: not a load_data output folder (no readable {manifest.MANIFEST})")
-    text = (data.get("params") or {}).get("text_template")
-    if not text:
-        raise InvalidInput(f"{folder / manifest.MANIFEST}: params.text_template is missing")
-    template = Template(text)
-    if max_samples < 1:
-        raise InvalidInput(f"--max_samples {max_samples}: must be at least 1")
-    for name in ("eval_rows.jsonl", "eval.jsonl"):
-        if not (folder / name).is_file():
-            raise InvalidInput(f"{folder}: {name} is missing")
-    rows = read_jsonl(folder / "eval_rows.jsonl", max_samples)
-    if not rows:
-        raise InvalidInput(f"{folder / 'eval_rows.jsonl'}: no held-out rows to evaluate on")
-    check_rows(rows, template, str(folder / "eval_rows.jsonl"))
-    examples = []
-    for i, row in enumerate(read_jsonl(folder / "eval.jsonl", max_samples), 1):
-        ids, labels = row.get("input_ids"), row.get("labels")
-        if not isinstance(ids, list) or not isinstance(labels, list) or len(ids) != len(labels):
-            raise InvalidInput(f"{folder / 'eval.jsonl'}: line {i} needs input_ids and labels of equal length")
-        examples.append((ids, labels))
-    return rows, examples, template
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,9 +18,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slmforge import manifest
+from slmforge.contract import manifest, progress
 from slmforge.errors import InvalidInput
-from slmforge.params import make, param
+from slmforge.contract.params import make, param
 from slmforge.steps._cli import run_step
 from slmforge.training import checkpoint, tracking
 from slmforge.training.args import TrainArgs
@@ -172,10 +172,11 @@ def _init_distributed() -> tuple[Dist, bool]:
 
 
 def _progress_printer():
-    """step, loss, tokens/s and ETA on stderr: one updating line on a terminal, plain lines otherwise."""
+    """A progress event, then step, loss, tokens/s and ETA on stderr (one updating line on a terminal)."""
     tty = sys.stderr.isatty()
 
     def show(step: int, total: int, loss: float, tokens_per_s: float, eta_s: float) -> None:
+        progress.emit(step, total, "steps")
         line = (f"finetune: step {step}/{total}  loss {loss:.4f}  {tokens_per_s:,.0f} tokens/s  "
                 f"ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}")
         if tty:

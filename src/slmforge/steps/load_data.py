@@ -26,15 +26,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge import chat_rows, manifest
-from slmforge.datasets_io import read_rows
-from slmforge.datastore import fetch_datastore_file, is_datastore_uri
-from slmforge.errors import InvalidInput
-from slmforge.params import make, param
-from slmforge.steps._cli import run_step
-from slmforge.template import Template
+from slmforge.data import chat_rows
 
-IGNORE = -100  # label of a token the loss skips (PyTorch's cross-entropy ignore_index)
+from slmforge.contract import manifest
+from slmforge.data.readers import read_rows
+from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
+from slmforge.errors import InvalidInput
+from slmforge.contract.params import make, param
+from slmforge.steps._cli import run_step
+from slmforge.data.template import Template
+from slmforge.training.data import IGNORE
+
 STRATEGIES = ("join", "line-by-line")
 LOSS_ON = ("all", "completion")
 
@@ -222,7 +224,7 @@ def load_tokenizer(folder: str | Path | None, model_id: str | None):
     """(tokenizer, name): from a local folder (never a hub lookup) or from a hub id."""
     from transformers import AutoTokenizer
 
-    from slmforge.model_folder import resolve_tokenizer_folder
+    from slmforge.models.model_folder import resolve_tokenizer_folder
     from slmforge.secrets import hf_token
 
     if folder:

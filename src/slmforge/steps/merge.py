@@ -14,9 +14,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge import manifest
+from slmforge.contract import manifest
 from slmforge.errors import StepFailed
-from slmforge.params import make, param
+from slmforge.contract.params import make, param
 from slmforge.steps._cli import run_step
 
 STEP = "merge"
@@ -45,7 +45,7 @@ def run(**given) -> dict:
     """Merge, check and write the model folder (`given`: Params' names); return the check."""
     p = make(Params, given)
     model, model_id, torch_dtype, output = p.model, p.model_id, p.torch_dtype, p.output
-    from slmforge import model_folder, torch_model
+    from slmforge.models import model_folder, torch_model
 
     started = time.perf_counter()
     source = torch_model.base_source(model, model_id)
@@ -76,7 +76,7 @@ def merge_into(source: str, adapter: Path, out_dir: Path, torch_dtype: str = "fl
     `reference` when given (tests pass another adapter's logits to show the check fails)."""
     import torch
 
-    from slmforge import logit_check, torch_model
+    from slmforge.models import logit_check, torch_model
 
     tokenizer = torch_model.load_tokenizer(source)
     token_ids = [list(tokenizer(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
@@ -94,7 +94,7 @@ def merge_into(source: str, adapter: Path, out_dir: Path, torch_dtype: str = "fl
 
 def check_merged(reference: list, token_ids: list[list[int]], folder: Path, torch_dtype: str = "float32") -> dict:
     """Reload the merged model from `folder` in float32 and compare it with the adapter model's logits."""
-    from slmforge import logit_check, torch_model
+    from slmforge.models import logit_check, torch_model
 
     # What was written is checked, reloaded in float32 (fp16 weights are compared as stored).
     reloaded = torch_model.load_causal_lm(str(folder), "float32")

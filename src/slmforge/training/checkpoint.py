@@ -8,13 +8,13 @@ itself (training.data.BatchPlan derives the order from it). Each rank saves its 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
 import re
 import shutil
 import sys
+from slmforge.contract.files import json_digest
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,7 @@ KEEP = 2  # checkpoints kept; older ones are removed once a newer one is complet
 
 def fingerprint(**parts: Any) -> str:
     """What must match for a checkpoint to be resumed: training parameters and input digests."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(parts)
 
 
 def model_fingerprint(model_dir: str | Path | None, model_id: str | None) -> str:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.errors import InvalidInput
-from slmforge.manifest import read_manifest
+from slmforge.contract.manifest import read_manifest
 
-IGNORE = -100
+IGNORE = -100  # the label of a token the loss skips (PyTorch cross-entropy's ignore_index)
 Example = tuple[list[int], list[int]]  # (input_ids, labels), padding stripped
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.errors import InvalidInput
-from slmforge.recipe.checks import looks_like_local_path
+from slmforge.models.model_folder import looks_like_local_path
 
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -77,7 +77,7 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from slmforge.model_folder import resolve_hf_folder
+    from slmforge.models.model_folder import resolve_hf_folder
     from slmforge.secrets import hf_token
 
     if not (model_dir or model_id):

@@ -21,7 +21,7 @@ def base_source(model: str | Path | None, model_id: str | None) -> str:
     if model and model_id:
         raise InvalidInput("give either --model (a folder) or --model_id (a hub id), not both")
     if model:
-        from slmforge.model_folder import resolve_hf_folder
+        from slmforge.models.model_folder import resolve_hf_folder
 
         # An Azure ML registry model in MLflow format holds the Hugging Face folder inside.
         return str(resolve_hf_folder(model))
@@ -69,7 +69,7 @@ def load_tokenizer(source: str):
     """A freshly loaded tokenizer (never one that was called with padding: see NOTES.md)."""
     from transformers import AutoTokenizer
 
-    from slmforge.model_folder import resolve_tokenizer_folder
+    from slmforge.models.model_folder import resolve_tokenizer_folder
 
     if Path(source).is_dir():
         source = str(resolve_tokenizer_folder(source))
@@ -172,7 +172,7 @@ class TorchBackend:
 
     def answers(self, requests, max_new_tokens: int) -> None:
         """Greedy answers of eval rows (verified_greedy.Request), teacher-forced then decoded."""
-        from slmforge.verified_greedy import teacher_forced_answers
+        from slmforge.models.verified_greedy import teacher_forced_answers
 
         teacher_forced_answers(self, requests, max_new_tokens, self.TOKEN_BUDGET)
 
@@ -185,7 +185,7 @@ class TorchBackend:
         import numpy as np
         import torch
 
-        from slmforge.verified_greedy import length_batches, log_softmax_at
+        from slmforge.models.verified_greedy import length_batches, log_softmax_at
 
         decoder, head = self.model.get_decoder(), self.model.get_output_embeddings()
         results: list = [None] * len(requests)

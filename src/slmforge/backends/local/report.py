@@ -6,13 +6,14 @@ Both read only the run record (run.json's content), so a report can be rebuilt f
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import shlex
 from pathlib import Path
 from typing import Any, TextIO
 
-from slmforge.progress import fmt_seconds
+from slmforge.backends.local.display import fmt_seconds
+from slmforge.contract.files import write_atomic
 
 LOSS_PNG = "loss.png"
 _EVAL_ORDER = ("base", "merged", "onnx")
@@ -73,10 +74,10 @@ def plot_loss(history: list[dict[str, float]], path: Path) -> bool:
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
+    write_atomic(path, png.getvalue())
     stamp.write_text(digest)
     return True
 
@@ -121,7 +122,6 @@ def render_markdown(record: dict[str, Any], has_plot: bool) -> str:
 
 
 def write_report(record: dict[str, Any], path: Path) -> Path:
-    from slmforge.backends.local_outputs import write_atomic
 
     has_plot = plot_loss(loss_history(record), path.parent / LOSS_PNG)
     write_atomic(path, render_markdown(record, has_plot))

@@ -17,9 +17,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
+from slmforge.contract import manifest
 from slmforge.errors import InvalidInput
-from slmforge.model_folder import is_onnx_folder, size_on_disk
-from slmforge.template import Template
+from slmforge.contract.files import folder_size
+from slmforge.models.model_folder import is_onnx_folder
+from slmforge.data.template import Template
 
 
 OTHER = "(other)"
@@ -30,10 +32,10 @@ def load_backend(model: str | Path | None, model_id: str | None):
     if model and not Path(model).is_dir():
         raise InvalidInput(f"{model}: no such model folder")
     if model and is_onnx_folder(model):
-        from slmforge.genai import GenaiModel
+        from slmforge.models.genai import GenaiModel
 
         return GenaiModel(model)
-    from slmforge.torch_model import TorchBackend, base_source
+    from slmforge.models.torch_model import TorchBackend, base_source
 
     return TorchBackend(base_source(model, model_id))
 
@@ -96,7 +98,7 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
     All rows are answered at once by the backend's batched greedy decoding (verified_greedy.py);
     perplexity reuses the log-probabilities seen on the way and scores only what is left.
     """
-    from slmforge.verified_greedy import Request
+    from slmforge.models.verified_greedy import Request
 
     field = template.answer_field
     started = time.perf_counter()
@@ -148,7 +150,7 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
         "samples": samples,
         "predictions": predictions,
         "first_answer_tokens": [r.tokens[0] if r.tokens else None for r in requests],
-        "size_bytes": size_on_disk(model_dir) if model_dir else None,
+        "size_bytes": folder_size(model_dir) if model_dir else None,
         "answer_field": field,
         "max_new_tokens": max_new_tokens,
     }
@@ -159,7 +161,7 @@ def _perplexity_sums(backend, requests, examples: list[tuple[list[int], list[int
 
     An example that is a row's prompt + expected answer reuses the log-probabilities the answering
     pass saw; everything else is scored in one batched pass."""
-    from slmforge.verified_greedy import score_positions
+    from slmforge.models.verified_greedy import score_positions
 
     known = {r.sequence: r for r in requests}
     total, count = 0.0, 0
@@ -226,3 +228,31 @@ def format_table(metrics: dict) -> str:
             lines.append(truth.ljust(first) + "".join(str(confusion[truth].get(p, 0)).rjust(width)
                                                       for p in predicted))
     return "\n".join(lines)
+
+
+def read_dataset_folder(dataset: str | Path, max_samples: int):
+    """(eval rows, perplexity examples, template) from a load_data output folder, first max_samples each."""
+    folder = Path(dataset)
+    data = manifest.read_manifest(folder)
+    if data is None:
+        raise InvalidInput(f"{folder}: not a load_data output folder (no readable {manifest.MANIFEST})")
+    text = (data.get("params") or {}).get("text_template")
+    if not text:
+        raise InvalidInput(f"{folder / manifest.MANIFEST}: params.text_template is missing")
+    template = Template(text)
+    if max_samples < 1:
+        raise InvalidInput(f"--max_samples {max_samples}: must be at least 1")
+    for name in ("eval_rows.jsonl", "eval.jsonl"):
+        if not (folder / name).is_file():
+            raise InvalidInput(f"{folder}: {name} is missing")
+    rows = read_jsonl(folder / "eval_rows.jsonl", max_samples)
+    if not rows:
+        raise InvalidInput(f"{folder / 'eval_rows.jsonl'}: no held-out rows to evaluate on")
+    check_rows(rows, template, str(folder / "eval_rows.jsonl"))
+    examples = []
+    for i, row in enumerate(read_jsonl(folder / "eval.jsonl", max_samples), 1):
+        ids, labels = row.get("input_ids"), row.get("labels")
+        if not isinstance(ids, list) or not isinstance(labels, list) or len(ids) != len(labels):
+            raise InvalidInput(f"{folder / 'eval.jsonl'}: line {i} needs input_ids and labels of equal length")
+        examples.append((ids, labels))
+    return rows, examples, template

@@ -14,6 +14,7 @@ import os
 import platform
 import shutil
 import time
+from slmforge.contract.files import write_atomic
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -86,9 +87,7 @@ def write_manifest(
     }
     if extra:
         manifest.update(extra)
-    tmp = out_dir / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, out_dir / MANIFEST)
+    write_atomic(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return manifest
 
 

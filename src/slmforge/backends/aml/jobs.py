@@ -1,6 +1,6 @@
 """Submit a compiled pipeline and follow it: status, step by step; logs; download; cancel.
 
-Each service call rides through transient faults in azure-core's RetryPolicy (aml_retry); while
+Each service call rides through transient faults in azure-core's RetryPolicy (retry.py); while
 following a long job, a poll that still failed is skipped, so an outage shorter than
 SLMFORGE_FOLLOW_PATIENCE_SECONDS does not end the follow.
 """
@@ -18,16 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from slmforge.backends.aml import FINAL_OUTPUT, compile_pipeline, validate_pipeline
-from slmforge.backends.aml_retry import is_transient
-from slmforge.backends.aml_workspace import as_step_failed
+from slmforge.backends.aml.pipeline import FINAL_OUTPUT, METRICS_OUTPUT, compile_pipeline, validate_pipeline
+from slmforge.contract.files import write_atomic
+from slmforge.contract.run_record import RUN_JSON, aml_run_status, aml_step_status, evaluation_entry, run_record
+from slmforge.registry.rules import RECIPE_DIGEST_TAG
+from slmforge.backends.aml.retry import is_transient
+from slmforge.backends.aml.workspace import as_step_failed
 from slmforge.errors import InvalidInput, StepFailed
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
     from azure.ai.ml.entities import Job
 
-    from slmforge.recipe.loader import LoadedRecipe
+    from slmforge.recipe.loaded import LoadedRecipe
 
 TERMINAL = {"Completed", "Failed", "Canceled", "NotResponding"}
 FAILED = {"Failed", "Canceled", "NotResponding"}
@@ -158,30 +161,43 @@ def find_step(ml_client: "MLClient", name: str, step: str) -> "Job":
     raise InvalidInput(f"job {name} has no step '{step}' (steps: {known})")
 
 
-def run_record(ml_client: "MLClient", name: str) -> dict[str, Any]:
-    """What download writes as run.json: the job, its steps and where its model went."""
+def job_record(ml_client: "MLClient", name: str, *, model_dir: Path | None = None) -> dict[str, Any]:
+    """run.json for a job (contract/run_record.py): its steps, last evaluation and where its model went."""
     job = get_job(ml_client, name)
     tags = dict(job.tags or {})
     output = (job.outputs or {}).get(FINAL_OUTPUT)
-    return {
-        "job": job.name,
-        "status": status_text(job.status),
-        "experiment": job.experiment_name,
-        "display_name": job.display_name,
-        "studio_url": studio_url(job),
-        "recipe_digest": tags.get("slmforge.recipe_digest"),
-        "model": {"name": getattr(output, "name", None), "version": getattr(output, "version", None),
-                  "output": FINAL_OUTPUT},
-        "steps": {node_name(c): status_text(c.status) for c in child_jobs(ml_client, name)},
-        "tags": tags,
-    }
+    metrics = job_metrics(ml_client, name) if status_text(job.status) == "Completed" else None
+    evaluation = {metrics.get("label", "final"): evaluation_entry(metrics)} if metrics else {}
+    steps = [{"name": node_name(c), "status": aml_step_status(status_text(c.status)), "job_status": status_text(c.status)}
+             for c in child_jobs(ml_client, name)]
+    return run_record(
+        status=aml_run_status(status_text(job.status)), recipe=None, recipe_digest=tags.get(RECIPE_DIGEST_TAG),
+        steps=steps, evaluation=evaluation,
+        model={"path": str(model_dir) if model_dir else None, "step": tags.get("slmforge.final_step"),
+               "output": FINAL_OUTPUT, "kind": (metrics or {}).get("model_kind"),
+               "name": getattr(output, "name", None), "version": getattr(output, "version", None)},
+        job={"name": job.name, "status": status_text(job.status), "experiment": job.experiment_name,
+             "display_name": job.display_name, "studio_url": studio_url(job), "tags": tags})
+
+
+def job_metrics(ml_client: "MLClient", job_name: str) -> dict[str, Any] | None:
+    """metrics.json of the job's last evaluation, or None when the pipeline has no evaluation."""
+    job = get_job(ml_client, job_name)
+    if METRICS_OUTPUT not in (job.outputs or {}):
+        return None
+    with tempfile.TemporaryDirectory(prefix="slmforge-metrics-") as tmp:
+        ml_client.jobs.download(job_name, download_path=tmp, output_name=METRICS_OUTPUT)
+        path = downloaded_output(Path(tmp), METRICS_OUTPUT) / "metrics.json"
+        if not path.is_file():
+            raise StepFailed(f"job {job_name}: its '{METRICS_OUTPUT}' output has no metrics.json")
+        return json.loads(path.read_text(encoding="utf-8"))
 
 
 def download(ml_client: "MLClient", name: str, out_dir: Path) -> Path:
     """Download the final model into out_dir/model and write out_dir/run.json."""
-    record = run_record(ml_client, name)
-    if record["status"] != "Completed":
-        raise StepFailed(f"job {name} is {record['status']}; only a completed job has a model to download")
+    status = status_text(get_job(ml_client, name).status)
+    if status != "Completed":
+        raise StepFailed(f"job {name} is {status}; only a completed job has a model to download")
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".download-") as tmp:
         ml_client.jobs.download(name, download_path=tmp, output_name=FINAL_OUTPUT)
@@ -189,9 +205,10 @@ def download(ml_client: "MLClient", name: str, out_dir: Path) -> Path:
         target = out_dir / "model"
         if target.exists():
             raise InvalidInput(f"{target} already exists; choose an empty -o folder")
+        record = job_record(ml_client, name, model_dir=target)
         model_dir.rename(target)
-    (out_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    return out_dir / "model"
+    write_atomic(out_dir / RUN_JSON, json.dumps(record, indent=2) + "\n")
+    return target
 
 
 def downloaded_output(root: Path, output: str) -> Path:
@@ -206,7 +223,3 @@ def downloaded_output(root: Path, output: str) -> Path:
 def cancel(ml_client: "MLClient", name: str) -> None:
     get_job(ml_client, name)
     ml_client.jobs.begin_cancel(name).result()
-
-
-def echo_err(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

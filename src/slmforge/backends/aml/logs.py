@@ -12,8 +12,8 @@ import re
 import sys
 from typing import TYPE_CHECKING, TextIO
 
-from slmforge.backends.aml_jobs import TERMINAL, child_jobs, find_step, get_job, node_name, status_text
-from slmforge.backends.aml_workspace import as_step_failed, one_line
+from slmforge.backends.aml.jobs import TERMINAL, child_jobs, find_step, get_job, node_name, status_text
+from slmforge.backends.aml.workspace import as_step_failed, one_line
 from slmforge.errors import StepFailed
 
 if TYPE_CHECKING:
@@ -77,9 +77,11 @@ def _write(out: TextIO, texts: dict[str, str]) -> None:
 
 
 def _stream(ml_client: "MLClient", target: str) -> None:
+    from azure.ai.ml.exceptions import JobException
+
     try:
         ml_client.jobs.stream(target)
+    except JobException as e:  # the SDK raises it when the job it followed failed
+        raise StepFailed(f"job {target}: {one_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - reported as one line
-        if "failed" in str(e).lower():  # the SDK raises when the job it followed failed
-            raise StepFailed(f"job {target}: {one_line(e)}") from None
         raise as_step_failed(e, f"reading logs of {target}") from None

@@ -6,14 +6,13 @@ Each step becomes a node of the command component `components/<component>.yml` (
   mlflow_model/custom_model);   path -> a local file/folder the SDK uploads at submission;
   text -> a small file written into `files_dir`, uploaded as uri_file.
 Hub ids stay string parameters. The `register` step is local-only: on Azure ML the final model
-is a named, versioned pipeline output, registered through the SDK after the job (aml_models.py).
+is a named, versioned pipeline output, registered through the SDK after the job (models.py).
 Nothing secret is compiled in: with `hf_token`, nodes only get the Key Vault *name*
 (SLMFORGE_KEYVAULT); the steps fetch the secret at run time (slmforge.secrets).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +24,7 @@ from slmforge.recipe.schema import AzureMLSystem
 if TYPE_CHECKING:
     from azure.ai.ml.entities import PipelineJob
 
-    from slmforge.recipe.loader import LoadedRecipe
+    from slmforge.recipe.loaded import LoadedRecipe
 
 DEFAULT_DATASTORE = "workspaceblobstore"
 FINAL_OUTPUT = "model"  # the pipeline output holding the final model
@@ -84,7 +83,7 @@ def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | 
     quiet_sdk()
     from azure.ai.ml import dsl
 
-    from slmforge.backends.aml_env import node_environments
+    from slmforge.backends.aml.env import node_environments
 
     system = aml_system(loaded, compute)
     graph = build_graph(loaded)
@@ -272,7 +271,3 @@ def summary(compiled: CompiledPipeline) -> dict[str, Any]:
                         "from": f"{compiled.graph.final[0]}.{compiled.graph.final[1]}"},
         "recipe_digest": compiled.graph.recipe_digest,
     }
-
-
-def describe(compiled: CompiledPipeline) -> str:
-    return json.dumps(summary(compiled), indent=2)

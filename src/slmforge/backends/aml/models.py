@@ -7,44 +7,21 @@ digest and the last evaluation's metrics (read from the pipeline's `metrics` out
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slmforge.backends.aml import FINAL_OUTPUT, METRICS_OUTPUT
-from slmforge.backends.aml_jobs import downloaded_output, get_job, status_text
-from slmforge.backends.aml_workspace import as_step_failed, resolve_ml_client, service_errors
+from slmforge.backends.aml.pipeline import FINAL_OUTPUT
+from slmforge.backends.aml.jobs import get_job, job_metrics, status_text
+from slmforge.backends.aml.workspace import as_step_failed, resolve_ml_client, service_errors
 from slmforge.errors import InvalidInput, StepFailed
+from slmforge.registry.rules import RECIPE_DIGEST_TAG, version_tags
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient
     from azure.ai.ml.entities import Model
 
-METRIC_TAGS = ("label", "accuracy", "perplexity", "tokens_per_second", "size_bytes", "n", "model_kind")
-
-
-def job_metrics(ml_client: "MLClient", job_name: str) -> dict[str, Any] | None:
-    """metrics.json of the job's last evaluation, or None when the pipeline has no evaluation."""
-    job = get_job(ml_client, job_name)
-    if METRICS_OUTPUT not in (job.outputs or {}):
-        return None
-    with tempfile.TemporaryDirectory(prefix="slmforge-metrics-") as tmp:
-        ml_client.jobs.download(job_name, download_path=tmp, output_name=METRICS_OUTPUT)
-        path = downloaded_output(Path(tmp), METRICS_OUTPUT) / "metrics.json"
-        if not path.is_file():
-            raise StepFailed(f"job {job_name}: its '{METRICS_OUTPUT}' output has no metrics.json")
-        return json.loads(path.read_text(encoding="utf-8"))
-
-
 def model_tags(job_name: str, job_tags: dict[str, str], metrics: dict[str, Any] | None) -> dict[str, str]:
-    tags = {"slmforge.job": job_name}
-    if job_tags.get("slmforge.recipe_digest"):
-        tags["slmforge.recipe_digest"] = job_tags["slmforge.recipe_digest"]
-    for key in METRIC_TAGS:
-        if metrics and metrics.get(key) is not None:
-            tags[f"metrics.{key}"] = str(metrics[key])
-    return tags
+    return version_tags(metrics, job=job_name, recipe_digest=job_tags.get(RECIPE_DIGEST_TAG) or None)
 
 
 def register_job_model(ml_client: "MLClient", job_name: str, *, name: str | None = None,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from slmforge import chat_rows
+from slmforge.data import chat_rows
 from slmforge.errors import InvalidInput
 
 FORMATS = ("json", "csv", "parquet")

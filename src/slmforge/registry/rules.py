@@ -1,26 +1,25 @@
-"""What a model registry accepts, and where the local one lives unless told otherwise.
+"""What a model registry accepts, how a version is tagged, and where the local one lives.
 
 Names and versions follow Azure ML's asset rules, so a model registered locally can be registered
 in a workspace under the same name: letters, digits, `-`, `_` and `.`, starting with a letter or
 digit, at most 255 characters (so never a path separator). The local registry (MLflow on SQLite)
 is `$SLMFORGE_HOME/registry.db`, SLMFORGE_HOME defaulting to ~/.slmforge.
+
+One tag scheme for both registries (local MLflow and Azure ML): `slmforge.*` for where a version
+came from, `metrics.*` for its last evaluation.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
+from typing import Any
 
 from slmforge.errors import InvalidInput
+from slmforge.resources import slmforge_home
 
 ASSET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
 _ASSET_NAME = re.compile(ASSET_NAME_PATTERN)
 DEFAULT_TRACKING_URI_TEXT = "sqlite:///$SLMFORGE_HOME/registry.db, SLMFORGE_HOME defaulting to ~/.slmforge"
-
-
-def slmforge_home() -> Path:
-    return Path(os.environ.get("SLMFORGE_HOME") or Path.home() / ".slmforge").expanduser()
 
 
 def default_tracking_uri() -> str:
@@ -33,3 +32,19 @@ def check_asset_name(value: str, what: str = "model name") -> str:
         raise InvalidInput(f"{what} {value!r}: use letters, digits, '-', '_' and '.', starting with a letter or "
                            "digit, at most 255 characters")
     return value
+
+
+METRIC_TAGS = ("label", "accuracy", "perplexity", "tokens_per_second", "size_bytes", "n", "model_kind")
+RECIPE_DIGEST_TAG = "slmforge.recipe_digest"
+MODEL_DIGEST_TAG = "slmforge.model_digest"
+
+
+def version_tags(metrics: dict[str, Any] | None, **origin: str | None) -> dict[str, str]:
+    """A registered version's tags: `slmforge.<origin key>` for each given origin, `metrics.<key>` from metrics.json."""
+    tags = {f"slmforge.{k}": str(v) for k, v in origin.items() if v is not None}
+    tags.update({f"metrics.{k}": str(metrics[k]) for k in METRIC_TAGS if metrics and metrics.get(k) is not None})
+    return tags
+
+
+def accuracy_tag(tags: dict[str, str] | None) -> str:
+    return (tags or {}).get("metrics.accuracy", "-")

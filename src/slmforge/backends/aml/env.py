@@ -3,7 +3,7 @@
 Order of precedence: the recipe's `aml_environment_config` (a registered environment, by version
 or label), else its `aml_docker_config` (a base image with a conda file, or a Docker build
 context; paths relative to the recipe; a conda file gets slmforge's requirements merged in, see
-slmforge.runtime_env), else the project's own `environments/` definitions (the
+slmforge.contract.runtime_env), else the project's own `environments/` definitions (the
 GPU one for fine-tuning when the host system's accelerators say gpu). Project environments are
 used anonymously (content-hashed), so nothing has to be registered first and a rerun with the
 same definition reuses the environment the service already built.
@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Union
 from slmforge.errors import InvalidInput
 from slmforge.recipe.checks import resolve_path
 from slmforge.recipe.schema import Accelerator, AzureMLSystem
-from slmforge.runtime_env import environments_dir, merge_requirements, read_conda_file
+from slmforge.contract.runtime_env import environments_dir, merge_requirements, read_conda_file
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import Environment
 
-    from slmforge.recipe.loader import LoadedRecipe
+    from slmforge.recipe.loaded import LoadedRecipe
 
 EnvironmentChoice = Union[str, "Environment"]  # "azureml:name:version" / "azureml:name@label" or an object
 

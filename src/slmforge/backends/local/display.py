@@ -1,13 +1,10 @@
-"""Showing a run's progress: a live step list on a terminal, plain lines otherwise.
+"""The local run's step list: a live `rich` view on a terminal, one plain line per change otherwise.
 
-Steps report their own progress with `report(done, total)`: one marker line on stderr, which
-lands in the step's log whether it runs in-process or as a subprocess (or in an Azure ML job).
-The display reads the latest marker from the running step's log to draw its bar.
+A running step's bar comes from the progress events in its log (contract/progress.py).
 """
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
@@ -15,33 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-MARKER = "##slmforge-progress"
-_MARKER_RE = re.compile(re.escape(MARKER) + r" (\d+)/(\d+)(?: (.*))?")
-# Steps that log "name: step 10/200 ..." (finetune) get a bar without the marker too.
-_STEP_LINE_RE = re.compile(r"^\w+: (step) (\d+)/(\d+)", re.MULTILINE)
-
-
-def report(done: int, total: int, what: str = "") -> None:
-    """Called by steps: `done` of `total` units finished (e.g. optimizer steps)."""
-    print(f"{MARKER} {int(done)}/{int(total)} {what}".rstrip(), file=sys.stderr, flush=True)
-
-
-def last_marker(log: Path, start: int = 0) -> tuple[int, int, str] | None:
-    """The latest progress marker in a log (reading from byte `start`)."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(start, f.tell() - 65536))  # the tail is enough: markers are frequent
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    found = None
-    for match in _MARKER_RE.finditer(text):
-        found = (int(match.group(1)), int(match.group(2)), match.group(3) or "")
-    if found is None:
-        for match in _STEP_LINE_RE.finditer(text):
-            found = (int(match.group(2)), int(match.group(3)), "steps")
-    return found
+from slmforge.contract.progress import Progress, last_event
 
 
 def fmt_seconds(seconds: float | None) -> str:
@@ -60,7 +31,7 @@ class StepRow:
     started: float | None = None
     note: str = ""
     log: Path | None = None
-    bar: tuple[int, int, str] | None = None
+    bar: Progress | None = None
 
 
 _SYMBOL = {"pending": "·", "waiting": "…", "running": "▶", "cached": "✓", "done": "✓", "failed": "✗"}
@@ -152,9 +123,9 @@ class Display:
             if row.state == "running" and row.started is not None:
                 seconds = time.monotonic() - row.started
                 if row.log is not None:
-                    row.bar = last_marker(row.log) or row.bar
+                    row.bar = last_event(row.log) or row.bar
                 if row.bar is not None:
-                    done, total, what = row.bar
+                    done, total, what = row.bar.done, row.bar.total, row.bar.unit
                     extra = Table.grid(padding=(0, 1))
                     extra.add_row(ProgressBar(total=max(total, 1), completed=done, width=30),
                                   Text(f"{done}/{total} {what}".rstrip(), style="dim"))

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge import manifest
+from slmforge.contract import manifest
 from slmforge.errors import InvalidInput
 
 STEP = "pretrained"

@@ -7,7 +7,7 @@ CI). Emulator workspace files (kind "slmforge-emulator") are opened by the emula
 client code, which knows its certificate and credential.
 
 Transient faults (408/429/5xx, dropped connections) are retried by one layer, azure-core's
-RetryPolicy as `aml_retry.BudgetRetryPolicy` configures it: bounded in time, not only in count,
+RetryPolicy as `retry.BudgetRetryPolicy` configures it: bounded in time, not only in count,
 each service call gives up after SLMFORGE_RETRY_SECONDS (default 15 s), so an unreachable
 workspace is one clear line (`service_errors`) saying how long we really tried, not minutes of
 silence. An emulator workspace is probed first: a stopped emulator is reported at once.
@@ -77,7 +77,7 @@ def default_credential():
 
 def client_settings(overrides: "AzureMLClient | None" = None) -> dict[str, Any]:
     """MLClient keyword arguments: the one retry policy (the recipe may set its count and interval)."""
-    from slmforge.backends.aml_retry import retry_policy
+    from slmforge.backends.aml.retry import retry_policy
 
     policy: dict[str, Any] = {}
     settings: dict[str, Any] = {}
@@ -94,12 +94,12 @@ def client_settings(overrides: "AzureMLClient | None" = None) -> dict[str, Any]:
 
 def ml_client_from_workspace_file(path: str | Path, *, registry_name: str | None = None) -> "MLClient":
     """An MLClient for an Azure ML config.json or an emulator workspace file."""
-    from slmforge.backends.aml import quiet_sdk
+    from slmforge.backends.aml.pipeline import quiet_sdk
 
     quiet_sdk()
     data = read_workspace_file(path)
     if is_emulator_file(data):
-        from slmforge.backends.aml_retry import retry_policy
+        from slmforge.backends.aml.retry import retry_policy
         from slmforge.emulator import client as emulator_client
         from slmforge.emulator.workspace_file import read as read_emulator_file
 
@@ -126,7 +126,7 @@ def _ml_client(subscription: str, resource_group: str, workspace: str, *, regist
 def resolve_ml_client(workspace_file: str | Path | None, recipe_client: "AzureMLClient | None" = None,
                       *, registry_name: str | None = None) -> "MLClient":
     """--workspace FILE, else the recipe's azureml_client, else ./config.json."""
-    from slmforge.backends.aml import quiet_sdk
+    from slmforge.backends.aml.pipeline import quiet_sdk
 
     quiet_sdk()
     if workspace_file is not None:
@@ -162,7 +162,7 @@ def _find(error: BaseException | None, types: tuple[type, ...]) -> BaseException
 
 def unreachable(error: BaseException) -> StepFailed:
     """One line naming the endpoint that could not be reached and how long we really tried."""
-    from slmforge.backends.aml_retry import RETRY_SECONDS_ENV, RetriesSpent, retry_seconds
+    from slmforge.backends.aml.retry import RETRY_SECONDS_ENV, RetriesSpent, retry_seconds
 
     endpoint = _endpoint or "the Azure ML service"
     where = f"cannot reach the Azure ML workspace at {endpoint}"
@@ -177,7 +177,7 @@ def unreachable(error: BaseException) -> StepFailed:
 
 def retry_refused(error: BaseException) -> StepFailed:
     """A Retry-After longer than the budget has left: we stopped rather than sleep through it."""
-    from slmforge.backends.aml_retry import RETRY_SECONDS_ENV, retry_seconds
+    from slmforge.backends.aml.retry import RETRY_SECONDS_ENV, retry_seconds
 
     return StepFailed(f"the Azure ML workspace at {_endpoint or 'the Azure ML service'} answered "
                       f"{error.status_code} and asked to retry after {error.retry_after:g} s, more than the "
@@ -187,7 +187,7 @@ def retry_refused(error: BaseException) -> StepFailed:
 
 def as_step_failed(error: BaseException, what: str) -> StepFailed:
     """An SDK error as one line: the unreachable endpoint, a refused Retry-After, else `what: <first line>`."""
-    from slmforge.backends.aml_retry import RetryAfterBeyondBudget
+    from slmforge.backends.aml.retry import RetryAfterBeyondBudget
 
     refused = _find(error, (RetryAfterBeyondBudget,))
     if refused is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from slmforge.errors import InvalidInput, StepFailed
-from slmforge.model_folder import GENAI_CONFIG, is_onnx_folder
+from slmforge.models.model_folder import GENAI_CONFIG, is_onnx_folder
 
 
 def require_onnx_folder(folder: str | Path) -> Path:
@@ -129,7 +129,7 @@ class GenaiModel:
         """(argmax, log p(next token)) at the requested positions of each sequence, batched (numpy)."""
         import numpy as np
 
-        from slmforge.verified_greedy import length_batches, log_softmax_at
+        from slmforge.models.verified_greedy import length_batches, log_softmax_at
 
         if self._logits is None:
             self._logits = PlainOrtModel(self.folder)
@@ -149,7 +149,7 @@ class GenaiModel:
         tokens as one prompt at a time; left padding is not). While a row follows its expected
         answer, the logits of each step give that token's log-probability for the perplexity.
         """
-        from slmforge.verified_greedy import finished, length_batches, log_softmax_at
+        from slmforge.models.verified_greedy import finished, length_batches, log_softmax_at
 
         for indices in length_batches([len(r.prompt) for r in requests], self.TOKEN_BUDGET):
             chunk = [requests[i] for i in indices]

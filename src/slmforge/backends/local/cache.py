@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from slmforge import manifest
+from slmforge.contract import manifest
+from slmforge.contract.files import folder_size, json_digest, write_atomic
 
 ENTRY = "entry.json"
 # Written into cache_dir by the first run that uses it. `cache clean` touches only folders that
@@ -42,8 +43,7 @@ WORK_OUTPUTS = frozenset({"checkpoints"})
 
 def cache_key(material: dict[str, Any]) -> str:
     """sha256 of a canonical JSON of everything that determines a step's outputs."""
-    canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return json_digest(material)
 
 
 def text_digest(text: str) -> str:
@@ -114,9 +114,7 @@ class Entry:
             digests[name] = found["outputs_digest"]
         meta = {"step": step, "component": self.component, "key": self.key, "seconds": round(seconds, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "outputs": digests, **extra}
-        tmp = self.root / f".{ENTRY}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, self.root / ENTRY)
+        write_atomic(self.root / ENTRY, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         return meta
 
     def touch(self) -> None:
@@ -170,9 +168,7 @@ class DigestMemo:
             return
         self.data = {k: v for k, v in self.data.items() if os.path.exists(k)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.parent / f".{self.path.name}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(self.data), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data))
         self.dirty = False
 
 
@@ -275,5 +271,3 @@ def _is_key(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
-def folder_size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmforge import manifest
+from slmforge.contract import manifest
 from slmforge.errors import InvalidInput
 
 GENAI_CONFIG = "genai_config.json"
@@ -74,11 +74,6 @@ def model_kind(folder: str | Path) -> str:
     return "onnx" if is_onnx_folder(folder) else "pytorch"
 
 
-def size_on_disk(folder: str | Path) -> int:
-    """Bytes of every file in the folder (the manifest included: it ships with the model)."""
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
 def carried_template(folder: str | Path) -> str | None:
     """The text template the model was trained with, from the folder's manifest.
 
@@ -105,3 +100,8 @@ def _template(folder: Path, depth: int) -> str | None:
             if found:
                 return found
     return None
+
+
+def looks_like_local_path(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else (./x, /x, ~, a/b/c, a\\b) is a local path."""
+    return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1

@@ -16,25 +16,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from slmforge import manifest
-from slmforge.backends.cache import DigestMemo, locked
-from slmforge.backends.local import StepResult
+from slmforge.contract import manifest
+from slmforge.backends.local.cache import DigestMemo, locked
+from slmforge.backends.local.runner import StepResult
 from slmforge.recipe.graph import StepGraph
-from slmforge.recipe.loader import LoadedRecipe
+from slmforge.recipe.loaded import LoadedRecipe
+from slmforge.contract.files import write_atomic
+from slmforge.contract.run_record import RUN_JSON, evaluation_entry, run_record
 
-RUN_JSON = "run.json"
 REPORT = "report.md"
 MODEL = "model"
 
 
 def model_kind(component: str) -> str:
     return {"build_onnx": "onnx", "merge": "merged", "finetune": "adapter"}.get(component, component)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None:
@@ -76,39 +71,25 @@ def clone_or_copy(source: Path, target: Path) -> None:
     shutil.copystat(source, target)
 
 
-def run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], *, status: str,
-               started: float, model_dir: Path | None, error: str | None) -> dict[str, Any]:
+def local_run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], *, status: str,
+                     started: float, model_dir: Path | None, error: str | None) -> dict[str, Any]:
     by_name = {r.name: r for r in results}
-    evaluation = {r.metrics.get("label", r.name.removeprefix("evaluate_")): _evaluation(r.metrics)
+    evaluation = {r.metrics.get("label", r.name.removeprefix("evaluate_")): evaluation_entry(r.metrics)
                   for r in results if r.component == "evaluate" and r.status in ("ran", "cached")}
     final_step, final_output = graph.final
-    record: dict[str, Any] = {
-        "status": status,
-        "recipe": str(loaded.path),
-        "recipe_digest": graph.recipe_digest,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "seconds": round(time.time() - started, 3),
-        "steps": [_step_record(r) for r in results],
-        "evaluation": evaluation,
-        "model": {"path": str(model_dir) if model_dir else None, "step": final_step, "output": final_output,
-                  "kind": model_kind(by_name[final_step].component)},
-    }
+    registered = None
     reg = by_name.get("register")
     if reg is not None and reg.status in ("ran", "cached"):
-        record["registered"] = {k: reg.metrics.get(k) for k in ("name", "version")}
+        registered = {k: reg.metrics.get(k) for k in ("name", "version")}
         registration = Path(reg.outputs.get("registration", "")) / "registration.json"
         if registration.is_file():
             info = json.loads(registration.read_text(encoding="utf-8"))
-            record["registered"].update(tracking_uri=info.get("tracking_uri"), alias=info.get("alias"))
-    if error:
-        record["error"] = error
-    return record
-
-
-def _evaluation(metrics: dict[str, Any]) -> dict[str, Any]:
-    keys = ("label", "accuracy", "n", "majority_baseline", "perplexity", "tokens_per_second", "size_bytes", "model_kind",
-            "confusion")
-    return {k: metrics[k] for k in keys if k in metrics}
+            registered.update(tracking_uri=info.get("tracking_uri"), alias=info.get("alias"))
+    return run_record(status=status, recipe=str(loaded.path), recipe_digest=graph.recipe_digest,
+                      seconds=time.time() - started, steps=[_step_record(r) for r in results], evaluation=evaluation,
+                      model={"path": str(model_dir) if model_dir else None, "step": final_step, "output": final_output,
+                             "kind": model_kind(by_name[final_step].component)},
+                      registered=registered, error=error)
 
 
 def _step_record(r: StepResult) -> dict[str, Any]:
@@ -123,8 +104,8 @@ def mark_running(loaded: LoadedRecipe, graph: StepGraph, out_dir: Path) -> None:
     """run.json says `running` while a run is under way, so a killed run never leaves an earlier
     run's `succeeded` behind as if it were this one's (issue 11 #6). model/ stays until replaced."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    record = {"status": "running", "pid": os.getpid(), "recipe": str(loaded.path), "recipe_digest": graph.recipe_digest,
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    record = run_record(status="running", recipe=str(loaded.path), recipe_digest=graph.recipe_digest, steps=[],
+                        evaluation={}, model=None, pid=os.getpid())
     with locked(out_dir / ".slmforge.lock"):
         write_atomic(out_dir / RUN_JSON, json.dumps(record, indent=2) + "\n")
 
@@ -133,7 +114,7 @@ def write_outputs(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResu
                   status: str, started: float, error: str | None = None,
                   memo: DigestMemo | None = None) -> dict[str, Any]:
     """Fill the output folder; under a lock so two runs into one folder don't interleave."""
-    from slmforge.report import write_report
+    from slmforge.backends.local.report import write_report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with locked(out_dir / ".slmforge.lock"):
@@ -148,7 +129,7 @@ def write_outputs(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResu
         elif manifest.read_manifest(out_dir / MODEL) is not None:  # never delete a model/ slmforge did not write
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(out_dir / MODEL)
-        record = run_record(loaded, graph, results, status=status, started=started, model_dir=model_dir, error=error)
+        record = local_run_record(loaded, graph, results, status=status, started=started, model_dir=model_dir, error=error)
         write_report(record, out_dir / REPORT)
         write_atomic(out_dir / RUN_JSON, json.dumps(record, indent=2, default=str) + "\n")
     return record

@@ -1,0 +1,34 @@
+"""Files as steps, the cache and the emulator write them: never seen half-written, digested one way."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write `path` whole or not at all: a temp file beside it, then one rename (readers never see a part)."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}{path.suffix}"
+    try:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def json_digest(value: Any) -> str:
+    """sha256 of a JSON value in canonical form (sorted keys, no spaces; other types by str)."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def folder_size(folder: str | Path) -> int:
+    """Bytes of every file below `folder`."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
