@@ -115,3 +115,34 @@ def test_answer_is_the_first_line_before_the_suffix():
     assert answer_of("") == ""
     stop = answer_finished("<|end|>")
     assert not stop("\n") and not stop("jo") and stop("joy\n") and stop("joy<|end|>")
+
+
+def test_build_gates_reuse_the_merged_evaluation_and_refuse_a_foreign_one(folders, tmp_path, capsys):
+    """The int4 gates take the source model's answers from its evaluate output when given one: the
+    same check as answering every row again, and an evaluation of other rows or answer lengths is
+    refused in one line before any work."""
+    import shutil
+
+    reference = tmp_path / "merged-metrics"
+    _evaluate_step(folders["merged"], folders["dataset"], reference, "merged")  # 40 rows, 4 new tokens
+    common = ["--model", str(folders["merged"]), "--precision", "int4", "--check_max_samples", "40",
+              "--max_accuracy_drop", "1.0"]
+    dataset = ["--dataset", str(folders["dataset"])]
+    assert build_onnx.main([*common, *dataset, "--check_max_new_tokens", "4", "--output", str(tmp_path / "computed")]) == 0
+    assert build_onnx.main([*common, *dataset, "--check_max_new_tokens", "4", "--reference", str(reference),
+                            "--output", str(tmp_path / "reused")]) == 0
+    computed, reused = (manifest.read_manifest(tmp_path / name)["metrics"]["check"]["answers"]
+                        for name in ("computed", "reused"))
+    assert reused == computed and reused["rows"] == 40
+
+    other = tmp_path / "other-dataset"
+    shutil.copytree(folders["dataset"], other)
+    rows = (other / "eval_rows.jsonl").read_text().splitlines(keepends=True)
+    (other / "eval_rows.jsonl").write_text("".join(rows[1:] + rows[:1]))  # the same rows, another order
+    capsys.readouterr()
+    for argv, message in ((["--dataset", str(other), "--check_max_new_tokens", "4"], "it evaluated another dataset"),
+                          ([*dataset, "--check_max_new_tokens", "8"], "the gates need 40 with 8")):
+        assert build_onnx.main([*common, *argv, "--reference", str(reference), "--output", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()

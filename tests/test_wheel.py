@@ -92,3 +92,14 @@ def test_installed_slmforge_runs_the_demo_from_outside_the_repo(installed, tmp_p
     bad = subprocess.run([slmforge, "validate", "no-such-recipe.json"], cwd=where, env=env, capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode == 2 and "no-such-recipe.json" in bad.stderr
+
+    # Compiled for Azure ML from the installed package: the steps' code is a snapshot of the package
+    # alone (not site-packages, and nothing from a checkout), so the job runs the slmforge that compiled it.
+    compiled = tmp_path / "compiled"
+    done = subprocess.run([slmforge, "compile", "demo-aml", "-o", str(compiled)], cwd=where, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    code = compiled / "code"
+    assert (code / "slmforge" / "steps" / "finetune.py").is_file()
+    assert sorted(p.name for p in code.iterdir()) == ["slmforge"]
+    assert "code: code" in (compiled / "pipeline.yml").read_text()

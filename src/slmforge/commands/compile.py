@@ -13,7 +13,7 @@ from slmforge.commands import check_names, output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe file whose engine.host is an AzureML system (any host with --compute)")
+    parser.add_argument("recipe", help="recipe file (or a shipped recipe's name, e.g. demo-aml) whose engine.host is an AzureML system (any host with --compute)")
     parser.add_argument("-o", "--output", required=True, help="folder for pipeline.yml and the files it references")
     parser.add_argument("--compute", help="default compute (instead of the system's aml_compute; "
                                           "required for a recipe whose host is not an AzureML system)")
@@ -24,10 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from slmforge.backends.aml.pipeline import compile_pipeline, summary, validate_pipeline, write_pipeline
     from slmforge.recipe.loader import load_recipe
+    from slmforge.resources import find_recipe
 
     out_dir = output_folder(args.output, "-o").resolve()
     check_names(args)
-    loaded = load_recipe(args.recipe)
+    loaded = load_recipe(find_recipe(args.recipe))
     compiled = compile_pipeline(loaded, out_dir, compute=args.compute, version=args.version,
                                 experiment=args.experiment)
     validate_pipeline(compiled.job)

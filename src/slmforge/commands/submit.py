@@ -12,7 +12,7 @@ from slmforge.commands import check_names, service_command
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe file whose engine.host is an AzureML system (any host with --compute)")
+    parser.add_argument("recipe", help="recipe file (or a shipped recipe's name, e.g. demo-aml) whose engine.host is an AzureML system (any host with --compute)")
     parser.add_argument("--workspace", metavar="CONFIG",
                         help="Azure ML config.json or the emulator's workspace file "
                              "(default: the recipe's azureml_client, else ./config.json)")
@@ -34,9 +34,10 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.backends.aml.models import register_job_model
     from slmforge.backends.aml.workspace import resolve_ml_client
     from slmforge.recipe.loader import load_recipe
+    from slmforge.resources import find_recipe
 
     check_names(args)
-    loaded = load_recipe(args.recipe)
+    loaded = load_recipe(find_recipe(args.recipe))
     ml_client = resolve_ml_client(args.workspace, loaded.recipe.azureml_client)
     job = submit(ml_client, loaded, compute=args.compute, experiment=args.experiment, version=args.version)
     print(f"submitted {job.name}")

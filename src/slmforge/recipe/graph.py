@@ -269,6 +269,11 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             if dc is not None:
                 inputs["dataset"] = Ref("step", "load_data", "dataset")  # the answer gates' eval rows
                 params["check_max_samples"] = recipe.evaluate.max_samples
+                params["check_max_new_tokens"] = recipe.evaluate.max_new_tokens
+                if any(s.name == "evaluate_merged" for s in steps):
+                    # The merged model's answers are the source model's (the merge check proved them one
+                    # function): the gates reuse them instead of answering every row again.
+                    inputs["reference"] = Ref("step", "evaluate_merged", "metrics")
             steps.append(Step("build_onnx", "build_onnx", inputs, params))
             final = ("build_onnx", "model")
             if dc is not None:

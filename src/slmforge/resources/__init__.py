@@ -81,6 +81,36 @@ def shipped_recipe(name: str) -> Path | None:
     return root / "pipelines" / f"{stem}.json"
 
 
+def code_dir() -> Path:
+    """The folder Azure ML uploads as every component's code: one that holds the `slmforge` package.
+
+    In a checkout that is `src/` (what the components' `code: ../src` names). Installed, it is a
+    snapshot of the package alone under `$SLMFORGE_HOME/code/` (never the whole site-packages),
+    named by a digest of its files so an upgrade makes a new one.
+    """
+    checkout = _checkout_root()
+    if checkout is not None:
+        return checkout / "src"
+    import hashlib
+
+    package = Path(str(files("slmforge")))
+    sources = sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    h = hashlib.sha256()
+    for source in sources:
+        h.update(f"{source.relative_to(package)}\0{source.stat().st_size}\0".encode())
+        h.update(source.read_bytes())
+    root = slmforge_home() / "code" / h.hexdigest()[:16]
+    if not (root / "slmforge").is_dir():
+        tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(package, tmp / "slmforge", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        try:
+            tmp.rename(root)
+        except OSError:  # another process made it meanwhile
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
 def find_recipe(given: str) -> Path:
     """A recipe file as given; else the shipped recipe of that name; else the path, for the loader to name."""
     path = Path(given)

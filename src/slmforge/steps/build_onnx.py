@@ -9,7 +9,9 @@ through plain onnxruntime (logit_check.py has the bounds and why):
   int4/int8  mean logit cosine and next-token argmax agreement, recorded, with lower bounds
   fp16       the same, with tighter bounds
 plus: onnxruntime-genai loads the folder and its tokenizer gives the Hugging Face token ids.
-A failed check leaves no output folder.
+With `--dataset`, the built model's answers to its eval rows are gated against the source model's;
+`--reference` (the source model's evaluate output on that very dataset) supplies those instead of
+answering every row again. A failed check leaves no output folder.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.contract import manifest
-
 from slmforge.models import onnx_builder
 from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
 from slmforge.contract.params import make, param
@@ -56,7 +57,11 @@ class Params:
     extra_options: str | None = param(None, help="comma-separated key=value builder options")
     dataset: str | None = param(None, asset="uri_folder",
                                 help="load_data output folder: gate the build on its eval rows' answers")
+    reference: str | None = param(None, asset="uri_folder", help=(
+        "evaluate output of the source model on the same dataset; its answers are the gates' reference "
+        "(else computed here)"))
     check_max_samples: int = param(200, ge=1, help="eval rows the answer gates use")
+    check_max_new_tokens: int = param(8, ge=1, help="tokens each answer of the gates may take")
     max_accuracy_drop: float | None = param(None, ge=0, le=1, help=(
         "largest accuracy loss against the source model the build may show (default per precision)"))
     output: str = param(asset="custom_model", output="model", help="onnxruntime-genai model folder to write")
@@ -77,25 +82,30 @@ def run(**given) -> dict:
                            "reads LoRA adapters only: merge it first (MergeAdapterWeights) and build the merged model")
     extra = onnx_builder.parse_extra_options(p.extra_options)
     eval_data = read_dataset_folder(dataset, p.check_max_samples) if dataset else None
+    if p.reference and not dataset:
+        raise InvalidInput("--reference needs --dataset: the reference's answers are to that dataset's eval rows")
+    reference_answers = read_reference(p.reference, dataset, eval_data, p.check_max_new_tokens) if p.reference else None
 
     with manifest.atomic_output(output) as tmp:
         build_started = time.perf_counter()
         builder_options = build_model(source, tmp, precision, execution_provider, p.int4_block_size,
                                       p.int4_accuracy_level, p.int4_algo_config, p.int4_is_symmetric, extra, adapter_path)
         build_seconds = time.perf_counter() - build_started
-        check = check_against_pytorch(tmp, source, adapter_path, precision, execution_provider,
-                                      eval_data=eval_data, max_accuracy_drop=max_accuracy_drop)
+        check = check_against_pytorch(tmp, source, adapter_path, precision, execution_provider, eval_data=eval_data,
+                                      reference_answers=reference_answers, max_accuracy_drop=max_accuracy_drop,
+                                      max_new_tokens=p.check_max_new_tokens)
         template = model_folder.carried_template(adapter_path or model) if (adapter_path or model) else None
         params = {"model_id": model_id, "precision": precision, "execution_provider": execution_provider,
                   "int4_block_size": p.int4_block_size, "int4_accuracy_level": p.int4_accuracy_level,
                   "int4_algo_config": p.int4_algo_config, "int4_is_symmetric": p.int4_is_symmetric,
                   "extra_options": extra, "check_max_samples": p.check_max_samples,
+                  "check_max_new_tokens": p.check_max_new_tokens,
                   "max_accuracy_drop": max_accuracy_drop}
         if template:
             params["text_template"] = template
         manifest.write_manifest(
             tmp, step=STEP, params=params,
-            inputs={"model": model, "adapter": adapter_path, "dataset": dataset},
+            inputs={"model": model, "adapter": adapter_path, "dataset": dataset, "reference": p.reference},
             metrics={"check": check, "size_bytes": folder_size(tmp), "builder_options": builder_options,
                      "build_seconds": round(build_seconds, 3)},
             seconds=time.perf_counter() - started, libraries=LIBRARIES,
@@ -132,8 +142,38 @@ def build_model(source: str, out: Path, precision: str, execution_provider: str,
             "matmuls": counts}
 
 
+def read_reference(reference: str, dataset: str, eval_data, max_new_tokens: int) -> dict:
+    """The source model's answers to the gates' eval rows, from its evaluate step's metrics.json.
+
+    Only an evaluation of this very dataset (by digest), answering at least those rows with the
+    gates' answer length, stands in for answering them again here."""
+    import json
+
+    rows, _, template = eval_data
+    folder = Path(reference)
+    found = manifest.read_manifest(folder)
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        metrics = None
+    if found is None or not isinstance(metrics, dict) or not isinstance(metrics.get("predictions"), list) \
+            or not isinstance(metrics.get("first_answer_tokens"), list):
+        raise InvalidInput(f"--reference {folder}: not an evaluate output (no metrics.json with predictions)")
+    evaluated = ((found.get("inputs") or {}).get("dataset") or {}).get("digest")
+    if evaluated != manifest.digest_path(Path(dataset)):
+        raise InvalidInput(f"--reference {folder}: it evaluated another dataset than --dataset {dataset}")
+    if metrics.get("max_new_tokens") != max_new_tokens or len(metrics["predictions"]) < len(rows):
+        raise InvalidInput(f"--reference {folder}: it answered {len(metrics['predictions'])} rows with "
+                           f"{metrics.get('max_new_tokens')} new tokens; the gates need {len(rows)} with {max_new_tokens}")
+    predictions = metrics["predictions"][:len(rows)]
+    correct = sum(predicted == str(row[template.answer_field]).strip() for predicted, row in zip(predictions, rows))
+    return {"predictions": predictions, "first_answer_tokens": metrics["first_answer_tokens"][:len(rows)],
+            "accuracy": round(correct / len(rows), 6) if rows else None}
+
+
 def check_against_pytorch(folder: Path, source: str, adapter: Path | None, precision: str,
-                          execution_provider: str, *, eval_data=None, max_accuracy_drop: float | None = None) -> dict:
+                          execution_provider: str, *, eval_data=None, reference_answers: dict | None = None,
+                          max_accuracy_drop: float | None = None, max_new_tokens: int = 8) -> dict:
     """Compare the built model with the PyTorch model it came from; StepFailed when it falls short.
 
     Always, on fixed prompts at every position (logit_check.py): fp32 within a rounding bound that
@@ -147,7 +187,8 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     token_ids = [reference_model.encode(p) for p in logit_check.CHECK_PROMPTS]
     reference = torch_model.all_logits(reference_model.model, token_ids)
     layers = int(getattr(reference_model.model.config, "num_hidden_layers", 1))
-    reference_answers = _answers(reference_model, eval_data) if eval_data else None
+    if eval_data and reference_answers is None:
+        reference_answers = _answers(reference_model, eval_data, max_new_tokens)
     del reference_model
 
     try:
@@ -181,7 +222,7 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
             # that differ but are as often right are then fine. The logit checks still catch a broken graph.
             gate = dataclasses.replace(gate, max_accuracy_drop=max_accuracy_drop, min_answer_agreement=0.0,
                                        min_first_token_agreement=0.0)
-        answers = logit_check.answer_comparison(reference_answers, _answers(og_model, eval_data))
+        answers = logit_check.answer_comparison(reference_answers, _answers(og_model, eval_data, max_new_tokens))
         check["answers"] = {**answers, "gate": dataclasses.asdict(gate)}
         answer_problems = logit_check.answer_failures(answers, gate)
         if answer_problems:
@@ -193,11 +234,11 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     return check
 
 
-def _answers(backend, eval_data) -> dict:
+def _answers(backend, eval_data, max_new_tokens: int) -> dict:
     from slmforge.models import evaluation
 
     rows, examples, template = eval_data
-    return evaluation.evaluate(backend, rows, template, examples=[], max_new_tokens=8, label="check")
+    return evaluation.evaluate(backend, rows, template, examples=[], max_new_tokens=max_new_tokens, label="check")
 
 
 def main(argv: list[str] | None = None) -> int:

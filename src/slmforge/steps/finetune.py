@@ -63,6 +63,16 @@ class Params(TrainArgs):
             raise InvalidInput("decompose_factor must be -1 or at least 1")
 
 
+def lora_spec(p: Params) -> LoraSpec:
+    """The adapter the parameters describe."""
+    modules = [m.strip() for m in p.target_modules.split(",") if m.strip()] if p.target_modules else None
+    return LoraSpec(method=p.method, r=p.r, alpha=p.alpha, dropout=p.lora_dropout, target_modules=modules,
+                    quant_type=p.quant_type, double_quant=p.double_quant, compute_dtype=p.compute_dtype,
+                    gradient_checkpointing=p.gradient_checkpointing, rank_dropout=p.rank_dropout,
+                    module_dropout=p.module_dropout, decompose_both=p.decompose_both,
+                    decompose_factor=p.decompose_factor)
+
+
 def run(*, progress: bool = True, **given) -> dict | None:
     """Fine-tune and write the adapter folder (`given`: Params' names); returns its manifest (None on
     ranks other than 0). `progress`: print a progress line on stderr."""
@@ -71,13 +81,8 @@ def run(*, progress: bool = True, **given) -> dict | None:
     import torch
 
     dataset, adapter, checkpoints, model, model_id = p.dataset, p.adapter, p.checkpoints, p.model, p.model_id
-    method, target_modules, compute_dtype = p.method, p.target_modules, p.compute_dtype
-    modules = [m.strip() for m in target_modules.split(",") if m.strip()] if target_modules else None
-    spec = LoraSpec(method=method, r=p.r, alpha=p.alpha, dropout=p.lora_dropout, target_modules=modules,
-                    quant_type=p.quant_type, double_quant=p.double_quant, compute_dtype=compute_dtype,
-                    gradient_checkpointing=p.gradient_checkpointing, rank_dropout=p.rank_dropout,
-                    module_dropout=p.module_dropout, decompose_both=p.decompose_both,
-                    decompose_factor=p.decompose_factor)
+    method, compute_dtype = p.method, p.compute_dtype
+    spec = lora_spec(p)
     data = read_dataset(dataset)
     dist, owns_group = _init_distributed()
     threads = torch.get_num_threads()

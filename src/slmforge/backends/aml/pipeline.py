@@ -153,11 +153,13 @@ def write_pipeline(compiled: CompiledPipeline, out_dir: Path) -> Path:
 def _load_components(names: set[str], environments: dict[str, Any]) -> dict[str, Any]:
     from azure.ai.ml import load_component
 
-    from slmforge.resources import components_dir
+    from slmforge.resources import code_dir, components_dir
 
+    code = str(code_dir())  # `code: ../src` holds in a checkout only; an installed slmforge snapshots itself
     loaded = {}
     for name in sorted(names):
         component = load_component(source=components_dir() / f"{name}.yml")
+        component.code = code
         component.environment = environments[name]
         loaded[name] = component
     return loaded
