@@ -158,8 +158,8 @@ def _load_components(names: set[str], environments: dict[str, Any]) -> dict[str,
     code = str(code_dir())  # `code: ../src` holds in a checkout only; an installed slmforge snapshots itself
     loaded = {}
     for name in sorted(names):
-        component = load_component(source=components_dir() / f"{name}.yml")
-        component.code = code
+        # before validation: load_component checks that the code folder exists
+        component = load_component(source=components_dir() / f"{name}.yml", params_override=[{"code": code}])
         component.environment = environments[name]
         loaded[name] = component
     return loaded
