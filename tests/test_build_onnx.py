@@ -7,11 +7,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from lora_adapter import make_lora_adapter
 
 from slmforge.contract import manifest
 from slmforge.errors import InvalidInput
 from slmforge.steps import build_onnx
+
+from lora_adapter import make_lora_adapter
 
 PROMPTS = ["### Text: The storm took our roof.\n### The tone is:\n", "Thank you for the flowers!",
            "<|user|>\nhi<|end|>\n<|assistant|>\n", "a"]

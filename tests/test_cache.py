@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from local_pipeline import cache_entries, cli, run_slmforge, start_run, warm_pipeline, write_recipe
-from slmforge.contract import manifest
 from slmforge.backends.local.cache import ENTRY, Cache, DigestMemo, cache_key, locked
+from slmforge.contract import manifest
+
+from local_pipeline import cache_entries, cli, run_slmforge, start_run, warm_pipeline, write_recipe
 
 pytestmark = pytest.mark.slow
 

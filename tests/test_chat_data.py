@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.data import chat_rows
-
 from slmforge.contract import manifest
+from slmforge.data import chat_rows
 from slmforge.steps import evaluate, finetune, load_data, merge
 
 TONES = ("joy", "sadness", "anger", "fear", "surprise", "neutral")

@@ -16,9 +16,10 @@ import re
 
 import pytest
 
-from aml_demo import demo_aml_tree
 from slmforge.cli import main as cli
 from slmforge.emulator import control
+
+from aml_demo import demo_aml_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 REGISTRY = "slmforge-demo-registry"

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from lora_adapter import make_lora_adapter
 
 from slmforge.contract import manifest
 from slmforge.models.evaluation import answer_finished, answer_of
 from slmforge.steps import build_onnx, evaluate, load_data, merge
+
+from lora_adapter import make_lora_adapter
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 KEYS = {"label", "accuracy", "n", "confusion", "perplexity", "tokens_per_second", "size_bytes", "model_kind"}
@@ -146,3 +147,32 @@ def test_build_gates_reuse_the_merged_evaluation_and_refuse_a_foreign_one(folder
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_whole_row_perplexity_is_read_from_the_answering_pass(folders):
+    """With every token labelled (loss_on: all), the perplexity's prompt positions are scored in the
+    teacher-forced answering pass itself: one batched pass, and the same value a separate pass gives."""
+    import math
+
+    from slmforge.models import evaluation
+    from slmforge.models.verified_greedy import score_positions
+
+    rows, _, template = evaluation.read_dataset_folder(folders["dataset"], 20)
+    backend = evaluation.load_backend(folders["merged"], None)
+    whole = []
+    for row in rows:
+        prompt, expected = evaluation.encode_row(backend, template, row)
+        whole.append((prompt + expected, prompt + expected))  # every token labelled
+    passes, score = [], backend.score
+    backend.score = lambda requests: passes.append(len(requests)) or score(requests)
+    try:
+        metrics = evaluation.evaluate(backend, rows, template, examples=whole, max_new_tokens=4)
+    finally:
+        backend.score = score
+    assert passes == [len(rows)]  # the answers' and the perplexity's positions in one pass
+
+    separate = score_positions(backend, {tuple(ids): set(range(len(ids) - 1)) for ids, _ in whole})
+    count = sum(len(v) for v in separate.values())
+    assert metrics["perplexity_tokens"] == count
+    assert metrics["perplexity"] == pytest.approx(math.exp(-sum(sum(v.values()) for v in separate.values()) / count),
+                                                  rel=1e-5)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_adapter import tone_dataset
 from slmforge.steps import finetune, load_data
+
+from lora_adapter import tone_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"

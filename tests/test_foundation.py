@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.contract.render import components_dir, load_component_spec, render_command, bind
+from slmforge.contract.render import bind, components_dir, load_component_spec, render_command
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["load_data", "finetune", "merge", "build_onnx", "evaluate", "register"]

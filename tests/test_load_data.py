@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.steps import load_data
 from slmforge.data.template import Template
+from slmforge.steps import load_data
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 IGNORE = -100

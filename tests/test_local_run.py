@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from local_pipeline import run_slmforge, warm_pipeline, write_recipe
-from slmforge.contract import manifest
-from slmforge.contract import render
 from slmforge.backends.local.runner import LocalRunner
+from slmforge.contract import manifest, render
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
+
+from local_pipeline import run_slmforge, warm_pipeline, write_recipe
 
 STEPS = ["load_data", "evaluate_base", "finetune", "merge", "evaluate_merged", "build_onnx", "evaluate_onnx",
          "register"]

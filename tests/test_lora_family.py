@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from lora_adapter import tone_dataset
 from slmforge.contract import manifest
 from slmforge.errors import StepFailed
 from slmforge.steps import build_onnx, finetune, merge
+
+from lora_adapter import tone_dataset
 
 PEFT_CONFIG = {"dora": "LoraConfig", "loha": "LoHaConfig", "lokr": "LoKrConfig"}
 

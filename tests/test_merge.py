@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from lora_adapter import make_lora_adapter
 
 from slmforge.contract import manifest
 from slmforge.steps import merge
+
+from lora_adapter import make_lora_adapter
 
 PROMPTS = ["### Text: I lost my keys again.\n### The tone is:\n", "What a wonderful surprise!", "hello there"]
 

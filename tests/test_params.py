@@ -9,8 +9,8 @@ import typing
 
 import pytest
 
-from slmforge.contract.render import load_component_spec
 from slmforge.contract.params import optional, value_type
+from slmforge.contract.render import load_component_spec
 from slmforge.recipe import passes
 from slmforge.recipe.data_config import PreProcessConfig
 from slmforge.training.args import TrainArgs

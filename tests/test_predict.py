@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from lora_adapter import make_lora_adapter
 
 from slmforge.contract import manifest
 from slmforge.steps import build_onnx
+
+from lora_adapter import make_lora_adapter
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 CLI_REPORTING_IMPORTS = ("import sys, json\nfrom slmforge.cli import main\nrc = main(sys.argv[1:])\n"

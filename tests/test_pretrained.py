@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from slmforge.contract import manifest
 from slmforge.cli import main as cli
+from slmforge.contract import manifest
 from slmforge.errors import InvalidInput
 from slmforge.models.pretrained import MODELS, PretrainedModel, gguf_path, write_pretrained
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.models import evaluation
-
 from slmforge.contract import manifest
 from slmforge.errors import StepFailed
+from slmforge.models import evaluation
 from slmforge.steps import build_onnx, evaluate, finetune, load_data, merge
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from local_pipeline import run_slmforge
 from slmforge.backends.local.runner import LocalRunner
 from slmforge.cli import main
 from slmforge.commands.validate import graph_as_dict
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
+
+from local_pipeline import run_slmforge
 
 RECIPES = Path(__file__).parent / "recipes"
 REPO = Path(__file__).resolve().parents[1]

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from local_pipeline import REPO, cli, run_slmforge, warm_pipeline
 from slmforge.contract import manifest
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
 from slmforge.registry import mlflow_store
 from slmforge.steps import register
+
+from local_pipeline import REPO, cli, run_slmforge, warm_pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from local_pipeline import cache_entries, run_slmforge, start_run, warm_pipeline
-from slmforge.contract import manifest
 from slmforge.backends.local.cache import ENTRY
+from slmforge.contract import manifest
+
+from local_pipeline import cache_entries, run_slmforge, start_run, warm_pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -45,9 +45,9 @@ def parse_age(text: str) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from slmforge.backends.local.cache import ENTRY, Cache
-    from slmforge.contract.files import folder_size
     from slmforge.backends.local.display import fmt_seconds
     from slmforge.backends.local.report import fmt_size
+    from slmforge.contract.files import folder_size
 
     cache = Cache(_cache_dir(args))
     if args.action == "clean":

@@ -9,6 +9,7 @@ with `azure.ai.ml.load_job` and is accepted by `az ml job create -f DIR/pipeline
 from __future__ import annotations
 
 import argparse
+
 from slmforge.commands import check_names, output_folder
 
 

@@ -25,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.models import evaluation
-    from slmforge.errors import InvalidInput
-    from slmforge.models.model_folder import carried_template
     from slmforge.data.template import Template
+    from slmforge.errors import InvalidInput
+    from slmforge.models import evaluation
+    from slmforge.models.model_folder import carried_template
 
     model, data = Path(args.model), Path(args.data)
     if not model.is_dir():

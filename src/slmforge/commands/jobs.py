@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml import jobs as aml_jobs, logs as aml_logs
+    from slmforge.backends.aml import jobs as aml_jobs
+    from slmforge.backends.aml import logs as aml_logs
     from slmforge.backends.aml.workspace import resolve_ml_client
 
     if args.command == "download":

@@ -20,8 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.workspace or args.registry:
         return _workspace(args)
-    from slmforge.registry.rules import default_tracking_uri
     from slmforge.registry.mlflow_store import list_models
+    from slmforge.registry.rules import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
     models = [m for m in list_models(uri) if not args.name or m["name"] == args.name]

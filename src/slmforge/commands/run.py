@@ -30,7 +30,6 @@ def ensure_shipped_model(recipe: Path) -> None:
     it did not name: a missing path stays an error."""
     from slmforge.recipe.generations import normalise
     from slmforge.recipe.loader import read_raw
-
     from slmforge.resources import shipped_pipelines_dirs
 
     if recipe.resolve().parent not in [d.resolve() for d in shipped_pipelines_dirs()] + [(Path.cwd() / "pipelines").resolve()]:
@@ -84,13 +83,13 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from slmforge.backends.local.runner import LocalRunner, output_dir
-    from slmforge.backends.local.outputs import mark_running, write_outputs
-    from slmforge.errors import StepFailed
     from slmforge.backends.local.display import Display
+    from slmforge.backends.local.outputs import mark_running, write_outputs
+    from slmforge.backends.local.report import print_summary
+    from slmforge.backends.local.runner import LocalRunner, output_dir
+    from slmforge.errors import StepFailed
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.loader import load_recipe
-    from slmforge.backends.local.report import print_summary
 
     if args.recipe is None and args.force and args.force[-1].endswith((".json", ".yml", ".yaml")):
         args.recipe, args.force[-1] = args.force[-1], "*"  # `run --force RECIPE`: argparse took it as STEP

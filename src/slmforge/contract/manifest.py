@@ -14,9 +14,10 @@ import os
 import platform
 import shutil
 import time
-from slmforge.contract.files import write_atomic
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from slmforge.contract.files import write_atomic
 
 MANIFEST = "slmforge.json"
 _CHUNK = 1 << 20

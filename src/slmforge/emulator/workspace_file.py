@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-
 import json
 from pathlib import Path
 from typing import Any
 
+from slmforge.contract.files import write_atomic
 from slmforge.emulator.cloud import CLOUD_PREFIX
 from slmforge.emulator.context import Emulator
 from slmforge.errors import InvalidInput
-from slmforge.contract.files import write_atomic
 
 KIND = "slmforge-emulator"
 FILE_NAME = "workspace.json"

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from slmforge.contract import manifest
-from slmforge.errors import InvalidInput
 from slmforge.contract.files import folder_size
-from slmforge.models.model_folder import is_onnx_folder
+from slmforge.data import IGNORE
 from slmforge.data.template import Template
-
+from slmforge.errors import InvalidInput
+from slmforge.models.model_folder import is_onnx_folder
 
 OTHER = "(other)"
 
@@ -81,7 +81,7 @@ def examples_from_rows(backend, rows: Iterable[dict], template: Template) -> lis
     out = []
     for row in rows:
         prompt_ids, answer_ids = encode_row(backend, template, row)
-        out.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
+        out.append((prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids))
     return out
 
 
@@ -106,6 +106,11 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
     for row in rows:
         prompt, expected = encode_row(backend, template, row)
         requests.append(Request(prompt, expected, answer_finished(template_suffix(template, row))))
+    by_sequence = {r.sequence: r for r in requests}
+    for ids, labels in examples:  # the perplexity's positions of a row's own sequence: scored on the way
+        request = by_sequence.get(tuple(ids))
+        if request is not None:
+            request.score_also = tuple(_labelled_positions(labels))
     if requests:
         backend.answers(requests, max_new_tokens)
     answer_seconds = time.perf_counter() - started
@@ -160,32 +165,37 @@ def _perplexity_sums(backend, requests, examples: list[tuple[list[int], list[int
     """(summed NLL, token count) over the examples' labelled tokens.
 
     An example that is a row's prompt + expected answer reuses the log-probabilities the answering
-    pass saw; everything else is scored in one batched pass."""
+    pass saw (its answer positions, and with a teacher-forced pass every position it was asked
+    for); everything else is scored in one batched pass."""
     from slmforge.models.verified_greedy import score_positions
 
     known = {r.sequence: r for r in requests}
+
+    def seen(request, p: int) -> float | None:
+        k = p - (len(request.prompt) - 1)
+        return request.logprobs.get(k) if k >= 0 and k in request.logprobs else request.scored.get(p)
+
     total, count = 0.0, 0
     missing: dict[tuple[int, ...], set[int]] = {}
     needed: list[tuple[tuple[int, ...], list[int]]] = []
     for ids, labels in examples:
         key = tuple(ids)
-        positions = [p for p in range(len(ids) - 1) if labels[p + 1] != -100]
+        positions = _labelled_positions(labels)
         needed.append((key, positions))
         request = known.get(key)
-        have = request.logprobs if request else {}
-        offset = len(request.prompt) - 1 if request else 0
-        if not all((p - offset) in have for p in positions):
+        if request is None or any(seen(request, p) is None for p in positions):
             missing.setdefault(key, set()).update(positions)
     scored = score_positions(backend, missing) if missing else {}
     for key, positions in needed:
         for p in positions:
-            if key in scored:
-                total -= scored[key][p]
-            else:
-                request = known[key]
-                total -= request.logprobs[p - (len(request.prompt) - 1)]
+            total -= scored[key][p] if key in scored else seen(known[key], p)
             count += 1
     return total, count
+
+
+def _labelled_positions(labels: list[int]) -> list[int]:
+    """The positions whose next token carries a label (position p predicts token p + 1)."""
+    return [p for p in range(len(labels) - 1) if labels[p + 1] != IGNORE]
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:

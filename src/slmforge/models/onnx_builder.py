@@ -90,7 +90,8 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
           block_size: int, accuracy_level: int, extra: dict[str, str], adapter: Path | None = None,
           algo_config: str = "default", is_symmetric: bool = True) -> str:
     """Run the builder into `out_dir`; return the options it ran with. A builder error is StepFailed."""
-    from onnxruntime_genai.models.builder import create_model, parse_extra_options as builder_parse
+    from onnxruntime_genai.models.builder import create_model
+    from onnxruntime_genai.models.builder import parse_extra_options as builder_parse
 
     options = dict(extra)
     if precision in _QUANTIZED:

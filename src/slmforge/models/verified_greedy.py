@@ -33,6 +33,10 @@ class Request:
     tokens: list[int] = field(default_factory=list)  # the greedy answer (EOS included when generated)
     logprobs: dict[int, float] = field(default_factory=dict)  # k -> log p(expected[k] | prompt + expected[:k])
     continued: bool = False  # decoding left the expected answer
+    # More sequence positions whose next-token log-probability is wanted (a perplexity over the
+    # prompt too): a teacher-forced pass reads them from the forward it runs anyway.
+    score_also: tuple[int, ...] = ()
+    scored: dict[int, float] = field(default_factory=dict)  # sequence position -> log p(next token)
 
     @property
     def sequence(self) -> tuple[int, ...]:
@@ -52,11 +56,17 @@ def finished(backend, request: Request, max_new_tokens: int) -> bool:
 
 def teacher_forced_answers(backend, requests: list[Request], max_new_tokens: int, token_budget: int) -> None:
     """Fill `requests` with one scoring pass over prompt + expected, then decode the rows that leave it."""
-    results = backend.score([(list(r.sequence), [r.position(k) for k in range(len(r.expected))]) for r in requests])
+    wanted = []
+    for r in requests:
+        answer = [r.position(k) for k in range(len(r.expected))]
+        wanted.append((list(r.sequence), answer + sorted(set(r.score_also) - set(answer))))
+    results = backend.score(wanted)
     pending: list[Request] = []
-    for request, (argmax, logprob) in zip(requests, results):
+    for request, (_, positions), (argmax, logprob) in zip(requests, wanted, results):
+        n = len(request.expected)
         request.tokens, request.continued = [], False
-        request.logprobs = {k: float(v) for k, v in enumerate(logprob)}
+        request.logprobs = {k: float(v) for k, v in enumerate(logprob[:n])}
+        request.scored = {p: float(v) for p, v in zip(positions[n:], logprob[n:])}
         for k, expected in enumerate(request.expected):
             request.tokens.append(int(argmax[k]))
             if finished(backend, request, max_new_tokens):

@@ -13,10 +13,9 @@ from typing import Iterator
 from slmforge.errors import InvalidInput
 from slmforge.models.model_folder import looks_like_local_path
 from slmforge.recipe.limits import check_limits
-from slmforge.recipe.passes import FINETUNE_PASSES
 from slmforge.recipe.loaded import LoadedRecipe
+from slmforge.recipe.passes import FINETUNE_PASSES
 from slmforge.recipe.schema import AzureMLSystem, FinetunePass, MergePass, ModelBuilderPass
-
 
 
 def check_recipe(loaded: LoadedRecipe, *, check_files: bool = True) -> list[str]:

@@ -15,7 +15,6 @@ from typing import Callable, Iterator
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.schema import FinetunePass
 
-
 MIN_SOURCE_LEN = 16  # a template's prompt and its answer need at least this many tokens
 MAX_STEPS = 100_000_000  # ~3 years at one step a second: beyond it, a typo
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")

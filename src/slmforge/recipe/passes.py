@@ -13,8 +13,8 @@ from typing import Annotated, Any, Callable, Literal, Union
 
 from pydantic import Field, create_model, field_validator, model_validator
 
-from slmforge.models.onnx_builder import DEFAULT_INT4_ALGO, INT4_ALGOS
 from slmforge.contract.params import pydantic_fields
+from slmforge.models.onnx_builder import DEFAULT_INT4_ALGO, INT4_ALGOS
 from slmforge.recipe.base import Strict, olive_choice
 from slmforge.training.args import EVAL_STRATEGIES, TrainArgs
 

@@ -8,19 +8,28 @@ checks across fields (references, paths, template columns) live in `checks.py`.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, model_validator
-from typing import Annotated
 
 from slmforge.recipe.azure import (  # noqa: F401 - re-exported
-    AzureMLClient, AzureMLDatastoreFiles, AzureMLRegistryModel, DatastorePath, RegistryModelRef)
+    AzureMLClient,
+    AzureMLDatastoreFiles,
+    AzureMLRegistryModel,
+    DatastorePath,
+    RegistryModelRef,
+)
 from slmforge.recipe.base import Strict
-from slmforge.registry.rules import ASSET_NAME_PATTERN, DEFAULT_TRACKING_URI_TEXT
 from slmforge.recipe.data_config import DataConfig, LoadDatasetConfig, PreProcessConfig  # noqa: F401
 from slmforge.recipe.passes import (  # noqa: F401 - re-exported
-    FINETUNE_PASSES, FinetunePass, MergePass, ModelBuilderPass, Pass, TrainingArgs)
-
+    FINETUNE_PASSES,
+    FinetunePass,
+    MergePass,
+    ModelBuilderPass,
+    Pass,
+    TrainingArgs,
+)
+from slmforge.registry.rules import ASSET_NAME_PATTERN, DEFAULT_TRACKING_URI_TEXT
 
 # --------------------------------------------------------------------------- input model
 

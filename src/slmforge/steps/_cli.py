@@ -10,8 +10,8 @@ import argparse
 import dataclasses
 from typing import Any, Callable
 
-from slmforge.errors import InvalidInput, report
 from slmforge.contract.params import optional, value_type
+from slmforge.errors import InvalidInput, report
 
 
 def parse_bool(text: str) -> bool:

@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.contract import manifest
-from slmforge.models import onnx_builder
-from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
-from slmforge.contract.params import make, param
-from slmforge.steps._cli import run_step
-from slmforge.models.evaluation import read_dataset_folder
 from slmforge.contract.files import folder_size
+from slmforge.contract.params import make, param
+from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
+from slmforge.models import onnx_builder
+from slmforge.models.evaluation import read_dataset_folder
+from slmforge.steps._cli import run_step
 
 STEP = "build_onnx"
 PRECISIONS = ("int4", "int8", "fp16", "fp32")

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmforge.contract import manifest, progress
-from slmforge.errors import InvalidInput
 from slmforge.contract.params import make, param
+from slmforge.errors import InvalidInput
 from slmforge.steps._cli import run_step
 from slmforge.training import checkpoint, tracking
 from slmforge.training.args import TrainArgs

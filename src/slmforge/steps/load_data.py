@@ -26,16 +26,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.data import chat_rows
-
 from slmforge.contract import manifest
-from slmforge.data.readers import read_rows
-from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
-from slmforge.errors import InvalidInput
 from slmforge.contract.params import make, param
-from slmforge.steps._cli import run_step
+from slmforge.data import IGNORE, chat_rows
+from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
+from slmforge.data.readers import read_rows
 from slmforge.data.template import Template
-from slmforge.training.data import IGNORE
+from slmforge.errors import InvalidInput
+from slmforge.steps._cli import run_step
 
 STRATEGIES = ("join", "line-by-line")
 LOSS_ON = ("all", "completion")

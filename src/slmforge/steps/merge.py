@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.contract import manifest
-from slmforge.errors import StepFailed
 from slmforge.contract.params import make, param
+from slmforge.errors import StepFailed
 from slmforge.steps._cli import run_step
 
 STEP = "merge"

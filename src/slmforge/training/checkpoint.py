@@ -14,9 +14,10 @@ import random
 import re
 import shutil
 import sys
-from slmforge.contract.files import json_digest
 from pathlib import Path
 from typing import Any, Callable
+
+from slmforge.contract.files import json_digest
 
 STATE = "state.json"
 _NAME = re.compile(r"^step-(\d{8})$")

@@ -16,10 +16,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.errors import InvalidInput
 from slmforge.contract.manifest import read_manifest
+from slmforge.data import IGNORE
+from slmforge.errors import InvalidInput
 
-IGNORE = -100  # the label of a token the loss skips (PyTorch cross-entropy's ignore_index)
 Example = tuple[list[int], list[int]]  # (input_ids, labels), padding stripped
 
 

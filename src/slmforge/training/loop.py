@@ -23,8 +23,14 @@ from typing import Any, Callable
 
 from slmforge.training import checkpoint
 from slmforge.training.args import TrainArgs
-from slmforge.training.data import (BatchPlan, DatasetFolder, attention_cost, count_label_tokens, count_tokens,
-                                    pack_batch)
+from slmforge.training.data import (
+    BatchPlan,
+    DatasetFolder,
+    attention_cost,
+    count_label_tokens,
+    count_tokens,
+    pack_batch,
+)
 
 
 @dataclass

@@ -14,7 +14,8 @@ checks it); only work whose result is thrown away is skipped.
 from __future__ import annotations
 
 import types
-from slmforge.training.data import IGNORE
+
+from slmforge.data import IGNORE
 
 _TRIM_BELOW = 0.5  # trim the last layer when fewer than half the positions carry a label
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
+from slmforge.contract.runtime_env import environments_dir, merge_requirements, read_conda_file
 from slmforge.errors import InvalidInput
 from slmforge.recipe.checks import resolve_path
 from slmforge.recipe.schema import Accelerator, AzureMLSystem
-from slmforge.contract.runtime_env import environments_dir, merge_requirements, read_conda_file
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import Environment

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from slmforge.backends.aml.pipeline import FINAL_OUTPUT, METRICS_OUTPUT, compile_pipeline, validate_pipeline
-from slmforge.contract.files import write_atomic
-from slmforge.contract.run_record import RUN_JSON, aml_run_status, aml_step_status, evaluation_entry, run_record
-from slmforge.registry.rules import RECIPE_DIGEST_TAG
 from slmforge.backends.aml.retry import is_transient
 from slmforge.backends.aml.workspace import as_step_failed
+from slmforge.contract.files import write_atomic
+from slmforge.contract.run_record import RUN_JSON, aml_run_status, aml_step_status, evaluation_entry, run_record
 from slmforge.errors import InvalidInput, StepFailed
+from slmforge.registry.rules import RECIPE_DIGEST_TAG
 
 if TYPE_CHECKING:
     from azure.ai.ml import MLClient

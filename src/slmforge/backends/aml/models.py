@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from slmforge.backends.aml.pipeline import FINAL_OUTPUT
 from slmforge.backends.aml.jobs import get_job, job_metrics, status_text
+from slmforge.backends.aml.pipeline import FINAL_OUTPUT
 from slmforge.backends.aml.workspace import as_step_failed, resolve_ml_client, service_errors
 from slmforge.errors import InvalidInput, StepFailed
 from slmforge.registry.rules import RECIPE_DIGEST_TAG, version_tags

@@ -17,8 +17,14 @@ import os
 import time
 from typing import Any
 
-from azure.core.exceptions import (AzureError, HttpResponseError, ServiceRequestError, ServiceRequestTimeoutError,
-                                   ServiceResponseError, ServiceResponseTimeoutError)
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceRequestTimeoutError,
+    ServiceResponseError,
+    ServiceResponseTimeoutError,
+)
 from azure.core.pipeline.policies import RetryPolicy
 
 from slmforge.errors import InvalidInput

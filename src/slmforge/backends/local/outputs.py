@@ -16,13 +16,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from slmforge.contract import manifest
 from slmforge.backends.local.cache import DigestMemo, locked
 from slmforge.backends.local.runner import StepResult
-from slmforge.recipe.graph import StepGraph
-from slmforge.recipe.loaded import LoadedRecipe
+from slmforge.contract import manifest
 from slmforge.contract.files import write_atomic
 from slmforge.contract.run_record import RUN_JSON, evaluation_entry, run_record
+from slmforge.recipe.graph import StepGraph
+from slmforge.recipe.loaded import LoadedRecipe
 
 REPORT = "report.md"
 MODEL = "model"

@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmforge.contract import manifest
-from slmforge.backends.local.launch import last_error_line, run_in_process, run_subprocess
-from slmforge.contract import render
-from slmforge.backends.local.cache import Cache, Entry, Held, WORK_OUTPUTS, cache_key, text_digest
-from slmforge.errors import InvalidInput, StepFailed
+from slmforge.backends.local.cache import WORK_OUTPUTS, Cache, Entry, Held, cache_key, text_digest
 from slmforge.backends.local.display import Display
+from slmforge.backends.local.launch import last_error_line, run_in_process, run_subprocess
+from slmforge.contract import manifest, render
+from slmforge.errors import InvalidInput, StepFailed
+from slmforge.recipe.checks import resolve_path
 from slmforge.recipe.graph import Ref, Step, StepGraph
 from slmforge.recipe.loaded import LoadedRecipe
-from slmforge.recipe.checks import resolve_path
 
 
 @dataclass
