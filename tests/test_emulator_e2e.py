@@ -60,7 +60,16 @@ def test_demo_model_downloads_and_predicts(demo_job, tmp_path, capsys):
     assert cli(["download", demo_job["job"], "--workspace", demo_job["ws"], "-o", str(tmp_path / "dl")]) == 0
     model = tmp_path / "dl" / "model"
     assert (model / "genai_config.json").is_file() and (model / "model.onnx").is_file()
-    assert json.loads((tmp_path / "dl" / "run.json").read_text())["model"]["name"] == "phi3-tiny-tones"
+    record = json.loads((tmp_path / "dl" / "run.json").read_text())
+    # the local runner's run.json shape (contract/run_record.py), with the job's own part under "job"
+    assert {"status", "recipe", "recipe_digest", "created", "seconds", "steps", "evaluation", "model",
+            "job"} <= set(record)
+    assert record["status"] == "succeeded" and record["job"]["name"] == demo_job["job"]
+    assert {s["name"]: s["status"] for s in record["steps"]} == {
+        s: "ran" for s in ("load_data", "evaluate_base", "finetune", "merge", "evaluate_merged", "build_onnx",
+                           "evaluate_onnx")}
+    assert record["model"]["name"] == "phi3-tiny-tones" and record["model"]["path"] == str(model)
+    assert 0.0 <= record["evaluation"]["onnx"]["accuracy"] <= 1.0 and record["model"]["kind"] == "onnx"
     capsys.readouterr()
     assert cli(["predict", "--model", str(model), "I can't believe how wonderful the fair was!"]) == 0
     assert capsys.readouterr().out.strip()

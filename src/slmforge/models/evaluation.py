@@ -146,7 +146,8 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
         "confusion": confusion,
         "perplexity": round(math.exp(nll_sum / nll_count), 6) if nll_count else None,
         "perplexity_tokens": nll_count,
-        # Answer tokens per second of answering (all rows batched; prompt processing included).
+        # Answer tokens per second of answering (all rows batched; prompt processing included, and for
+        # a teacher-forced backend the perplexity positions it scores in the same pass).
         "tokens_per_second": round(generated_tokens / answer_seconds, 2) if answer_seconds > 0 else None,
         "generated_tokens": generated_tokens,
         "generation_seconds": round(answer_seconds, 3),
