@@ -48,6 +48,11 @@ def check_rows(rows: list[dict], template: Template, where: str) -> None:
                                f"{', '.join(template.fields)})")
 
 
+def expected_answer(row: dict, template: Template) -> str:
+    """The row's right answer, as a prediction is compared with it."""
+    return str(row[template.answer_field]).strip()
+
+
 def answer_of(generated: str, suffix: str = "") -> str:
     """The predicted answer: the text before the template's suffix, first non-empty line, stripped."""
     marker = suffix.strip()
@@ -106,7 +111,7 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
     for row in rows:
         prompt, expected = encode_row(backend, template, row)
         requests.append(Request(prompt, expected, answer_finished(template_suffix(template, row))))
-    by_sequence = {r.sequence: r for r in requests}
+    by_sequence = {r.sequence: r for r in requests}  # an example that is a row's own prompt + answer
     for ids, labels in examples:  # the perplexity's positions of a row's own sequence: scored on the way
         request = by_sequence.get(tuple(ids))
         if request is not None:
@@ -114,16 +119,16 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
     if requests:
         backend.answers(requests, max_new_tokens)
     answer_seconds = time.perf_counter() - started
-    nll_sum, nll_count = _perplexity_sums(backend, requests, examples)
+    nll_sum, nll_count = _perplexity_sums(backend, by_sequence, examples)
 
-    classes = {str(r[field]).strip() for r in rows}
+    classes = {expected_answer(r, template) for r in rows}
     samples: list[dict] = []
     predictions: list[str] = []
     confusion: dict[str, dict[str, int]] = {}
     correct = 0
     for row, request in zip(rows, requests):
         text = backend.decode(request.tokens)
-        truth, predicted = str(row[field]).strip(), answer_of(text, template_suffix(template, row))
+        truth, predicted = expected_answer(row, template), answer_of(text, template_suffix(template, row))
         predictions.append(predicted)
         correct += predicted == truth
         # Free text outside the label set is one column: a confusion table is over classes.
@@ -135,7 +140,7 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
 
     seconds = time.perf_counter() - started
     generated_tokens = sum(len(r.tokens) for r in requests)
-    truths = Counter(str(r[field]).strip() for r in rows)
+    truths = Counter(expected_answer(r, template) for r in rows)
     return {
         "label": label,
         "model_kind": backend.kind,
@@ -162,15 +167,13 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
     }
 
 
-def _perplexity_sums(backend, requests, examples: list[tuple[list[int], list[int]]]) -> tuple[float, int]:
+def _perplexity_sums(backend, known: dict, examples: list[tuple[list[int], list[int]]]) -> tuple[float, int]:
     """(summed NLL, token count) over the examples' labelled tokens.
 
     An example that is a row's prompt + expected answer reuses the log-probabilities the answering
     pass saw (its answer positions, and with a teacher-forced pass every position it was asked
     for); everything else is scored in one batched pass."""
     from slmforge.models.verified_greedy import score_positions
-
-    known = {r.sequence: r for r in requests}
 
     def seen(request, p: int) -> float | None:
         k = p - (len(request.prompt) - 1)

@@ -149,6 +149,8 @@ def read_reference(reference: str, dataset: str, eval_data, max_new_tokens: int)
     gates' answer length, stands in for answering them again here."""
     import json
 
+    from slmforge.models.evaluation import expected_answer
+
     rows, _, template = eval_data
     folder = Path(reference)
     found = manifest.read_manifest(folder)
@@ -166,7 +168,7 @@ def read_reference(reference: str, dataset: str, eval_data, max_new_tokens: int)
         raise InvalidInput(f"--reference {folder}: it answered {len(metrics['predictions'])} rows with "
                            f"{metrics.get('max_new_tokens')} new tokens; the gates need {len(rows)} with {max_new_tokens}")
     predictions = metrics["predictions"][:len(rows)]
-    correct = sum(predicted == str(row[template.answer_field]).strip() for predicted, row in zip(predictions, rows))
+    correct = sum(predicted == expected_answer(row, template) for predicted, row in zip(predictions, rows))
     return {"predictions": predictions, "first_answer_tokens": metrics["first_answer_tokens"][:len(rows)],
             "accuracy": round(correct / len(rows), 6) if rows else None}
 

@@ -81,7 +81,6 @@ def run(*, progress: bool = True, **given) -> dict | None:
     import torch
 
     dataset, adapter, checkpoints, model, model_id = p.dataset, p.adapter, p.checkpoints, p.model, p.model_id
-    method, compute_dtype = p.method, p.compute_dtype
     spec = lora_spec(p)
     data = read_dataset(dataset)
     dist, owns_group = _init_distributed()
@@ -99,7 +98,7 @@ def run(*, progress: bool = True, **given) -> dict | None:
         run_print = checkpoint.fingerprint(
             params={k: v for k, v in params.items() if k not in _NOT_IN_FINGERPRINT},
             dataset=data_digest, model=model_print, world=dist.world)
-        autocast = getattr(torch, compute_dtype) if method == "lora" and compute_dtype != "float32" else None
+        autocast = getattr(torch, p.compute_dtype) if p.method == "lora" and p.compute_dtype != "float32" else None
         result = train(peft_model, data, p, dist, checkpoints=Path(checkpoints) if checkpoints else None,
                        run_fingerprint=run_print, autocast_dtype=autocast,
                        progress=_progress_printer() if progress and dist.rank == 0 else None)

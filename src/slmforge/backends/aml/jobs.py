@@ -161,15 +161,14 @@ def find_step(ml_client: "MLClient", name: str, step: str) -> "Job":
     raise InvalidInput(f"job {name} has no step '{step}' (steps: {known})")
 
 
-def job_record(ml_client: "MLClient", name: str, *, model_dir: Path | None = None) -> dict[str, Any]:
+def job_record(ml_client: "MLClient", job: "Job", *, model_dir: Path | None = None) -> dict[str, Any]:
     """run.json for a job (contract/run_record.py): its steps, last evaluation and where its model went."""
-    job = get_job(ml_client, name)
     tags = dict(job.tags or {})
     output = (job.outputs or {}).get(FINAL_OUTPUT)
-    metrics = job_metrics(ml_client, name) if status_text(job.status) == "Completed" else None
+    metrics = job_metrics(ml_client, job) if status_text(job.status) == "Completed" else None
     evaluation = {metrics.get("label", "final"): evaluation_entry(metrics)} if metrics else {}
     steps = [{"name": node_name(c), "status": aml_step_status(status_text(c.status)), "job_status": status_text(c.status)}
-             for c in child_jobs(ml_client, name)]
+             for c in child_jobs(ml_client, job.name)]
     return run_record(
         status=aml_run_status(status_text(job.status)), recipe=None, recipe_digest=tags.get(RECIPE_DIGEST_TAG),
         steps=steps, evaluation=evaluation,
@@ -180,22 +179,22 @@ def job_record(ml_client: "MLClient", name: str, *, model_dir: Path | None = Non
              "display_name": job.display_name, "studio_url": studio_url(job), "tags": tags})
 
 
-def job_metrics(ml_client: "MLClient", job_name: str) -> dict[str, Any] | None:
+def job_metrics(ml_client: "MLClient", job: "Job") -> dict[str, Any] | None:
     """metrics.json of the job's last evaluation, or None when the pipeline has no evaluation."""
-    job = get_job(ml_client, job_name)
     if METRICS_OUTPUT not in (job.outputs or {}):
         return None
     with tempfile.TemporaryDirectory(prefix="slmforge-metrics-") as tmp:
-        ml_client.jobs.download(job_name, download_path=tmp, output_name=METRICS_OUTPUT)
+        ml_client.jobs.download(job.name, download_path=tmp, output_name=METRICS_OUTPUT)
         path = downloaded_output(Path(tmp), METRICS_OUTPUT) / "metrics.json"
         if not path.is_file():
-            raise StepFailed(f"job {job_name}: its '{METRICS_OUTPUT}' output has no metrics.json")
+            raise StepFailed(f"job {job.name}: its '{METRICS_OUTPUT}' output has no metrics.json")
         return json.loads(path.read_text(encoding="utf-8"))
 
 
 def download(ml_client: "MLClient", name: str, out_dir: Path) -> Path:
     """Download the final model into out_dir/model and write out_dir/run.json."""
-    status = status_text(get_job(ml_client, name).status)
+    job = get_job(ml_client, name)
+    status = status_text(job.status)
     if status != "Completed":
         raise StepFailed(f"job {name} is {status}; only a completed job has a model to download")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +204,7 @@ def download(ml_client: "MLClient", name: str, out_dir: Path) -> Path:
         target = out_dir / "model"
         if target.exists():
             raise InvalidInput(f"{target} already exists; choose an empty -o folder")
-        record = job_record(ml_client, name, model_dir=target)
+        record = job_record(ml_client, job, model_dir=target)
         model_dir.rename(target)
     write_atomic(out_dir / RUN_JSON, json.dumps(record, indent=2) + "\n")
     return target

@@ -42,7 +42,7 @@ def register_job_model(ml_client: "MLClient", job_name: str, *, name: str | None
     model = Model(name=name, version=version, type=model_format,
                   path=f"azureml://jobs/{job_name}/outputs/{FINAL_OUTPUT}",
                   description=f"{tags.get('slmforge.final_step', 'final')} output of Azure ML job {job_name}",
-                  tags=model_tags(job_name, tags, job_metrics(ml_client, job_name)))
+                  tags=model_tags(job_name, tags, job_metrics(ml_client, job)))
     existing = _existing(ml_client, name, version)
     if existing is not None and (existing.tags or {}).get("slmforge.job") not in (None, job_name) \
             and getattr(existing, "job_name", None) != job_name:
