@@ -8,7 +8,26 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SEED_DATA = REPO.parent / "shared" / "data" / "phrase-classification" / "dataset-classification.json"
+SEED_RELATIVE = Path("data") / "phrase-classification" / "dataset-classification.json"
+
+
+def _seed_data() -> Path:
+    """The seed data set in the workplace's shared/ folder: beside this checkout, or, for a clone of a
+    local checkout made elsewhere (a mktemp clone), beside the checkout it was cloned from.
+    SLMFORGE_SHARED_DIR names the folder outright."""
+    import subprocess
+
+    candidates = [Path(os.environ["SLMFORGE_SHARED_DIR"])] if os.environ.get("SLMFORGE_SHARED_DIR") else []
+    candidates.append(REPO.parent / "shared")
+    origin = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                            capture_output=True, text=True).stdout.strip()
+    if origin and Path(origin).is_dir():  # a local path, not a URL
+        candidates.append(Path(origin).resolve().parent / "shared")
+    found = next((c / SEED_RELATIVE for c in candidates if (c / SEED_RELATIVE).is_file()), None)
+    return found or candidates[0] / SEED_RELATIVE
+
+
+SEED_DATA = _seed_data()
 
 # Nothing in the tests may reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
