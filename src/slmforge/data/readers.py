@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from slmforge.data import chat_rows
 from slmforge.errors import InvalidInput
@@ -47,6 +47,12 @@ def read_rows(path: str | Path, data_format: str, text_cols: list[str], *, split
     if chat:
         text_cols = [chat_rows.COLUMN]
     records = {"json": _json_records, "csv": _csv_records, "parquet": _parquet_records}[data_format](path, text_cols)
+    return check_rows(path, records, text_cols, split=split, max_samples=max_samples, chat=chat)
+
+
+def check_rows(path: Path, records: Iterable[tuple[str, Any]], text_cols: list[str], *, split: str = "train",
+               max_samples: int | None = None, chat: bool = False) -> Rows:
+    """The usable rows of (where, record) pairs read from `path`; a bad row is an InvalidInput naming it."""
     out = Rows(path)
     problems: list[str] = []
     for where, record in records:

@@ -16,6 +16,7 @@ from slmforge.recipe.limits import check_limits
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.passes import FINETUNE_PASSES
 from slmforge.recipe.schema import AzureMLSystem, FinetunePass, MergePass, ModelBuilderPass
+from slmforge.recipe.user_script import check_user_script
 
 
 def check_recipe(loaded: LoadedRecipe, *, check_files: bool = True) -> list[str]:
@@ -25,6 +26,7 @@ def check_recipe(loaded: LoadedRecipe, *, check_files: bool = True) -> list[str]
     if check_files:
         problems.extend(_check_model_path(loaded))
         problems.extend(_check_data_files(loaded))
+        problems.extend(check_user_script(loaded, resolve_path))
     problems.extend(check_limits(loaded, local_model_dir(loaded) if check_files else None, data_config_path))
     return problems
 
@@ -102,7 +104,7 @@ def _check_secrets(loaded: LoadedRecipe) -> Iterator[str]:
 def _check_templates(loaded: LoadedRecipe) -> Iterator[str]:
     for i, dc in enumerate(loaded.recipe.data_configs):
         pre = dc.pre_process_data_config
-        if pre.chat_template:
+        if "pre_process_data" in dc.user_components or pre.chat_template:
             continue  # the tokenizer's template; load_data names a bad conversation by its line
         try:
             fields = template_fields(pre.text_template)
@@ -153,7 +155,7 @@ def resolve_path(loaded: LoadedRecipe, value: str) -> Path:
 
 def _check_data_files(loaded: LoadedRecipe) -> Iterator[str]:
     for i, dc in enumerate(loaded.recipe.data_configs):
-        files = dc.load_dataset_config.data_files
+        files = getattr(dc.load_dataset_config, "data_files", None)  # None: a user_script loader
         if not isinstance(files, str):
             continue
         where = data_config_path(loaded, i, "data_files")
@@ -162,6 +164,8 @@ def _check_data_files(loaded: LoadedRecipe) -> Iterator[str]:
             yield f"{where}: data file '{files}' not found (looked at {path})"
             continue
         pre = dc.pre_process_data_config
+        if "pre_process_data" in dc.user_components:
+            continue
         try:
             columns = read_columns(path, dc.load_dataset_config.data_name)
         except InvalidInput as e:

@@ -7,15 +7,17 @@ are rewritten into this shape by `generations.py` before these models see them.
 from __future__ import annotations
 
 import string
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from slmforge.recipe.azure import AzureMLDatastoreFiles
 from slmforge.recipe.base import NOT_SUPPORTED, Strict, olive_choice
 
 
 class LoadDatasetConfig(Strict):
+    type: Literal["huggingface_dataset"] | None = Field(None, description="Olive's own loader (a user function: "
+                                                        "its name in user_script)")
     data_name: Literal["json", "csv", "parquet"] = Field("json", description="file format")
     data_files: str | Annotated[list[str], Field(min_length=1, max_length=1)] | AzureMLDatastoreFiles = Field(
         description="local path or datastore file (or a list of one path, as `olive finetune` writes)")
@@ -33,6 +35,8 @@ class LoadDatasetConfig(Strict):
 
 
 class PreProcessConfig(Strict):
+    type: Literal["text_generation_huggingface_pre_process", "huggingface_pre_process"] | None = Field(
+        None, description="Olive's text-generation pre-processing (a user function: its name in user_script)")
     dataset_type: Literal["corpus"] = Field("corpus", description="the Cookbook's; Olive 0.7+ leaves it out")
     text_template: str | None = Field(None, description="e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}'")
     text_cols: list[str] | str | None = Field(None, description="columns the template reads (default: its placeholders)")
@@ -98,8 +102,69 @@ class PreProcessConfig(Strict):
         return {"text_cols": self.columns, "text_template": self.text_template}
 
 
+# Olive's own component types that slmforge does not run, by kind (olive/data/component/, 0.4 to 0.9).
+OLIVE_BUILTINS = {
+    "load_dataset": ("local_dataset", "simple_dataset", "default_load_dataset", "dummy_dataset", "raw_dataset",
+                     "transformers_dummy_dataset", "transformers_prompt_dummy_dataset",
+                     "transformers_token_dummy_dataset"),
+    "pre_process_data": ("pre_process", "skip_pre_process", "default_pre_process_data", "ner_huggingface_preprocess",
+                         "audio_classification_pre_process"),
+}
+
+
+class UserComponent(Strict):
+    """A data component naming a function of the recipe's `user_script`: its `type` (the registered or
+    defined name) and the keyword arguments it is called with (Olive 0.6's `params`, flattened)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    kind: ClassVar[str]
+    type: str = Field(min_length=1, description="a function of user_script (registered under this name, or so named)")
+
+    @field_validator("type")
+    @classmethod
+    def _not_olive_own(cls, value: str) -> str:
+        if value.lower() in OLIVE_BUILTINS.get(cls.kind, ()):
+            raise ValueError(f"'{value}' (one of Olive's own {cls.kind} components) is {NOT_SUPPORTED}: slmforge "
+                             "reads local files and datastores, or a function of the recipe's user_script")
+        return value
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class UserLoadDataset(UserComponent):
+    kind: ClassVar[str] = "load_dataset"
+
+
+class UserPreProcess(UserComponent):
+    kind: ClassVar[str] = "pre_process_data"
+
+
+def _slmforge_or_user(own: tuple[str, ...]):
+    def pick(value: Any) -> str:
+        kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+        return "own" if kind is None or (isinstance(kind, str) and kind.lower() in own) else "user"
+
+    return Discriminator(pick)
+
+
 class DataConfig(Strict):
     name: str = Field(min_length=1)
     type: Literal["HuggingfaceContainer"] = "HuggingfaceContainer"
-    load_dataset_config: LoadDatasetConfig
-    pre_process_data_config: PreProcessConfig
+    user_script: str | None = Field(None, description="Python file whose functions the components' 'type' name "
+                                    "(relative to script_dir, else to the recipe file)")
+    script_dir: str | None = Field(None, description="folder put first on sys.path while user_script runs")
+    load_dataset_config: Annotated[Union[Annotated[LoadDatasetConfig, Tag("own")],
+                                         Annotated[UserLoadDataset, Tag("user")]],
+                                   _slmforge_or_user(("huggingface_dataset",))]
+    pre_process_data_config: Annotated[Union[Annotated[PreProcessConfig, Tag("own")],
+                                             Annotated[UserPreProcess, Tag("user")]],
+                                       _slmforge_or_user(("text_generation_huggingface_pre_process",
+                                                          "huggingface_pre_process"))]
+
+    @property
+    def user_components(self) -> dict[str, UserComponent]:
+        """The components that name a user_script function, by kind."""
+        return {c.kind: c for c in (self.load_dataset_config, self.pre_process_data_config)
+                if isinstance(c, UserComponent)}

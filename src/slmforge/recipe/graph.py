@@ -15,10 +15,12 @@ from typing import Literal, Union
 
 from slmforge.contract.files import json_digest
 from slmforge.errors import InvalidInput
+from slmforge.recipe.base import NOT_SUPPORTED
 from slmforge.models.model_folder import looks_like_local_path
 from slmforge.recipe.checks import resolve_path
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.passes import FINETUNE_PASSES, dtype_name
+from slmforge.recipe.user_script import data_spec, script_path
 from slmforge.recipe.schema import (
     AzureMLRegistryModel,
     AzureMLSystem,
@@ -165,25 +167,31 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         eval_name = None
     if dc is not None:
         pre = dc.pre_process_data_config
-        spec = pre.step_spec
+        user = data_spec(loaded, recipe.data_configs.index(dc), resolve_path)  # user_script functions, if any
+        spec = {**({} if "pre_process_data" in user else pre.step_spec), **user}
         inputs, params = _model_inputs(source, "tokenizer")
-        inputs["data"] = _data_ref(loaded, dc)
+        if "load_dataset" not in user:
+            inputs["data"] = _data_ref(loaded, dc)
+            params.update(data_format=dc.load_dataset_config.data_name, split=dc.load_dataset_config.split)
+        if user:
+            inputs["user_script"] = Ref("path", str(script_path(loaded, dc, resolve_path)))
+            if dc.script_dir:
+                inputs["script_dir"] = Ref("path", str(resolve_path(loaded, dc.script_dir)))
         inputs["spec"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "spec.json")
-        params.update(
-            data_format=dc.load_dataset_config.data_name,
-            split=dc.load_dataset_config.split,
-            corpus_strategy=pre.strategy,
-            source_max_len=pre.max_seq_len,
-            pad_to_max_len=pre.pad_to_max_len,
-            use_attention_mask=pre.use_attention_mask,
-            loss_on=pre.loss_on,
-        )
-        if pre.max_samples is not None:
-            params["max_samples"] = pre.max_samples
+        if "pre_process_data" not in user:
+            params.update(corpus_strategy=pre.strategy, source_max_len=pre.max_seq_len,
+                          pad_to_max_len=pre.pad_to_max_len, use_attention_mask=pre.use_attention_mask,
+                          loss_on=pre.loss_on)
+            if pre.max_samples is not None:
+                params["max_samples"] = pre.max_samples
         if finetune is not None:
             if eval_name is not None:
                 eval_dc = _data_config(recipe, eval_name)
                 assert eval_dc is not None
+                if eval_dc.user_components or user:
+                    raise InvalidInput(f"{loaded.path}: data config '{eval_dc.name}' (evaluated on) beside '{dc.name}' "
+                                       f"(trained on): a second data config is {NOT_SUPPORTED} with user_script "
+                                       "functions; give eval_dataset_size to hold rows out of the training data")
                 if eval_dc.pre_process_data_config != pre:
                     raise InvalidInput(
                         f"{loaded.path}: data config '{eval_dc.name}' (evaluated on) must use the same "
@@ -203,12 +211,14 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         return {"model": Ref("step", step, "model")}
 
     base_inputs, base_params = _model_inputs(source)
+    # A user_script pre-process gives token ids, not rows: nothing to answer, so no evaluate steps or answer gates.
+    rows = dc is not None and "pre_process_data" not in dc.user_components
     final: tuple[str, str] | None = None
     current_model: tuple[dict[str, Ref], dict[str, Scalar]] = (base_inputs, base_params)
     adapter: Ref | None = None  # an adapter not merged yet
     trained_adapter: Ref | None = None  # set only for adapters the ONNX builder reads beside the base
 
-    if recipe.engine.evaluate_input_model and dc is not None:
+    if recipe.engine.evaluate_input_model and rows:
         steps.append(_evaluate("evaluate_base", dict(base_inputs), dict(base_params), recipe))
 
     for pass_name, p in recipe.passes.items():
@@ -241,7 +251,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             current_model = (model_of("merge"), {})
             adapter = None
             final = ("merge", "model")
-            if dc is not None:
+            if rows:
                 steps.append(_evaluate("evaluate_merged", model_of("merge"), {}, recipe))
         elif isinstance(p, ModelBuilderPass):
             cfg = p
@@ -266,7 +276,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
                 params["extra_options"] = ",".join(f"{k}={_option(v)}" for k, v in extra.items())
             if cfg.max_accuracy_drop is not None:
                 params["max_accuracy_drop"] = cfg.max_accuracy_drop
-            if dc is not None:
+            if rows:
                 inputs["dataset"] = Ref("step", "load_data", "dataset")  # the answer gates' eval rows
                 params["check_max_samples"] = recipe.evaluate.max_samples
                 params["check_max_new_tokens"] = recipe.evaluate.max_new_tokens
@@ -276,7 +286,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
                     inputs["reference"] = Ref("step", "evaluate_merged", "metrics")
             steps.append(Step("build_onnx", "build_onnx", inputs, params))
             final = ("build_onnx", "model")
-            if dc is not None:
+            if rows:
                 steps.append(_evaluate("evaluate_onnx", model_of("build_onnx"), {}, recipe))
 
     if final is None:

@@ -28,7 +28,9 @@ def check_limits(loaded: LoadedRecipe, model_dir: Path | None,
     context = config[context_key] if context_key else None
     width = config.get("hidden_size") if isinstance(config.get("hidden_size"), int) else None
     for i, dc in enumerate(loaded.recipe.data_configs):
-        length = dc.pre_process_data_config.max_seq_len
+        length = getattr(dc.pre_process_data_config, "max_seq_len", None)
+        if length is None:
+            continue  # a user_script pre-process makes its own sequences
         where = data_config_path(loaded, i, "max_seq_len")
         if length < MIN_SOURCE_LEN:
             yield f"{where}: {length} tokens cannot hold a prompt and its answer (at least {MIN_SOURCE_LEN})"

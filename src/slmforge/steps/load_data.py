@@ -28,7 +28,7 @@ from pathlib import Path
 
 from slmforge.contract import manifest
 from slmforge.contract.params import make, param
-from slmforge.data import IGNORE, chat_rows
+from slmforge.data import IGNORE, chat_rows, user_script
 from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
 from slmforge.data.readers import read_rows
 from slmforge.data.template import Template
@@ -55,9 +55,12 @@ class Sequences:
 class Params:
     """The load_data step's parameters: `components/load_data.yml`'s inputs and outputs."""
 
-    data: str = param(asset="uri_file", help="data file (local upload or azureml://datastores/<name>/paths/<path>)")
+    data: str | None = param(None, asset="uri_file",
+                             help="data file (local upload or azureml://datastores/<name>/paths/<path>)")
     eval_data: str | None = param(None, asset="uri_file", help="separate eval file (else eval_dataset_size is split off)")
     spec: str = param(asset="uri_file", help="JSON: {text_cols, text_template} or {chat: true}")
+    user_script: str | None = param(None, asset="uri_file", help="Python file with the data functions the spec names")
+    script_dir: str | None = param(None, asset="uri_folder", help="folder put first on sys.path for user_script")
     tokenizer: str | None = param(None, asset="uri_folder", help="model folder whose tokenizer is used")
     model_id: str | None = param(None, help="hub id of the model, when no tokenizer folder is given")
     data_format: str = param("json", choices=("json", "csv", "parquet"), help="format of the data files")
@@ -85,19 +88,29 @@ def run(**given) -> dict:
     written on error."""
     started = time.perf_counter()
     p = make(Params, given)
-    data, spec, dataset, eval_data, data_format, split = p.data, p.spec, p.dataset, p.eval_data, p.data_format, p.split
+    data, spec, eval_data, data_format, split = p.data, p.spec, p.eval_data, p.data_format, p.split
     corpus_strategy, source_max_len, loss_on, max_samples = p.corpus_strategy, p.source_max_len, p.loss_on, p.max_samples
-    text_cols, template = _read_spec(Path(spec))  # template None: chat rows
-    chat = template is None
+    text_cols, template, user = _read_spec(Path(spec))  # template None: chat rows or a user pre-process
+    if user and not p.user_script:
+        raise InvalidInput(f"{spec}: names user_script functions ({', '.join(user)}) but no --user_script is given")
+    if "load_dataset" not in user and not data:
+        raise InvalidInput("give --data (a data file), or a load_dataset function in the spec")
+    chat = template is None and "pre_process_data" not in user
     tok, tok_name = load_tokenizer(p.tokenizer, p.model_id)
     if tok.eos_token_id is None:
         raise InvalidInput(f"tokenizer {tok_name} has no EOS token to end each example with")
     if chat:  # evaluation reads a conversation as a plain row: prompt, then the last assistant turn
         template, text_cols = Template(chat_rows.eval_template(tok)), ["prompt", "answer"]
+    if "pre_process_data" in user:
+        return _user_pre_processed(p, user, tok, tok_name, started)
     with tempfile.TemporaryDirectory(prefix="slmforge-data-") as scratch:
-        data_file = _local_file(data, Path(scratch) / "data")
+        data_file = _local_file(data, Path(scratch) / "data") if data else None
         eval_file = _local_file(eval_data, Path(scratch) / "eval") if eval_data else None
-        train = read_rows(data_file, data_format, text_cols, split=split, max_samples=max_samples, chat=chat)
+        if user:
+            with user_script.loaded(p.user_script, p.script_dir) as script:
+                train = user_script.read_user_rows(script, user, text_cols, chat=chat, max_samples=max_samples)
+        else:
+            train = read_rows(data_file, data_format, text_cols, split=split, max_samples=max_samples, chat=chat)
         if eval_file is not None:
             held_out = read_rows(eval_file, data_format, text_cols, max_samples=max_samples, chat=chat)
             train_rows, eval_rows = train.rows, held_out.rows
@@ -105,8 +118,7 @@ def run(**given) -> dict:
             held_out = None
             prompt_of = (lambda r: chat_rows.eval_row(tok, r[chat_rows.COLUMN])["prompt"]) if chat else template.prompt
             train_rows, eval_rows = split_eval(train.rows, prompt_of, p.eval_dataset_size, p.data_seed)
-        inputs = {"data": {"path": data, "digest": manifest.digest_path(data_file)},
-                  "spec": {"path": str(spec), "digest": manifest.digest_path(spec)}}
+        inputs = _input_digests(p, data_file)
         if eval_file is not None:
             inputs["eval_data"] = {"path": eval_data, "digest": manifest.digest_path(eval_file)}
 
@@ -126,37 +138,69 @@ def run(**given) -> dict:
         raise InvalidInput(f"{data}: no training example is left with a token to learn from "
                            f"(source_max_len {source_max_len} cuts every completion off)")
 
-    with manifest.atomic_output(dataset) as out:
+    if chat:
+        eval_rows = [chat_rows.eval_row(tok, r[chat_rows.COLUMN]) for r in eval_rows]
+    metrics = {"rows_read": train.read, "empty_rows": train.empty, "rows": len(train.rows),
+               "train_rows": len(train_rows), "eval_rows": len(eval_rows),
+               "eval_empty_rows": held_out.empty if held_out else 0}
+    params = {"text_template": template.text, "text_cols": text_cols, "chat": chat, "loss_on": loss_on,
+              "corpus_strategy": corpus_strategy, "source_max_len": source_max_len,
+              "pad_to_max_len": p.pad_to_max_len, "use_attention_mask": p.use_attention_mask,
+              "data_format": data_format, "split": split, "eval_dataset_size": p.eval_dataset_size,
+              "data_seed": p.data_seed, "max_samples": max_samples}
+    return _write_folder(p, seqs, eval_rows, metrics, params, inputs, (tok, tok_name, pad_id), started)
+
+
+def _write_folder(p: Params, seqs: dict, eval_rows: list, metrics: dict, params: dict, inputs: dict, tokenizer,
+                  started: float) -> dict:
+    tok, tok_name, pad_id = tokenizer
+    with manifest.atomic_output(p.dataset) as out:
         for name, s in seqs.items():
             _write_jsonl(out / f"{name}.jsonl", (_record(r, p.use_attention_mask) for r in s.records))
-        if chat:
-            eval_rows = [chat_rows.eval_row(tok, r[chat_rows.COLUMN]) for r in eval_rows]
         _write_jsonl(out / "eval_rows.jsonl", eval_rows)
-        metrics = {
-            "rows_read": train.read, "empty_rows": train.empty, "rows": len(train.rows),
-            "train_rows": len(train_rows), "eval_rows": len(eval_rows),
-            "eval_empty_rows": held_out.empty if held_out else 0,
-        }
         for name, s in seqs.items():
             metrics.update({f"{name}_examples": len(s.records), f"{name}_tokens": s.tokens,
                             f"{name}_label_tokens": s.label_tokens, f"{name}_pad_tokens": s.pad_tokens,
                             f"{name}_truncated": s.truncated, f"{name}_dropped": s.dropped})
-        params = {"text_template": template.text, "text_cols": text_cols, "chat": chat, "loss_on": loss_on,
-                  "corpus_strategy": corpus_strategy, "source_max_len": source_max_len,
-                  "pad_to_max_len": p.pad_to_max_len, "use_attention_mask": p.use_attention_mask,
-                  "data_format": data_format, "split": split, "eval_dataset_size": p.eval_dataset_size,
-                  "data_seed": p.data_seed, "max_samples": max_samples}
         tokenizer_info = {"name": tok_name, "digest": tokenizer_digest(tok), "eos_token_id": tok.eos_token_id,
                           "pad_token_id": pad_id, "bos_token_id": tok.bos_token_id}
         return manifest.write_manifest(
             out, step="load_data", params=params, metrics=metrics, seconds=time.perf_counter() - started,
             libraries=("transformers", "tokenizers"),
-            extra={"inputs": inputs, "tokenizer": tokenizer_info, "source_digest": inputs["data"]["digest"]},
-        )
+            extra={"inputs": inputs, "tokenizer": tokenizer_info,
+                   "source_digest": inputs["data" if "data" in inputs else "user_script"]["digest"]})
 
 
-def _read_spec(path: Path) -> tuple[list[str], Template | None]:
-    """(text_cols, template) of a template spec; ([messages], None) of `{"chat": true}` (chat rows)."""
+def _input_digests(p: Params, data_file: Path | None) -> dict:
+    """Content digests of the step's file inputs, for the manifest (the data file as downloaded)."""
+    files = {"data": (p.data, data_file), "spec": (p.spec, p.spec), "user_script": (p.user_script, p.user_script)}
+    return {name: {"path": str(given), "digest": manifest.digest_path(local)}
+            for name, (given, local) in files.items() if given}
+
+
+def _user_pre_processed(p: Params, user: dict, tok, tok_name: str, started: float) -> dict:
+    """The dataset folder from the user's pre_process function: its token ids as they are (Olive trains on
+    them so), eval_dataset_size of them held out; no rows to answer, so eval_rows.jsonl stays empty."""
+    with tempfile.TemporaryDirectory(prefix="slmforge-data-") as scratch:
+        data_file = _local_file(p.data, Path(scratch) / "data") if p.data else None
+        model_name = str(Path(p.tokenizer).resolve()) if p.tokenizer else p.model_id
+        with user_script.loaded(p.user_script, p.script_dir) as script:
+            examples = user_script.user_examples(script, user, model_name, data_file, p.data_format, p.split)
+        inputs = _input_digests(p, data_file)
+    records = [{"input_ids": ids, "labels": labels, **({"attention_mask": m} if m is not None else {})}
+               for ids, labels, m in examples]
+    train, held = split_eval(records, lambda r: json.dumps(r["input_ids"]), p.eval_dataset_size, p.data_seed)
+    seqs = {"train": _count(Sequences(train)), "eval": _count(Sequences(held))}
+    metrics = {"rows": len(records), "train_rows": len(train), "eval_rows": 0, "empty_rows": 0}
+    params = {"pre_process_data": user["pre_process_data"]["type"], "eval_dataset_size": p.eval_dataset_size,
+              "data_seed": p.data_seed, "use_attention_mask": p.use_attention_mask}
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return _write_folder(p, seqs, [], metrics, params, inputs, (tok, tok_name, pad_id), started)
+
+
+def _read_spec(path: Path) -> tuple[list[str], Template | None, dict]:
+    """(text_cols, template, user functions) of a template spec; ([messages], None, {}) of `{"chat": true}`
+    (chat rows); ([], None, {...}) of a spec naming a user pre_process function."""
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -165,11 +209,17 @@ def _read_spec(path: Path) -> tuple[list[str], Template | None]:
         raise InvalidInput(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
     if not isinstance(spec, dict):
         raise InvalidInput(f"{path}: expected a JSON object with text_cols and text_template")
+    user = {k: spec.pop(k) for k in user_script.KINDS if k in spec}
+    for kind, comp in user.items():
+        if not (isinstance(comp, dict) and isinstance(comp.get("type"), str) and isinstance(comp.get("params"), dict)):
+            raise InvalidInput(f"{path}: '{kind}' must be {{\"type\": NAME, \"params\": {{...}}}}")
+    if "pre_process_data" in user:
+        return [], None, user
     if spec.get("chat") is True:
         if spec.get("text_template"):
             raise InvalidInput(f"{path}: chat rows are rendered with the tokenizer's chat template; "
                                "give chat or text_template, not both")
-        return [chat_rows.COLUMN], None
+        return [chat_rows.COLUMN], None, user
     cols, text = spec.get("text_cols"), spec.get("text_template")
     if not (isinstance(cols, list) and cols and all(isinstance(c, str) for c in cols)):
         raise InvalidInput(f"{path}: text_cols must be a non-empty list of column names")
@@ -180,7 +230,7 @@ def _read_spec(path: Path) -> tuple[list[str], Template | None]:
     if unknown:
         raise InvalidInput(f"{path}: text_template placeholder '{{{unknown[0]}}}' is not in text_cols {cols}")
     template.answer_field  # noqa: B018 - raises when the template has no placeholder
-    return cols, template
+    return cols, template, user
 
 
 def _local_file(source: str, scratch: Path) -> Path:
