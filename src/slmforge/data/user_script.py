@@ -142,14 +142,15 @@ def _function(node: ast.FunctionDef | ast.AsyncFunctionDef, skip_first: bool) ->
 def check_kwargs(fn: Function, given: list[str], filled: tuple[str, ...] = ()) -> list[str]:
     """Problems with the keyword arguments a recipe passes to `fn` (unknown ones, missing required ones);
     `filled`: those slmforge passes itself when `fn` takes them."""
-    problems = []
+    problems, meant = [], set()
     if not fn.var_kw:
         for key in given:
             if key not in fn.params:
                 match = difflib.get_close_matches(key, fn.params, n=1, cutoff=0.5)
+                meant.update(match)  # a misspelt key: its real name is not "missing" as well
                 hint = f"; did you mean '{match[0]}'?" if match else f" (it takes: {', '.join(fn.params) or 'none'})"
                 problems.append(f"'{key}' is not a parameter of {fn.name}(){hint}")
-    missing = [p for p in fn.required if p not in given and p not in filled]
+    missing = [p for p in fn.required if p not in given and p not in filled and p not in meant]
     if missing:
         problems.append(f"{fn.name}() needs '{missing[0]}' (no default): give it beside 'type'")
     return problems

@@ -21,6 +21,9 @@ _SECTION_DEFS = {"input_model": ("HfModel",), "data_config": ("DataConfig",),
 
 def recipe_schema() -> dict[str, Any]:
     schema = Recipe.model_json_schema(by_alias=True)
+    for prop in schema["$defs"]["DataConfig"]["properties"].values():  # slmforge's component or a user function:
+        if "oneOf" in prop:  # `type: huggingface_dataset` fits both shapes
+            prop["anyOf"] = prop.pop("oneOf")
     original = copy.deepcopy(schema)
     defs = schema["$defs"]
     for section, names in (("recipe", (None,)), *_SECTION_DEFS.items()):
@@ -45,7 +48,8 @@ def _node(root: dict, def_name: str | None, cpath: Path) -> dict | None:
         prop = node.get("properties", {}).get(part)
         if prop is None:
             return None
-        ref = prop.get("$ref") or next((m["$ref"] for m in prop.get("anyOf", []) if "$ref" in m), None)
+        ref = prop.get("$ref") or next((m["$ref"] for m in prop.get("anyOf", prop.get("oneOf", [])) if "$ref" in m),
+                                       None)
         node = root["$defs"][ref.rsplit("/", 1)[1]] if ref else prop
     return node
 

@@ -237,6 +237,7 @@ def _resolve(annotation: Any, node: Any) -> type[BaseModel] | None:
     tag = node.get("type") if isinstance(node, dict) else None
     for m in models:
         type_field = m.model_fields.get("type")
-        if type_field is not None and tag in typing.get_args(_strip(type_field.annotation)):
+        if type_field is not None and (tag in typing.get_args(_strip(type_field.annotation))
+                                       or (tag is None and not type_field.is_required())):
             return m
     return models[0] if len(models) == 1 else None
