@@ -262,3 +262,35 @@ def test_what_the_stand_in_lacks_is_refused_by_name(tmp_path, tiny_model_dir):
     assert lines[0].endswith("user_script.py:1: imports olive.workflows, which slmforge's stand-in for Olive "
                              "does not provide (it has olive.data.registry, olive.constants, olive.model); "
                              "install Olive to use it"), lines[0]
+
+
+REGISTERED_PRE = '''\
+import datasets
+
+from olive.data.registry import Registry
+
+
+@Registry.register_pre_process("Tone_Ids")
+def tone_ids(dataset, model_name, task=None, **kwargs):
+    from transformers import AutoTokenizer
+
+    assert isinstance(dataset, datasets.Dataset) and task == "text-generation"
+    tok = AutoTokenizer.from_pretrained(model_name)
+    return dataset.map(lambda r: tok(r["phrase"] + " " + r["tone"]), remove_columns=dataset.column_names)
+'''
+
+
+def test_a_registered_pre_process_reads_the_data_file_as_olive_hands_it(tmp_path, tiny_model_dir):
+    """A data file with a registered pre-process (looked up case-insensitively, as Olive does): the function
+    gets the file as a datasets.Dataset and `task` filled in; without labels the ids are learned whole."""
+    from transformers import AutoTokenizer
+
+    recipe = _recipe(tmp_path / "d", tiny_model_dir, REGISTERED_PRE, {
+        "load_dataset_config": {"data_name": "json", "data_files": "rows.jsonl"},
+        "pre_process_data_config": {"type": "tone_ids"}})
+    folder, _ = _load_data(recipe)
+    records = _jsonl(folder / "train.jsonl") + _jsonl(folder / "eval.jsonl")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert sorted(tok.decode(r["input_ids"], skip_special_tokens=True) for r in records) == \
+        sorted(f"{i} phrase {t}" for i, t in zip(range(24), ["joy", "fear", "sadness", "surprise"] * 6))
+    assert all(r["labels"] == r["input_ids"] for r in records)
