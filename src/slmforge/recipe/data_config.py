@@ -72,8 +72,11 @@ class PreProcessConfig(Strict):
                 self.loss_on = "completion"  # a chat row's completion: its assistant turns
             return self
         if self.text_template is None:
-            raise ValueError("needs 'text_template' (a plain-text column without one, text_cols alone, is "
-                             "not supported by slmforge yet: training needs the answer's place in the template)")
+            # Olive's text-generation default: the text columns ("text" unless named), joined by a space,
+            # learned whole. The template's last column is then the "answer" the evaluation continues.
+            cols = [self.text_cols] if isinstance(self.text_cols, str) else list(self.text_cols or ["text"])
+            self.text_template = " ".join("{" + c + "}" for c in cols)
+            self.text_cols = cols
         # One meaning, one value: Olive 0.13 without text_cols reads the template's placeholders.
         if isinstance(self.text_cols, str):
             self.text_cols = [self.text_cols]
@@ -102,4 +105,5 @@ class DataConfig(Strict):
     name: str = Field(min_length=1)
     type: Literal["HuggingfaceContainer"] = "HuggingfaceContainer"
     load_dataset_config: LoadDatasetConfig
-    pre_process_data_config: PreProcessConfig
+    pre_process_data_config: PreProcessConfig = Field(
+        default_factory=PreProcessConfig, description="Olive's default: the 'text' column, learned whole")

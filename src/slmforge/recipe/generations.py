@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slmforge.recipe.base import NOT_SUPPORTED
+from slmforge.recipe.olive_passes import REFUSED as REFUSED_PASS_TYPES
+from slmforge.recipe.olive_passes import canonical_type, fold_export_chain
+from slmforge.recipe.olive_passes import known_types as known_pass_types
 from slmforge.recipe.schema import Engine
 
 Path = tuple  # of str | int
@@ -69,6 +72,15 @@ ALIASES: tuple[Alias, ...] = (
     Alias("data_config", ("component_kwargs",), ("component_kwargs",), "Olive < 0.6.2", level=True, holder=True),
     Alias("data_config", ("component_kwargs", "pre_process_data"), ("pre_process_data_config",), "Olive < 0.6.2",
           level=True),
+    # Olive 0.4/0.5: `components` name each data component ({type, params}); `component_kwargs` hold
+    # their keyword arguments. Both land on today's `<component>_config` levels.
+    *(Alias("data_config", holder + (component,) + inner, (f"{component}_config",), "Olive < 0.6.2", level=True)
+      for holder in (("components",), ("component_kwargs",), ("params_config", "component_kwargs"))
+      for component in ("load_dataset", "post_process_data", "dataloader")
+      for inner in ((), ("params",)) if not (holder != ("components",) and inner)),
+    *(Alias("data_config", ("components", "pre_process_data") + inner, ("pre_process_data_config",), "Olive < 0.6.2",
+            level=True) for inner in ((), ("params",))),
+    Alias("data_config", ("components",), ("components",), "Olive < 0.6.2", level=True, holder=True),
     Alias("data_config", ("pre_process_data_config", "corpus_strategy"), ("pre_process_data_config", "strategy"),
           "the Cookbook and Olive < 0.6.2"),
     Alias("data_config", ("pre_process_data_config", "source_max_len"), ("pre_process_data_config", "max_seq_len"),
@@ -83,7 +95,6 @@ RENAMED_TYPES = {"PyTorchModel": "HfModel"}  # the Cookbook's input model type -
 
 _LORA_FAMILY = ("LoRA", "QLoRA", "DoRA", "LoHa", "LoKr")
 _LYCORIS_WHY = "a LyCORIS option slmforge does not pass on yet"
-_BUILDER_WHY = "a builder option slmforge does not pass on or check; extra_options reaches the builder as is"
 # (section, pass/system type or None for any, canonical key) -> why slmforge refuses it for now.
 UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
     **{("recipe", None, k): why for k, why in {
@@ -94,14 +105,11 @@ UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
     }.items()},
     **{("recipe", None, ("engine", k)): why for k, why in ENGINE_UNSUPPORTED.items()},
     ("input_model", None, "adapter_path"): "starting from an existing adapter is not implemented",
-    ("input_model", None, "io_config"): "the ONNX builder derives inputs and outputs itself",
     ("input_model", None, "model_attributes"): "read from the model's config.json",
     ("data_config", None, "post_process_data_config"): "only text-generation pre-processing is implemented",
     ("data_config", None, "dataloader_config"): "batching is set by training_args",
     ("data_config", None, "user_script"): "slmforge runs no user code",
     ("data_config", None, "script_dir"): "slmforge runs no user code",
-    **{("data_config", None, ("component_kwargs", k)): "only text-generation pre-processing is implemented"
-       for k in ("load_dataset", "post_process_data", "dataloader")},
     ("data_config", None, ("load_dataset_config", "trust_remote_code")): "only local files and datastores are read",
     ("data_config", None, ("load_dataset_config", "subset")): "only local files and datastores are read",
     ("data_config", None, ("pre_process_data_config", "stride")): "only for join-sliding-window, not implemented",
@@ -115,27 +123,33 @@ UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
     ("pass", None, "output_name"): "the final model is always output_dir/model",
     **{("pass", t, k): why for t in _LORA_FAMILY for k, why in {
         "modules_to_save": "the merge and int4 build are checked for LoRA weights only",
-        "device_map": "slmforge places the model itself (CPU, or the one GPU)",
-        "ephemeral_gpu_offload": "slmforge places the model itself (CPU, or the one GPU)",
         "save_quant_config": "a QLoRA adapter is merged into the full-precision base",
     }.items()},
     **{("pass", t, k): _LYCORIS_WHY for t in ("LoHa", "LoKr") for k in (
         "use_effective_conv2d", "exclude_modules", "init_weights", "layers_to_transform", "layers_pattern",
         "rank_pattern", "alpha_pattern")},
     ("pass", "LoKr", "rank_dropout_scale"): _LYCORIS_WHY,
-    **{("pass", "ModelBuilder", k): _BUILDER_WHY for k in (
-        "metadata_only", "search", "use_qdq", "use_8bits_moe", "use_webgpu_fp32", "use_cuda_bf16",
-        "include_hidden_states", "enable_cuda_graph")},
-}
-UNSUPPORTED_PASS_TYPES = {
-    "LoftQ": "LoftQ initialisation rewrites the base model's weights, which the merge and build do not carry yet",
-    **{t: "slmforge builds ONNX with ModelBuilder only" for t in (
-        "OnnxConversion", "OrtTransformersOptimization", "ExtractAdapters", "OnnxMatMul4Quantizer",
-        "OnnxDynamicQuantization", "OnnxStaticQuantization", "OnnxPeepholeOptimizer", "OrtSessionParamsTuning")},
-    **{t: "slmforge quantizes in the ModelBuilder pass" for t in ("GptqQuantizer", "AutoAWQQuantizer")},
+    ("pass", "ModelBuilder", "search"): ("generation search options; slmforge's evaluation decodes greedily and "
+                                         "genai_config.json keeps the builder's search defaults"),
 }
 UNSUPPORTED_SYSTEM_TYPES = {t: "slmforge runs locally or on Azure ML" for t in ("Docker", "PythonEnvironment",
                                                                                   "IsolatedORT")}
+
+_EXPORT_ONLY = "the ONNX exporter's; slmforge's ModelBuilder step derives the graph from the model itself"
+# Valid Olive keys that mean nothing to slmforge: accepted, and named in `validate`'s output with why.
+IGNORED: dict[tuple[str, str | None, str | Path], str] = {
+    ("recipe", None, "no_artifacts"): "slmforge always writes the run's outputs under output_dir",
+    ("recipe", None, ("engine", "no_artifacts")): "slmforge always writes the run's outputs under output_dir",
+    **{("input_model", None, k): _EXPORT_ONLY for k in ("io_config", "dummy_inputs_func", "model_script",
+                                                        "model_loader")},
+    ("input_model", None, "generative"): "slmforge evaluates every model as a generative one",
+    ("input_model", None, "model_class"): "slmforge loads the causal language model config.json names",
+    ("pass", "ModelBuilder", "save_as_external_data"): "ModelBuilder always writes the weights beside model.onnx",
+    **{("pass", t, "use_ort_trainer"): "slmforge trains with its own torch loop" for t in _LORA_FAMILY},
+    **{("pass", t, k): "slmforge places the model itself (CPU, or the one GPU)" for t in _LORA_FAMILY
+       for k in ("device_map", "ephemeral_gpu_offload")},
+}
+PASS_FLOWS_WHY = "slmforge runs one flow per recipe: write one recipe per flow"
 
 
 @dataclass
@@ -145,6 +159,7 @@ class Normalised:
     inside: dict[Path, Path] = field(default_factory=dict)  # canonical node -> the level its keys were in
     problems: list[tuple[Path, str]] = field(default_factory=list)  # (the user's path, message)
     typo_sections: set[Path] = field(default_factory=set)  # where a typo may also leave a key "missing"
+    notes: list[str] = field(default_factory=list)  # what slmforge reads differently from Olive, and why
 
     def raw_path(self, cpath: Path) -> Path:
         """The path the user wrote for a canonical path; a key not written belongs inside its level."""
@@ -175,18 +190,22 @@ def normalise(raw: dict[str, Any]) -> Normalised:
     """Rewrite any generation's recipe into the canonical shape; problems are reported, not raised."""
     out = Normalised({})
     out.data = _section(raw, "recipe", None, (), (), out)
+    _engine_defaults(out)
     model = out.data.get("input_model")
     if isinstance(model, dict):
         section = "PyTorchModel" if model.get("type") == "PyTorchModel" else "input_model"
         out.data["input_model"] = _section(model, section, None, out.raw_path(("input_model",)), ("input_model",), out)
         if model.get("type") in RENAMED_TYPES:
             out.data["input_model"]["type"] = RENAMED_TYPES[model["type"]]
+    _data_configs_by_name(out)
     if isinstance(out.data.get("data_configs"), list):
         out.data["data_configs"] = [
             _section(dc, "data_config", None, out.raw_path(("data_configs", i)), ("data_configs", i), out)
             if isinstance(dc, dict) else dc for i, dc in enumerate(out.data["data_configs"])]
+    _inline_systems(out)
+    _pass_flows(out)
     for name, section, refused in (("systems", "system", UNSUPPORTED_SYSTEM_TYPES),
-                                   ("passes", "pass", UNSUPPORTED_PASS_TYPES)):
+                                   ("passes", "pass", REFUSED_PASS_TYPES)):
         block = out.data.get(name)
         if not isinstance(block, dict):
             continue
@@ -194,13 +213,104 @@ def normalise(raw: dict[str, Any]) -> Normalised:
         for key, node in block.items():
             cpath = (name, key)
             kind = node.get("type") if isinstance(node, dict) else None
+            if section == "pass" and isinstance(kind, str):
+                kind = canonical_type(kind)  # Olive looks pass types up case-insensitively
+                if kind not in known_pass_types():
+                    out.problems.append((out.raw_path(cpath) + ("type",), f"unknown pass type '{kind}'"
+                                         f"{did_you_mean(kind, known_pass_types())}"))
+                    continue
             if isinstance(kind, str) and kind in refused:
                 out.problems.append((out.raw_path(cpath) + ("type",),
+                                     f"{section} type '{kind}' is {NOT_SUPPORTED}: it {refused[kind]}"
+                                     if section == "pass" else
                                      f"{section} type '{kind}' is {NOT_SUPPORTED} ({refused[kind]})"))
                 continue
             kept[key] = _section(node, section, kind, out.raw_path(cpath), cpath, out) if kind else node
+            if kind:
+                kept[key]["type"] = kind
         out.data[name] = kept
+    _fold_chain(out)
     return out
+
+
+def _engine_defaults(out: Normalised) -> None:
+    """`"output_dir": null` and friends: Olive reads a null engine key as its default."""
+    engine = out.data.get("engine")
+    if isinstance(engine, dict):
+        for key in [k for k, v in engine.items() if v is None and k in ENGINE_KEYS]:
+            del engine[key]
+
+
+def _data_configs_by_name(out: Normalised) -> None:
+    """Olive 0.4/0.5 keyed `data_configs` by name: today's list, each entry named by its key."""
+    configs = out.data.get("data_configs")
+    if not isinstance(configs, dict):
+        return
+    listed = []
+    for i, (key, dc) in enumerate(configs.items()):
+        out.origin[("data_configs", i)] = ("data_configs", key)
+        if isinstance(dc, dict):
+            dc = dict(dc)
+            if dc.get("name", key) != key:  # Olive < 0.6 refers to a data config by its key
+                out.notes.append(f"data_configs.{key}.name: ignored: '{dc['name']}'; passes refer to it as '{key}'")
+            dc["name"] = key
+        listed.append(dc)
+    out.data["data_configs"] = listed
+
+
+def _inline_systems(out: Normalised) -> None:
+    """Olive 0.4/0.5 could write a system object as engine.host/target: it joins `systems` by a name."""
+    engine = out.data.get("engine")
+    if not isinstance(engine, dict):
+        return
+    systems = out.data.setdefault("systems", {})
+    if not isinstance(systems, dict):
+        return
+    for role in ("host", "target"):
+        system = engine.get(role)
+        if isinstance(system, dict):
+            name = f"{role}_system"
+            while name in systems:
+                name = "_" + name
+            systems[name] = system
+            out.origin[("systems", name)] = out.raw_path(("engine", role))
+            engine[role] = name
+
+
+def _pass_flows(out: Normalised) -> None:
+    """`pass_flows` with one flow runs those passes in that order, as Olive does; several are refused."""
+    flows = out.data.pop("pass_flows", None)
+    passes = out.data.get("passes")
+    if flows is None or not isinstance(passes, dict):
+        return
+    where = out.raw_path(("pass_flows",))
+    if not (isinstance(flows, list) and all(isinstance(f, list) for f in flows)):
+        out.problems.append((where, "must be a list of lists of pass names"))
+    elif len(flows) != 1:
+        out.problems.append((where, f"{len(flows)} flows: {PASS_FLOWS_WHY}"))
+    elif unknown := [n for n in flows[0] if n not in passes]:
+        out.problems.append((where, f"no pass named '{unknown[0]}'{did_you_mean(str(unknown[0]), list(passes))}"))
+    else:
+        left = [n for n in passes if n not in flows[0]]
+        out.data["passes"] = {n: passes[n] for n in flows[0]}
+        if left:
+            out.notes.append(f"{dotted(where)}: passes {', '.join(left)} are not in the flow and do not run (as in Olive)")
+
+
+def _fold_chain(out: Normalised) -> None:
+    passes = out.data.get("passes")
+    if not isinstance(passes, dict):
+        return
+    folded, note, problems = fold_export_chain(passes)
+    out.data["passes"] = folded
+    if note:
+        out.notes.append(note)
+    out.problems.extend((("passes",) + tuple(p.split(": ", 1)[0].split(".")), p.split(": ", 1)[1]) for p in problems)
+    for name, p in folded.items():
+        if isinstance(p, dict) and p.pop("metadata_only", False):
+            out.problems.append((out.raw_path(("passes", name, "metadata_only")),
+                                 "writes only genai_config.json for an ONNX model an export chain made before it "
+                                 "(OnnxConversion ...), and this recipe has none; leave metadata_only out"))
 
 
 def _section(node: dict, section: str, kind: str | None, rbase: Path, cbase: Path, out: Normalised) -> dict:
@@ -220,6 +330,10 @@ def _section(node: dict, section: str, kind: str | None, rbase: Path, cbase: Pat
             alias = renames.get(dest)
             if alias is not None:
                 dest = alias.new
+            ignored = IGNORED.get((section_kind, kind, _key(dest))) or IGNORED.get((section_kind, None, _key(dest)))
+            if ignored is not None:
+                out.notes.append(f"{dotted(rbase + q)}: ignored: {ignored}")
+                continue
             why = UNSUPPORTED.get((section_kind, kind, _key(dest))) or UNSUPPORTED.get((section_kind, None, _key(dest)))
             if why is not None:
                 out.problems.append((rbase + q, f"'{k}' is {NOT_SUPPORTED} ({why})"))

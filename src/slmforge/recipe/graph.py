@@ -329,7 +329,8 @@ def _provider(recipe: Recipe) -> str:
 
 # Olive's ModelBuilder keys that slmforge passes to the builder as they are, under the builder's names.
 _BUILDER_KEYS = {"int4_op_types_to_quantize": "op_types_to_quantize", "int4_nodes_to_exclude": "nodes_to_exclude",
-                 "exclude_embeds": "exclude_embeds", "exclude_lm_head": "exclude_lm_head"}
+                 **{k: k for k in ("exclude_embeds", "exclude_lm_head", "use_qdq", "use_8bits_moe", "use_webgpu_fp32",
+                                   "use_cuda_bf16", "include_hidden_states", "enable_cuda_graph")}}
 
 
 def _builder_extra_options(loaded: LoadedRecipe, pass_name: str, cfg) -> dict[str, Scalar]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from slmforge.recipe.azure import (  # noqa: F401 - re-exported
     AzureMLClient,
@@ -48,12 +48,19 @@ class HfModel(Strict):
 # --------------------------------------------------------------------------- systems
 
 
+def _lower_device(value: Any) -> Any:
+    """Olive lower-cases the device: "GPU" is "gpu"."""
+    return value.lower() if isinstance(value, str) else value
+
+
 class Accelerator(Strict):
     device: Literal["cpu", "gpu", "npu"] = "cpu"
     execution_providers: list[str] | None = None
 
+    _device = field_validator("device", mode="before")(_lower_device)
 
-AcceleratorSpec = Union[Literal["cpu", "gpu", "npu"], Accelerator]
+
+AcceleratorSpec = Union[Annotated[Literal["cpu", "gpu", "npu"], BeforeValidator(_lower_device)], Accelerator]
 
 
 class LocalSystem(Strict):
