@@ -12,9 +12,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from slmforge.contract import manifest
 from slmforge.contract.params import make, param
+from slmforge.errors import InvalidInput
 from slmforge.steps._cli import run_step
 
 STEP = "evaluate"
@@ -31,6 +33,10 @@ class Params:
     label: str = param("model", help="name shown in the report (base, merged, onnx)")
     max_samples: int = param(200, ge=1, help="eval rows to answer")
     max_new_tokens: int = param(8, ge=1, help="tokens generated per answer")
+    evaluator: str | None = param(None, asset="uri_file", help="JSON: the recipe's evaluator (Olive's metrics "
+                                  "with sub_types and goals), computed besides the built-in figures")
+    baseline: str | None = param(None, asset="uri_folder", help="the input model's metrics folder, which "
+                                 "relative goals are measured from")
     metrics: str = param(asset="uri_folder", output=True, help="metrics folder to write")
 
 
@@ -47,6 +53,13 @@ def run(**given) -> dict:
     backend = evaluation.load_backend(model, model_id)
     result = evaluation.evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
                                  label=label, model_dir=model)
+    if p.evaluator:
+        from slmforge.models import olive_metrics
+
+        spec = _read_json(Path(p.evaluator))
+        base = _read_json(Path(p.baseline) / METRICS_FILE).get("evaluator") if p.baseline else None
+        result["evaluator"] = olive_metrics.run_spec(spec, backend, rows, template, result,
+                                                     max_new_tokens=max_new_tokens, baseline=base)
     with manifest.atomic_output(metrics) as tmp:
         (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         libraries = ("onnxruntime-genai", "onnxruntime") if model and is_onnx_folder(model) else ("torch", "transformers")
@@ -54,11 +67,23 @@ def run(**given) -> dict:
             tmp, step=STEP,
             params={"label": label, "max_samples": max_samples, "max_new_tokens": max_new_tokens,
                     "model_id": model_id, "text_template": template.text},
-            inputs={"model": model, "dataset": dataset},
+            inputs={"model": model, "dataset": dataset, "evaluator": p.evaluator, "baseline": p.baseline},
             metrics=result, seconds=time.perf_counter() - started, libraries=libraries,
         )
     print(evaluation.format_table(result))
     return result
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: expected a JSON object")
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:
