@@ -8,12 +8,13 @@ import json
 from pathlib import Path
 
 import pytest
-from local_pipeline import cli, run_slmforge, write_recipe
 
 from slmforge.errors import InvalidInput
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
 from slmforge.registry.rules import version_tags
+
+from local_pipeline import cli, run_slmforge, write_recipe
 
 EVALUATOR = {"metrics": [
     {"name": "acc", "type": "accuracy", "data_config": "tones", "sub_types": [
@@ -216,6 +217,9 @@ def test_published_shapes_are_read_as_olive_reads_them(tmp_path):
     graph = build_graph(load_recipe(path))
     assert "evaluate_base" in graph.names()  # the relative goal needs the input model's latency
     assert graph.step("evaluate_merged").inputs["baseline"].value == "evaluate_base"
+    inline = {"name": "inline_eval", "metrics": [dict(latency, data_config="a")]}
+    spec = build_graph(load_recipe(_recipe(tmp_path, evaluator=inline))).step("evaluate_merged").inputs["evaluator"]
+    assert json.loads(spec.value)["name"] == "inline_eval"
     flat = dict(latency, io_bind=True)
     del flat["user_config"]
     loaded = load_recipe(_recipe(tmp_path, evaluators={"e": {"metrics": [flat]}}, evaluator="e"))
@@ -243,3 +247,15 @@ def test_classification_sub_types_follow_the_confusion_table():
     f1 = [2 * p * r / (p + r) for p, r in zip(precision, recall)]
     assert values == pytest.approx([5 / 8, sum(recall) / 3, sum(f1) / 3, sum(precision) / 3,
                                     (3 / 4 * 4 + 1 / 2 * 2 + 1 / 2 * 2) / 8, 5 / 7], abs=1e-6)
+
+
+def test_the_step_refuses_a_broken_evaluator_file_in_one_line_before_any_work(tmp_path, capsys):
+    from slmforge.steps import evaluate
+
+    spec = tmp_path / "evaluator.json"
+    spec.write_text(json.dumps({"name": "e", "metrics": [{"name": "l", "type": "latency", "sub_types": []}]}))
+    code = evaluate.main(["--dataset", str(tmp_path / "no-such-folder"), "--metrics", str(tmp_path / "m"),
+                          "--evaluator", str(spec)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{spec}: metrics[0].latency needs warmup_num, repeat_test_num, sleep_num" in err

@@ -13,7 +13,8 @@ scores generated answers, so each Olive type reads the evaluation it already has
 - latency: milliseconds per request, each row answered on its own (`generate`), after `warmup_num`
   untimed requests, over `repeat_test_num` timed ones (Olive's metric_config, defaults 10 and 20;
   rows are taken in turn), `sleep_num` seconds apart.
-- throughput: tokens per second of those same requests: `avg` is all their tokens over all their
+- throughput: tokens per second of those same requests (one set of timed requests serves every
+  latency and throughput metric; the first such metric's metric_config sets it): `avg` is all their tokens over all their
   time; `min`/`max` the slowest and fastest request; `pNN` the rate of the request at latency pNN,
   as Olive derives throughput from latency.
 
@@ -44,6 +45,26 @@ LATENCY_DEFAULTS = {"warmup_num": 10, "repeat_test_num": 20, "sleep_num": 0}
 def higher_is_better(metric_type: str, sub_type: str) -> bool:
     """slmforge's default direction of a sub-type (Olive's, except perplexity: lower is better)."""
     return not (metric_type == "latency" or sub_type == "perplexity")
+
+
+def check_spec(spec: Any, where: str) -> None:
+    """An --evaluator file as recipe/evaluators.py writes it; InvalidInput naming what is wrong."""
+    from slmforge.errors import InvalidInput
+
+    metrics = spec.get("metrics") if isinstance(spec, dict) else None
+    if not isinstance(metrics, list) or not isinstance(spec.get("name"), str):
+        raise InvalidInput(f"{where}: expected {{name, metrics: [...]}}")
+    for i, m in enumerate(metrics):
+        subs = m.get("sub_types") if isinstance(m, dict) else None
+        if m.get("type") not in SUB_TYPES or not isinstance(subs, list) or not isinstance(m.get("name"), str):
+            raise InvalidInput(f"{where}: metrics[{i}] needs a name, a type ({', '.join(SUB_TYPES)}) and sub_types")
+        if m["type"] in UNITS and set(m.get("latency") or {}) != set(LATENCY_DEFAULTS):
+            raise InvalidInput(f"{where}: metrics[{i}].latency needs {', '.join(LATENCY_DEFAULTS)}")
+        for j, s in enumerate(subs):
+            if not isinstance(s, dict) or s.get("name") not in SUB_TYPES[m["type"]] or \
+                    not isinstance(s.get("higher_is_better"), bool) or "priority" not in s:
+                raise InvalidInput(f"{where}: metrics[{i}].sub_types[{j}] needs a {m['type']} sub-type name, "
+                                   "priority and higher_is_better")
 
 
 def needs_requests(spec: dict[str, Any] | None) -> bool:
@@ -190,6 +211,8 @@ def score(spec: dict[str, Any], result: dict[str, Any], timed: list[tuple[float,
                     value >= target if sub["higher_is_better"] else value <= target)
                 entry["goal"] = {**goal, "target": None if target is None else round(target, 6), "met": met,
                                  **({"baseline": base} if goal["type"] != "threshold" else {})}
+                if met is None:
+                    entry["goal"]["why"] = "no value" if value is None else "no baseline (the input model's value)"
             subs.append(entry)
         metrics.append({"name": metric["name"], "type": metric["type"], "sub_types": subs,
                         **({"requests": len(timed)} if metric["type"] in UNITS and timed else {})})
@@ -200,7 +223,7 @@ def goal_text(goal: dict[str, Any] | None) -> str:
     """A goal as the report shows it: `threshold 0.5 -> met`."""
     if not goal:
         return "-"
-    verdict = {True: "met", False: "not met", None: "not judged (no baseline)"}[goal.get("met")]
+    verdict = {True: "met", False: "not met"}.get(goal.get("met"), f"not judged ({goal.get('why')})")
     target = f" (target {goal['target']:g})" if goal.get("target") is not None and goal["type"] != "threshold" else ""
     return f"{goal['type']} {goal['value']:g}{target}: {verdict}"
 

@@ -3,7 +3,8 @@
 Reads a load_data folder: eval_rows.jsonl (raw held-out rows; accuracy by greedy generation of
 the template's answer), eval.jsonl (tokenized; perplexity over its labelled tokens) and the
 template from its manifest. Writes metrics.json (the agreed shape: label, accuracy, n, confusion,
-perplexity, tokens_per_second, size_bytes, model_kind) and slmforge.json.
+perplexity, tokens_per_second, size_bytes, model_kind; with --evaluator also `evaluator`, the
+recipe's Olive metrics with their sub-types and goals: models/olive_metrics.py) and slmforge.json.
 """
 
 from __future__ import annotations
@@ -49,15 +50,18 @@ def run(**given) -> dict:
     from slmforge.models.model_folder import is_onnx_folder
 
     started = time.perf_counter()
+    spec = base = None
+    if p.evaluator:  # checked before any work
+        from slmforge.models import olive_metrics
+
+        spec = _read_json(Path(p.evaluator))
+        olive_metrics.check_spec(spec, p.evaluator)
+        base = _read_json(Path(p.baseline) / METRICS_FILE).get("evaluator") if p.baseline else None
     rows, examples_raw, template = evaluation.read_dataset_folder(dataset, max_samples)
     backend = evaluation.load_backend(model, model_id)
     result = evaluation.evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
                                  label=label, model_dir=model)
-    if p.evaluator:
-        from slmforge.models import olive_metrics
-
-        spec = _read_json(Path(p.evaluator))
-        base = _read_json(Path(p.baseline) / METRICS_FILE).get("evaluator") if p.baseline else None
+    if spec is not None:
         result["evaluator"] = olive_metrics.run_spec(spec, backend, rows, template, result,
                                                      max_new_tokens=max_new_tokens, baseline=base)
     with manifest.atomic_output(metrics) as tmp:

@@ -161,6 +161,11 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
         last = scored[-1][1]
         majority = f", majority class {last['majority_baseline']:.3f}" if last.get("majority_baseline") is not None else ""
         rows.append(("accuracy", f"{chain} on {last.get('n')} held-out rows{majority}"))
+    goals = [s["goal"]["met"] for m in evals.values() for metric in (m.get("evaluator") or {}).get("metrics", [])
+             for s in metric["sub_types"] if s.get("goal")]
+    if goals:
+        rows.append(("goals", f"{goals.count(True)} met, {goals.count(False)} not met, "
+                              f"{goals.count(None)} not judged (report.md; a goal never fails a run)"))
     merged, onnx = evals.get("merged"), evals.get("onnx")
     if merged and onnx and merged.get("size_bytes") and onnx.get("size_bytes"):
         rows.append(("size", f"{fmt_size(merged['size_bytes'])} (PyTorch fp32) -> {fmt_size(onnx['size_bytes'])} (ONNX)"))
