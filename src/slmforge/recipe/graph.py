@@ -141,7 +141,8 @@ def _data_config(recipe: Recipe, name: str | None) -> DataConfig | None:
 def _eval_data_name(loaded: LoadedRecipe, pass_name: str, finetune_eval: str | None,
                     evaluate_name: str | None) -> str | None:
     if finetune_eval and evaluate_name and finetune_eval != evaluate_name:
-        raise InvalidInput(f"{loaded.path}: evaluate.data_config '{evaluate_name}' and "
+        raise InvalidInput(f"{loaded.path}: the evaluation's data config '{evaluate_name}' (evaluate.data_config or "
+                           "the evaluator's metrics) and "
                            f"{loaded.where('passes', pass_name, 'eval_data_config')} '{finetune_eval}' name different data configs; slmforge evaluates "
                            "on one held-out set: name the same one, or leave one out")
     return evaluate_name or finetune_eval
@@ -303,13 +304,13 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
 
 
 def _evaluate(name: str, inputs: dict[str, Ref], params: dict[str, Scalar], recipe: Recipe,
-              before: list[Step] = ()) -> Step:
+              before: list[Step] | None = None) -> Step:
     inputs = dict(inputs)
     inputs["dataset"] = Ref("step", "load_data", "dataset")
     spec = evaluators.step_spec(recipe)
     if spec is not None:
         inputs["evaluator"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "evaluator.json")
-        if evaluators.has_relative_goals(recipe) and any(s.name == "evaluate_base" for s in before):
+        if evaluators.has_relative_goals(recipe) and any(s.name == "evaluate_base" for s in before or []):
             inputs["baseline"] = Ref("step", "evaluate_base", "metrics")  # what relative goals are measured from
     params = dict(params)
     params.update(label=name.removeprefix("evaluate_"), max_samples=recipe.evaluate.max_samples,
