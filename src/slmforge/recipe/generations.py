@@ -37,7 +37,6 @@ class Alias:
 ENGINE_KEYS = tuple(Engine.model_fields)
 # Olive's engine keys slmforge does not run yet, and why (at the top level or in `engine`).
 ENGINE_UNSUPPORTED = {
-    "evaluator": "use the 'evaluate' block",
     "packaging_config": "use the 'register' block",
     "cache_config": "slmforge's cache is content-addressed under cache_dir",
     "clean_evaluation_cache": "use clean_cache",
@@ -98,7 +97,6 @@ _LYCORIS_WHY = "a LyCORIS option slmforge does not pass on yet"
 # (section, pass/system type or None for any, canonical key) -> why slmforge refuses it for now.
 UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
     **{("recipe", None, k): why for k, why in {
-        "evaluators": "slmforge evaluates accuracy, size and speed itself; see the 'evaluate' block",
         "workflow_id": "slmforge names runs by output_dir",
         "data_root": "paths resolve relative to the recipe file",
         "auto_optimizer_config": "slmforge runs the passes the recipe names, no search",

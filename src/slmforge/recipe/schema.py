@@ -21,6 +21,7 @@ from slmforge.recipe.azure import (  # noqa: F401 - re-exported
 )
 from slmforge.recipe.base import Strict
 from slmforge.recipe.data_config import DataConfig, LoadDatasetConfig, PreProcessConfig  # noqa: F401
+from slmforge.recipe.evaluators import Evaluator, EvaluatorRef
 from slmforge.recipe.passes import (  # noqa: F401 - re-exported
     FINETUNE_PASSES,
     FinetunePass,
@@ -138,6 +139,8 @@ class Engine(Strict):
     output_dir: str = Field("out", min_length=1)
     evaluate_input_model: bool = False
     clean_cache: bool = False
+    evaluator: EvaluatorRef | None = Field(None, description="the evaluator (a name in 'evaluators', or inline) "
+                                              "whose metrics every evaluate step computes")
 
 
 
@@ -170,5 +173,6 @@ class Recipe(Strict):
     systems: dict[str, System] = Field(default_factory=dict)
     passes: dict[str, Pass] = Field(default_factory=dict)
     engine: Engine = Field(default_factory=Engine)
+    evaluators: dict[str, Evaluator] = Field(default_factory=dict, description="Olive's evaluators by name")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")
