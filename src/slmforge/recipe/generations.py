@@ -10,13 +10,13 @@ Every alias fact lives in `ALIASES`; Olive keys slmforge does not run yet live i
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
-from slmforge.recipe.base import NOT_SUPPORTED
+from slmforge.recipe.base import NOT_SUPPORTED, did_you_mean, dotted  # noqa: F401 - re-exported
+from slmforge.recipe.olive_layout import data_configs_by_name, engine_defaults, fold_chain, inline_systems, pass_flows
 from slmforge.recipe.olive_passes import REFUSED as REFUSED_PASS_TYPES
-from slmforge.recipe.olive_passes import canonical_type, fold_export_chain
+from slmforge.recipe.olive_passes import canonical_type
 from slmforge.recipe.olive_passes import known_types as known_pass_types
 from slmforge.recipe.schema import Engine
 
@@ -147,7 +147,6 @@ IGNORED: dict[tuple[str, str | None, str | Path], str] = {
     **{("pass", t, k): "slmforge places the model itself (CPU, or the one GPU)" for t in _LORA_FAMILY
        for k in ("device_map", "ephemeral_gpu_offload")},
 }
-PASS_FLOWS_WHY = "slmforge runs one flow per recipe: write one recipe per flow"
 
 
 @dataclass
@@ -173,13 +172,6 @@ class Normalised:
         return cpath
 
 
-def dotted(path: Path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
 def _key(dest: Path) -> str | Path:
     return dest[0] if len(dest) == 1 else dest
 
@@ -188,20 +180,20 @@ def normalise(raw: dict[str, Any]) -> Normalised:
     """Rewrite any generation's recipe into the canonical shape; problems are reported, not raised."""
     out = Normalised({})
     out.data = _section(raw, "recipe", None, (), (), out)
-    _engine_defaults(out)
+    engine_defaults(out)
     model = out.data.get("input_model")
     if isinstance(model, dict):
         section = "PyTorchModel" if model.get("type") == "PyTorchModel" else "input_model"
         out.data["input_model"] = _section(model, section, None, out.raw_path(("input_model",)), ("input_model",), out)
         if model.get("type") in RENAMED_TYPES:
             out.data["input_model"]["type"] = RENAMED_TYPES[model["type"]]
-    _data_configs_by_name(out)
+    data_configs_by_name(out)
     if isinstance(out.data.get("data_configs"), list):
         out.data["data_configs"] = [
             _section(dc, "data_config", None, out.raw_path(("data_configs", i)), ("data_configs", i), out)
             if isinstance(dc, dict) else dc for i, dc in enumerate(out.data["data_configs"])]
-    _inline_systems(out)
-    _pass_flows(out)
+    inline_systems(out)
+    pass_flows(out)
     for name, section, refused in (("systems", "system", UNSUPPORTED_SYSTEM_TYPES),
                                    ("passes", "pass", REFUSED_PASS_TYPES)):
         block = out.data.get(name)
@@ -227,88 +219,8 @@ def normalise(raw: dict[str, Any]) -> Normalised:
             if kind:
                 kept[key]["type"] = kind
         out.data[name] = kept
-    _fold_chain(out)
+    fold_chain(out)
     return out
-
-
-def _engine_defaults(out: Normalised) -> None:
-    """`"output_dir": null` and friends: Olive reads a null engine key as its default."""
-    engine = out.data.get("engine")
-    if isinstance(engine, dict):
-        for key in [k for k, v in engine.items() if v is None and k in ENGINE_KEYS]:
-            del engine[key]
-
-
-def _data_configs_by_name(out: Normalised) -> None:
-    """Olive 0.4/0.5 keyed `data_configs` by name: today's list, each entry named by its key."""
-    configs = out.data.get("data_configs")
-    if not isinstance(configs, dict):
-        return
-    listed = []
-    for i, (key, dc) in enumerate(configs.items()):
-        out.origin[("data_configs", i)] = ("data_configs", key)
-        if isinstance(dc, dict):
-            dc = dict(dc)
-            if dc.get("name", key) != key:  # Olive < 0.6 refers to a data config by its key
-                out.notes.append(f"data_configs.{key}.name: ignored: '{dc['name']}'; passes refer to it as '{key}'")
-            dc["name"] = key
-        listed.append(dc)
-    out.data["data_configs"] = listed
-
-
-def _inline_systems(out: Normalised) -> None:
-    """Olive 0.4/0.5 could write a system object as engine.host/target: it joins `systems` by a name."""
-    engine = out.data.get("engine")
-    if not isinstance(engine, dict):
-        return
-    systems = out.data.setdefault("systems", {})
-    if not isinstance(systems, dict):
-        return
-    for role in ("host", "target"):
-        system = engine.get(role)
-        if isinstance(system, dict):
-            name = f"{role}_system"
-            while name in systems:
-                name = "_" + name
-            systems[name] = system
-            out.origin[("systems", name)] = out.raw_path(("engine", role))
-            engine[role] = name
-
-
-def _pass_flows(out: Normalised) -> None:
-    """`pass_flows` with one flow runs those passes in that order, as Olive does; several are refused."""
-    flows = out.data.pop("pass_flows", None)
-    passes = out.data.get("passes")
-    if flows is None or not isinstance(passes, dict):
-        return
-    where = out.raw_path(("pass_flows",))
-    if not (isinstance(flows, list) and all(isinstance(f, list) for f in flows)):
-        out.problems.append((where, "must be a list of lists of pass names"))
-    elif len(flows) != 1:
-        out.problems.append((where, f"{len(flows)} flows: {PASS_FLOWS_WHY}"))
-    elif unknown := [n for n in flows[0] if n not in passes]:
-        out.problems.append((where, f"no pass named '{unknown[0]}'{did_you_mean(str(unknown[0]), list(passes))}"))
-    else:
-        left = [n for n in passes if n not in flows[0]]
-        out.data["passes"] = {n: passes[n] for n in flows[0]}
-        if left:
-            out.notes.append(f"{dotted(where)}: passes {', '.join(left)} are not in the flow and do not run (as in Olive)")
-
-
-def _fold_chain(out: Normalised) -> None:
-    passes = out.data.get("passes")
-    if not isinstance(passes, dict):
-        return
-    folded, note, problems = fold_export_chain(passes)
-    out.data["passes"] = folded
-    if note:
-        out.notes.append(note)
-    out.problems.extend((("passes",) + tuple(p.split(": ", 1)[0].split(".")), p.split(": ", 1)[1]) for p in problems)
-    for name, p in folded.items():
-        if isinstance(p, dict) and p.pop("metadata_only", False):
-            out.problems.append((out.raw_path(("passes", name, "metadata_only")),
-                                 "writes only genai_config.json for an ONNX model an export chain made before it "
-                                 "(OnnxConversion ...), and this recipe has none; leave metadata_only out"))
 
 
 def _section(node: dict, section: str, kind: str | None, rbase: Path, cbase: Path, out: Normalised) -> dict:
@@ -374,11 +286,6 @@ def old_spellings(cparent: Path) -> list[str]:
     level_of = {a.old: a.new for a in aliases if a.level}
     names += [a.old[-1] for a in aliases if a.level and (level_of.get(a.old[:-1]) if a.old[:-1] else ()) == rel]
     return list(dict.fromkeys(names))
-
-
-def did_you_mean(key: str, known: list[str]) -> str:
-    match = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
-    return f"; did you mean '{match[0]}'?" if match else ""
 
 
 def canonical_name(name: str) -> str:
