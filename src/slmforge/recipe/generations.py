@@ -39,19 +39,22 @@ ENGINE_KEYS = tuple(Engine.model_fields)
 ENGINE_UNSUPPORTED = {
     "packaging_config": "use the 'register' block",
     "cache_config": "slmforge's cache is content-addressed under cache_dir",
-    "clean_evaluation_cache": "use clean_cache",
+}
+# Olive's engine keys about logs, names and search plots: accepted, and named by `validate` as ignored.
+ENGINE_IGNORED = {
+    "clean_evaluation_cache": "evaluations are cached by content like every step (clean_cache clears all)",
     "output_name": "the final model is always output_dir/model",
-    "plot_pareto_frontier": "slmforge runs no search",
+    "plot_pareto_frontier": "slmforge runs no search, so there is no frontier to plot",
     "log_to_file": "every step always logs to output_dir/logs",
-    "ort_log_severity_level": "not wired to onnxruntime's logger",
-    "ort_py_log_severity_level": "not wired to onnxruntime's logger",
+    "ort_log_severity_level": "onnxruntime's own log level is left at its default",
+    "ort_py_log_severity_level": "onnxruntime's own log level is left at its default",
 }
 _COOKBOOK = "the Cookbook and Olive < 0.7"
 
 ALIASES: tuple[Alias, ...] = (
     Alias("recipe", ("engine",), ("engine",), "", level=True),
     *(Alias("recipe", (k,), ("engine", k), "Olive 0.7+: engine keys at the top level")
-      for k in ENGINE_KEYS + tuple(ENGINE_UNSUPPORTED)),
+      for k in ENGINE_KEYS + tuple(ENGINE_UNSUPPORTED) + tuple(ENGINE_IGNORED)),
     Alias("input_model", ("config",), (), _COOKBOOK, level=True),
     Alias("PyTorchModel", ("config",), (), _COOKBOOK, level=True),
     Alias("PyTorchModel", ("config", "hf_config"), (), _COOKBOOK, level=True),
@@ -137,6 +140,7 @@ _EXPORT_ONLY = "the ONNX exporter's; slmforge's ModelBuilder step derives the gr
 # Valid Olive keys that mean nothing to slmforge: accepted, and named in `validate`'s output with why.
 IGNORED: dict[tuple[str, str | None, str | Path], str] = {
     ("recipe", None, "no_artifacts"): "slmforge always writes the run's outputs under output_dir",
+    **{("recipe", None, ("engine", k)): why for k, why in ENGINE_IGNORED.items()},
     ("recipe", None, ("engine", "no_artifacts")): "slmforge always writes the run's outputs under output_dir",
     **{("input_model", None, k): _EXPORT_ONLY for k in ("io_config", "dummy_inputs_func", "model_script",
                                                         "model_loader")},
