@@ -142,7 +142,7 @@ MISTAKES = [
      f"{LORA}.lora_dropuot: unknown key 'lora_dropuot'; did you mean 'lora_dropout'?"),
     ("data params typo", _rename("data_configs.0.load_dataset_config.params.data_files", "data_file"),
      "data_configs[0].load_dataset_config.params.data_file: unknown key 'data_file'; did you mean 'data_files'?"),
-    ("unknown pass type", _set("passes.lora.type", "LoRa"), "passes.lora: unknown type 'LoRa'"),
+    ("unknown pass type", _set("passes.lora.type", "LoRAX"), "passes.lora.type: unknown pass type 'LoRAX'; did you mean 'LoRA'?"),
     ("dropout out of range", _set(f"{LORA}.lora_dropout", 1.5), f"{LORA}.lora_dropout: Input should be less than 1"),
     ("learning rate zero", _set(f"{LORA}.training_args.learning_rate", 0),
      f"{LORA}.training_args.learning_rate: Input should be greater than 0"),

@@ -206,10 +206,6 @@ MISTAKES = [
      f"{PRE}: chat_template renders whole conversations (the 'messages' column): give it without text_template"),
     ("random_seed", _pre(random_seed=1), f"{PRE}.random_seed: 'random_seed' {NOT_YET}"),
     ("add_special_tokens false", _pre(add_special_tokens=False), f"{PRE}.add_special_tokens: False {NOT_YET}"),
-    ("text_cols without a template", lambda r: r["data_configs"][0]["pre_process_data_config"].update(
-        text_cols=["phrase"], text_template=None) or r["data_configs"][0]["pre_process_data_config"].pop(
-        "text_template"), f"{PRE}: needs 'text_template' (a plain-text column without one, text_cols alone, "
-                          f"{NOT_YET}"),
     ("a placeholder the data lacks (no text_cols)", _pre(text_template="{phrase} is {tones}"),
      f"{PRE}.text_template: column 'tones' is not in tones.jsonl"),
     ("several data files", lambda r: r["data_configs"][0]["load_dataset_config"].update(
@@ -221,20 +217,16 @@ MISTAKES = [
     ("component_kwargs typo", lambda r: r["data_configs"][0].update(
         component_kwargs={"pre_proces_data": r["data_configs"][0].pop("pre_process_data_config")}),
      "data_configs[0].component_kwargs.pre_proces_data: unknown key 'pre_proces_data'; did you mean 'pre_process_data'?"),
-    ("component_kwargs post-processing", lambda r: r["data_configs"][0].update(
-        component_kwargs={"post_process_data": {}}),
-     f"data_configs[0].component_kwargs.post_process_data: 'post_process_data' {NOT_YET}"),
     ("r and lora_r", _lora(lora_r=8),
      "passes.lora.lora_r: 'lora_r' and passes.lora.r set the same 'r' (lora_r: the Cookbook and Olive < 0.8)"),
     ("lora_alpha typo", _lora(lora_alpah=8), "passes.lora.lora_alpah: unknown key 'lora_alpah'; did you mean 'lora_alpha'?"),
     ("training_args typo (flat pass)", lambda r: r["passes"]["lora"].update(training_arg=r["passes"]["lora"].pop(
         "training_args")), "passes.lora.training_arg: unknown key 'training_arg'; did you mean 'training_args'?"),
     ("modules_to_save", _lora(modules_to_save=["lm_head"]), f"passes.lora.modules_to_save: 'modules_to_save' {NOT_YET}"),
-    ("device_map", _lora(device_map="auto"), f"passes.lora.device_map: 'device_map' {NOT_YET}"),
     ("bfloat16 training", _lora(torch_dtype="bfloat16"),
      f"passes.lora.torch_dtype: 'bfloat16' {NOT_YET} (the fine-tune trains in float32; use 'float32' or 'fp32')"),
     ("LoftQ", lambda r: r["passes"]["lora"].update(type="LoftQ"),
-     f"passes.lora.type: pass type 'LoftQ' {NOT_YET} (LoftQ initialisation rewrites the base model's weights"),
+     f"passes.lora.type: pass type 'LoftQ' {NOT_YET}: it initialises LoRA by rewriting the base model's weights"),
     ("LoHa with lora_dropout", _family("LoHa", lora_dropout=0.1),
      "passes.lora: LoHa has no 'lora_dropout'; use 'rank_dropout' or 'module_dropout'"),
     ("LoKr decompose_factor 0", _family("LoKr", decompose_factor=0),
@@ -245,7 +237,7 @@ MISTAKES = [
      "passes.builder: the ONNX builder reads LoRA adapters only; put a MergeAdapterWeights pass between the "
      "LoKr pass 'lora' and ModelBuilder"),
     ("a builder key slmforge does not pass on", lambda r: r["passes"]["builder"].update(metadata_only=True),
-     f"passes.builder.metadata_only: 'metadata_only' {NOT_YET}"),
+     "passes.builder.metadata_only: writes only genai_config.json for an ONNX model an export chain made before it"),
     ("precision typo (flat pass)", lambda r: r["passes"]["builder"].update(precison="int4"),
      "passes.builder.precison: unknown key 'precison'; did you mean 'precision'?"),
     ("engine key twice", lambda r: r.update(engine={"output_dir": "elsewhere"}),

@@ -16,12 +16,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from local_pipeline import REPO, run_slmforge
 
 from slmforge.backends.local.runner import LocalRunner
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.loader import load_recipe
+
+from local_pipeline import REPO, run_slmforge
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
 

@@ -22,6 +22,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(graph_as_dict(graph), indent=2))
         return 0
     print(f"{loaded.path}: valid; {len(graph.steps)} steps")
+    for note in loaded.normalised.notes:  # what slmforge reads differently from Olive, and why
+        print(f"  note: {note}")
     for step in graph.steps:
         ins = ", ".join(f"{k}={r.describe()}" for k, r in step.inputs.items())
         print(f"  {step.name:<16} {step.component:<11} {ins}")

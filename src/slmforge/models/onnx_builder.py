@@ -40,7 +40,7 @@ _QUANTIZED = ("int4", "int8")
 # best accuracy kept on the real model within the size goal (bench/int4_options.py measures them all).
 # "auto" (slmforge's): a base whose weights already lie on a 4-bit grid is re-encoded without loss
 # (exact_quant.py); any other model is quantized with AUTO_METHOD.
-INT4_ALGOS = ("auto", "default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed")
+INT4_ALGOS = ("auto", "default", "rtn", "k_quant", "rtn_last", "k_quant_last", "k_quant_mixed", "k_quant_linear")
 DEFAULT_INT4_ALGO = "auto"
 AUTO_METHOD = "k_quant_mixed"
 

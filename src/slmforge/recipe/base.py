@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
@@ -24,3 +25,15 @@ def olive_choice(supported: tuple, olive_only: tuple, why: str) -> Callable[[Any
         return value
 
     return check
+
+
+def dotted(path: tuple) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def did_you_mean(key: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
+    return f"; did you mean '{match[0]}'?" if match else ""

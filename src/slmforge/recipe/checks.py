@@ -12,6 +12,7 @@ from typing import Iterator
 
 from slmforge.errors import InvalidInput
 from slmforge.models.model_folder import looks_like_local_path
+from slmforge.recipe.evaluators import check_evaluators
 from slmforge.recipe.limits import check_limits
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.passes import FINETUNE_PASSES
@@ -21,7 +22,7 @@ from slmforge.recipe.user_script import check_user_script
 
 def check_recipe(loaded: LoadedRecipe, *, check_files: bool = True) -> list[str]:
     problems: list[str] = []
-    for check in (_check_references, _check_passes, _check_secrets, _check_templates):
+    for check in (_check_references, check_evaluators, _check_passes, _check_secrets, _check_templates):
         problems.extend(check(loaded))
     if check_files:
         problems.extend(_check_model_path(loaded))

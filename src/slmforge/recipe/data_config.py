@@ -76,8 +76,11 @@ class PreProcessConfig(Strict):
                 self.loss_on = "completion"  # a chat row's completion: its assistant turns
             return self
         if self.text_template is None:
-            raise ValueError("needs 'text_template' (a plain-text column without one, text_cols alone, is "
-                             "not supported by slmforge yet: training needs the answer's place in the template)")
+            # Olive's text-generation default: the text columns ("text" unless named), joined by a space,
+            # learned whole. The template's last column is then the "answer" the evaluation continues.
+            cols = [self.text_cols] if isinstance(self.text_cols, str) else list(self.text_cols or ["text"])
+            self.text_template = " ".join("{" + c + "}" for c in cols)
+            self.text_cols = cols
         # One meaning, one value: Olive 0.13 without text_cols reads the template's placeholders.
         if isinstance(self.text_cols, str):
             self.text_cols = [self.text_cols]
@@ -161,7 +164,8 @@ class DataConfig(Strict):
     pre_process_data_config: Annotated[Union[Annotated[PreProcessConfig, Tag("own")],
                                              Annotated[UserPreProcess, Tag("user")]],
                                        _slmforge_or_user(("text_generation_huggingface_pre_process",
-                                                          "huggingface_pre_process"))]
+                                                          "huggingface_pre_process"))] = Field(
+        default_factory=PreProcessConfig, description="Olive's default: the 'text' column, learned whole")
 
     @property
     def user_components(self) -> dict[str, UserComponent]:

@@ -15,12 +15,12 @@ from typing import Literal, Union
 
 from slmforge.contract.files import json_digest
 from slmforge.errors import InvalidInput
-from slmforge.recipe.base import NOT_SUPPORTED
 from slmforge.models.model_folder import looks_like_local_path
+from slmforge.recipe import evaluators
+from slmforge.recipe.base import NOT_SUPPORTED
 from slmforge.recipe.checks import resolve_path
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.passes import FINETUNE_PASSES, dtype_name
-from slmforge.recipe.user_script import data_spec, script_path
 from slmforge.recipe.schema import (
     AzureMLRegistryModel,
     AzureMLSystem,
@@ -30,6 +30,7 @@ from slmforge.recipe.schema import (
     ModelBuilderPass,
     Recipe,
 )
+from slmforge.recipe.user_script import data_spec, script_path
 
 Scalar = Union[str, int, float, bool]
 
@@ -142,7 +143,8 @@ def _data_config(recipe: Recipe, name: str | None) -> DataConfig | None:
 def _eval_data_name(loaded: LoadedRecipe, pass_name: str, finetune_eval: str | None,
                     evaluate_name: str | None) -> str | None:
     if finetune_eval and evaluate_name and finetune_eval != evaluate_name:
-        raise InvalidInput(f"{loaded.path}: evaluate.data_config '{evaluate_name}' and "
+        raise InvalidInput(f"{loaded.path}: the evaluation's data config '{evaluate_name}' (evaluate.data_config or "
+                           "the evaluator's metrics) and "
                            f"{loaded.where('passes', pass_name, 'eval_data_config')} '{finetune_eval}' name different data configs; slmforge evaluates "
                            "on one held-out set: name the same one, or leave one out")
     return evaluate_name or finetune_eval
@@ -153,17 +155,18 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
     source = model_source(loaded)
     steps: list[Step] = []
     finetune = _finetune_pass(recipe)
+    evaluate_name = recipe.evaluate.data_config or evaluators.data_config_name(recipe)  # checks.py: one name
 
     # ---- load_data: trains on the fine-tune's data config; evaluates on evaluate.data_config or the
     # fine-tune's eval_data_config when one is named, else on a seeded split of the training rows.
     if finetune is not None:
         cfg = finetune[1]
         dc = _data_config(recipe, cfg.train_data_config)
-        eval_name = _eval_data_name(loaded, finetune[0], cfg.eval_data_config, recipe.evaluate.data_config)
+        eval_name = _eval_data_name(loaded, finetune[0], cfg.eval_data_config, evaluate_name)
         if eval_name == (dc.name if dc else None):
             eval_name = None
     else:
-        dc = _data_config(recipe, recipe.evaluate.data_config)
+        dc = _data_config(recipe, evaluate_name)
         eval_name = None
     if dc is not None:
         pre = dc.pre_process_data_config
@@ -218,7 +221,8 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
     adapter: Ref | None = None  # an adapter not merged yet
     trained_adapter: Ref | None = None  # set only for adapters the ONNX builder reads beside the base
 
-    if recipe.engine.evaluate_input_model and rows:
+    # Olive evaluates the input model when a goal is relative to it.
+    if (recipe.engine.evaluate_input_model or evaluators.has_relative_goals(recipe)) and rows:
         steps.append(_evaluate("evaluate_base", dict(base_inputs), dict(base_params), recipe))
 
     for pass_name, p in recipe.passes.items():
@@ -252,7 +256,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             adapter = None
             final = ("merge", "model")
             if rows:
-                steps.append(_evaluate("evaluate_merged", model_of("merge"), {}, recipe))
+                steps.append(_evaluate("evaluate_merged", model_of("merge"), {}, recipe, steps))
         elif isinstance(p, ModelBuilderPass):
             cfg = p
             inputs = dict(current_model[0])
@@ -287,7 +291,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             steps.append(Step("build_onnx", "build_onnx", inputs, params))
             final = ("build_onnx", "model")
             if rows:
-                steps.append(_evaluate("evaluate_onnx", model_of("build_onnx"), {}, recipe))
+                steps.append(_evaluate("evaluate_onnx", model_of("build_onnx"), {}, recipe, steps))
 
     if final is None:
         raise InvalidInput(f"{loaded.path}: passes: the recipe has no LoRA, QLoRA, MergeAdapterWeights or "
@@ -309,9 +313,15 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
     return StepGraph(steps=steps, final=final, recipe_digest=recipe_digest(loaded))
 
 
-def _evaluate(name: str, inputs: dict[str, Ref], params: dict[str, Scalar], recipe: Recipe) -> Step:
+def _evaluate(name: str, inputs: dict[str, Ref], params: dict[str, Scalar], recipe: Recipe,
+              before: list[Step] | None = None) -> Step:
     inputs = dict(inputs)
     inputs["dataset"] = Ref("step", "load_data", "dataset")
+    spec = evaluators.step_spec(recipe)
+    if spec is not None:
+        inputs["evaluator"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "evaluator.json")
+        if evaluators.has_relative_goals(recipe) and any(s.name == "evaluate_base" for s in before or []):
+            inputs["baseline"] = Ref("step", "evaluate_base", "metrics")  # what relative goals are measured from
     params = dict(params)
     params.update(label=name.removeprefix("evaluate_"), max_samples=recipe.evaluate.max_samples,
                   max_new_tokens=recipe.evaluate.max_new_tokens)
@@ -339,7 +349,8 @@ def _provider(recipe: Recipe) -> str:
 
 # Olive's ModelBuilder keys that slmforge passes to the builder as they are, under the builder's names.
 _BUILDER_KEYS = {"int4_op_types_to_quantize": "op_types_to_quantize", "int4_nodes_to_exclude": "nodes_to_exclude",
-                 "exclude_embeds": "exclude_embeds", "exclude_lm_head": "exclude_lm_head"}
+                 **{k: k for k in ("exclude_embeds", "exclude_lm_head", "use_qdq", "use_8bits_moe", "use_webgpu_fp32",
+                                   "use_cuda_bf16", "include_hidden_states", "enable_cuda_graph")}}
 
 
 def _builder_extra_options(loaded: LoadedRecipe, pass_name: str, cfg) -> dict[str, Scalar]:

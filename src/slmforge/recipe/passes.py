@@ -155,11 +155,19 @@ class ModelBuilderPass(Strict):
         DEFAULT_INT4_ALGO, description="int4 quantization method (builder algo_config); slmforge's default keeps the "
         "accuracy best on the measured real model (bench/results/int4_options.json)")
     int4_is_symmetric: bool = True
-    int4_op_types_to_quantize: list[Literal["MatMul", "Gather"]] | None = None
+    int4_op_types_to_quantize: list[str] | None = Field(
+        None, description="op types the builder quantizes (MatMul, Gather, ...; the builder checks the names)")
     int4_nodes_to_exclude: list[str] | None = None
     exclude_embeds: bool = False
     exclude_lm_head: bool = False
     extra_options: dict[str, str | int | float | bool] | None = None
+    # Builder switches Olive passes on as they are (graph._BUILDER_KEYS): the builder validates them.
+    use_qdq: bool | None = Field(None, description="QuantizeLinear/DequantizeLinear pairs instead of MatMulNBits")
+    use_8bits_moe: bool | None = Field(None, description="8-bit QMoE weights (mixture-of-experts models)")
+    use_webgpu_fp32: bool | None = Field(None, description="fp32 for WebGPU devices without fp16")
+    use_cuda_bf16: bool | None = Field(None, description="bf16 inputs and outputs for quantized models on CUDA")
+    include_hidden_states: bool | None = Field(None, description="the hidden states as an output of the model")
+    enable_cuda_graph: bool | None = Field(None, description="allow CUDA graph capture (CUDA execution provider)")
     max_accuracy_drop: float | None = Field(
         None, ge=0, le=1, description="slmforge: the largest accuracy loss on the eval rows, against the model "
         "the build came from, that the build may show; it replaces the default gates (answer agreement with the "

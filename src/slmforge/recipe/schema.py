@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from slmforge.recipe.azure import (  # noqa: F401 - re-exported
     AzureMLClient,
@@ -21,6 +21,7 @@ from slmforge.recipe.azure import (  # noqa: F401 - re-exported
 )
 from slmforge.recipe.base import Strict
 from slmforge.recipe.data_config import DataConfig, LoadDatasetConfig, PreProcessConfig  # noqa: F401
+from slmforge.recipe.evaluators import Evaluator, EvaluatorRef
 from slmforge.recipe.passes import (  # noqa: F401 - re-exported
     FINETUNE_PASSES,
     FinetunePass,
@@ -48,12 +49,19 @@ class HfModel(Strict):
 # --------------------------------------------------------------------------- systems
 
 
+def _lower_device(value: Any) -> Any:
+    """Olive lower-cases the device: "GPU" is "gpu"."""
+    return value.lower() if isinstance(value, str) else value
+
+
 class Accelerator(Strict):
     device: Literal["cpu", "gpu", "npu"] = "cpu"
     execution_providers: list[str] | None = None
 
+    _device = field_validator("device", mode="before")(_lower_device)
 
-AcceleratorSpec = Union[Literal["cpu", "gpu", "npu"], Accelerator]
+
+AcceleratorSpec = Union[Annotated[Literal["cpu", "gpu", "npu"], BeforeValidator(_lower_device)], Accelerator]
 
 
 class LocalSystem(Strict):
@@ -131,6 +139,8 @@ class Engine(Strict):
     output_dir: str = Field("out", min_length=1)
     evaluate_input_model: bool = False
     clean_cache: bool = False
+    evaluator: EvaluatorRef | None = Field(None, description="the evaluator (a name in 'evaluators', or inline) "
+                                              "whose metrics every evaluate step computes")
 
 
 
@@ -163,5 +173,6 @@ class Recipe(Strict):
     systems: dict[str, System] = Field(default_factory=dict)
     passes: dict[str, Pass] = Field(default_factory=dict)
     engine: Engine = Field(default_factory=Engine)
+    evaluators: dict[str, Evaluator] = Field(default_factory=dict, description="Olive's evaluators by name")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     register_: RegisterConfig = Field(default_factory=RegisterConfig, alias="register")

@@ -6,7 +6,8 @@ digit, at most 255 characters (so never a path separator). The local registry (M
 is `$SLMFORGE_HOME/registry.db`, SLMFORGE_HOME defaulting to ~/.slmforge.
 
 One tag scheme for both registries (local MLflow and Azure ML): `slmforge.*` for where a version
-came from, `metrics.*` for its last evaluation.
+came from, `metrics.*` for its last evaluation: its figures (`metrics.accuracy`), and the recipe's
+evaluator metrics under Olive's joint key `metrics.<metric>-<sub_type>` (`metrics.latency-avg`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def version_tags(metrics: dict[str, Any] | None, **origin: str | None) -> dict[s
     """A registered version's tags: `slmforge.<origin key>` for each given origin, `metrics.<key>` from metrics.json."""
     tags = {f"slmforge.{k}": str(v) for k, v in origin.items() if v is not None}
     tags.update({f"metrics.{k}": str(metrics[k]) for k in METRIC_TAGS if metrics and metrics.get(k) is not None})
+    for metric in ((metrics or {}).get("evaluator") or {}).get("metrics", []):
+        for sub in metric["sub_types"]:
+            if sub.get("value") is not None:
+                tags[f"metrics.{metric['name']}-{sub['name']}"] = str(sub["value"])
     return tags
 
 

@@ -3,7 +3,8 @@
 Reads a load_data folder: eval_rows.jsonl (raw held-out rows; accuracy by greedy generation of
 the template's answer), eval.jsonl (tokenized; perplexity over its labelled tokens) and the
 template from its manifest. Writes metrics.json (the agreed shape: label, accuracy, n, confusion,
-perplexity, tokens_per_second, size_bytes, model_kind) and slmforge.json.
+perplexity, tokens_per_second, size_bytes, model_kind; with --evaluator also `evaluator`, the
+recipe's Olive metrics with their sub-types and goals: models/olive_metrics.py) and slmforge.json.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from slmforge.contract import manifest
 from slmforge.contract.params import make, param
+from slmforge.errors import InvalidInput
 from slmforge.steps._cli import run_step
 
 STEP = "evaluate"
@@ -31,6 +34,10 @@ class Params:
     label: str = param("model", help="name shown in the report (base, merged, onnx)")
     max_samples: int = param(200, ge=1, help="eval rows to answer")
     max_new_tokens: int = param(8, ge=1, help="tokens generated per answer")
+    evaluator: str | None = param(None, asset="uri_file", help="JSON: the recipe's evaluator (Olive's metrics "
+                                  "with sub_types and goals), computed besides the built-in figures")
+    baseline: str | None = param(None, asset="uri_folder", help="the input model's metrics folder, which "
+                                 "relative goals are measured from")
     metrics: str = param(asset="uri_folder", output=True, help="metrics folder to write")
 
 
@@ -43,10 +50,20 @@ def run(**given) -> dict:
     from slmforge.models.model_folder import is_onnx_folder
 
     started = time.perf_counter()
+    spec = base = None
+    if p.evaluator:  # checked before any work
+        from slmforge.models import olive_metrics
+
+        spec = _read_json(Path(p.evaluator))
+        olive_metrics.check_spec(spec, p.evaluator)
+        base = _read_json(Path(p.baseline) / METRICS_FILE).get("evaluator") if p.baseline else None
     rows, examples_raw, template = evaluation.read_dataset_folder(dataset, max_samples)
     backend = evaluation.load_backend(model, model_id)
     result = evaluation.evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
                                  label=label, model_dir=model)
+    if spec is not None:
+        result["evaluator"] = olive_metrics.run_spec(spec, backend, rows, template, result,
+                                                     max_new_tokens=max_new_tokens, baseline=base)
     with manifest.atomic_output(metrics) as tmp:
         (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         libraries = ("onnxruntime-genai", "onnxruntime") if model and is_onnx_folder(model) else ("torch", "transformers")
@@ -54,11 +71,23 @@ def run(**given) -> dict:
             tmp, step=STEP,
             params={"label": label, "max_samples": max_samples, "max_new_tokens": max_new_tokens,
                     "model_id": model_id, "text_template": template.text},
-            inputs={"model": model, "dataset": dataset},
+            inputs={"model": model, "dataset": dataset, "evaluator": p.evaluator, "baseline": p.baseline},
             metrics=result, seconds=time.perf_counter() - started, libraries=libraries,
         )
     print(evaluation.format_table(result))
     return result
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: expected a JSON object")
+    return data
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,6 +89,25 @@ def predict_command(record: dict[str, Any]) -> str | None:
     return f"slmforge predict --model {shlex.quote(model['path'])} \"I can't wait for the weekend!\""
 
 
+def evaluator_table(evals: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The recipe's evaluator metrics: one row per model, metric and sub-type, with its goal judged."""
+    from slmforge.models.olive_metrics import goal_text
+
+    rows = []
+    for label, m in evals:
+        evaluator = m.get("evaluator") or {}
+        for metric in evaluator.get("metrics", []):
+            for sub in metric["sub_types"]:
+                unit = f" {sub['unit']}" if sub.get("unit") else ""
+                rows.append(f"| {label} | {metric['name']} ({metric['type']}) | {sub['name']} "
+                            f"| {_num(sub.get('value'), 4)}{unit} | {goal_text(sub.get('goal'))} |")
+    if not rows:
+        return []
+    name = next(m["evaluator"]["name"] for _, m in evals if m.get("evaluator"))
+    return ["", f"### Evaluator `{name}`", "", "Goals are reported, never fail the run (Olive ranks search "
+            "candidates by them).", "", "| model | metric | sub-type | value | goal |", "|---|---|---|---|---|", *rows]
+
+
 def render_markdown(record: dict[str, Any], has_plot: bool) -> str:
     lines = [f"# slmforge run: {record['status']}", "",
              f"- recipe: `{record['recipe']}` (digest `{record['recipe_digest'][:12]}`)",
@@ -113,6 +132,7 @@ def render_markdown(record: dict[str, Any], has_plot: bool) -> str:
         for label, m in evals:
             lines.append(f"| {label} | {_num(m.get('accuracy'))} | {_num(m.get('n'))} | {_num(m.get('perplexity'), 2)} "
                          f"| {_num(m.get('tokens_per_second'), 0)} | {fmt_size(m.get('size_bytes'))} |")
+        lines += evaluator_table(evals)
     if has_plot:
         lines += ["", "## Training loss", "", f"![training loss]({LOSS_PNG})"]
     command = predict_command(record)
@@ -141,6 +161,11 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
         last = scored[-1][1]
         majority = f", majority class {last['majority_baseline']:.3f}" if last.get("majority_baseline") is not None else ""
         rows.append(("accuracy", f"{chain} on {last.get('n')} held-out rows{majority}"))
+    goals = [s["goal"]["met"] for m in evals.values() for metric in (m.get("evaluator") or {}).get("metrics", [])
+             for s in metric["sub_types"] if s.get("goal")]
+    if goals:
+        rows.append(("goals", f"{goals.count(True)} met, {goals.count(False)} not met, "
+                              f"{goals.count(None)} not judged (report.md; a goal never fails a run)"))
     merged, onnx = evals.get("merged"), evals.get("onnx")
     if merged and onnx and merged.get("size_bytes") and onnx.get("size_bytes"):
         rows.append(("size", f"{fmt_size(merged['size_bytes'])} (PyTorch fp32) -> {fmt_size(onnx['size_bytes'])} (ONNX)"))

@@ -1,0 +1,141 @@
+"""Recipes in the shapes Olive has published since 0.4 (tests/recipes/olive-history/, written for
+slmforge after reading Olive's examples at v0.4.0-v0.9.x, microsoft/olive-recipes and the Phi-3
+Cookbook): every one validates to the step graph it means, and the fine-tuning ones run to a model
+on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from local_pipeline import run_slmforge
+from slmforge.cli import main
+from slmforge.recipe.graph import build_graph
+from slmforge.recipe.loader import load_recipe
+
+HISTORY = Path(__file__).parent / "recipes" / "olive-history"
+RECIPES = sorted(p.name for p in HISTORY.glob("*.json"))
+
+
+def _place(folder: Path, tiny_model_dir: Path, demo_data: Path) -> Path:
+    """The recipes beside what they name: model-cache/phi3-tiny and dataset/tones.jsonl."""
+    for name in RECIPES:
+        shutil.copy(HISTORY / name, folder / name)
+    shutil.copytree(tiny_model_dir, folder / "model-cache" / "phi3-tiny")
+    (folder / "dataset").mkdir()
+    shutil.copy(demo_data, folder / "dataset" / "tones.jsonl")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory, tiny_model_dir, demo_data) -> Path:
+    return _place(tmp_path_factory.mktemp("olive-history"), tiny_model_dir, demo_data)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_history_recipe_validates(history, capsys, name):
+    assert main(["validate", str(history / name)]) == 0, capsys.readouterr().err
+    assert "valid;" in capsys.readouterr().out
+
+
+def _steps(history: Path, name: str) -> dict:
+    graph = build_graph(load_recipe(history / name))
+    return {s.name: s for s in graph.steps}
+
+
+def test_olive_04_dict_data_configs_and_an_inline_target(history):
+    loaded = load_recipe(history / "olive04-dict-data-configs-inline-target.json")
+    assert [dc.name for dc in loaded.recipe.data_configs] == ["tones-train"]
+    assert loaded.recipe.engine.target in loaded.recipe.systems  # the inline system joined `systems`
+    assert loaded.recipe.systems[loaded.recipe.engine.target].accelerators == ["gpu"]  # "GPU", as Olive reads it
+    steps = _steps(history, "olive04-dict-data-configs-inline-target.json")
+    assert steps["finetune"].params["method"] == "qlora" and steps["finetune"].params["r"] == 8
+    assert steps["load_data"].params["corpus_strategy"] == "line-by-line"
+    assert any("model_class: ignored" in n for n in loaded.normalised.notes)
+
+
+def test_olive_05_refers_to_a_data_config_by_its_key(history):
+    loaded = load_recipe(history / "olive05-named-key-differs.json")
+    assert loaded.recipe.passes["lora"].train_data_config == "tones_train"
+    assert any("passes refer to it as 'tones_train'" in n for n in loaded.normalised.notes)
+
+
+def test_olive_06_pass_flows_run_the_one_flow_in_order(history):
+    steps = _steps(history, "olive06-params-levels-pass-flows.json")
+    assert [s for s in steps if s.startswith("build")] == ["build_onnx"]
+    assert steps["build_onnx"].params["precision"] == "fp32"  # the flow's builder, not builder_int8
+
+
+def test_lower_case_types_and_builder_switches(history):
+    steps = _steps(history, "olive09-flat-lowercase-builder-switches.json")
+    assert steps["finetune"].params["method"] == "dora"
+    build = steps["build_onnx"].params
+    assert build["int4_algo_config"] == "rtn"
+    assert "op_types_to_quantize=MatMul" in build["extra_options"]
+    assert "enable_cuda_graph" not in build.get("extra_options", "")  # false: the builder's default
+
+
+def test_the_export_chain_is_one_checked_builder_with_the_quantizers_settings(history):
+    loaded = load_recipe(history / "olive-recipes-export-chain-int4.json")
+    assert [p.type for p in loaded.recipe.passes.values()] == ["LoKr", "MergeAdapterWeights", "ModelBuilder"]
+    steps = _steps(history, "olive-recipes-export-chain-int4.json")
+    assert steps["build_onnx"].params["precision"] == "int4"
+    assert steps["build_onnx"].params["int4_block_size"] == 32
+    assert "merge" in steps  # a LoKr adapter is merged first: the builder reads LoRA beside the base only
+    [note] = [n for n in loaded.normalised.notes if "export chain" in n]
+    assert "OnnxConversion -> OrtTransformersOptimization -> OnnxMatMul4Quantizer -> ModelBuilder" in note
+
+
+def test_a_chain_quantizer_algorithm_without_a_counterpart_is_refused(history, capsys):
+    recipe = json.loads((history / "olive-recipes-export-chain-int4.json").read_text())
+    recipe["passes"]["q"]["algorithm"] = "GPTQ"
+    path = history / "chain-gptq.json"
+    path.write_text(json.dumps(recipe))
+    assert main(["validate", str(path)]) == 2
+    assert "q.algorithm: 'GPTQ' has no ModelBuilder counterpart" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind,why", [
+    ("GraphSurgeries", "rewrites the ONNX graph for a vendor execution provider"),
+    ("gptq", "quantizes the PyTorch model; slmforge quantizes in its checked ModelBuilder step"),
+    ("ExtractAdapters", "keeps the adapter as separate weights"),
+    ("OrtSessionParamsTuning", "tunes onnxruntime session options"),
+])
+def test_olive_passes_slmforge_does_not_run_are_refused_by_name(history, capsys, kind, why):
+    recipe = json.loads((history / "olive09-flat-lowercase-builder-switches.json").read_text())
+    recipe["passes"]["x"] = {"type": kind}
+    path = history / f"refused-{kind}.json"
+    path.write_text(json.dumps(recipe))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "passes.x.type: pass type" in err[0] and why in err[0], err
+
+
+def test_several_pass_flows_are_refused(history, capsys):
+    recipe = json.loads((history / "olive06-params-levels-pass-flows.json").read_text())
+    recipe["pass_flows"] = [["lora", "merge", "builder"], ["lora", "merge", "builder_int8"]]
+    path = history / "two-flows.json"
+    path.write_text(json.dumps(recipe))
+    assert main(["validate", str(path)]) == 2
+    assert "pass_flows: 2 flows: slmforge runs one flow per recipe" in capsys.readouterr().err
+
+
+FINETUNING = [n for n in RECIPES if any(
+    str(p.get("type", "")).lower() in ("lora", "qlora", "dora", "loha", "lokr")
+    for p in json.loads((HISTORY / n).read_text())["passes"].values())]
+
+
+@pytest.mark.parametrize("name", FINETUNING)
+def test_fine_tuning_history_recipes_run_to_a_model(history, tmp_path, name):
+    outcome = run_slmforge(history / name, tmp_path / "home")
+    assert outcome.rc == 0, outcome.stderr
+    final = outcome.out_dir / "model"
+    manifest = json.loads((final / "slmforge.json").read_text())
+    assert manifest["step"] in ("finetune", "merge", "build_onnx")
+    if manifest["step"] == "build_onnx":
+        assert (final / "genai_config.json").is_file()
+    else:
+        assert (final / "adapter_config.json").is_file()
