@@ -31,7 +31,13 @@ from pathlib import Path
 
 import datasets
 
+from olive.constants import Framework
 from olive.data.registry import Registry
+from olive.model import PyTorchModelHandler
+
+
+def dummy_inputs(model: PyTorchModelHandler, framework=Framework.PYTORCH):
+    """Published scripts import these names for their export helpers (examples/llama2/user_script.py)."""
 
 
 def _read(name):
@@ -295,3 +301,25 @@ def test_a_registered_pre_process_reads_the_data_file_as_olive_hands_it(tmp_path
     assert sorted(tok.decode(r["input_ids"], skip_special_tokens=True) for r in records) == \
         sorted(f"{i} phrase {t}" for i, t in zip(range(24), ["joy", "fear", "sadness", "surprise"] * 6))
     assert all(r["labels"] == r["input_ids"] for r in records)
+
+
+def test_olive_04_components_and_shared_params_reach_the_function_as_olive_passes_them(tmp_path, tiny_model_dir):
+    """Olive 0.4/0.5's shape (examples/open_llama at v0.4.0): `components.load_dataset.type`, the shared
+    `params_config` (its keys go to each function that takes them, as Olive's fill_in_params does: `batch_size`
+    is not the loader's) and `component_kwargs.load_dataset`."""
+    recipe = _recipe(tmp_path / "o", tiny_model_dir, REGISTERED, {})
+    raw = json.loads(recipe.read_text())
+    raw["data_configs"] = {"tones": {
+        "name": "tones", "type": "HuggingfaceContainer", "user_script": "user_script.py",
+        "components": {"load_dataset": {"type": "load_tone_rows"}},
+        "params_config": {"data_name": "rows.jsonl", "split": "train", "batch_size": 2, "component_kwargs": {
+            "load_dataset": {"language": "fr"},
+            "pre_process_data": {"text_template": TEMPLATE, "corpus_strategy": "line-by-line",
+                                 "source_max_len": 64}}}}}
+    recipe.write_text(json.dumps(raw))
+    argv, _, _ = _argv(recipe)
+    spec = json.loads(Path(argv[argv.index("--spec") + 1]).read_text())
+    assert spec["load_dataset"] == {"type": "load_tone_rows", "params": {
+        "data_name": "rows.jsonl", "split": "train", "language": "fr"}}
+    folder, _ = _load_data(recipe)
+    assert json.loads((folder / "slmforge.json").read_text())["metrics"]["rows"] == 8  # the 8 French rows

@@ -222,14 +222,21 @@ def _import(path: Path) -> Script:
     sys.modules[_MODULE] = module
     try:
         spec.loader.exec_module(module)
-    except ModuleNotFoundError as e:
+    except ImportError as e:
         if (e.name or "").split(".")[0] == "olive" and _stand_in():
-            raise InvalidInput(f"{_where(e, path)}: imports {e.name}, which slmforge's stand-in for Olive does not "
+            what = e.name if isinstance(e, ModuleNotFoundError) else f"{e.name}.{_missing_name(e)}"
+            raise InvalidInput(f"{_where(e, path)}: imports {what}, which slmforge's stand-in for Olive does not "
                                f"provide (it has {', '.join(_stand_in().PROVIDED)}); install Olive to use it") from None
         raise user_error(e, path, "importing it") from None
     except Exception as e:  # noqa: BLE001 - the user's code
         raise user_error(e, path, "importing it") from None
     return Script(path, module, sys.modules.get("olive.data.registry"))
+
+
+def _missing_name(error: ImportError) -> str:
+    """The name of `cannot import name 'X' from 'olive.model'`."""
+    text = str(error)
+    return text.split("'")[1] if text.count("'") >= 2 else "?"
 
 
 def _stand_in():

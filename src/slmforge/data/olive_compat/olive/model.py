@@ -21,3 +21,16 @@ class ONNXModelHandler(OliveModelHandler):
 
 class ModelConfig(_NotProvided):
     pass
+
+
+# Olive 0.4/0.5's names for the same handlers.
+class OliveModel(_NotProvided):
+    pass
+
+
+class PyTorchModel(OliveModel):
+    pass
+
+
+class ONNXModel(OliveModel):
+    pass
