@@ -242,6 +242,7 @@ def test_a_failure_in_user_code_is_one_line_naming_file_line_and_function(tmp_pa
      "data_configs[0].load_dataset_config: 'languge' is not a parameter of load_tone_rows(); did you mean "
      "'language'?"),
     ({**REGISTERED_CONFIG, "user_script": "nowhere.py"}, "data_configs[0].user_script: file 'nowhere.py' not found"),
+    ({**REGISTERED_CONFIG, "script_dir": "."}, "data_configs[0].script_dir: folder '.' holds the recipe's cache_dir"),
     ({**REGISTERED_CONFIG, "load_dataset_config": {"type": "dummy_dataset"}},
      "data_configs[0].load_dataset_config.type: 'dummy_dataset' (one of Olive's own load_dataset components) is "
      "not supported by slmforge yet"),
@@ -323,3 +324,19 @@ def test_olive_04_components_and_shared_params_reach_the_function_as_olive_passe
         "data_name": "rows.jsonl", "split": "train", "language": "fr"}}
     folder, _ = _load_data(recipe)
     assert json.loads((folder / "slmforge.json").read_text())["metrics"]["rows"] == 8  # the 8 French rows
+
+
+def test_script_dir_holds_the_script_and_its_helpers(tmp_path, tiny_model_dir):
+    """With script_dir, the script is found there and imports its neighbours (Olive puts script_dir on
+    sys.path); the folder is a step input, so it travels to Azure ML with the step."""
+    recipe = _recipe(tmp_path / "h", tiny_model_dir, "", {**REGISTERED_CONFIG, "script_dir": "scripts"})
+    (tmp_path / "h" / "user_script.py").unlink()
+    (tmp_path / "h" / "scripts").mkdir()
+    (tmp_path / "h" / "scripts" / "helpers.py").write_text("LANGUAGE = 'fr'\n")
+    (tmp_path / "h" / "scripts" / "user_script.py").write_text(
+        REGISTERED.replace('    rows = datasets', '    from helpers import LANGUAGE\n\n    language = LANGUAGE\n'
+                           '    rows = datasets').replace("Path(__file__).parent / name", "Path(__file__).parents[1] / name"))
+    argv, _, _ = _argv(recipe)
+    assert argv[argv.index("--script_dir") + 1] == str(tmp_path / "h" / "scripts")
+    folder, _ = _load_data(recipe)
+    assert json.loads((folder / "slmforge.json").read_text())["metrics"]["rows"] == 8  # French, from the helper

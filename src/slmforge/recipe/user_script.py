@@ -59,6 +59,15 @@ def check_user_script(loaded: LoadedRecipe, resolve: Callable[[LoadedRecipe, str
             yield (f"{loaded.where('data_configs', i, 'script_dir')}: folder '{dc.script_dir}' not found "
                    f"(looked at {resolve(loaded, dc.script_dir)})")
             continue
+        if dc.script_dir is not None:
+            folder = resolve(loaded, dc.script_dir)
+            engine = loaded.recipe.engine
+            inside = [k for k in ("cache_dir", "output_dir") if resolve(loaded, getattr(engine, k)).is_relative_to(folder)]
+            if inside:
+                yield (f"{loaded.where('data_configs', i, 'script_dir')}: folder '{dc.script_dir}' holds the recipe's "
+                       f"{inside[0]}; it travels with the step and is part of its cache key, so give a folder of "
+                       "scripts only")
+                continue
         if dc.user_script is None:
             for kind, c in comps.items():
                 yield (f"{loaded.where('data_configs', i, us.CONFIG_KEY[kind], 'type')}: '{c.type}' is not one of "
