@@ -102,8 +102,6 @@ UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
     ("data_config", None, "script_dir"): "slmforge runs no user code",
     **{("data_config", None, ("component_kwargs", k)): "only text-generation pre-processing is implemented"
        for k in ("load_dataset", "post_process_data", "dataloader")},
-    ("data_config", None, ("load_dataset_config", "trust_remote_code")): "only local files and datastores are read",
-    ("data_config", None, ("load_dataset_config", "subset")): "only local files and datastores are read",
     ("data_config", None, ("pre_process_data_config", "stride")): "only for join-sliding-window, not implemented",
     ("data_config", None, ("pre_process_data_config", "random_seed")): "only for the random strategies, "
                                                                      "not implemented",
