@@ -215,6 +215,24 @@ def test_recipe_keys(hub, tmp_path, tiny_model_dir):
     load_recipe(hub_recipe(tmp_path / "k", tiny_model_dir, trust_remote_code=False, revision="main",
                            col_filters={"lang": "en"}))
     assert "data_files with hub dataset 'acme/tones'" in problems(data_files="x.jsonl")
+    # Olive's huggingface_dataset reads split "validation" when none is named
+    with pytest.raises(InvalidInput, match=r"data_configs\[0\].load_dataset_config.data_name: hub dataset "
+                                           r"'acme/tones': no split 'validation' \(splits: train"):
+        from slmforge.recipe.graph import build_graph
+
+        recipe = hub_recipe(tmp_path / "k", tiny_model_dir)
+        raw = json.loads(recipe.read_text())
+        del raw["data_configs"][0]["load_dataset_config"]["split"]
+        recipe.write_text(json.dumps(raw))
+        build_graph(load_recipe(recipe))
+
+
+def test_validate_names_the_commit(hub, tmp_path, tiny_model_dir):
+    done = subprocess.run([sys.executable, "-m", "slmforge.cli", "validate", str(hub_recipe(tmp_path, tiny_model_dir))],
+                          capture_output=True, text=True, env=env_for(tmp_path / "home"), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"train rows: hub dataset acme/tones split train[:32] at commit {SHA1}" in done.stdout
+    assert f"eval rows: hub dataset acme/tones split train[32:40] at commit {SHA1}" in done.stdout
 
 
 @pytest.mark.parametrize("eval_split", ["train[32:40]", None])
@@ -229,3 +247,23 @@ def test_a_hub_recipe_runs_load_data_and_finetune(hub, tmp_path, tiny_model_dir,
     counts = (manifest["metrics"]["train_rows"], manifest["metrics"]["eval_rows"])
     assert counts == ((32, 8) if eval_split else (28, 4))
     assert (outcome.out_dir / "model" / "adapter_config.json").is_file()
+
+
+def test_azure_ml_compile_pins_the_commit_and_the_job_reads_the_token_from_key_vault(hub, tmp_path):
+    """On Azure ML the step gets the same hub_data file (uploaded beside the pipeline) with the commit
+    pinned at compile time; the node knows only the Key Vault's name, from which slmforge.secrets reads
+    the token for the download (as for a hub model)."""
+    from test_aml_compile import COOKBOOK_AML, compile_to, edited, rest_body
+
+    def to_hub(raw):
+        raw["data_configs"][0]["load_dataset_config"] = {"params": {"data_name": "acme/tones", "split": "train[:32]"}}
+
+    import shutil
+
+    shutil.copyfile(COOKBOOK_AML.parent / "conda.yaml", tmp_path / "conda.yaml")  # the recipe's docker config
+    _, job = compile_to(edited(tmp_path, COOKBOOK_AML, to_hub), tmp_path / "out")
+    node = rest_body(job)["jobs"]["load_data"]
+    assert "data" not in node["inputs"] and node["inputs"]["hub_data"]["job_input_type"] == "uri_file"
+    pinned = json.loads((tmp_path / "out" / "hub_data.json").read_text())
+    assert pinned == {"train": {"name": "acme/tones", "split": "train[:32]", "revision": SHA1}}
+    assert node["environment_variables"] == {"SLMFORGE_KEYVAULT": "kv-slmforge"}
