@@ -132,7 +132,8 @@ def test_subset_reads_the_readme_config(hub, tmp_path, spec, tiny_model_dir):
     out, m = load(tmp_path, spec, tiny_model_dir,
                   {"train": {"name": "acme/tones-subsets", "subset": "fr", "split": "train"},
                    "eval": {"name": "acme/tones-subsets", "subset": "en", "split": "test"}})
-    assert m["metrics"]["train_rows"] == len(fr) - 4 and m["inputs"]["data"]["files"] == ["fr/train-00000-of-00001.jsonl"]
+    assert m["metrics"]["train_rows"] == len(fr) - 4
+    assert m["inputs"]["data"]["files"] == ["fr/train-00000-of-00001.jsonl"]
     assert phrases(out / "eval_rows.jsonl") == [r["phrase"] for r in rows if r["lang"] == "en"][-4:]
     with pytest.raises(InvalidInput, match=r"hub dataset 'acme/tones-subsets' subset 'fr': no split 'test' "
                                            r"\(splits: train"):

@@ -194,22 +194,23 @@ def _csv_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
         raise InvalidInput(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
 
 
-def read_parquet(path: Path, *, schema_only: bool = False):
-    """The parquet table (or only its schema); a file pyarrow can't read is one line naming it."""
+def read_parquet(path: Path, *, schema_only: bool = False, columns: list[str] | None = None):
+    """The parquet table (or only its schema, or only `columns`); a file pyarrow can't read is one line naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_schema(path) if schema_only else pq.read_table(path)
+        return pq.read_schema(path) if schema_only else pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as e:
         raise InvalidInput(f"{path}: not a readable parquet file ({e})") from None
 
 
 def _parquet_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
-    table = read_parquet(path)
-    missing = [c for c in text_cols if c not in table.column_names]
+    names = read_parquet(path, schema_only=True).names
+    missing = [c for c in text_cols if c not in names]
     if missing:
-        raise InvalidInput(f"{path}: no column '{missing[0]}' (columns: {', '.join(table.column_names)})")
+        raise InvalidInput(f"{path}: no column '{missing[0]}' (columns: {', '.join(names)})")
+    table = read_parquet(path, columns=list(dict.fromkeys(text_cols)))  # a hub file may hold many more columns
     columns = {c: table.column(c).to_pylist() for c in text_cols}
     for i in range(table.num_rows):
         yield f"row {i + 1}", {c: columns[c][i] for c in text_cols}
