@@ -268,3 +268,36 @@ def test_azure_ml_compile_pins_the_commit_and_the_job_reads_the_token_from_key_v
     pinned = json.loads((tmp_path / "out" / "hub_data.json").read_text())
     assert pinned == {"train": {"name": "acme/tones", "split": "train[:32]", "revision": SHA1}}
     assert node["environment_variables"] == {"SLMFORGE_KEYVAULT": "kv-slmforge"}
+
+
+@pytest.mark.parametrize("listing, split, subset, chosen", [
+    # timdettmers/openassistant-guanaco: split names inside file names; "eval" is the Hub's test split
+    (["openassistant_best_replies_train.jsonl", "openassistant_best_replies_eval.jsonl", "README.md"], "test", None,
+     ("openassistant_best_replies_eval.jsonl",)),
+    # tatsu-lab/alpaca: data/train-*.parquet
+    (["data/train-00000-of-00001-a09b74b3ef9c3b56.parquet", ".gitattributes"], "train", None,
+     ("data/train-00000-of-00001-a09b74b3ef9c3b56.parquet",)),
+    # no split name anywhere: every data file is train
+    (["tiny_codes.jsonl", "more/codes.jsonl"], "train", None, ("more/codes.jsonl", "tiny_codes.jsonl")),
+    # the parquet conversion's <subset>/<split>/NNNN.parquet
+    (["wikitext-2-raw-v1/train/0000.parquet", "wikitext-2-raw-v1/test/0000.parquet", "other/train/0000.parquet"],
+     "train", "wikitext-2-raw-v1", ("wikitext-2-raw-v1/train/0000.parquet",)),
+])
+def test_files_are_chosen_by_the_hub_s_conventions(tmp_path, listing, split, subset, chosen):
+    from slmforge.data.hub_files import HubSource, choose_files
+
+    assert choose_files(HubSource("org/name", split, subset), tmp_path, listing, split) == chosen
+
+
+def test_the_dataset_card_s_configs_choose_the_files(tmp_path):
+    from slmforge.data.hub_files import HubSource, choose_files
+
+    (tmp_path / "README.md").write_text(
+        "---\nlicense: mit\nconfigs:\n- config_name: main\n  default: true\n  data_files: main/*.parquet\n"
+        "- config_name: extra\n  data_dir: x\n  data_files:\n    - split: train\n      path: 'tr/**'\n"
+        "    - split: validation\n      path: [va-1.csv, va-2.csv]\n---\n")
+    listing = ["main/a.parquet", "main/b.parquet", "x/tr/1/2.csv", "x/va-1.csv", "x/va-2.csv", "va-1.csv"]
+    assert choose_files(HubSource("o/n"), tmp_path, listing, "train") == ("main/a.parquet", "main/b.parquet")
+    assert choose_files(HubSource("o/n", subset="extra"), tmp_path, listing, "train") == ("x/tr/1/2.csv",)
+    assert choose_files(HubSource("o/n", subset="extra"), tmp_path, listing, "validation") == ("x/va-1.csv",
+                                                                                               "x/va-2.csv")
