@@ -111,8 +111,6 @@ UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
     ("data_config", None, "dataloader_config"): "batching is set by training_args",
     ("data_config", None, "user_script"): "slmforge runs no user code",
     ("data_config", None, "script_dir"): "slmforge runs no user code",
-    ("data_config", None, ("load_dataset_config", "trust_remote_code")): "only local files and datastores are read",
-    ("data_config", None, ("load_dataset_config", "subset")): "only local files and datastores are read",
     ("data_config", None, ("pre_process_data_config", "stride")): "only for join-sliding-window, not implemented",
     ("data_config", None, ("pre_process_data_config", "random_seed")): "only for the random strategies, "
                                                                      "not implemented",

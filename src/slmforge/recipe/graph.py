@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Literal, Union
 
 from slmforge.contract.files import json_digest
+from slmforge.data.hub import HubSource, locate
 from slmforge.errors import InvalidInput
 from slmforge.models.model_folder import looks_like_local_path
 from slmforge.recipe import evaluators
-from slmforge.recipe.checks import resolve_path
+from slmforge.recipe.checks import data_config_path, resolve_path
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.passes import FINETUNE_PASSES, dtype_name
 from slmforge.recipe.schema import (
@@ -122,6 +123,33 @@ def _data_ref(loaded: LoadedRecipe, dc: DataConfig) -> Ref:
     return Ref("uri", files.uri)
 
 
+def _bind_data(loaded: LoadedRecipe, dc: DataConfig, role: str, inputs: dict[str, Ref], params: dict[str, Scalar],
+               hub: dict[str, dict]) -> None:
+    """A data file becomes the `data`/`eval_data` input; a hub dataset an entry of hub_data, its commit pinned."""
+    ldc = dc.load_dataset_config
+    if ldc.is_hub:
+        hub["train" if role == "data" else "eval"] = hub_source(loaded, dc).to_json()
+        return
+    inputs[role] = _data_ref(loaded, dc)
+    params.setdefault("data_format", ldc.data_name)
+    if role == "data":
+        params["split"] = ldc.split
+
+
+def hub_source(loaded: LoadedRecipe, dc: DataConfig) -> HubSource:
+    """The data config's hub dataset with its revision resolved to a commit (the hub online, the hub cache
+    offline); unreachable, it is one line naming the data config and the cause."""
+    ldc = dc.load_dataset_config
+    # Olive's huggingface_dataset reads split "validation" when the recipe names none
+    split = ldc.split if "split" in ldc.model_fields_set else "validation"
+    wanted = HubSource(ldc.data_name, split, ldc.subset, ldc.data_dir, ldc.revision, ldc.col_filters)
+    where = data_config_path(loaded, loaded.recipe.data_configs.index(dc), "data_name")
+    try:
+        return locate(wanted).pinned()
+    except InvalidInput as e:
+        raise InvalidInput(f"{loaded.path}: {where}: {e}") from None
+
+
 DEFAULT_EVAL_SHARE = 0.1  # rows held out for the evaluate steps when the recipe names no eval data
 
 
@@ -170,11 +198,10 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         pre = dc.pre_process_data_config
         spec = pre.step_spec
         inputs, params = _model_inputs(source, "tokenizer")
-        inputs["data"] = _data_ref(loaded, dc)
+        hub: dict[str, dict] = {}
+        _bind_data(loaded, dc, "data", inputs, params, hub)
         inputs["spec"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "spec.json")
         params.update(
-            data_format=dc.load_dataset_config.data_name,
-            split=dc.load_dataset_config.split,
             corpus_strategy=pre.strategy,
             source_max_len=pre.max_seq_len,
             pad_to_max_len=pre.pad_to_max_len,
@@ -192,7 +219,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
                         f"{loaded.path}: data config '{eval_dc.name}' (evaluated on) must use the same "
                         f"pre-processing as '{dc.name}' (trained on)"
                     )
-                inputs["eval_data"] = _data_ref(loaded, eval_dc)
+                _bind_data(loaded, eval_dc, "eval_data", inputs, params, hub)
             else:  # Olive 0.13 has no eval_dataset_size: without eval data, hold out a seeded share to evaluate on
                 params["eval_dataset_size"] = (cfg.eval_dataset_size if cfg.eval_dataset_size is not None
                                                else DEFAULT_EVAL_SHARE)
@@ -200,6 +227,8 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         else:
             params["eval_dataset_size"] = 0.2
             params["data_seed"] = 42
+        if hub:  # the pinned commits are in the file, so a moved revision changes the step's cache key
+            inputs["hub_data"] = Ref("text", json.dumps(hub, indent=2, ensure_ascii=False), "hub_data.json")
         steps.append(Step("load_data", "load_data", inputs, params))
 
     def model_of(step: str) -> dict[str, Ref]:

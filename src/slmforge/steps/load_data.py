@@ -7,6 +7,9 @@ completion (the template's last placeholder and what follows it), then EOS. Toke
 apart makes the prompt/answer boundary exact (`loss_on: completion` masks exactly the prompt tokens)
 and matches what the model sees at inference, where it is given the prompt alone.
 
+Rows come from a data file (`--data`) or from Hugging Face Hub datasets (`--hub_data`, a JSON file naming
+the dataset, subset, split and the commit to read; data/hub.py).
+
 A spec of `{"chat": true}` reads chat rows instead (`{"messages": [...]}`, see chat_rows.py): rendered
 with the tokenizer's chat template, learned on the assistant turns (with loss_on `completion`), held
 out as plain prompt/answer rows with a template derived from the chat template.
@@ -30,7 +33,8 @@ from slmforge.contract import manifest
 from slmforge.contract.params import make, param
 from slmforge.data import IGNORE, chat_rows
 from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
-from slmforge.data.readers import read_rows
+from slmforge.data.hub import HubSource, input_record, locate, read_hub_rows, read_hub_spec
+from slmforge.data.readers import Rows, read_rows
 from slmforge.data.template import Template
 from slmforge.errors import InvalidInput
 from slmforge.steps._cli import run_step
@@ -55,8 +59,11 @@ class Sequences:
 class Params:
     """The load_data step's parameters: `components/load_data.yml`'s inputs and outputs."""
 
-    data: str = param(asset="uri_file", help="data file (local upload or azureml://datastores/<name>/paths/<path>)")
+    data: str | None = param(None, asset="uri_file",
+                             help="data file (local upload or azureml://datastores/<name>/paths/<path>); or hub_data")
     eval_data: str | None = param(None, asset="uri_file", help="separate eval file (else eval_dataset_size is split off)")
+    hub_data: str | None = param(None, asset="uri_file", help="JSON: Hugging Face Hub datasets read instead of data "
+                                 "and eval_data ({train: {name, split, subset, revision, col_filters}, eval: ...})")
     spec: str = param(asset="uri_file", help="JSON: {text_cols, text_template} or {chat: true}")
     tokenizer: str | None = param(None, asset="uri_folder", help="model folder whose tokenizer is used")
     model_id: str | None = param(None, help="hub id of the model, when no tokenizer folder is given")
@@ -94,21 +101,25 @@ def run(**given) -> dict:
         raise InvalidInput(f"tokenizer {tok_name} has no EOS token to end each example with")
     if chat:  # evaluation reads a conversation as a plain row: prompt, then the last assistant turn
         template, text_cols = Template(chat_rows.eval_template(tok)), ["prompt", "answer"]
+    hub = read_hub_spec(p.hub_data) if p.hub_data else {}
+    if (data is not None) == ("train" in hub):
+        raise InvalidInput("give the training rows as --data (a file) or as hub_data's 'train' (a hub dataset)")
+    if eval_data and "eval" in hub:
+        raise InvalidInput("give the eval rows as --eval_data or as hub_data's 'eval', not both")
+    if p.eval_dataset_size is not None and "eval" in hub:
+        raise InvalidInput("give either hub_data's 'eval' or eval_dataset_size, not both")
+    read = dict(text_cols=text_cols, max_samples=max_samples, chat=chat)
     with tempfile.TemporaryDirectory(prefix="slmforge-data-") as scratch:
-        data_file = _local_file(data, Path(scratch) / "data")
-        eval_file = _local_file(eval_data, Path(scratch) / "eval") if eval_data else None
-        train = read_rows(data_file, data_format, text_cols, split=split, max_samples=max_samples, chat=chat)
-        if eval_file is not None:
-            held_out = read_rows(eval_file, data_format, text_cols, max_samples=max_samples, chat=chat)
+        train, train_input = _read("data", data, hub.get("train"), Path(scratch), data_format, split, read)
+        inputs = {"data": train_input, "spec": {"path": str(spec), "digest": manifest.digest_path(spec)}}
+        held_out = None
+        if eval_data or "eval" in hub:
+            held_out, inputs["eval_data"] = _read("eval", eval_data, hub.get("eval"), Path(scratch), data_format,
+                                                  "train", read)
             train_rows, eval_rows = train.rows, held_out.rows
         else:
-            held_out = None
             prompt_of = (lambda r: chat_rows.eval_row(tok, r[chat_rows.COLUMN])["prompt"]) if chat else template.prompt
             train_rows, eval_rows = split_eval(train.rows, prompt_of, p.eval_dataset_size, p.data_seed)
-        inputs = {"data": {"path": data, "digest": manifest.digest_path(data_file)},
-                  "spec": {"path": str(spec), "digest": manifest.digest_path(spec)}}
-        if eval_file is not None:
-            inputs["eval_data"] = {"path": eval_data, "digest": manifest.digest_path(eval_file)}
 
     build = _join if corpus_strategy == "join" else _line_by_line
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -123,7 +134,7 @@ def run(**given) -> dict:
         if p.pad_to_max_len:
             _pad(seqs[name], source_max_len, pad_id)
     if not seqs["train"].records:
-        raise InvalidInput(f"{data}: no training example is left with a token to learn from "
+        raise InvalidInput(f"{data or hub['train'].label}: no training example is left with a token to learn from "
                            f"(source_max_len {source_max_len} cuts every completion off)")
 
     with manifest.atomic_output(dataset) as out:
@@ -181,6 +192,16 @@ def _read_spec(path: Path) -> tuple[list[str], Template | None]:
         raise InvalidInput(f"{path}: text_template placeholder '{{{unknown[0]}}}' is not in text_cols {cols}")
     template.answer_field  # noqa: B018 - raises when the template has no placeholder
     return cols, template
+
+
+def _read(role: str, path: str | None, hub: HubSource | None, scratch: Path, data_format: str, split: str,
+          read: dict) -> tuple[Rows, dict]:
+    """(rows, the manifest's input record) of a data file or a hub dataset."""
+    if hub is not None:
+        located = locate(hub, download=True)
+        return read_hub_rows(located, **read), input_record(located)
+    local = _local_file(path, scratch / role)
+    return read_rows(local, data_format, split=split, **read), {"path": path, "digest": manifest.digest_path(local)}
 
 
 def _local_file(source: str, scratch: Path) -> Path:
