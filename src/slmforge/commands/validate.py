@@ -27,6 +27,11 @@ def run(args: argparse.Namespace) -> int:
     for step in graph.steps:
         ins = ", ".join(f"{k}={r.describe()}" for k, r in step.inputs.items())
         print(f"  {step.name:<16} {step.component:<11} {ins}")
+        hub = step.inputs.get("hub_data")
+        for role, source in (json.loads(hub.value).items() if hub is not None and hub.kind == "text" else ()):
+            subset = f" subset {source['subset']}" if source.get("subset") else ""
+            print(f"  {'':<16} {role} rows: hub dataset {source['name']}{subset} split {source['split']} "
+                  f"at commit {source['revision']}")
     print(f"  final model: {graph.final[0]}.{graph.final[1]}")
     return 0
 

@@ -20,7 +20,8 @@ from slmforge.errors import InvalidInput
 
 FORMATS = ("json", "csv", "parquet")
 _MAX_PROBLEMS = 20  # report this many bad rows at once, then stop reading
-_SPLIT = re.compile(r"^train(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
+# a split and an optional slice of it, in Hugging Face's syntax: train, train[:4096], train[10%:], train[-128:]
+SPLIT = re.compile(r"^(?P<name>[\w.-]+?)(?:\[(?P<start>-?\d+%?)?:(?P<stop>-?\d+%?)?\])?$")
 
 
 @dataclass
@@ -38,24 +39,35 @@ def read_rows(path: str | Path, data_format: str, text_cols: list[str], *, split
     """All rows of `path` with `text_cols` as strings (with `chat`: a `messages` conversation each);
     any bad row is an InvalidInput naming it."""
     path = Path(path)
-    if data_format not in FORMATS:
-        raise InvalidInput(f"data_format '{data_format}' is not one of {', '.join(FORMATS)}")
-    if chat and data_format == "csv":
-        raise InvalidInput(f"{path}: chat rows need JSON lines or parquet; CSV cannot hold a list of messages")
+    check_format(path, data_format, chat)
     if not path.is_file():
         raise InvalidInput(f"data file not found: {path}")
     if chat:
         text_cols = [chat_rows.COLUMN]
-    records = {"json": _json_records, "csv": _csv_records, "parquet": _parquet_records}[data_format](path, text_cols)
-    return check_rows(path, records, text_cols, split=split, max_samples=max_samples, chat=chat)
+    out = check_rows(Rows(path), ((path, where, r) for where, r in read_records(path, data_format, text_cols)),
+                     text_cols, chat)
+    out.rows = _apply_split(out.rows, split)
+    return limit_rows(out, max_samples)
 
 
-def check_rows(path: Path, records: Iterable[tuple[str, Any]], text_cols: list[str], *, split: str = "train",
-               max_samples: int | None = None, chat: bool = False) -> Rows:
-    """The usable rows of (where, record) pairs read from `path`; a bad row is an InvalidInput naming it."""
-    out = Rows(path)
+def check_format(path: Path, data_format: str, chat: bool) -> None:
+    if data_format not in FORMATS:
+        raise InvalidInput(f"data_format '{data_format}' is not one of {', '.join(FORMATS)}")
+    if chat and data_format == "csv":
+        raise InvalidInput(f"{path}: chat rows need JSON lines or parquet; CSV cannot hold a list of messages")
+
+
+def read_records(path: Path, data_format: str, columns: list[str]) -> Iterator[tuple[str, Any]]:
+    """(where, record) of each record of `path`: every column of a JSON record, `columns` of CSV and
+    parquet (whose header or schema must hold them)."""
+    return {"json": _json_records, "csv": _csv_records, "parquet": _parquet_records}[data_format](path, columns)
+
+
+def check_rows(out: Rows, records: Iterable[tuple[Path, str, Any]], text_cols: list[str], chat: bool) -> Rows:
+    """Count `(path, where, record)` into `out`: usable rows kept, empty ones counted, bad ones an
+    InvalidInput naming the first (up to _MAX_PROBLEMS listed)."""
     problems: list[str] = []
-    for where, record in records:
+    for path, where, record in records:
         out.read += 1
         row, problem = _check_chat_record(record) if chat else _check_record(record, text_cols)
         if problem is not None:
@@ -68,13 +80,17 @@ def check_rows(path: Path, records: Iterable[tuple[str, Any]], text_cols: list[s
             out.rows.append(row)
     if problems:
         raise InvalidInput(problems[0], problems)
-    out.rows = _apply_split(out.rows, split)
+    return out
+
+
+def limit_rows(out: Rows, max_samples: int | None) -> Rows:
+    """The first `max_samples` rows; none left is an InvalidInput."""
     if max_samples is not None:
         if max_samples < 1:
             raise InvalidInput(f"max_samples must be at least 1, got {max_samples}")
         out.rows = out.rows[:max_samples]
     if not out.rows:
-        raise InvalidInput(f"{path}: no usable rows ({out.read} read, {out.empty} empty)")
+        raise InvalidInput(f"{out.path}: no usable rows ({out.read} read, {out.empty} empty)")
     return out
 
 
@@ -178,22 +194,23 @@ def _csv_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
         raise InvalidInput(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
 
 
-def read_parquet(path: Path, *, schema_only: bool = False):
-    """The parquet table (or only its schema); a file pyarrow can't read is one line naming it."""
+def read_parquet(path: Path, *, schema_only: bool = False, columns: list[str] | None = None):
+    """The parquet table (or only its schema, or only `columns`); a file pyarrow can't read is one line naming it."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        return pq.read_schema(path) if schema_only else pq.read_table(path)
+        return pq.read_schema(path) if schema_only else pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as e:
         raise InvalidInput(f"{path}: not a readable parquet file ({e})") from None
 
 
 def _parquet_records(path: Path, text_cols: list[str]) -> Iterator[tuple[str, Any]]:
-    table = read_parquet(path)
-    missing = [c for c in text_cols if c not in table.column_names]
+    names = read_parquet(path, schema_only=True).names
+    missing = [c for c in text_cols if c not in names]
     if missing:
-        raise InvalidInput(f"{path}: no column '{missing[0]}' (columns: {', '.join(table.column_names)})")
+        raise InvalidInput(f"{path}: no column '{missing[0]}' (columns: {', '.join(names)})")
+    table = read_parquet(path, columns=list(dict.fromkeys(text_cols)))  # a hub file may hold many more columns
     columns = {c: table.column(c).to_pylist() for c in text_cols}
     for i in range(table.num_rows):
         yield f"row {i + 1}", {c: columns[c][i] for c in text_cols}
@@ -210,10 +227,15 @@ def read_text(path: Path) -> str:
 
 def _apply_split(rows: list, split: str) -> list:
     """`train` (a data file has only that split) or a slice of it: `train[:80%]`, `train[100:]`."""
-    m = _SPLIT.match(split.replace(" ", ""))
-    if not m:
+    m = SPLIT.match(split.replace(" ", ""))
+    if not m or m["name"] != "train":
         raise InvalidInput(f"split '{split}': a data file has only the split 'train' "
                            "(or a slice of it such as 'train[:80%]' or 'train[100:]')")
+    return slice_rows(rows, m["start"], m["stop"])
+
+
+def slice_rows(rows: list, start: str | None, stop: str | None) -> list:
+    """`rows[start:stop]` with Hugging Face's slice bounds: a row index, or a percentage (`10%`) of the rows."""
 
     def bound(text: str | None, default: int) -> int:
         if text is None:
@@ -222,4 +244,4 @@ def _apply_split(rows: list, split: str) -> list:
             return round(len(rows) * int(text[:-1]) / 100)
         return int(text)
 
-    return rows[bound(m["start"], 0):bound(m["stop"], len(rows))]
+    return rows[bound(start, 0):bound(stop, len(rows))]

@@ -320,13 +320,13 @@ def _ints(seq: Any, what: str, i: int, name: str) -> list[int]:
 
 def read_user_rows(script: Script, spec: dict, text_cols: list[str], *, chat: bool, max_samples: int | None):
     """readers.Rows from the user's load_dataset function, checked as rows read from a file are."""
-    from slmforge.data.readers import check_rows
+    from slmforge.data.readers import Rows, check_rows, limit_rows
 
     comp = spec["load_dataset"]
     what = f"{script.path.name}: load_dataset_config.type '{comp['type']}'"
     rows = rows_of(script.call("load_dataset", comp["type"], **comp["params"]), what)
-    return check_rows(script.path, ((f"row {i + 1} of {comp['type']}()", r) for i, r in enumerate(rows)),
-                      text_cols, max_samples=max_samples, chat=chat)
+    records = ((script.path, f"row {i + 1} of {comp['type']}()", r) for i, r in enumerate(rows))
+    return limit_rows(check_rows(Rows(script.path), records, text_cols, chat), max_samples)
 
 
 def user_examples(script: Script, spec: dict, model_name: str, data_file: Path | None, data_format: str, split: str):

@@ -37,9 +37,12 @@ def template_fields(template: str) -> list[str]:
     return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
 
 
+_LOAD_FIELDS = ("data_name", "data_files", "split", "subset", "data_dir", "revision", "col_filters")
+
+
 def data_config_path(loaded: LoadedRecipe, index: int, field: str) -> str:
     """The JSON path of a load/pre-process field, in the shape the user wrote."""
-    block = "load_dataset_config" if field in ("data_name", "data_files", "split") else "pre_process_data_config"
+    block = "load_dataset_config" if field in _LOAD_FIELDS else "pre_process_data_config"
     return loaded.where("data_configs", index, block, field)
 
 

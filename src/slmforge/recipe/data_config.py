@@ -11,6 +11,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from slmforge.data.hub import FILE_FORMATS, is_hub_name
 from slmforge.recipe.azure import AzureMLDatastoreFiles
 from slmforge.recipe.base import NOT_SUPPORTED, Strict, olive_choice
 
@@ -18,10 +19,19 @@ from slmforge.recipe.base import NOT_SUPPORTED, Strict, olive_choice
 class LoadDatasetConfig(Strict):
     type: Literal["huggingface_dataset"] | None = Field(None, description="Olive's own loader (a user function: "
                                                         "its name in user_script)")
-    data_name: Literal["json", "csv", "parquet"] = Field("json", description="file format")
-    data_files: str | Annotated[list[str], Field(min_length=1, max_length=1)] | AzureMLDatastoreFiles = Field(
-        description="local path or datastore file (or a list of one path, as `olive finetune` writes)")
-    split: str = "train"
+    data_name: str = Field("json", description="file format (json, csv, parquet) of data_files, or a Hugging Face "
+                           "Hub dataset id such as 'tatsu-lab/alpaca'")
+    data_files: str | Annotated[list[str], Field(min_length=1, max_length=1)] | AzureMLDatastoreFiles | None = Field(
+        None, description="local path or datastore file (or a list of one path, as `olive finetune` writes); "
+                          "required with a file format, left out with a hub dataset")
+    split: str = Field("train", description="split to read, or a slice of it: 'train[:4096]', 'train[:10%]' (a hub "
+                       "dataset without a split reads 'validation', as in Olive)")
+    subset: str | None = Field(None, description="hub dataset: the configuration (subset) to read")
+    data_dir: str | None = Field(None, description="hub dataset: the folder of the repository to read")
+    revision: str | None = Field(None, description="hub dataset: branch, tag or commit (default: main)")
+    col_filters: dict[str, str | int | float | bool] | None = Field(
+        None, description="keep only the rows whose column equals the value, e.g. {'programming_language': 'Python'}")
+    trust_remote_code: Literal[False] = Field(False, description="slmforge runs no dataset scripts")
 
     @field_validator("data_files", mode="before")
     @classmethod
@@ -32,6 +42,42 @@ class LoadDatasetConfig(Strict):
         if isinstance(value, list):
             raise ValueError(f"several data files are {NOT_SUPPORTED} (give one file)")
         return value
+
+    @field_validator("trust_remote_code", mode="before")
+    @classmethod
+    def _no_scripts(cls, value: Any) -> Any:
+        if value is True:
+            raise ValueError("true is refused: slmforge runs no dataset scripts (it reads the parquet, JSON or "
+                             "CSV files of a hub dataset's repository)")
+        return value
+
+    @field_validator("data_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value not in FILE_FORMATS and not is_hub_name(value):
+            raise ValueError(f"'{value}' is neither a file format ({', '.join(FILE_FORMATS)}) nor a Hugging Face "
+                             "Hub dataset id (NAME or ORG/NAME)")
+        return value
+
+    @model_validator(mode="after")
+    def _files_or_hub(self) -> "LoadDatasetConfig":
+        hub_keys = [k for k in ("subset", "data_dir", "revision") if getattr(self, k) is not None]
+        if not self.is_hub:
+            if self.data_files is None:
+                raise ValueError(f"data_name '{self.data_name}' reads data_files: give data_files, or a hub dataset "
+                                 "id as data_name")
+            if hub_keys:
+                raise ValueError(f"'{hub_keys[0]}' applies to a hub dataset; data_name '{self.data_name}' reads "
+                                 "data_files")
+        elif self.data_files is not None:
+            raise ValueError(f"data_files with hub dataset '{self.data_name}' is {NOT_SUPPORTED}: choose its files "
+                             "with subset, data_dir and split")
+        return self
+
+    @property
+    def is_hub(self) -> bool:
+        """True when data_name names a Hugging Face Hub dataset rather than a file format."""
+        return self.data_name not in FILE_FORMATS
 
 
 class PreProcessConfig(Strict):

@@ -112,8 +112,6 @@ UNSUPPORTED: dict[tuple[str, str | None, str], str] = {
                                                         "read the answers themselves",
     ("data_config", None, "dataloader_config"): "slmforge's training loop batches by training_args (Olive's "
                                                 "fine-tuning never calls a dataloader either)",
-    ("data_config", None, ("load_dataset_config", "trust_remote_code")): "only local files and datastores are read",
-    ("data_config", None, ("load_dataset_config", "subset")): "only local files and datastores are read",
     ("data_config", None, ("pre_process_data_config", "stride")): "only for join-sliding-window, not implemented",
     ("data_config", None, ("pre_process_data_config", "random_seed")): "only for the random strategies, "
                                                                      "not implemented",

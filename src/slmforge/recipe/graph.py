@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Literal, Union
 
 from slmforge.contract.files import json_digest
+from slmforge.data.hub import HubSource, locate
 from slmforge.errors import InvalidInput
 from slmforge.models.model_folder import looks_like_local_path
 from slmforge.recipe import evaluators
-from slmforge.recipe.base import NOT_SUPPORTED
-from slmforge.recipe.checks import resolve_path
+from slmforge.recipe.checks import data_config_path, resolve_path
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.passes import FINETUNE_PASSES, dtype_name
 from slmforge.recipe.schema import (
@@ -30,7 +30,7 @@ from slmforge.recipe.schema import (
     ModelBuilderPass,
     Recipe,
 )
-from slmforge.recipe.user_script import data_spec, script_path
+from slmforge.recipe.user_script import EVAL_CLASH, data_spec, script_inputs
 
 Scalar = Union[str, int, float, bool]
 
@@ -124,6 +124,33 @@ def _data_ref(loaded: LoadedRecipe, dc: DataConfig) -> Ref:
     return Ref("uri", files.uri)
 
 
+def _bind_data(loaded: LoadedRecipe, dc: DataConfig, role: str, inputs: dict[str, Ref], params: dict[str, Scalar],
+               hub: dict[str, dict]) -> None:
+    """A data file becomes the `data`/`eval_data` input; a hub dataset an entry of hub_data, its commit pinned."""
+    ldc = dc.load_dataset_config
+    if ldc.is_hub:
+        hub["train" if role == "data" else "eval"] = hub_source(loaded, dc).to_json()
+        return
+    inputs[role] = _data_ref(loaded, dc)
+    params.setdefault("data_format", ldc.data_name)
+    if role == "data":
+        params["split"] = ldc.split
+
+
+def hub_source(loaded: LoadedRecipe, dc: DataConfig) -> HubSource:
+    """The data config's hub dataset with its revision resolved to a commit (the hub online, the hub cache
+    offline); unreachable, it is one line naming the data config and the cause."""
+    ldc = dc.load_dataset_config
+    # Olive's huggingface_dataset reads split "validation" when the recipe names none
+    split = ldc.split if "split" in ldc.model_fields_set else "validation"
+    wanted = HubSource(ldc.data_name, split, ldc.subset, ldc.data_dir, ldc.revision, ldc.col_filters)
+    where = data_config_path(loaded, loaded.recipe.data_configs.index(dc), "data_name")
+    try:
+        return locate(wanted).pinned()
+    except InvalidInput as e:
+        raise InvalidInput(f"{loaded.path}: {where}: {e}") from None
+
+
 DEFAULT_EVAL_SHARE = 0.1  # rows held out for the evaluate steps when the recipe names no eval data
 
 
@@ -173,13 +200,10 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         user = data_spec(loaded, recipe.data_configs.index(dc), resolve_path)  # user_script functions, if any
         spec = {**({} if "pre_process_data" in user else pre.step_spec), **user}
         inputs, params = _model_inputs(source, "tokenizer")
+        hub: dict[str, dict] = {}
         if "load_dataset" not in user:
-            inputs["data"] = _data_ref(loaded, dc)
-            params.update(data_format=dc.load_dataset_config.data_name, split=dc.load_dataset_config.split)
-        if user:
-            inputs["user_script"] = Ref("path", str(script_path(loaded, dc, resolve_path)))
-            if dc.script_dir:
-                inputs["script_dir"] = Ref("path", str(resolve_path(loaded, dc.script_dir)))
+            _bind_data(loaded, dc, "data", inputs, params, hub)
+        inputs.update({k: Ref("path", str(v)) for k, v in script_inputs(loaded, dc, resolve_path).items()})
         inputs["spec"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "spec.json")
         if "pre_process_data" not in user:
             params.update(corpus_strategy=pre.strategy, source_max_len=pre.max_seq_len,
@@ -192,15 +216,13 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
                 eval_dc = _data_config(recipe, eval_name)
                 assert eval_dc is not None
                 if eval_dc.user_components or user:
-                    raise InvalidInput(f"{loaded.path}: data config '{eval_dc.name}' (evaluated on) beside '{dc.name}' "
-                                       f"(trained on): a second data config is {NOT_SUPPORTED} with user_script "
-                                       "functions; give eval_dataset_size to hold rows out of the training data")
+                    raise InvalidInput(f"{loaded.path}: data config '{eval_dc.name}' beside '{dc.name}': {EVAL_CLASH}")
                 if eval_dc.pre_process_data_config != pre:
                     raise InvalidInput(
                         f"{loaded.path}: data config '{eval_dc.name}' (evaluated on) must use the same "
                         f"pre-processing as '{dc.name}' (trained on)"
                     )
-                inputs["eval_data"] = _data_ref(loaded, eval_dc)
+                _bind_data(loaded, eval_dc, "eval_data", inputs, params, hub)
             else:  # Olive 0.13 has no eval_dataset_size: without eval data, hold out a seeded share to evaluate on
                 params["eval_dataset_size"] = (cfg.eval_dataset_size if cfg.eval_dataset_size is not None
                                                else DEFAULT_EVAL_SHARE)
@@ -208,6 +230,8 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         else:
             params["eval_dataset_size"] = 0.2
             params["data_seed"] = 42
+        if hub:  # the pinned commits are in the file, so a moved revision changes the step's cache key
+            inputs["hub_data"] = Ref("text", json.dumps(hub, indent=2, ensure_ascii=False), "hub_data.json")
         steps.append(Step("load_data", "load_data", inputs, params))
 
     def model_of(step: str) -> dict[str, Ref]:

@@ -9,9 +9,12 @@ from typing import Any, Callable, Iterator
 
 from slmforge.data import user_script as us
 from slmforge.errors import InvalidInput
+from slmforge.recipe.base import NOT_SUPPORTED
 from slmforge.recipe.data_config import DataConfig
 from slmforge.recipe.loaded import LoadedRecipe
 
+EVAL_CLASH = (f"a second (eval) data config is {NOT_SUPPORTED} with user_script functions; give "
+              "eval_dataset_size to hold rows out of the training data")
 # Filled in by the load_data step as Olive fills them from the input model (workflows/run/config.py).
 AUTO_FILLED = {"pre_process_data": ("model_name", "task")}
 
@@ -25,6 +28,16 @@ def script_path(loaded: LoadedRecipe, dc: DataConfig, resolve: Callable[[LoadedR
         if beside.exists():
             return beside
     return path
+
+
+def script_inputs(loaded: LoadedRecipe, dc: DataConfig, resolve: Callable[[LoadedRecipe, str], Path]) -> dict:
+    """The load_data inputs that carry the script (and script_dir) to the step, when a component names one."""
+    if not dc.user_components:
+        return {}
+    out = {"user_script": script_path(loaded, dc, resolve)}
+    if dc.script_dir:
+        out["script_dir"] = resolve(loaded, dc.script_dir)
+    return out
 
 
 def component_kwargs(loaded: LoadedRecipe, i: int, kind: str, fn: us.Function | None) -> dict[str, Any]:
@@ -72,6 +85,10 @@ def check_user_script(loaded: LoadedRecipe, resolve: Callable[[LoadedRecipe, str
             for kind, c in comps.items():
                 yield (f"{loaded.where('data_configs', i, us.CONFIG_KEY[kind], 'type')}: '{c.type}' is not one of "
                        "slmforge's components; a function of yours needs 'user_script' (the Python file defining it)")
+            continue
+        if "pre_process_data" in comps and getattr(dc.load_dataset_config, "is_hub", False):
+            yield (f"{loaded.where('data_configs', i, 'pre_process_data_config', 'type')}: a user pre_process_data "
+                   f"over a hub dataset is {NOT_SUPPORTED}; load it in a load_dataset function of the script")
             continue
         path = script_path(loaded, dc, resolve)
         where = loaded.where("data_configs", i, "user_script")

@@ -7,6 +7,9 @@ completion (the template's last placeholder and what follows it), then EOS. Toke
 apart makes the prompt/answer boundary exact (`loss_on: completion` masks exactly the prompt tokens)
 and matches what the model sees at inference, where it is given the prompt alone.
 
+Rows come from a data file (`--data`) or from Hugging Face Hub datasets (`--hub_data`, a JSON file naming
+the dataset, subset, split and the commit to read; data/hub.py).
+
 A spec of `{"chat": true}` reads chat rows instead (`{"messages": [...]}`, see chat_rows.py): rendered
 with the tokenizer's chat template, learned on the assistant turns (with loss_on `completion`), held
 out as plain prompt/answer rows with a template derived from the chat template.
@@ -30,7 +33,9 @@ from slmforge.contract import manifest
 from slmforge.contract.params import make, param
 from slmforge.data import IGNORE, chat_rows, user_script
 from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
-from slmforge.data.readers import read_rows
+from slmforge.data.hub import HubSource, input_record, locate, read_hub_rows, read_hub_spec
+from slmforge.data.packing import Sequences, count, join, line_by_line, pad
+from slmforge.data.readers import Rows, read_rows
 from slmforge.data.template import Template
 from slmforge.errors import InvalidInput
 from slmforge.steps._cli import run_step
@@ -39,25 +44,15 @@ STRATEGIES = ("join", "line-by-line")
 LOSS_ON = ("all", "completion")
 
 
-@dataclass
-class Sequences:
-    """Tokenized training sequences and their counts."""
-
-    records: list[dict[str, list[int]]]
-    tokens: int = 0  # non-pad tokens
-    label_tokens: int = 0  # tokens the loss is computed on
-    pad_tokens: int = 0
-    truncated: int = 0  # line-by-line examples cut to source_max_len
-    dropped: int = 0  # examples left with no label token after truncation
-
-
 @dataclass(kw_only=True)
 class Params:
     """The load_data step's parameters: `components/load_data.yml`'s inputs and outputs."""
 
     data: str | None = param(None, asset="uri_file",
-                             help="data file (local upload or azureml://datastores/<name>/paths/<path>)")
+                             help="data file (local upload or azureml://datastores/<name>/paths/<path>); or hub_data")
     eval_data: str | None = param(None, asset="uri_file", help="separate eval file (else eval_dataset_size is split off)")
+    hub_data: str | None = param(None, asset="uri_file", help="JSON: Hugging Face Hub datasets read instead of data "
+                                 "and eval_data ({train: {name, split, subset, revision, col_filters}, eval: ...})")
     spec: str = param(asset="uri_file", help="JSON: {text_cols, text_template} or {chat: true}")
     user_script: str | None = param(None, asset="uri_file", help="Python file with the data functions the spec names")
     script_dir: str | None = param(None, asset="uri_folder", help="folder put first on sys.path for user_script")
@@ -93,36 +88,43 @@ def run(**given) -> dict:
     text_cols, template, user = _read_spec(Path(spec))  # template None: chat rows or a user pre-process
     if user and not p.user_script:
         raise InvalidInput(f"{spec}: names user_script functions ({', '.join(user)}) but no --user_script is given")
-    if "load_dataset" not in user and not data:
-        raise InvalidInput("give --data (a data file), or a load_dataset function in the spec")
     chat = template is None and "pre_process_data" not in user
     tok, tok_name = load_tokenizer(p.tokenizer, p.model_id)
     if tok.eos_token_id is None:
         raise InvalidInput(f"tokenizer {tok_name} has no EOS token to end each example with")
     if chat:  # evaluation reads a conversation as a plain row: prompt, then the last assistant turn
         template, text_cols = Template(chat_rows.eval_template(tok)), ["prompt", "answer"]
+    hub = read_hub_spec(p.hub_data) if p.hub_data else {}
+    if "load_dataset" in user:
+        if data is not None or "train" in hub:
+            raise InvalidInput("the spec's load_dataset function gives the training rows: give no --data or "
+                               "hub_data 'train' beside it")
+    elif (data is not None) == ("train" in hub):
+        raise InvalidInput("give the training rows as --data (a file) or as hub_data's 'train' (a hub dataset)")
+    if eval_data and "eval" in hub:
+        raise InvalidInput("give the eval rows as --eval_data or as hub_data's 'eval', not both")
+    if p.eval_dataset_size is not None and "eval" in hub:
+        raise InvalidInput("give either hub_data's 'eval' or eval_dataset_size, not both")
     if "pre_process_data" in user:
         return _user_pre_processed(p, user, tok, tok_name, started)
+    read = dict(text_cols=text_cols, max_samples=max_samples, chat=chat)
     with tempfile.TemporaryDirectory(prefix="slmforge-data-") as scratch:
-        data_file = _local_file(data, Path(scratch) / "data") if data else None
-        eval_file = _local_file(eval_data, Path(scratch) / "eval") if eval_data else None
-        if user:
+        inputs = _input_digests(p)
+        if "load_dataset" in user:
             with user_script.loaded(p.user_script, p.script_dir) as script:
-                train = user_script.read_user_rows(script, user, text_cols, chat=chat, max_samples=max_samples)
+                train = user_script.read_user_rows(script, user, **read)
         else:
-            train = read_rows(data_file, data_format, text_cols, split=split, max_samples=max_samples, chat=chat)
-        if eval_file is not None:
-            held_out = read_rows(eval_file, data_format, text_cols, max_samples=max_samples, chat=chat)
+            train, inputs["data"] = _read("data", data, hub.get("train"), Path(scratch), data_format, split, read)
+        held_out = None
+        if eval_data or "eval" in hub:
+            held_out, inputs["eval_data"] = _read("eval", eval_data, hub.get("eval"), Path(scratch), data_format,
+                                                  "train", read)
             train_rows, eval_rows = train.rows, held_out.rows
         else:
-            held_out = None
             prompt_of = (lambda r: chat_rows.eval_row(tok, r[chat_rows.COLUMN])["prompt"]) if chat else template.prompt
             train_rows, eval_rows = split_eval(train.rows, prompt_of, p.eval_dataset_size, p.data_seed)
-        inputs = _input_digests(p, data_file)
-        if eval_file is not None:
-            inputs["eval_data"] = {"path": eval_data, "digest": manifest.digest_path(eval_file)}
 
-    build = _join if corpus_strategy == "join" else _line_by_line
+    build = join if corpus_strategy == "join" else line_by_line
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     seqs = {}
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
@@ -133,9 +135,9 @@ def run(**given) -> dict:
             examples = tokenize_rows(tok, template, rows, loss_on)
         seqs[name] = build(examples, source_max_len)
         if p.pad_to_max_len:
-            _pad(seqs[name], source_max_len, pad_id)
+            pad(seqs[name], source_max_len, pad_id)
     if not seqs["train"].records:
-        raise InvalidInput(f"{data}: no training example is left with a token to learn from "
+        raise InvalidInput(f"{data or hub['train'].label}: no training example is left with a token to learn from "
                            f"(source_max_len {source_max_len} cuts every completion off)")
 
     if chat:
@@ -171,26 +173,30 @@ def _write_folder(p: Params, seqs: dict, eval_rows: list, metrics: dict, params:
                    "source_digest": inputs["data" if "data" in inputs else "user_script"]["digest"]})
 
 
-def _input_digests(p: Params, data_file: Path | None) -> dict:
-    """Content digests of the step's file inputs, for the manifest (the data file as downloaded)."""
-    files = {"data": (p.data, data_file), "spec": (p.spec, p.spec), "user_script": (p.user_script, p.user_script)}
-    return {name: {"path": str(given), "digest": manifest.digest_path(local)}
-            for name, (given, local) in files.items() if given}
+def _input_digests(p: Params) -> dict:
+    """The manifest's records of the spec and the user script (the data's are made where it is read)."""
+    return {name: {"path": str(path), "digest": manifest.digest_path(path)}
+            for name, path in (("spec", p.spec), ("user_script", p.user_script)) if path}
 
 
 def _user_pre_processed(p: Params, user: dict, tok, tok_name: str, started: float) -> dict:
     """The dataset folder from the user's pre_process function: its token ids as they are (Olive trains on
     them so), eval_dataset_size of them held out; no rows to answer, so eval_rows.jsonl stays empty."""
+    if p.hub_data:
+        raise InvalidInput("a user_script pre_process_data over a hub dataset is not supported by slmforge yet; "
+                           "load it in a load_dataset function of the script")
+    inputs = _input_digests(p)
     with tempfile.TemporaryDirectory(prefix="slmforge-data-") as scratch:
         data_file = _local_file(p.data, Path(scratch) / "data") if p.data else None
+        if data_file is not None:
+            inputs["data"] = {"path": p.data, "digest": manifest.digest_path(data_file)}
         model_name = str(Path(p.tokenizer).resolve()) if p.tokenizer else p.model_id
         with user_script.loaded(p.user_script, p.script_dir) as script:
             examples = user_script.user_examples(script, user, model_name, data_file, p.data_format, p.split)
-        inputs = _input_digests(p, data_file)
     records = [{"input_ids": ids, "labels": labels, **({"attention_mask": m} if m is not None else {})}
                for ids, labels, m in examples]
     train, held = split_eval(records, lambda r: json.dumps(r["input_ids"]), p.eval_dataset_size, p.data_seed)
-    seqs = {"train": _count(Sequences(train)), "eval": _count(Sequences(held))}
+    seqs = {"train": count(Sequences(train)), "eval": count(Sequences(held))}
     metrics = {"rows": len(records), "train_rows": len(train), "eval_rows": 0, "empty_rows": 0}
     params = {"pre_process_data": user["pre_process_data"]["type"], "eval_dataset_size": p.eval_dataset_size,
               "data_seed": p.data_seed, "use_attention_mask": p.use_attention_mask}
@@ -231,6 +237,16 @@ def _read_spec(path: Path) -> tuple[list[str], Template | None, dict]:
         raise InvalidInput(f"{path}: text_template placeholder '{{{unknown[0]}}}' is not in text_cols {cols}")
     template.answer_field  # noqa: B018 - raises when the template has no placeholder
     return cols, template, user
+
+
+def _read(role: str, path: str | None, hub: HubSource | None, scratch: Path, data_format: str, split: str,
+          read: dict) -> tuple[Rows, dict]:
+    """(rows, the manifest's input record) of a data file or a hub dataset."""
+    if hub is not None:
+        located = locate(hub, download=True)
+        return read_hub_rows(located, **read), input_record(located)
+    local = _local_file(path, scratch / role)
+    return read_rows(local, data_format, split=split, **read), {"path": path, "digest": manifest.digest_path(local)}
 
 
 def _local_file(source: str, scratch: Path) -> Path:
@@ -311,54 +327,6 @@ def tokenize_rows(tok, template: Template, rows: list[dict], loss_on: str) -> li
         labels = ([IGNORE] * len(p) if loss_on == "completion" else list(p)) + list(a) + [eos]
         out.append((ids, labels))
     return out
-
-
-def _join(examples: list[tuple[list[int], list[int]]], block: int) -> Sequences:
-    """Concatenate every example and cut the stream into `block`-token sequences: no padding.
-
-    Labels travel with their tokens, so completion masking survives packing. The last, shorter
-    block is kept rather than padded or dropped.
-    """
-    ids = [t for e in examples for t in e[0]]
-    labels = [t for e in examples for t in e[1]]
-    s = Sequences([])
-    for i in range(0, len(ids), block):
-        r = {"input_ids": ids[i:i + block], "labels": labels[i:i + block]}
-        if any(x != IGNORE for x in r["labels"][1:]):
-            s.records.append(r)
-        else:
-            s.dropped += 1  # a block of prompt tokens only: nothing to learn
-    return _count(s)
-
-
-def _line_by_line(examples: list[tuple[list[int], list[int]]], max_len: int) -> Sequences:
-    """One sequence per example, cut to `max_len`; one left with nothing to learn is dropped."""
-    s = Sequences([])
-    for ids, labels in examples:
-        if len(ids) > max_len:
-            s.truncated += 1
-            ids, labels = ids[:max_len], labels[:max_len]
-        if all(x == IGNORE for x in labels[1:]):
-            s.dropped += 1
-            continue
-        s.records.append({"input_ids": ids, "labels": labels})
-    return _count(s)
-
-
-def _pad(s: Sequences, length: int, pad_id: int) -> None:
-    """`pad_to_max_len`: pad every sequence to `length` (masked out of attention and loss)."""
-    for r in s.records:
-        n = length - len(r["input_ids"])
-        r["attention_mask"] = [1] * len(r["input_ids"]) + [0] * n
-        r["input_ids"] = r["input_ids"] + [pad_id] * n
-        r["labels"] = r["labels"] + [IGNORE] * n
-        s.pad_tokens += n
-
-
-def _count(s: Sequences) -> Sequences:
-    s.tokens = sum(len(r["input_ids"]) for r in s.records)
-    s.label_tokens = sum(sum(1 for x in r["labels"][1:] if x != IGNORE) for r in s.records)
-    return s
 
 
 def _record(r: dict, use_attention_mask: bool) -> dict:
