@@ -18,15 +18,29 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_recipe(find_recipe(args.recipe))
     graph = build_graph(loaded)
+    notes = recipe_notes(loaded)
     if args.json:
-        print(json.dumps(graph_as_dict(graph), indent=2))
+        print(json.dumps({**graph_as_dict(graph), "notes": notes}, indent=2))
         return 0
     print(f"{loaded.path}: valid; {len(graph.steps)} steps")
     for step in graph.steps:
         ins = ", ".join(f"{k}={r.describe()}" for k, r in step.inputs.items())
         print(f"  {step.name:<16} {step.component:<11} {ins}")
     print(f"  final model: {graph.final[0]}.{graph.final[1]}")
+    for note in notes:
+        print(f"  note: {note}")
     return 0
+
+
+def recipe_notes(loaded) -> list[str]:
+    """One line per key the recipe gives that slmforge accepts but does not use as written (a fine-tune
+    pass's ignored training_args, report_to, resume_from_checkpoint), with the reason."""
+    lines = []
+    for name, p in loaded.recipe.passes.items():
+        targs = getattr(p, "training_args", None)
+        for key, what in targs.notes() if targs is not None else []:
+            lines.append(f"{loaded.where('passes', name, 'training_args', key)}: {what}")
+    return lines
 
 
 def graph_as_dict(graph) -> dict:
