@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from slmforge.training import checkpoint
 from slmforge.errors import InvalidInput
+from slmforge.training import checkpoint
 from slmforge.training.args import TrainArgs, every
 from slmforge.training.data import (
     BatchPlan,
