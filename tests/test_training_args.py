@@ -112,6 +112,20 @@ def test_transformers_5_spellings_map_onto_the_step(recipe_dir):
         load_recipe(path)
 
 
+def test_half_precision_torch_dtype_reaches_the_step(recipe_dir):
+    """Olive's torch_dtype float16 / bfloat16 (refused before) and QLoRA's compute_dtype bfloat16."""
+    path = recipe_dir / "olive-config.json"
+    recipe = json.loads(path.read_text())
+    recipe["passes"]["lora"]["type"] = "QLoRA"
+    recipe["passes"]["lora"]["config"].update(torch_dtype="bf16", compute_dtype="bfloat16")
+    path.write_text(json.dumps(recipe))
+    params = build_graph(load_recipe(path)).step("finetune").params
+    assert params["torch_dtype"] == "bfloat16" and params["compute_dtype"] == "bfloat16"
+    recipe["passes"]["lora"]["config"]["torch_dtype"] = "float16"
+    path.write_text(json.dumps(recipe))
+    assert build_graph(load_recipe(path)).step("finetune").params["torch_dtype"] == "float16"
+
+
 @pytest.mark.parametrize("args,expected", [
     ({"push_to_hub": True}, "training_args.push_to_hub: slmforge cannot honour push_to_hub=True: slmforge does not "
                             "push to the Hugging Face Hub"),
@@ -218,3 +232,18 @@ def test_fp16_trains_with_a_gradient_scaler(tmp_path, tiny_model_dir, dataset):
 
     blob = torch.load(next((tmp_path / "fp16-ck").glob("step-*")) / "optimizer.pt", weights_only=False)
     assert blob["scaler"]["scale"] > 0  # the scaler's state travels with the checkpoint
+
+
+def test_a_resumed_run_keeps_the_best_adapter_it_had(tmp_path, tiny_model_dir, dataset):
+    """The best adapter travels in the checkpoint: run again on the same checkpoints folder, the step
+    resumes after the best evaluation and still writes that adapter, byte for byte."""
+    kw = dict(max_steps=8, eval_steps=2, eval_strategy="steps", save_steps=4, load_best_model_at_end=True,
+              greater_is_better=True)
+    first, m1 = _train(tmp_path, "run", tiny_model_dir, dataset, **kw)
+    again = tmp_path / "again"
+    m2 = finetune.run(model=tiny_model_dir, dataset=dataset, adapter=again, checkpoints=tmp_path / "run-ck",
+                      **{**FAST, **kw})
+    assert m2["metrics"]["resumed_from_step"] == 4 and m1["metrics"]["best_step"] < 4
+    assert m2["metrics"]["best_step"] == m1["metrics"]["best_step"]
+    weights = "adapter_model.safetensors"
+    assert (again / weights).read_bytes() == (first / weights).read_bytes()
