@@ -27,6 +27,7 @@ BENCHMARKS = {
     "finetune_profile": ("finetune_profile.py", []),
     "scaling": ("scaling.py", []),
     "finetune": ("finetune.py", ["--sizes", "tiny", "--methods", "lora", "--reps", "3"]),
+    "finetune_dtypes": ("finetune_dtypes.py", []),  # on its own: float32 vs bf16 / fp16 (tiny model)
     "inference": ("inference.py", ["--sizes", "tiny"]),
     "e2e": ("e2e.py", ["--rounds", "1"]),
 }

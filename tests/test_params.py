@@ -77,10 +77,14 @@ def _bounds(info) -> dict:
 
 def test_recipe_training_args_are_the_finetune_step_s():
     """The recipe's training_args are generated from training/args.py: same names, defaults, allowed
-    values and bounds; only Olive's recipe-side names are added."""
+    values and bounds; the others are the recipe-side names and the HF names slmforge ignores or refuses
+    (training/hf_args.py)."""
+    from slmforge.training import hf_args
+
     recipe = passes.TrainingArgs.model_fields
     step = {f.name: f for f in dataclasses.fields(TrainArgs)}
-    assert set(recipe) - set(step) == {"data_seed", "evaluation_strategy"}
+    others = set(hf_args.RECIPE_SIDE) | {n for n, r in hf_args.TABLE.items() if r.kind != hf_args.HONOURED}
+    assert set(recipe) - set(step) == others
     assert set(step) <= set(_params("finetune").__dataclass_fields__)
     for name, f in step.items():
         info = recipe[name]
@@ -98,6 +102,7 @@ RECIPE_TO_STEP = {
     (passes.FinetunePass, "quant_type"): ("finetune", "quant_type"),
     (passes.FinetunePass, "double_quant"): ("finetune", "double_quant"),
     (passes.FinetunePass, "compute_dtype"): ("finetune", "compute_dtype"),
+    (passes.FinetunePass, "torch_dtype"): ("finetune", "torch_dtype"),
     (passes.LycorisPass, "rank_dropout"): ("finetune", "rank_dropout"),
     (passes.LycorisPass, "module_dropout"): ("finetune", "module_dropout"),
     (passes.LoKrPass, "decompose_both"): ("finetune", "decompose_both"),

@@ -223,8 +223,7 @@ MISTAKES = [
     ("training_args typo (flat pass)", lambda r: r["passes"]["lora"].update(training_arg=r["passes"]["lora"].pop(
         "training_args")), "passes.lora.training_arg: unknown key 'training_arg'; did you mean 'training_args'?"),
     ("modules_to_save", _lora(modules_to_save=["lm_head"]), f"passes.lora.modules_to_save: 'modules_to_save' {NOT_YET}"),
-    ("bfloat16 training", _lora(torch_dtype="bfloat16"),
-     f"passes.lora.torch_dtype: 'bfloat16' {NOT_YET} (the fine-tune trains in float32; use 'float32' or 'fp32')"),
+    ("int8 training dtype", _lora(torch_dtype="int8"), "passes.lora.torch_dtype: got 'int8'; expected 'bfloat16'"),
     ("LoftQ", lambda r: r["passes"]["lora"].update(type="LoftQ"),
      f"passes.lora.type: pass type 'LoftQ' {NOT_YET}: it initialises LoRA by rewriting the base model's weights"),
     ("LoHa with lora_dropout", _family("LoHa", lora_dropout=0.1),

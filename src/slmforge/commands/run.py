@@ -103,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
     # Olive's `clean_cache: true` means "start from an empty cache": rebuild every step.
     force: bool | set[str] = True if "*" in forced or loaded.recipe.engine.clean_cache else forced
     console = _console()
+    for note in loaded.notes:  # valid Olive keys slmforge reads differently: said, never dropped silently
+        print(f"[slmforge] note: {note}", file=console, flush=True)
     live = bool(console.isatty()) and not args.plain
     started = time.time()
     runner = LocalRunner(loaded, graph, force=force, isolate=args.isolate,

@@ -18,11 +18,12 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = load_recipe(find_recipe(args.recipe))
     graph = build_graph(loaded)
+    notes = loaded.notes  # what slmforge reads differently from Olive, and why
     if args.json:
-        print(json.dumps(graph_as_dict(graph), indent=2))
+        print(json.dumps({**graph_as_dict(graph), "notes": notes}, indent=2))
         return 0
     print(f"{loaded.path}: valid; {len(graph.steps)} steps")
-    for note in loaded.normalised.notes:  # what slmforge reads differently from Olive, and why
+    for note in notes:
         print(f"  note: {note}")
     for step in graph.steps:
         ins = ", ".join(f"{k}={r.describe()}" for k, r in step.inputs.items())

@@ -259,10 +259,8 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             if cfg.target_modules:
                 params["target_modules"] = ",".join(cfg.target_modules)
             params.update(family.params(cfg))
-            for key, value in targs.model_dump(exclude={"evaluation_strategy", "eval_strategy", "data_seed"}).items():
-                if value is not None:
-                    params[key] = value
-            params["eval_strategy"] = targs.effective_eval_strategy
+            params["torch_dtype"] = dtype_name(cfg.torch_dtype)
+            params.update(targs.step_params())
             inputs = dict(base_inputs)
             inputs["dataset"] = Ref("step", "load_data", "dataset")
             steps.append(Step("finetune", "finetune", inputs, params))

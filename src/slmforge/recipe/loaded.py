@@ -28,3 +28,15 @@ class LoadedRecipe:
     def where(self, *cpath: str | int) -> str:
         """The JSON path, in the shape the user wrote, of a canonical path (for messages)."""
         return dotted(self.normalised.raw_path(cpath))
+
+    @property
+    def notes(self) -> list[str]:
+        """One line per valid Olive key slmforge reads differently or not at all, with the reason: the
+        normaliser's (ignored keys, the export chain's mapping, pass_flows) and each fine-tune pass's
+        training_args (ignored keys, report_to, resume_from_checkpoint)."""
+        lines = list(self.normalised.notes)
+        for name, p in self.recipe.passes.items():
+            targs = getattr(p, "training_args", None)
+            for key, what in targs.notes() if targs is not None else []:
+                lines.append(f"{self.where('passes', name, 'training_args', key)}: {what}")
+        return lines

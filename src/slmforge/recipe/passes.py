@@ -11,33 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal, Union
 
-from pydantic import Field, create_model, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from slmforge.contract.params import pydantic_fields
 from slmforge.models.onnx_builder import DEFAULT_INT4_ALGO, INT4_ALGOS
-from slmforge.recipe.base import Strict, olive_choice
-from slmforge.training.args import EVAL_STRATEGIES, TrainArgs
-
-
-class TrainingArgs(create_model("TrainArgsFields", __base__=Strict,
-                                **pydantic_fields(TrainArgs, exclude=("eval_strategy",)))):
-    """The Hugging Face TrainingArguments names the fine-tune step honours (training/args.py, the one
-    definition), plus Olive's recipe-side names; anything else is an error."""
-
-    data_seed: int | None = Field(None, description="seed of the held-out split (default: seed)")
-    evaluation_strategy: Literal[EVAL_STRATEGIES] | None = Field(None, description="older name of eval_strategy")
-    eval_strategy: Literal[EVAL_STRATEGIES] | None = Field(None, description="when to compute the eval loss")
-
-    @model_validator(mode="after")
-    def _one_eval_strategy(self) -> "TrainingArgs":
-        a, b = self.evaluation_strategy, self.eval_strategy
-        if a is not None and b is not None and a != b:
-            raise ValueError("'evaluation_strategy' and 'eval_strategy' disagree; give one")
-        return self
-
-    @property
-    def effective_eval_strategy(self) -> str:
-        return self.eval_strategy or self.evaluation_strategy or "no"
+from slmforge.recipe.base import Strict
+from slmforge.recipe.training_args import TrainingArgs
 
 
 DTYPES = Literal["bfloat16", "float16", "float32", "bf16", "fp16", "fp32"]
@@ -51,8 +29,9 @@ class FinetunePass(Strict):
     r: int = Field(64, ge=1, description="LoRA rank (the Cookbook and Olive < 0.8: lora_r)")
     alpha: float = Field(16, gt=0, description="LoRA alpha (the Cookbook and Olive < 0.8: lora_alpha)")
     lora_dropout: float = Field(0.05, ge=0, lt=1)
-    torch_dtype: Literal["float32", "fp32"] = Field(
-        "float32", description="training dtype; slmforge trains in float32 (Olive's default bfloat16 is 2.5x slower on CPU)")
+    torch_dtype: DTYPES = Field(
+        "float32", description="dtype the base model is loaded in (the adapter stays float32, as peft keeps it); "
+        "slmforge's default is float32, not Olive's bfloat16 (README: bf16 is slower on a CPU without AMX)")
     # The Cookbook writes QLoRA's quantization keys on its LoRA pass too: accepted there, used by QLoRA.
     double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants")
     quant_type: Literal["nf4", "fp4"] = "nf4"
@@ -61,10 +40,6 @@ class FinetunePass(Strict):
     eval_data_config: str | None = None
     eval_dataset_size: float | None = Field(None, gt=0, description="slmforge: fraction (<1) or row count held out")
     training_args: TrainingArgs = Field(default_factory=TrainingArgs)
-
-    _torch_dtype = field_validator("torch_dtype", mode="before")(
-        olive_choice(("float32", "fp32"), ("bfloat16", "float16", "bf16", "fp16"),
-                     "the fine-tune trains in float32"))
 
 
 class LoRAPass(FinetunePass):

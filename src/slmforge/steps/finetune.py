@@ -29,7 +29,8 @@ from slmforge.training.loop import Dist, train
 from slmforge.training.model import DTYPES, METHODS, LoraSpec, base_model_name, load_model
 
 # Parameters that do not change the trained weights: a checkpoint made under other values still resumes.
-_NOT_IN_FINGERPRINT = {"logging_steps", "save_steps", "eval_strategy", "eval_steps", "per_device_eval_batch_size"}
+_NOT_IN_FINGERPRINT = {"logging_steps", "save_steps", "eval_strategy", "eval_steps", "per_device_eval_batch_size",
+                       "save_total_limit"}
 _FOLDERS = ("model", "model_id", "dataset", "adapter", "checkpoints")  # where, not how: not in the params
 _LYCORIS = ("rank_dropout", "module_dropout")
 _LOKR = ("decompose_both", "decompose_factor")
@@ -50,6 +51,8 @@ class Params(TrainArgs):
     quant_type: str = param("nf4", choices=("nf4", "fp4"), help="QLoRA 4-bit type")
     double_quant: bool = param(True, help="QLoRA: quantize the quantization constants")
     compute_dtype: str = param("float32", choices=DTYPES, help="QLoRA compute dtype")
+    torch_dtype: str = param("float32", choices=DTYPES, help="dtype the base model is loaded in (the adapter "
+                             "stays float32, as peft keeps it)")
     rank_dropout: float = param(0.0, ge=0, lt=1, help="LoHa / LoKr only")
     module_dropout: float = param(0.0, ge=0, lt=1, help="LoHa / LoKr only")
     decompose_both: bool = param(False, help="LoKr only")
@@ -61,6 +64,19 @@ class Params(TrainArgs):
     def check(self) -> None:
         if self.decompose_factor == 0:
             raise InvalidInput("decompose_factor must be -1 or at least 1")
+        problem = self.check_args()
+        if problem:
+            raise InvalidInput(problem)
+        half = "bfloat16" if self.bf16 else "float16" if self.fp16 else None
+        if half and self.method == "lora" and self.compute_dtype not in ("float32", half):
+            raise InvalidInput(f"compute_dtype {self.compute_dtype} and {'bf16' if self.bf16 else 'fp16'} ask for "
+                               "two autocast dtypes; give one")
+
+    def autocast_dtype(self) -> str | None:
+        """The dtype the forward runs under: bf16 / fp16, or (as before them) a LoRA compute_dtype."""
+        if self.bf16 or self.fp16:
+            return "bfloat16" if self.bf16 else "float16"
+        return self.compute_dtype if self.method == "lora" and self.compute_dtype != "float32" else None
 
 
 def lora_spec(p: Params) -> LoraSpec:
@@ -68,6 +84,7 @@ def lora_spec(p: Params) -> LoraSpec:
     modules = [m.strip() for m in p.target_modules.split(",") if m.strip()] if p.target_modules else None
     return LoraSpec(method=p.method, r=p.r, alpha=p.alpha, dropout=p.lora_dropout, target_modules=modules,
                     quant_type=p.quant_type, double_quant=p.double_quant, compute_dtype=p.compute_dtype,
+                    torch_dtype=p.torch_dtype,
                     gradient_checkpointing=p.gradient_checkpointing, rank_dropout=p.rank_dropout,
                     module_dropout=p.module_dropout, decompose_both=p.decompose_both,
                     decompose_factor=p.decompose_factor)
@@ -98,7 +115,7 @@ def run(*, progress: bool = True, **given) -> dict | None:
         run_print = checkpoint.fingerprint(
             params={k: v for k, v in params.items() if k not in _NOT_IN_FINGERPRINT},
             dataset=data_digest, model=model_print, world=dist.world)
-        autocast = getattr(torch, p.compute_dtype) if p.method == "lora" and p.compute_dtype != "float32" else None
+        autocast = getattr(torch, p.autocast_dtype()) if p.autocast_dtype() else None
         result = train(peft_model, data, p, dist, checkpoints=Path(checkpoints) if checkpoints else None,
                        run_fingerprint=run_print, autocast_dtype=autocast,
                        progress=_progress_printer() if progress and dist.rank == 0 else None)
@@ -116,6 +133,8 @@ def run(*, progress: bool = True, **given) -> dict | None:
             "epochs": round(result.epochs, 4), "resumed_from_step": result.resumed_from,
             "trainable_params": trainable, "world_size": dist.world,
         }
+        if p.load_best_model_at_end:  # the adapter written is this step's
+            metrics["best_step"], metrics["best_eval_loss"] = result.best_step, result.best_metric
         if torch.cuda.is_available():
             metrics["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         run_id = tracking.log_run(params, {k: v for k, v in metrics.items() if not isinstance(v, list)},

@@ -4,6 +4,8 @@ A checkpoint is the folder `step-NNNNNNNN` in the checkpoints folder. It is writ
 `.step-NNNNNNNN.partial` folder and renamed when complete, so a kill at any moment leaves either
 the previous checkpoint or the new one, never a half one. The data position is the step number
 itself (training.data.BatchPlan derives the order from it). Each rank saves its own RNG states.
+With load_best_model_at_end the best evaluated adapter so far travels in the checkpoint too
+(`best_adapter.safetensors`), and with fp16 the gradient scaler's state beside the optimizer's.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from slmforge.contract.files import json_digest
 
 STATE = "state.json"
 _NAME = re.compile(r"^step-(\d{8})$")
-KEEP = 2  # checkpoints kept; older ones are removed once a newer one is complete
+KEEP = 2  # checkpoints kept by default (save_total_limit); older ones are removed once a newer one is complete
+BEST = "best_adapter.safetensors"
 
 
 def fingerprint(**parts: Any) -> str:
@@ -55,8 +58,10 @@ def find_latest(root: str | Path, expected: str) -> Path | None:
 
 
 def save(root: str | Path, step: int, *, rank: int, barrier: Callable[[], None], adapter: dict,
-         optimizer, scheduler, state: dict) -> Path | None:
-    """Write checkpoint `step` (every rank calls this); returns its path on rank 0."""
+         optimizer, scheduler, state: dict, best: dict | None = None, scaler=None,
+         keep: int | None = None) -> Path | None:
+    """Write checkpoint `step` (every rank calls this); returns its path on rank 0. `keep`: how many
+    checkpoints stay (save_total_limit: None keeps KEEP, 0 all)."""
     import torch
     from safetensors.torch import save_file
 
@@ -68,7 +73,12 @@ def save(root: str | Path, step: int, *, rank: int, barrier: Callable[[], None],
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_file({k: v.detach().cpu().contiguous() for k, v in adapter.items()}, tmp / "adapter_model.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
+        if best is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in best.items()}, tmp / BEST)
+        blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        if scaler is not None:
+            blob["scaler"] = scaler.state_dict()
+        torch.save(blob, tmp / "optimizer.pt")
     barrier()
     torch.save(_rng_states(), tmp / f"rng_state_{rank}.pt")
     barrier()
@@ -77,24 +87,30 @@ def save(root: str | Path, step: int, *, rank: int, barrier: Callable[[], None],
     (tmp / STATE).write_text(json.dumps(dict(state, step=step), indent=1), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in sorted(p for p in root.iterdir() if _NAME.match(p.name))[:-KEEP]:
-        shutil.rmtree(old, ignore_errors=True)
+    keep = KEEP if keep is None else keep
+    if keep > 0:
+        for old in sorted(p for p in root.iterdir() if _NAME.match(p.name))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load(path: Path, rank: int, optimizer, scheduler) -> tuple[dict, dict]:
-    """(adapter tensors, state) of checkpoint `path`; restores optimizer, scheduler and this rank's RNG."""
+def load(path: Path, rank: int, optimizer, scheduler, scaler=None) -> tuple[dict, dict, dict | None]:
+    """(adapter tensors, state, best adapter or None) of checkpoint `path`; restores optimizer, scheduler,
+    the gradient scaler and this rank's RNG."""
     import torch
     from safetensors.torch import load_file
 
     blob = torch.load(path / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
+    if scaler is not None and "scaler" in blob:
+        scaler.load_state_dict(blob["scaler"])
     rng = path / f"rng_state_{rank}.pt"
     if rng.is_file():
         _set_rng_states(torch.load(rng, weights_only=False))
     state = json.loads((path / STATE).read_text(encoding="utf-8"))
-    return load_file(path / "adapter_model.safetensors"), state
+    best = load_file(path / BEST) if (path / BEST).is_file() else None
+    return load_file(path / "adapter_model.safetensors"), state, best
 
 
 def _rng_states() -> dict:

@@ -9,6 +9,11 @@ checkpoint holds, which makes resuming exact.
 
 The loss of an optimizer step is the mean over every label token of the step: all micro-batches
 of the accumulation window, on all ranks (DDP averages gradients, so each rank scales by world).
+
+load_best_model_at_end: every evaluation (in the loop and the final one) is compared with the best so
+far, whose adapter weights are kept (and carried in checkpoints); at the end that adapter is put back,
+so the adapter written is the best evaluated one. The HF Trainer compares only at checkpoints; here
+each evaluation counts, so `eval_steps` alone decides which steps are candidates.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from slmforge.errors import InvalidInput
 from slmforge.training import checkpoint
-from slmforge.training.args import TrainArgs
+from slmforge.training.args import TrainArgs, every
 from slmforge.training.data import (
     BatchPlan,
     DatasetFolder,
@@ -69,6 +75,8 @@ class TrainResult:
     train_seconds: float = 0.0  # across resumes
     resumed_from: int | None = None
     epochs: float = 0.0
+    best_step: int | None = None  # load_best_model_at_end: the step whose adapter was written
+    best_metric: float | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -105,14 +113,22 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
     warmup = args.warmup_steps or math.ceil(args.warmup_ratio * total)
     scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
     result = TrainResult(steps=total)
+    log_every, save_every = every(args.logging_steps, total), every(args.save_steps, total)
+    eval_every = every(args.eval_steps if args.eval_steps is not None else args.logging_steps, total)
+    scaler = torch.amp.GradScaler(device.type) if args.fp16 else None
+    best = _Best(args) if args.load_best_model_at_end else None
+    if best is not None and not data.eval:
+        raise InvalidInput("load_best_model_at_end needs eval rows, and the dataset has none")
 
     latest = checkpoint.find_latest(checkpoints, run_fingerprint) if checkpoints and dist.rank == 0 else None
     latest = _broadcast(latest, dist)
     start = 0
     window_losses: list[float] = []  # step losses since the last logged one
     if latest is not None:
-        adapter, state = checkpoint.load(latest, dist.rank, optimizer, scheduler)
+        adapter, state, best_adapter = checkpoint.load(latest, dist.rank, optimizer, scheduler, scaler)
         set_peft_model_state_dict(model, adapter)
+        if best is not None and best_adapter is not None:
+            best.step, best.metric, best.adapter = state["best_step"], state["best_metric"], best_adapter
         start = result.resumed_from = state["step"]
         result.loss_history, result.eval_history = state["loss_history"], state["eval_history"]
         result.train_seconds, window_losses = state["train_seconds"], state["window_losses"]
@@ -127,7 +143,15 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
         runner = DistributedDataParallel(loss_module, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
     model.train()
-    eval_every = args.eval_steps or args.logging_steps
+
+    def evaluated(step: int) -> float:
+        with autocast():
+            loss = evaluate(loss_module, data, args, dist, attn_cost)
+        result.eval_history.append({"step": step, "loss": loss})
+        if best is not None:
+            best.consider(step, loss, get_peft_model_state_dict(model))
+        return loss
+
     loop_started = time.perf_counter()
     side_seconds = 0.0  # evaluation and checkpoint time, kept out of tokens/s
     for step in range(start + 1, total + 1):
@@ -144,18 +168,24 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
             sync = runner.no_sync() if world > 1 and j < accum - 1 else nullcontext()
             with sync, autocast():
                 loss, _ = runner(**{k: v.to(device) for k, v in batch.items()})
-            (loss * scale).backward()
+            (scaler.scale(loss * scale) if scaler else loss * scale).backward()
             loss_module.release()
             loss_sum += loss.item()
+        if scaler:
+            scaler.unscale_(optimizer)
         if args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-        optimizer.step()
+        if scaler:
+            scaler.step(optimizer)  # skipped when the scaled gradients overflowed, as in the HF Trainer
+            scaler.update()
+        else:
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         window_losses.append(dist.all_sum([loss_sum])[0] / max(n_labels, 1))
         result.tokens += int(n_tokens)
 
-        if step % args.logging_steps == 0 or step == total:
+        if step % log_every == 0 or step == total:
             result.loss_history.append({"step": step, "loss": sum(window_losses) / len(window_losses),
                                         "learning_rate": scheduler.get_last_lr()[0]})
             window_losses = []
@@ -168,23 +198,44 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
         if data.eval and step < total and (
                 (args.eval_strategy == "steps" and step % eval_every == 0)
                 or (args.eval_strategy == "epoch" and crossed_epoch)):
-            result.eval_history.append({"step": step, "loss": evaluate(loss_module, data, args, dist, attn_cost)})
-        if checkpoints and step % args.save_steps == 0 and step < total:
+            evaluated(step)
+        if checkpoints and step % save_every == 0 and step < total:
             elapsed = time.perf_counter() - loop_started - side_seconds
             checkpoint.save(checkpoints, step, rank=dist.rank, barrier=dist.barrier,
                             adapter=get_peft_model_state_dict(model), optimizer=optimizer, scheduler=scheduler,
                             state={"fingerprint": run_fingerprint, "loss_history": result.loss_history,
                                    "eval_history": result.eval_history, "window_losses": window_losses,
-                                   "train_seconds": result.train_seconds + elapsed})
+                                   "train_seconds": result.train_seconds + elapsed,
+                                   "best_step": best.step if best else None,
+                                   "best_metric": best.metric if best else None},
+                            best=best.adapter if best else None, scaler=scaler, keep=args.save_total_limit)
         side_seconds += time.perf_counter() - side_started
 
     result.loop_seconds = time.perf_counter() - loop_started - side_seconds
     result.train_seconds += result.loop_seconds
     result.epochs = total * accum / plan.batches_per_epoch
     if data.eval:
-        result.eval_loss = evaluate(loss_module, data, args, dist, attn_cost)
-        result.eval_history.append({"step": total, "loss": result.eval_loss})
+        result.eval_loss = evaluated(total)
+    if best is not None and best.step is not None:
+        if best.step != total:  # the last evaluation was not the best: write the best one's adapter
+            set_peft_model_state_dict(model, best.adapter)
+        result.best_step, result.best_metric, result.eval_loss = best.step, best.metric, best.metric
     return result
+
+
+class _Best:
+    """The best evaluation so far and its adapter weights (load_best_model_at_end)."""
+
+    def __init__(self, args: TrainArgs) -> None:
+        self.greater = bool(args.greater_is_better)  # HF: false when the metric is a loss
+        self.step: int | None = None
+        self.metric: float | None = None
+        self.adapter: dict | None = None
+
+    def consider(self, step: int, metric: float, adapter: dict) -> None:
+        if self.metric is None or (metric > self.metric if self.greater else metric < self.metric):
+            self.step, self.metric = step, metric
+            self.adapter = {k: v.detach().clone() for k, v in adapter.items()}
 
 
 def evaluate(loss_module, data: DatasetFolder, args: TrainArgs, dist: Dist, attn_cost: float = 0.0) -> float:

@@ -33,6 +33,7 @@ class LoraSpec:
     quant_type: str
     double_quant: bool
     compute_dtype: str
+    torch_dtype: str  # the base model's dtype; peft keeps the adapter in float32 (autocast_adapter_dtype)
     gradient_checkpointing: bool
     rank_dropout: float  # LoHa / LoKr: drop rank components while training
     module_dropout: float  # LoHa / LoKr: skip a whole adapted module while training
@@ -98,7 +99,7 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
         kwargs["device_map"] = {"": device}
     torch.manual_seed(seed)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, spec.torch_dtype), **kwargs)
     except OSError as e:
         raise InvalidInput(f"{source}: the model could not be loaded ({str(e).splitlines()[0]})") from None
     with warnings.catch_warnings():  # peft asks transformers' deprecated `is_gradient_checkpointing`
