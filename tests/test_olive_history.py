@@ -20,19 +20,45 @@ HISTORY = Path(__file__).parent / "recipes" / "olive-history"
 RECIPES = sorted(p.name for p in HISTORY.glob("*.json"))
 
 
+HUB_DATASET = "slmforge-tests/guanaco-tones"
+HUB_COMMIT = "6f1c2d3e4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d"
+
+
 def _place(folder: Path, tiny_model_dir: Path, demo_data: Path) -> Path:
-    """The recipes beside what they name: model-cache/phi3-tiny and dataset/tones.jsonl."""
-    for name in RECIPES:
-        shutil.copy(HISTORY / name, folder / name)
-    shutil.copytree(tiny_model_dir, folder / "model-cache" / "phi3-tiny")
+    """The recipes beside what they name: model-cache/phi3-tiny, dataset/tones.jsonl, the user script."""
+    for path in HISTORY.iterdir():
+        shutil.copy(path, folder / path.name)
+    model = shutil.copytree(tiny_model_dir, folder / "model-cache" / "phi3-tiny")
+    # Olive's default max_seq_len (1024) must fit: a longer context, still plain Phi-3 (max == original).
+    config = json.loads((model / "config.json").read_text())
+    config.update(max_position_embeddings=2048, original_max_position_embeddings=2048)
+    (model / "config.json").write_text(json.dumps(config))
     (folder / "dataset").mkdir()
     shutil.copy(demo_data, folder / "dataset" / "tones.jsonl")
     return folder
 
 
+def _hub_stand_in(cache: Path, demo_data: Path) -> None:
+    """A guanaco-shaped dataset (one `text` column) in an offline hub cache, laid out as huggingface_hub
+    lays out a download: what olive-recipes' hub recipes read, served by the code path users take."""
+    storage = cache / f"datasets--{HUB_DATASET.replace('/', '--')}"
+    (storage / "refs").mkdir(parents=True)
+    (storage / "refs" / "main").write_text(HUB_COMMIT)
+    rows = [json.loads(line) for line in demo_data.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = [json.dumps({"text": f"### Human: {r['phrase']}### Assistant: {r['tone']}"}) for r in rows]
+    snapshot = storage / "snapshots" / HUB_COMMIT / "openassistant_best_replies_train.jsonl"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
-def history(tmp_path_factory, tiny_model_dir, demo_data) -> Path:
-    return _place(tmp_path_factory.mktemp("olive-history"), tiny_model_dir, demo_data)
+def history(tmp_path_factory, tiny_model_dir, demo_data):
+    folder = _place(tmp_path_factory.mktemp("olive-history"), tiny_model_dir, demo_data)
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HF_HUB_CACHE", str(folder / "hf-cache"))
+        env.setenv("HF_HUB_OFFLINE", "1")
+        _hub_stand_in(folder / "hf-cache", demo_data)
+        yield folder
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -55,6 +81,32 @@ def test_olive_04_dict_data_configs_and_an_inline_target(history):
     assert steps["finetune"].params["method"] == "qlora" and steps["finetune"].params["r"] == 8
     assert steps["load_data"].params["corpus_strategy"] == "line-by-line"
     assert any("model_class: ignored" in n for n in loaded.normalised.notes)
+
+
+def test_olive_04_training_arguments_are_honoured_or_named_as_ignored(history):
+    loaded = load_recipe(history / "olive04-dict-data-configs-inline-target.json")
+    steps = _steps(history, "olive04-dict-data-configs-inline-target.json")
+    assert steps["finetune"].params["eval_strategy"] == "steps"  # Olive 0.4's evaluation_strategy
+    assert steps["finetune"].params["load_best_model_at_end"] is True
+    assert any("training_args.output_dir" in n for n in loaded.notes)
+
+
+def test_olive_04_user_script_components_name_the_scripts_function(history):
+    steps = _steps(history, "olive04-user-script-components.json")
+    assert steps["load_data"].inputs["user_script"].value.endswith("olive04_tone_script.py")
+
+
+def test_hub_data_is_pinned_to_the_commit_the_cache_resolves(history):
+    steps = _steps(history, "olive-recipes-hub-qlora-chain.json")
+    pinned = json.loads(steps["load_data"].inputs["hub_data"].value)
+    assert {source["revision"] for source in pinned.values()} == {HUB_COMMIT}
+    assert steps["finetune"].params["method"] == "qlora"
+    assert steps["build_onnx"].params["precision"] == "fp32"  # a quantizer-free chain at fp32
+
+
+def test_olive_evaluators_run_in_the_evaluate_steps(history):
+    steps = _steps(history, "olive06-evaluators.json")
+    assert "evaluator" in steps["evaluate_merged"].inputs
 
 
 def test_olive_05_refers_to_a_data_config_by_its_key(history):
@@ -137,5 +189,13 @@ def test_fine_tuning_history_recipes_run_to_a_model(history, tmp_path, name):
     assert manifest["step"] in ("finetune", "merge", "build_onnx")
     if manifest["step"] == "build_onnx":
         assert (final / "genai_config.json").is_file()
-    else:
+    elif manifest["step"] == "finetune":
         assert (final / "adapter_config.json").is_file()
+    else:
+        assert (final / "config.json").is_file()
+    record = json.loads((outcome.out_dir / "run.json").read_text())
+    if name == "olive06-evaluators.json":
+        evaluation = record["evaluation"]["merged"]
+        metrics = {m["name"]: m for m in evaluation["evaluator"]["metrics"]}
+        assert [s["name"] for s in metrics["tone"]["sub_types"]] == ["accuracy_score", "f1_score"]
+        assert metrics["latency"]["sub_types"][0]["value"] > 0
