@@ -183,6 +183,11 @@ class LocalRunner:
     def run(self) -> list[StepResult]:
         """Run every step in order; stop at the first failure (raised as StepFailed)."""
         self.preflight()
+        if self.logs_dir == self.output_dir / "logs":  # not the CLI's run folder: logs go to output_dir
+            from slmforge.backends.local.staging import made_by_older_slmforge
+            from slmforge.contract.ownership import claim
+
+            claim(self.output_dir, what="engine.output_dir", made_by="run", ours=made_by_older_slmforge)
         try:
             for step in self.graph.steps:
                 self._run_step(step)
