@@ -34,7 +34,7 @@ def test_tiny_model_refuses_a_users_folder_and_rewrites_its_own(tmp_path):
     user.mkdir()
     (user / "config.json").write_text('{"mine": true}\n')
     line = _one_error_line(cli(tmp_path / "home", "tiny-model", str(user)))
-    assert str(user) in line and "config.json" in line and "slmforge did not write" in line
+    assert str(user) in line and "config.json" in line and "was not written by slmforge" in line
     assert (user / "config.json").read_text() == '{"mine": true}\n' and sorted(os.listdir(user)) == ["config.json"]
 
     own = tmp_path / "tiny"

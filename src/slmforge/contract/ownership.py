@@ -32,8 +32,8 @@ def check(folder: str | Path, *, what: str, ours: Callable[[Path], bool] | None 
         present = sorted(p.name for p in folder.iterdir())
         if present and not (ours is not None and ours(folder)):
             shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
-            raise InvalidInput(f"{what} {folder}: holds files slmforge did not write ({shown}) and no {MARKER} "
-                               f"marker; slmforge writes only into folders it made or empty ones: {hint}")
+            raise InvalidInput(f"{what} {folder}: is not empty and was not written by slmforge ({shown}; no "
+                               f"{MARKER} marker); slmforge writes only into folders it made or empty ones: {hint}")
     return folder
 
 
