@@ -23,12 +23,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml.pipeline import compile_pipeline, summary, validate_pipeline, write_pipeline
+    from slmforge.backends.aml.pipeline import (
+        compile_pipeline,
+        compiled_here,
+        summary,
+        validate_pipeline,
+        write_pipeline,
+    )
+    from slmforge.contract.ownership import claim
     from slmforge.recipe.loader import load_recipe
     from slmforge.resources import find_recipe
-
-    from slmforge.backends.aml.pipeline import compiled_here
-    from slmforge.contract.ownership import claim
 
     check_names(args)
     # Never over a user's pipeline.yml (issue 20 #2): a folder slmforge compiled into before is rewritten.
