@@ -123,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         theirs = olive_config(work / f"olive-{round_}", model, data, args.steps).parent if olive else None
         for phase in ("fresh", "cached"):
             seconds, rc = timed(ours_cmd, ours, ours / f"{phase}.log")
-            ok = rc == 0 and json.loads((ours / "out" / "run.json").read_text())["status"] == "succeeded"
+            record = ours / "out" / "run.json"  # a failed run leaves the last good one's (issue 20 #4), or none
+            ok = rc == 0 and record.is_file() and json.loads(record.read_text())["status"] == "succeeded"
             (times["slmforge"][phase].append(seconds) if ok else failures.append(f"slmforge {phase} round {round_}"))
             print(f"round {round_} slmforge {phase}: {seconds:.1f} s (exit {rc})", flush=True)
             if theirs is not None:

@@ -7,6 +7,7 @@ use it (each with its own module fixture) build it once per session.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import json
@@ -147,3 +148,20 @@ def warm_pipeline(tmp_path_factory, tiny_model_dir: Path, demo_data: Path) -> Wa
 def cache_entries(cache: Path, component: str) -> list[Path]:
     folder = cache / component
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str, *, read_only: bool = False):
+    """A real tmpfs mounted at `where` (a full disk, or a read-only folder even for root); pytest.skip, with
+    the reason, where this machine cannot mount one (not root, no mount permission)."""
+    import pytest
+
+    where.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or done.returncode}): needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)

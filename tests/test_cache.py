@@ -206,10 +206,11 @@ def test_failing_step_exits_1_with_one_line_and_leaves_nothing_finished(warm, tm
     assert outcome.rc == 1
     lines = outcome.stderr.strip().splitlines()
     assert len(lines) == 1, outcome.stderr
-    log = tmp_path / "out" / "logs" / "finetune.log"
+    [folder] = (tmp_path / "out" / "runs").iterdir()  # a failed run's record and logs (issue 20 #4)
+    log = folder / "logs" / "finetune.log"
     assert lines[0].startswith("slmforge: error: step 'finetune' failed: ") and f"(log: {log})" in lines[0]
     assert log.is_file()
-    record = outcome.record
+    record = json.loads((folder / "run.json").read_text())
     assert record["status"] == "failed"
     assert {s["name"]: s["status"] for s in record["steps"]}["finetune"] == "failed"
     assert not (tmp_path / "out" / "model").exists()

@@ -16,7 +16,7 @@ import pytest
 from slmforge.backends.local.cache import ENTRY
 from slmforge.contract import manifest
 
-from local_pipeline import cache_entries, run_slmforge, start_run, warm_pipeline
+from local_pipeline import cache_entries, run_slmforge, start_run, tmpfs, warm_pipeline, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -66,38 +66,96 @@ def test_the_output_model_is_a_copy_so_editing_it_never_edits_the_cache(warm, tm
     assert config.read_text() == cached_config  # the run put its own model back
 
 
-def test_sigterm_stops_a_run_like_ctrl_c_and_run_json_says_so(warm, tmp_path):
-    """#6: SIGTERM left no 'interrupted' line and run.json still said the earlier run `succeeded`."""
+def _good_run(warm, tmp_path):
+    """A finished run in tmp_path/out, then the cache without its finetune entry: the next run trains."""
     recipe, cache = warm.fork(tmp_path)
     assert run_slmforge(recipe, warm.home).rc == 0
-    run_json = tmp_path / "out" / "run.json"
-    assert json.loads(run_json.read_text())["status"] == "succeeded"
+    out = tmp_path / "out"
+    assert json.loads((out / "run.json").read_text())["status"] == "succeeded"
     for entry in cache_entries(cache, "finetune"):
         subprocess.run(["rm", "-rf", str(entry)], check=True)
+    return recipe, cache, out, _snapshot(out)
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    """Every file of the last good run's outputs (the runs/ of unfinished runs aside)."""
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and p.relative_to(out).parts[0] != "runs" and p.name != ".slmforge.lock"}
+
+
+def _the_run_folder(out: Path) -> Path:
+    [folder] = (out / "runs").iterdir()
+    return folder
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_rerun_keeps_the_last_good_outputs_and_says_where_its_own_are(warm, tmp_path, signum):
+    """Issue 20 #4: Ctrl-C during the fine-tune of a rerun deleted out/model and mixed its logs into the
+    good run's. Issue 11 #6: SIGTERM stops a run like Ctrl-C, and its record says so."""
+    recipe, cache, out, before = _good_run(warm, tmp_path)
     proc = start_run(recipe, warm.home)
-    _wait_for(lambda: json.loads(run_json.read_text()).get("status") == "running", proc, "run.json says running")
     _wait_for(lambda: next(iter(cache.glob("finetune/*/work/checkpoints/step-*")), None), proc, "a checkpoint")
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines() == ["slmforge: interrupted"]
-    record = json.loads(run_json.read_text())
-    assert record["status"] == "failed" and record["error"] == "interrupted"
-    assert not (tmp_path / "out" / "model").exists()
+    assert _snapshot(out) == before  # model/, run.json, report.md, loss.png, logs/: all the good run's
+    assert manifest.is_finished(out / "model")
+    folder = _the_run_folder(out)
+    record = json.loads((folder / "run.json").read_text())
+    assert record["status"] == "failed" and record["error"] == "interrupted" and record["run_id"] == folder.name
+    assert (folder / "logs" / "finetune.log").is_file() and (folder / "report.md").is_file()
+    assert f"this run's record and logs: {folder}" in stdout
 
 
-def test_sigkill_leaves_run_json_saying_running_not_an_earlier_success(warm, tmp_path):
-    recipe, cache = warm.fork(tmp_path)
-    assert run_slmforge(recipe, warm.home).rc == 0
-    run_json = tmp_path / "out" / "run.json"
-    for entry in cache_entries(cache, "finetune"):
-        subprocess.run(["rm", "-rf", str(entry)], check=True)
+def test_a_failed_rerun_keeps_the_last_good_model_and_names_its_logs(warm, tmp_path):
+    """Issue 20 #4: a rerun that failed after 2 s left out/ without model/."""
+    recipe, cache, out, before = _good_run(warm, tmp_path)
+
+    def bad_modules(r):
+        r["passes"]["lora"]["config"]["target_modules"] = ["no_such_proj"]
+    write_recipe(tmp_path, warm.model_dir, warm.data_file, edit=bad_modules)
+    failed = run_slmforge(recipe, warm.home)
+    assert failed.rc == 1
+    [line] = failed.stderr.strip().splitlines()
+    folder = _the_run_folder(out)
+    assert line.startswith("slmforge: error: step 'finetune' failed: ")
+    assert f"(log: {folder / 'logs' / 'finetune.log'})" in line and f"this run's record and logs: {folder}" in line
+    assert _snapshot(out) == before and manifest.is_finished(out / "model")
+    assert json.loads((folder / "run.json").read_text())["status"] == "failed"
+
+    write_recipe(tmp_path, warm.model_dir, warm.data_file)  # fixed: the next good run replaces the outputs
+    again = run_slmforge(recipe, warm.home)
+    assert again.rc == 0, again.stderr
+    assert again.record["status"] == "succeeded" and (out / "logs" / "finetune.log").is_file()
+    assert [p.name for p in (out / "runs").iterdir()] == [folder.name]  # only the failed run's folder stays
+
+
+def test_sigkill_leaves_its_record_saying_running_beside_the_last_good_run(warm, tmp_path):
+    """Issue 11 #6: a killed run never leaves an earlier run's `succeeded` as if it were its own: its own
+    record says `running` with its pid; the good run's outputs stay whole (issue 20 #4)."""
+    recipe, cache, out, before = _good_run(warm, tmp_path)
     proc = start_run(recipe, warm.home)
     _wait_for(lambda: next(iter(cache.glob("finetune/*/work/checkpoints/step-*")), None), proc, "a checkpoint")
     proc.kill()
     proc.wait()
-    record = json.loads(run_json.read_text())
+    record = json.loads((_the_run_folder(out) / "run.json").read_text())
     assert record["status"] == "running" and record["pid"] == proc.pid
+    assert _snapshot(out) == before and manifest.is_finished(out / "model")
+
+
+def test_a_full_output_disk_ends_the_run_failed_not_running(warm, tmp_path):
+    """Issue 20 #12: when the output folder ran out of space, run.json stayed `running`. The output_dir is
+    a real 512 KiB tmpfs: the run's record fits, the ~0.9 MB ONNX model does not."""
+    recipe, cache = warm.fork(tmp_path)
+    with tmpfs(tmp_path / "out", "512k") as out:
+        outcome = run_slmforge(recipe, warm.home)
+        assert outcome.rc == 1
+        [line] = outcome.stderr.strip().splitlines()
+        assert "no space left on device" in line
+        record = json.loads((_the_run_folder(out) / "run.json").read_text())
+        assert record["status"] == "failed" and "no space left on device" in record["error"]
+        assert not (out / "model").exists()
 
 
 def _step_children(marker: str) -> list[int]:

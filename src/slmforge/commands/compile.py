@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from slmforge.commands import check_names, output_folder
+from slmforge.commands import check_names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,12 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.backends.aml.pipeline import compile_pipeline, summary, validate_pipeline, write_pipeline
+    from slmforge.backends.aml.pipeline import (
+        compile_pipeline,
+        compiled_here,
+        summary,
+        validate_pipeline,
+        write_pipeline,
+    )
+    from slmforge.contract.ownership import claim
     from slmforge.recipe.loader import load_recipe
     from slmforge.resources import find_recipe
 
-    out_dir = output_folder(args.output, "-o").resolve()
     check_names(args)
+    # Never over a user's pipeline.yml (issue 20 #2): a folder slmforge compiled into before is rewritten.
+    out_dir = claim(args.output, what="-o", made_by="compile", ours=compiled_here,
+                    hint="choose a new or empty folder, or one an earlier `slmforge compile` wrote").resolve()
     loaded = load_recipe(find_recipe(args.recipe))
     compiled = compile_pipeline(loaded, out_dir, compute=args.compute, version=args.version,
                                 experiment=args.experiment)

@@ -84,17 +84,18 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from slmforge.backends.local.display import Display
-    from slmforge.backends.local.outputs import mark_running, write_outputs
+    from slmforge.backends.local.outputs import fail, finish, start
     from slmforge.backends.local.report import print_summary
     from slmforge.backends.local.runner import LocalRunner, output_dir
-    from slmforge.errors import StepFailed
+    from slmforge.errors import StepFailed, as_user_error
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.loader import load_recipe
 
     if args.recipe is None and args.force and args.force[-1].endswith((".json", ".yml", ".yaml")):
         args.recipe, args.force[-1] = args.force[-1], "*"  # `run --force RECIPE`: argparse took it as STEP
-    from slmforge.resources import find_recipe
+    from slmforge.resources import find_recipe, slmforge_home
 
+    slmforge_home()  # a file there is refused before any work (issue 20 #14)
     recipe = find_recipe(args.recipe or DEFAULT_RECIPE)
     ensure_shipped_model(recipe)
     loaded = load_recipe(recipe)
@@ -111,20 +112,28 @@ def run(args: argparse.Namespace) -> int:
                          display=Display(graph.names(), out=console, live=live))
     out = output_dir(loaded)
     runner.preflight()
+    stage = start(loaded, graph, out)
+    runner.logs_dir = stage.path / "logs"
+    kept = f"{out} keeps the last good run's outputs; this run's record and logs: {stage.path}"
     try:
         with terminate_as_interrupt(), runner.display:
-            mark_running(loaded, graph, out)
             runner.run()
-    except StepFailed as e:
-        write_outputs(loaded, graph, list(runner.results.values()), out, status="failed", started=started,
-                      error=str(e))
-        raise
+            record = finish(loaded, graph, list(runner.results.values()), stage, started=started,
+                            memo=runner.cache.memo)
     except KeyboardInterrupt:
-        write_outputs(loaded, graph, list(runner.results.values()), out, status="failed", started=started,
-                      error="interrupted")
+        if not stage.swapped:  # stopped while its outputs were swapped in: the run is whole
+            fail(loaded, graph, list(runner.results.values()), stage, started=started, error="interrupted")
+            print(f"[slmforge] interrupted: {kept}", file=console, flush=True)
         raise
-    record = write_outputs(loaded, graph, list(runner.results.values()), out, status="succeeded", started=started,
-                           memo=runner.cache.memo)
+    except Exception as e:
+        if stage.swapped:
+            raise
+        known = as_user_error(e)
+        fail(loaded, graph, list(runner.results.values()), stage, started=started,
+             error=str(known) if known is not None else f"{type(e).__name__}: {e}")
+        if isinstance(known, StepFailed):
+            raise StepFailed(f"{known}; {kept}") from e
+        raise
     print_summary(record, console, rich=live)
     if os.environ.get("SLMFORGE_PRINT_RUN_JSON"):
         print(json.dumps(record), file=console)

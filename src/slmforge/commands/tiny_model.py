@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from slmforge.commands import output_folder, seed_number
+from slmforge.commands import seed_number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,9 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slmforge.contract.ownership import claim
     from slmforge.models.tinymodel import build_tiny_model
 
-    output_folder(args.dir, "DIR")
+    claim(args.dir, what="DIR", made_by="tiny-model")  # never over a user's config.json (issue 20 #1)
     out = build_tiny_model(args.dir, seed=args.seed, size=args.size)
     print(f"wrote a {args.size} Phi-3 to {out}")
     return 0

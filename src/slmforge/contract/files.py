@@ -32,3 +32,25 @@ def json_digest(value: Any) -> str:
 def folder_size(folder: str | Path) -> int:
     """Bytes of every file below `folder`."""
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def exchange(a: str | Path, b: str | Path) -> bool:
+    """Swap two paths in one step (renameat2 RENAME_EXCHANGE): a reader, or a kill, sees one or the
+    other, never neither. False where the system or filesystem cannot (the caller falls back)."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.contract import manifest
+from slmforge.contract import manifest, ownership
 from slmforge.errors import InvalidInput
 
 STEP = "pretrained"
@@ -97,9 +97,8 @@ def write_pretrained(name: str, out_dir: str | Path) -> tuple[Path, bool]:
     source_digest = manifest.digest_file(source)
     if is_written(out_dir, source_digest):
         return out_dir, False
-    previous = manifest.read_manifest(out_dir) if out_dir.is_dir() else None
-    if out_dir.is_dir() and any(out_dir.iterdir()) and (previous or {}).get("step") != STEP:
-        raise InvalidInput(f"{out_dir}: is not empty and was not written by slmforge; choose another folder")
+    # the rule of every folder slmforge writes (contract/ownership.py); its manifest marks this one
+    ownership.check(out_dir, what="DIR", ours=lambda folder: (manifest.read_manifest(folder) or {}).get("step") == STEP)
 
     started = time.perf_counter()
     with manifest.atomic_output(out_dir) as tmp:

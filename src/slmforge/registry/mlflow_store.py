@@ -35,6 +35,26 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def check_writable(uri: str, what: str) -> None:
+    """Before a run that registers: InvalidInput when its SQLite registry cannot be written (issue 20 #14:
+    a read-only SLMFORGE_HOME showed only at the register step, after the whole run)."""
+    import tempfile
+
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=db.parent):
+            pass
+        if db.exists():
+            with open(db, "r+b"):
+                pass
+    except OSError as e:
+        raise InvalidInput(f"{what}: the model registry {db} cannot be written ({(e.strerror or str(e)).lower()}); "
+                           "point SLMFORGE_HOME or register.tracking_uri at a writable place") from None
+
+
 def client_for(uri: str):
     """An MlflowClient on `uri`, offline, without telemetry and without MLflow's INFO lines on stderr."""
     import logging

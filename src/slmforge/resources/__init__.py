@@ -39,8 +39,17 @@ def pipelines_dir() -> Path:
 
 
 def slmforge_home() -> Path:
-    """Where slmforge keeps what outlives a run: the model registry, shipped recipes' outputs."""
-    return Path(os.environ.get("SLMFORGE_HOME") or Path.home() / ".slmforge").expanduser()
+    """Where slmforge keeps what outlives a run: the model registry, shipped recipes' outputs.
+
+    InvalidInput when it is, or lies under, a file (issue 20 #14: `models` listed "no registered models")."""
+    home = Path(os.environ.get("SLMFORGE_HOME") or Path.home() / ".slmforge").expanduser()
+    existing = next((p for p in (home, *home.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        from slmforge.errors import InvalidInput
+
+        where = "is a file" if existing == home else f"lies under the file {existing}"
+        raise InvalidInput(f"SLMFORGE_HOME {home}: {where}; point it at a folder (or unset it for ~/.slmforge)")
+    return home
 
 
 def _installed_root() -> Path:

@@ -130,6 +130,18 @@ def validate_pipeline(job: "PipelineJob") -> None:
         raise InvalidInput(f"the compiled pipeline does not validate: {result.error_messages}")
 
 
+_HEADER = "# Compiled by slmforge from its recipe"
+
+
+def compiled_here(folder: Path) -> bool:
+    """True when `folder` holds a pipeline.yml an earlier `slmforge compile` wrote (before the marker existed)."""
+    try:
+        with open(folder / PIPELINE_FILE, encoding="utf-8") as f:
+            return f.readline().startswith(_HEADER)
+    except (OSError, UnicodeError):
+        return False
+
+
 def write_pipeline(compiled: CompiledPipeline, out_dir: Path) -> Path:
     """Write `out_dir/pipeline.yml`, loadable with azure.ai.ml.load_job and `az ml job create -f`."""
     import yaml
@@ -139,7 +151,7 @@ def write_pipeline(compiled: CompiledPipeline, out_dir: Path) -> Path:
     _snapshot_folders(data, out_dir)
     _fix_local_paths(data, out_dir)
     path = out_dir / PIPELINE_FILE
-    header = ("# Compiled by slmforge from its recipe; submit with `slmforge submit` or `az ml job create -f`.\n"
+    header = (f"{_HEADER}; submit with `slmforge submit` or `az ml job create -f`.\n"
               f"# recipe digest {compiled.graph.recipe_digest}\n")
     body = yaml.safe_dump({"$schema": "https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json", **data},
                           sort_keys=False, allow_unicode=True)

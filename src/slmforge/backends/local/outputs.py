@@ -1,13 +1,14 @@
 """What a local run leaves in `engine.output_dir`: model/, run.json, report.md (+ loss.png), logs/.
 
-Everything is written atomically: model/ is assembled in a temporary sibling and renamed into
-place (files copied from the cache, as reflinks where the filesystem can: never hard links, so
-editing the output never edits the cache), run.json and report.md are written to a temporary file and renamed. A failed run removes model/, so nothing of it looks finished.
+The run builds them in its own folder, output_dir/runs/<run-id>/ (staging.py), and swaps them in
+only when it succeeds: a failed, interrupted or killed rerun leaves the last good model and its
+record whole (issue 20 #4), and its own record and logs in runs/<run-id>/. model/ is copied from the
+cache as reflinks where the filesystem can: never hard links, so editing the output never edits the
+cache. output_dir is a folder slmforge made (its `.slmforge` marker) or an empty one (issue 20 #3).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -16,31 +17,39 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from slmforge.backends.local import staging
 from slmforge.backends.local.cache import DigestMemo, locked
 from slmforge.backends.local.runner import StepResult
 from slmforge.contract import manifest
-from slmforge.contract.files import write_atomic
+from slmforge.contract.ownership import claim
 from slmforge.contract.run_record import RUN_JSON, evaluation_entry, run_record
 from slmforge.recipe.graph import StepGraph
 from slmforge.recipe.loaded import LoadedRecipe
 
 REPORT = "report.md"
 MODEL = "model"
+LOGS = "logs"
 
 
 def model_kind(component: str) -> str:
     return {"build_onnx": "onnx", "merge": "merged", "finetune": "adapter"}.get(component, component)
 
 
+def same_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> bool:
+    """True when `dest` already holds `source`'s model, unchanged."""
+    wanted = (manifest.read_manifest(source) or {}).get("outputs_digest")
+    have = (manifest.read_manifest(dest) or {}).get("outputs_digest")
+    if have != wanted or not dest.is_dir():
+        return False
+    digest = memo.digest_path if memo is not None else manifest.digest_path
+    return digest(dest) == wanted
+
+
 def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None:
     """Place the final model at `dest` as its own copy (issue 11 #7: hard links let an edit of the output
     rewrite the cache entry and every other output folder), atomically."""
-    wanted = (manifest.read_manifest(source) or {}).get("outputs_digest")
-    have = (manifest.read_manifest(dest) or {}).get("outputs_digest")
-    if have == wanted and dest.is_dir():
-        digest = memo.digest_path if memo is not None else manifest.digest_path
-        if digest(dest) == wanted:
-            return  # already there, unchanged
+    if same_model(source, dest, memo):
+        return  # already there, unchanged
     with manifest.atomic_output(dest) as tmp:
         for file in sorted(source.rglob("*"), key=lambda p: p.name == manifest.MANIFEST):
             target = tmp / file.relative_to(source)
@@ -72,7 +81,7 @@ def clone_or_copy(source: Path, target: Path) -> None:
 
 
 def local_run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], *, status: str,
-                     started: float, model_dir: Path | None, error: str | None) -> dict[str, Any]:
+                     started: float, model_dir: Path | None, error: str | None, **extra: Any) -> dict[str, Any]:
     by_name = {r.name: r for r in results}
     evaluation = {r.metrics.get("label", r.name.removeprefix("evaluate_")): evaluation_entry(r.metrics)
                   for r in results if r.component == "evaluate" and r.status in ("ran", "cached")}
@@ -89,7 +98,7 @@ def local_run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepR
                       seconds=time.time() - started, steps=[_step_record(r) for r in results], evaluation=evaluation,
                       model={"path": str(model_dir) if model_dir else None, "step": final_step, "output": final_output,
                              "kind": model_kind(by_name[final_step].component)},
-                      registered=registered, error=error)
+                      registered=registered, error=error, **extra)
 
 
 def _step_record(r: StepResult) -> dict[str, Any]:
@@ -100,36 +109,57 @@ def _step_record(r: StepResult) -> dict[str, Any]:
     return data
 
 
-def mark_running(loaded: LoadedRecipe, graph: StepGraph, out_dir: Path) -> None:
-    """run.json says `running` while a run is under way, so a killed run never leaves an earlier
-    run's `succeeded` behind as if it were this one's (issue 11 #6). model/ stays until replaced."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def start(loaded: LoadedRecipe, graph: StepGraph, out_dir: Path) -> staging.Stage:
+    """Claim output_dir and open this run's folder in it; its run.json says `running` (with the pid) from
+    now until the run ends, so a killed run is told apart from a finished one (issue 11 #6)."""
+    claim(out_dir, what="engine.output_dir", made_by="run", ours=staging.made_by_older_slmforge)
+    stage = staging.begin(out_dir)
     record = run_record(status="running", recipe=str(loaded.path), recipe_digest=graph.recipe_digest, steps=[],
-                        evaluation={}, model=None, pid=os.getpid())
-    with locked(out_dir / ".slmforge.lock"):
-        write_atomic(out_dir / RUN_JSON, json.dumps(record, indent=2) + "\n")
+                        evaluation={}, model=None, pid=os.getpid(), run_id=stage.run_id)
+    staging.write_record(stage.path / RUN_JSON, record, reserve=True)
+    return stage
 
 
-def write_outputs(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], out_dir: Path, *,
-                  status: str, started: float, error: str | None = None,
-                  memo: DigestMemo | None = None) -> dict[str, Any]:
-    """Fill the output folder; under a lock so two runs into one folder don't interleave."""
+def finish(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], stage: staging.Stage, *,
+           started: float, memo: DigestMemo | None = None) -> dict[str, Any]:
+    """A run that succeeded: build its outputs in its folder, then swap them into output_dir."""
+    from slmforge.backends.local.report import LOSS_PNG, write_report
+
+    out_dir = stage.out
+    final = {r.name: r for r in results}[graph.final[0]]
+    source = Path(final.outputs[graph.final[1]])
+    with locked(out_dir / staging.LOCK):
+        if not same_model(source, out_dir / MODEL, memo):
+            copy_model(source, stage.path / MODEL, memo)
+        if memo is not None:
+            memo.save()
+        plot_stamp = f".{LOSS_PNG}.sha256"
+        for name in (LOSS_PNG, plot_stamp):  # an unchanged curve is not drawn again
+            if (out_dir / name).is_file():
+                shutil.copy2(out_dir / name, stage.path / name)
+        record = local_run_record(loaded, graph, results, status="succeeded", started=started,
+                                  model_dir=out_dir / MODEL, error=None, run_id=stage.run_id)
+        for step in record["steps"]:  # the logs' place once swapped in
+            if step.get("log") and Path(step["log"]).parent == stage.path / LOGS:
+                step["log"] = str(out_dir / LOGS / Path(step["log"]).name)
+        write_report(record, stage.path / REPORT)
+        staging.write_record(stage.path / RUN_JSON, record)
+        (stage.path / LOGS).mkdir(exist_ok=True)
+        names = [MODEL, LOGS, LOSS_PNG, plot_stamp, REPORT, RUN_JSON]
+        staging.swap_in(stage, names, stale=[LOSS_PNG, plot_stamp])
+    return record
+
+
+def fail(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], stage: staging.Stage, *,
+         started: float, error: str) -> dict[str, Any]:
+    """A run that failed or was stopped: its record and report stay in its own folder; output_dir is untouched."""
     from slmforge.backends.local.report import write_report
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with locked(out_dir / ".slmforge.lock"):
-        model_dir: Path | None = None
-        by_name = {r.name: r for r in results}
-        final = by_name.get(graph.final[0])
-        if status == "succeeded" and final is not None and graph.final[1] in final.outputs:
-            model_dir = out_dir / MODEL
-            copy_model(Path(final.outputs[graph.final[1]]), model_dir, memo)
-            if memo is not None:
-                memo.save()
-        elif manifest.read_manifest(out_dir / MODEL) is not None:  # never delete a model/ slmforge did not write
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(out_dir / MODEL)
-        record = local_run_record(loaded, graph, results, status=status, started=started, model_dir=model_dir, error=error)
-        write_report(record, out_dir / REPORT)
-        write_atomic(out_dir / RUN_JSON, json.dumps(record, indent=2, default=str) + "\n")
+    record = local_run_record(loaded, graph, results, status="failed", started=started, model_dir=None,
+                              error=error, run_id=stage.run_id, pid=os.getpid())
+    try:
+        write_report(record, stage.path / REPORT)
+    except OSError as e:  # a full disk: run.json below still says how the run ended
+        record["report_error"] = f"report.md not written: {e.strerror or e}"
+    staging.write_failure_record(stage.path / RUN_JSON, record)
     return record

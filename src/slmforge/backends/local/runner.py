@@ -76,6 +76,11 @@ def check_output_dir(loaded: LoadedRecipe, graph: StepGraph) -> None:
         if path == out or out in path.parents or path in out.parents:
             raise InvalidInput(f"{loaded.path}: engine.output_dir {out} overlaps the input {path}; the run would "
                                "overwrite or delete it: choose a folder apart from the recipe's inputs")
+    from slmforge.backends.local.staging import made_by_older_slmforge
+    from slmforge.contract.ownership import check
+
+    # never over a user's report.md or run.json (issue 20 #3)
+    check(out, what="engine.output_dir", ours=made_by_older_slmforge, hint="choose a new or empty engine.output_dir")
     model = out / "model"
     if model.exists() and manifest.read_manifest(model) is None:
         raise InvalidInput(f"{model} exists and was not written by slmforge; move it away or choose another "
@@ -169,10 +174,20 @@ class LocalRunner:
         """The checks that refuse a run before it touches anything."""
         check_runnable(self.graph)
         check_output_dir(self.loaded, self.graph)
+        for step in self.graph.steps:
+            if step.component == "register":
+                from slmforge.registry.mlflow_store import check_writable
+
+                check_writable(extra_params(self.loaded, step)["tracking_uri"], f"step '{step.name}'")
 
     def run(self) -> list[StepResult]:
         """Run every step in order; stop at the first failure (raised as StepFailed)."""
         self.preflight()
+        if self.logs_dir == self.output_dir / "logs":  # not the CLI's run folder: logs go to output_dir
+            from slmforge.backends.local.staging import made_by_older_slmforge
+            from slmforge.contract.ownership import claim
+
+            claim(self.output_dir, what="engine.output_dir", made_by="run", ours=made_by_older_slmforge)
         try:
             for step in self.graph.steps:
                 self._run_step(step)
