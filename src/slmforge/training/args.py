@@ -35,6 +35,8 @@ class TrainArgs:
     save_steps: int = param(500, ge=1, help="optimizer steps between checkpoints")
     eval_strategy: str = param("no", choices=EVAL_STRATEGIES, help="when to compute the eval loss")
     eval_steps: int | None = param(None, ge=1, help="optimizer steps between evaluations (default logging_steps)")
+    max_eval_samples: int = param(1000, ge=1, help="eval sequences the eval loss is computed over (the first "
+                                  "ones; Hugging Face's run_clm name); the held-out rows beyond are not scored")
     group_by_length: bool = param(False, help="batch examples of similar length together")
     adam_beta1: float = param(0.9, ge=0, lt=1, help="AdamW beta1")
     adam_beta2: float = param(0.999, ge=0, lt=1, help="AdamW beta2")

@@ -1,0 +1,154 @@
+"""Issue 20 (Medium 7, 8, 9, 13 and the Low list): each bad input is ONE line naming the file or the
+cause, exit 2, through the real CLI in a subprocess; the eval loss is capped and shows progress."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SLMFORGE = [sys.executable, "-m", "slmforge"]
+TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
+
+
+def cli(*args: str, cwd: Path | None = None, stdin: str = "") -> tuple[int, list[str], str]:
+    """(exit code, the stderr lines, stdout) of `slmforge ARGS`."""
+    done = subprocess.run([*SLMFORGE, *map(str, args)], capture_output=True, text=True, cwd=cwd, input=stdin,
+                          timeout=300)
+    return done.returncode, [ln for ln in done.stderr.splitlines() if ln.strip()], done.stdout
+
+
+def one_error(*args: str, cwd: Path | None = None, code: int = 2) -> str:
+    """The one error line of a command that must fail with `code`."""
+    rc, lines, _ = cli(*args, cwd=cwd)
+    assert (rc, len(lines)) == (code, 1), (rc, lines)
+    assert lines[0].startswith("slmforge: error: ") and "internal error" not in lines[0], lines
+    return lines[0]
+
+
+@pytest.fixture()
+def data_file(tmp_path) -> Path:
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"phrase": f"p {i}", "tone": "joy"}) + "\n" for i in range(3)))
+    return path
+
+
+def model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    return copy
+
+
+# --- 7: a corrupt model folder names its file -------------------------------------------------------
+
+@pytest.mark.parametrize("damage, named, cause", [
+    ("garbage", "model.safetensors", "not a safetensors file"),
+    ("truncate", "model.safetensors", "truncated"),
+    ("model_type", "config.json", "model_type 'nosuch'"),
+    ("config_json", "config.json", "not valid JSON"),
+])
+def test_a_corrupt_model_folder_is_one_line_naming_the_file(tmp_path, tiny_model_dir, data_file, damage, named,
+                                                          cause):
+    model = model_copy(tiny_model_dir, tmp_path)
+    weights, config = model / "model.safetensors", model / "config.json"
+    if damage == "garbage":
+        weights.write_bytes(b"\xff" * 1000)
+    elif damage == "truncate":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "model_type":
+        config.write_text(config.read_text().replace('"model_type": "phi3"', '"model_type": "nosuch"'))
+    else:
+        config.write_text("{broken")
+    line = one_error("evaluate", "--model", model, "--data", data_file, "--template", TEMPLATE)
+    assert f"{model / named}:" in line and cause in line, line
+
+
+def test_merge_and_finetune_name_a_truncated_weights_file(tmp_path, tiny_model_dir):
+    """The steps that load models (merge via torch_model, finetune via training.model) say the same."""
+    from slmforge.errors import InvalidInput
+    from slmforge.models.torch_model import load_causal_lm
+    from slmforge.training.model import LoraSpec, load_model
+
+    model = model_copy(tiny_model_dir, tmp_path)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(InvalidInput, match="model.safetensors: truncated"):
+        load_causal_lm(str(model))
+    with pytest.raises(InvalidInput, match="model.safetensors: truncated"):
+        load_model(str(model), None, LoraSpec(
+            method="lora", r=4, alpha=8, dropout=0.0, target_modules=None, quant_type="nf4", double_quant=False,
+            compute_dtype="float32", gradient_checkpointing=False, rank_dropout=0.0, module_dropout=0.0,
+            decompose_both=False, decompose_factor=-1), "cpu", 0)
+
+
+# --- 8: a broken onnxruntime-genai folder names its file --------------------------------------------
+
+@pytest.mark.parametrize("command", ["predict", "chat"])
+def test_a_junk_genai_config_is_one_line_naming_it(tmp_path, command):
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    (folder / "genai_config.json").write_text("{junk")
+    args = ["--model", folder] + (["hello"] if command == "predict" else [])
+    line = one_error(command, *args)
+    assert f"{folder / 'genai_config.json'}: not valid JSON" in line, line
+
+
+def test_an_onnx_folder_without_its_tokenizer_is_one_line_naming_it(tmp_path):
+    folder = tmp_path / "onnx"
+    folder.mkdir()
+    (folder / "genai_config.json").write_text(json.dumps({"model": {"decoder": {}, "context_length": 64}}))
+    line = one_error("predict", "--model", folder, "hello")
+    assert f"{folder}: no tokenizer.json" in line, line
+
+
+# --- 9: evaluate on a folder that is not a model says so first ---------------------------------------
+
+@pytest.mark.parametrize("content", [None, "model-q4.gguf"])
+def test_evaluate_on_a_folder_that_is_not_a_model_says_so_first(tmp_path, data_file, content):
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    if content:
+        (folder / content).write_bytes(b"GGUF")
+    line = one_error("evaluate", "--model", folder, "--data", data_file)
+    assert "not a Hugging Face model folder" in line and "text_template" not in line, line
+
+
+def test_evaluate_without_a_manifest_does_not_blame_one(tmp_path, tiny_model_dir, data_file):
+    line = one_error("evaluate", "--model", tiny_model_dir, "--data", data_file)
+    assert "has no slmforge.json" in line and "--template" in line, line
+
+
+# --- 13: the eval loss is capped, stated, and shows progress ------------------------------------------
+
+def test_the_eval_loss_is_capped_and_reports_progress(tmp_path, tiny_model_dir, seed_data, capsys, monkeypatch):
+    from lora_adapter import tone_dataset
+
+    from slmforge.contract.progress import PREFIX
+    from slmforge.steps import finetune
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    dataset = tone_dataset(tmp_path, tiny_model_dir, seed_data, max_samples=100, source_max_len=64)
+    capsys.readouterr()
+    m = finetune.run(model=tiny_model_dir, dataset=dataset, adapter=tmp_path / "adapter", r=4, alpha=8,
+                     per_device_train_batch_size=4, per_device_eval_batch_size=2, max_steps=2, max_eval_samples=3,
+                     progress=False)
+    err = capsys.readouterr().err
+    events = [json.loads(ln[len(PREFIX):]) for ln in err.splitlines() if ln.startswith(PREFIX)]
+    evals = [e for e in events if e["unit"] == "eval sequences"]
+    assert [(e["done"], e["total"]) for e in evals] == [(2, 3), (3, 3)], events
+    assert "eval loss is computed over the first 3 of 10 held-out sequences (max_eval_samples 3)" in err, err
+    assert (m["metrics"]["eval_sequences"], m["metrics"]["eval_sequences_held_out"]) == (3, 10)
+    assert m["params"]["max_eval_samples"] == 3
+
+
+# --- predict: an empty input ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_predict_refuses_an_empty_text(tmp_path, text):
+    line = one_error("predict", "--model", tmp_path / "nowhere", text)
+    assert "TEXT is empty" in line, line
