@@ -220,5 +220,8 @@ def downloaded_output(root: Path, output: str) -> Path:
 
 
 def cancel(ml_client: "MLClient", name: str) -> None:
-    get_job(ml_client, name)
+    """Ask the service to stop a running job; a job that already ended is InvalidInput with its status."""
+    status = status_text(get_job(ml_client, name).status)
+    if status in TERMINAL:
+        raise InvalidInput(f"{name}: already finished ({status}); nothing to cancel")
     ml_client.jobs.begin_cancel(name).result()
