@@ -152,3 +152,98 @@ def test_the_eval_loss_is_capped_and_reports_progress(tmp_path, tiny_model_dir, 
 def test_predict_refuses_an_empty_text(tmp_path, text):
     line = one_error("predict", "--model", tmp_path / "nowhere", text)
     assert "TEXT is empty" in line, line
+
+
+# --- Low: recipes -------------------------------------------------------------------------------------
+
+def recipe(tmp_path: Path, model: Path | str, edit=None, *, rows: str | None = None) -> Path:
+    """The shortest recipe (test_cli_errors'), its data file written beside it; `edit` changes it."""
+    import copy
+
+    from test_cli_errors import RECIPE, ROWS, jsonl
+
+    r = copy.deepcopy(RECIPE)
+    r["input_model"]["config"]["hf_config"]["model_name"] = str(model)
+    if edit:
+        edit(r)
+    (tmp_path / "tones.jsonl").write_text(rows if rows is not None else jsonl(ROWS), encoding="utf-8")
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(r), encoding="utf-8")
+    return path
+
+
+def load_config(r: dict) -> dict:
+    return r["data_configs"][0]["load_dataset_config"]
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_a_recipe_nested_too_deep_says_so(tmp_path, suffix):
+    path = tmp_path / f"deep{suffix}"
+    path.write_text(("a: " if suffix == ".yaml" else "") + "[" * 100_000 + "]" * 100_000)
+    line = one_error("validate", path)
+    assert f"{path}: nested too deep" in line and "YAML" not in line, line
+
+
+def test_csv_on_a_json_lines_file_is_one_line(tmp_path, tiny_model_dir):
+    path = recipe(tmp_path, tiny_model_dir, lambda r: load_config(r).update(data_name="csv"))
+    line = one_error("validate", path)
+    assert "tones.jsonl does not look like CSV" in line and "data_name: json" in line, line
+
+
+@pytest.mark.parametrize("target, state", [("folder", "is a folder"), ("/dev/urandom", "is not a regular file")])
+def test_data_files_that_is_not_a_file_says_what_it_is(tmp_path, tiny_model_dir, target, state):
+    (tmp_path / "folder").mkdir()
+    path = recipe(tmp_path, tiny_model_dir, lambda r: load_config(r).update(data_files=target))
+    line = one_error("validate", path)
+    assert f"data file '{target}' {state}" in line and "not found" not in line, line
+
+
+def test_a_missing_model_and_missing_data_are_reported_together(tmp_path):
+    path = recipe(tmp_path, tmp_path / "no-model", lambda r: load_config(r).update(data_files="no-data.jsonl"))
+    rc, lines, _ = cli("validate", path)
+    assert rc == 2 and len(lines) == 2, lines
+    assert "no-model' not found" in lines[0] and "no-data.jsonl' not found" in lines[1], lines
+
+
+def test_the_answer_placeholder_twice_is_refused(tmp_path, tiny_model_dir):
+    def twice(r):
+        r["data_configs"][0]["pre_process_data_config"]["text_template"] = "{tone}: {phrase}\n### The tone is:\n{tone}"
+
+    line = one_error("validate", recipe(tmp_path, tiny_model_dir, twice))
+    assert "text_template: the answer placeholder '{tone}' appears 2 times" in line, line
+
+
+# --- Low: commands --------------------------------------------------------------------------------------
+
+def test_cache_commands_on_what_is_not_a_cache(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "notes.txt").write_text("mine")
+    assert "not an slmforge cache" in one_error("cache", "ls", "--cache-dir", user)
+    line = one_error("cache", "clean", "--all", "--cache-dir", tmp_path / "missing")
+    assert f"{tmp_path / 'missing'}: no slmforge cache there" in line, line
+    line = one_error("cache", "clean", "--all", "--cache-dir", user / "notes.txt")
+    assert f"{user / 'notes.txt'}: a file, not an slmforge cache folder" in line, line
+    assert (user / "notes.txt").read_text() == "mine"
+
+
+def test_compile_refuses_an_experiment_name_azure_ml_refuses(tmp_path):
+    line = one_error("compile", "demo-aml", "-o", tmp_path / "out", "--experiment", "a\nb")
+    assert "--experiment 'a\\nb'" in line, line
+    assert not (tmp_path / "out" / "pipeline.yml").exists()
+
+
+def test_evaluate_names_a_missing_column_once_with_a_count(tmp_path, tiny_model_dir):
+    data = tmp_path / "rows.jsonl"
+    data.write_text('{"a": "x", "b": "y"}\n' * 30)
+    line = one_error("evaluate", "--model", tiny_model_dir, "--data", data, "--template", "{nocol}")
+    assert "row 1 (line 1): missing column 'nocol'" in line and "(and 29 more rows alike)" in line, line
+
+
+def test_migrate_refuses_a_symlink_as_its_output(tmp_path, tiny_model_dir):
+    path = recipe(tmp_path, tiny_model_dir)
+    link = tmp_path / "out.json"
+    link.symlink_to(tmp_path / "target.json")
+    line = one_error("migrate", path, "-o", link)
+    assert f"{link}: a symbolic link" in line, line
+    assert not (tmp_path / "target.json").exists()
