@@ -62,8 +62,11 @@ def test_resubmission_reuses_the_code_snapshot(emulator, capsys):
 def test_cancel_then_status_exits_1(emulator, capsys, monkeypatch):
     monkeypatch.setenv("SLMFORGE_POLL_SECONDS", "0.5")
     name = submit_detached(str(emulator[1]), capsys)
-    assert cli(["cancel", name, "--workspace", str(emulator[1])]) == 0
-    assert f"{name}: cancel requested" in capsys.readouterr().out
+    code = cli(["cancel", name, "--workspace", str(emulator[1])])
+    captured = capsys.readouterr()
+    # load_data may fail (no registry model offline) before the cancel lands: then cancel says so, exit 2
+    assert (code, f"{name}: cancel requested" in captured.out) == (0, True) or (
+        code == 2 and f"{name}: already finished (Failed)" in captured.err), (code, captured)
     assert cli(["status", name, "--workspace", str(emulator[1]), "--wait"]) == 1
     err = capsys.readouterr().err
     # the emulator may have failed load_data (no registry model offline) before the cancel landed

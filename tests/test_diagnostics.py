@@ -247,3 +247,19 @@ def test_migrate_refuses_a_symlink_as_its_output(tmp_path, tiny_model_dir):
     line = one_error("migrate", path, "-o", link)
     assert f"{link}: a symbolic link" in line, line
     assert not (tmp_path / "target.json").exists()
+
+
+def test_cancel_of_a_finished_job_says_it_finished(emulator, capsys, monkeypatch):
+    """The emulator fails the cookbook job at load_data (its registry model is not there offline)."""
+    import re
+
+    from slmforge.cli import main
+
+    monkeypatch.setenv("SLMFORGE_POLL_SECONDS", "0.5")
+    recipe_file = Path(__file__).parent / "recipes" / "cookbook-aml.json"
+    assert main(["submit", str(recipe_file), "--workspace", str(emulator[1]), "--wait"]) == 1
+    name = re.search(r"^(\S+): Failed$", capsys.readouterr().out, re.M).group(1)
+    assert main(["cancel", name, "--workspace", str(emulator[1])]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"slmforge: error: {name}: already finished (Failed); nothing to cancel"
+    assert "cancel requested" not in captured.out
