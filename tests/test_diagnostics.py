@@ -228,9 +228,12 @@ def test_cache_commands_on_what_is_not_a_cache(tmp_path):
 
 
 def test_compile_refuses_an_experiment_name_azure_ml_refuses(tmp_path):
-    line = one_error("compile", "demo-aml", "-o", tmp_path / "out", "--experiment", "a\nb")
+    cookbook = Path(__file__).parent / "recipes" / "cookbook-aml.json"
+    line = one_error("compile", cookbook, "-o", tmp_path / "out", "--experiment", "a\nb")
     assert "--experiment 'a\\nb'" in line, line
     assert not (tmp_path / "out" / "pipeline.yml").exists()
+    rc, lines, _ = cli("compile", cookbook, "-o", tmp_path / "good", "--experiment", "tones_2-a")
+    assert rc == 0 and "experiment_name: tones_2-a" in (tmp_path / "good" / "pipeline.yml").read_text(), lines
 
 
 def test_evaluate_names_a_missing_column_once_with_a_count(tmp_path, tiny_model_dir):
