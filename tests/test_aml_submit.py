@@ -70,7 +70,7 @@ def test_cancel_then_status_exits_1(emulator, capsys, monkeypatch):
     assert cli(["status", name, "--workspace", str(emulator[1]), "--wait"]) == 1
     err = capsys.readouterr().err
     # the emulator may have failed load_data (no registry model offline) before the cancel landed
-    assert f"job {name} canceled" in err or f"job {name} failed at step load_data;" in err, err
+    assert f"job {name} canceled" in err or f"job {name} failed at step load_data" in err, err
 
 
 def test_wait_follows_step_by_step_and_names_the_failed_step(emulator, capsys, monkeypatch):
@@ -80,7 +80,7 @@ def test_wait_follows_step_by_step_and_names_the_failed_step(emulator, capsys, m
     captured = capsys.readouterr()
     assert re.search(r"^  load_data +Failed$", captured.out, re.M), captured.out
     assert re.search(r"^\S+: Failed$", captured.out, re.M), captured.out
-    assert re.search(r"job \S+ failed at step load_data; see `slmforge logs \S+ --step load_data`", captured.err)
+    assert re.search(r"job \S+ failed at step load_data: .+; see `slmforge logs \S+ --step load_data`", captured.err)
     assert "registered model" not in captured.out
 
 

@@ -266,3 +266,15 @@ def test_cancel_of_a_finished_job_says_it_finished(emulator, capsys, monkeypatch
     captured = capsys.readouterr()
     assert captured.err.strip() == f"slmforge: error: {name}: already finished (Failed); nothing to cancel"
     assert "cancel requested" not in captured.out
+
+
+def test_a_failed_job_names_the_cause_from_its_log(emulator, capsys, monkeypatch):
+    """The cookbook job fails at load_data in the emulator: the line says why, from the step's log."""
+    from slmforge.cli import main
+
+    monkeypatch.setenv("SLMFORGE_POLL_SECONDS", "0.5")
+    recipe_file = Path(__file__).parent / "recipes" / "cookbook-aml.json"
+    assert main(["submit", str(recipe_file), "--workspace", str(emulator[1]), "--wait"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("slmforge: error:")]
+    assert len(err) == 1 and " failed at step load_data: " in err[0] and "slmforge logs" in err[0], err
+    print(err[0])
