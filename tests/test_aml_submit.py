@@ -129,6 +129,7 @@ def test_stopped_emulator_is_one_line_at_once(emulator, tmp_path, capsys):
     assert len(err) == 1, err
     assert f"cannot reach the Azure ML workspace at https://127.0.0.1:{port}: connection refused" in err[0]
     assert "is the emulator running?" in err[0]
+    assert re.search(r"\(one connection attempt, \d+\.\d s of a 3 s timeout", err[0]), err[0]  # how long it was tried
 
 
 @pytest.fixture
