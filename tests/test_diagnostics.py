@@ -50,6 +50,7 @@ def model_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
     ("truncate", "model.safetensors", "truncated"),
     ("model_type", "config.json", "model_type 'nosuch'"),
     ("config_json", "config.json", "not valid JSON"),
+    ("tokenizer_json", "tokenizer.json", "not valid JSON"),
 ])
 def test_a_corrupt_model_folder_is_one_line_naming_the_file(tmp_path, tiny_model_dir, data_file, damage, named,
                                                           cause):
@@ -61,8 +62,10 @@ def test_a_corrupt_model_folder_is_one_line_naming_the_file(tmp_path, tiny_model
         weights.write_bytes(weights.read_bytes()[:-100])
     elif damage == "model_type":
         config.write_text(config.read_text().replace('"model_type": "phi3"', '"model_type": "nosuch"'))
-    else:
+    elif damage == "config_json":
         config.write_text("{broken")
+    else:
+        (model / "tokenizer.json").write_text("{broken")
     line = one_error("evaluate", "--model", model, "--data", data_file, "--template", TEMPLATE)
     assert f"{model / named}:" in line and cause in line, line
 

@@ -77,7 +77,10 @@ def load_tokenizer(source: str):
     from slmforge.models.model_folder import resolve_tokenizer_folder
 
     if Path(source).is_dir():
+        from slmforge.models.weights_check import check_json_files
+
         source = str(resolve_tokenizer_folder(source))
+        check_json_files(source)
     try:
         return AutoTokenizer.from_pretrained(source, **_hub_kwargs(source))
     except OSError as e:

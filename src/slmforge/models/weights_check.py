@@ -25,10 +25,27 @@ def check_loadable(folder: str | Path) -> None:
     config = folder / "config.json"
     if config.is_file():
         _check_config(config)
+    check_json_files(folder)
     for weights in sorted(folder.glob("*.safetensors")):
         problem = safetensors_problem(weights)
         if problem:
             raise InvalidInput(f"{weights}: {problem}")
+
+
+# The other JSON files transformers reads from a model folder (the config is checked further).
+JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+              "model.safetensors.index.json")
+
+
+def check_json_files(folder: str | Path) -> None:
+    """Each of the folder's JSON_FILES that is there parses as JSON, else InvalidInput naming it."""
+    for name in JSON_FILES:
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeError, json.JSONDecodeError) as e:
+                raise InvalidInput(f"{path}: not valid JSON ({e})") from None
 
 
 def _check_config(config: Path) -> None:
