@@ -62,12 +62,15 @@ def test_resubmission_reuses_the_code_snapshot(emulator, capsys):
 def test_cancel_then_status_exits_1(emulator, capsys, monkeypatch):
     monkeypatch.setenv("SLMFORGE_POLL_SECONDS", "0.5")
     name = submit_detached(str(emulator[1]), capsys)
-    assert cli(["cancel", name, "--workspace", str(emulator[1])]) == 0
-    assert f"{name}: cancel requested" in capsys.readouterr().out
+    code = cli(["cancel", name, "--workspace", str(emulator[1])])
+    captured = capsys.readouterr()
+    # load_data may fail (no registry model offline) before the cancel lands: then cancel says so, exit 2
+    assert (code, f"{name}: cancel requested" in captured.out) == (0, True) or (
+        code == 2 and f"{name}: already finished (Failed)" in captured.err), (code, captured)
     assert cli(["status", name, "--workspace", str(emulator[1]), "--wait"]) == 1
     err = capsys.readouterr().err
     # the emulator may have failed load_data (no registry model offline) before the cancel landed
-    assert f"job {name} canceled" in err or f"job {name} failed at step load_data;" in err, err
+    assert f"job {name} canceled" in err or f"job {name} failed at step load_data" in err, err
 
 
 def test_wait_follows_step_by_step_and_names_the_failed_step(emulator, capsys, monkeypatch):
@@ -77,7 +80,7 @@ def test_wait_follows_step_by_step_and_names_the_failed_step(emulator, capsys, m
     captured = capsys.readouterr()
     assert re.search(r"^  load_data +Failed$", captured.out, re.M), captured.out
     assert re.search(r"^\S+: Failed$", captured.out, re.M), captured.out
-    assert re.search(r"job \S+ failed at step load_data; see `slmforge logs \S+ --step load_data`", captured.err)
+    assert re.search(r"job \S+ failed at step load_data: .+; see `slmforge logs \S+ --step load_data`", captured.err)
     assert "registered model" not in captured.out
 
 
@@ -126,6 +129,7 @@ def test_stopped_emulator_is_one_line_at_once(emulator, tmp_path, capsys):
     assert len(err) == 1, err
     assert f"cannot reach the Azure ML workspace at https://127.0.0.1:{port}: connection refused" in err[0]
     assert "is the emulator running?" in err[0]
+    assert re.search(r"\(one connection attempt, \d+\.\d s of a 3 s timeout", err[0]), err[0]  # how long it was tried
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def test_template_errors_are_invalid_input(folders, tiny_model_dir, demo_data, t
     from slmforge.cli import main
 
     assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(demo_data)]) == 2
-    assert "carries no text_template; pass --template" in capsys.readouterr().err
+    assert "has no slmforge.json to take the text template from; pass --template" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(folders["int4"]), "--data", str(demo_data),
                  "--template", "{phrase} => {label}"]) == 2
     assert "missing column 'label'" in capsys.readouterr().err

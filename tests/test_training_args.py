@@ -48,7 +48,8 @@ def test_the_table_is_the_installed_transformers_training_arguments():
     assert not set(hf_args.OLDER) & installed  # a name transformers brought back moves to CURRENT
     assert set(hf_args.TABLE) == set(hf_args.CURRENT) | set(hf_args.OLDER)  # each name classed once
     honoured = {n for n, r in hf_args.TABLE.items() if r.kind == hf_args.HONOURED}
-    assert honoured == set(TrainArgs.__dataclass_fields__) | set(hf_args.RECIPE_SIDE)
+    assert honoured | set(hf_args.SLMFORGE_OWN) == set(TrainArgs.__dataclass_fields__) | set(hf_args.RECIPE_SIDE)
+    assert not set(hf_args.SLMFORGE_OWN) & installed
     assert set(REPORT_TO) == set(INTEGRATION_TO_CALLBACK) | {"all", "none"}
 
 

@@ -2,6 +2,7 @@
 
 import argparse
 import functools
+import re
 from pathlib import Path
 
 
@@ -60,6 +61,12 @@ def check_names(args: argparse.Namespace) -> None:
         value = getattr(args, option, None)
         if value is not None:
             check_asset_name(value, f"--{option}")
+    experiment = getattr(args, "experiment", None)
+    if experiment is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,254}", experiment):
+        from slmforge.errors import InvalidInput
+
+        raise InvalidInput(f"--experiment {experiment!r}: Azure ML experiment names take letters, digits, '_' and "
+                           "'-', starting with a letter or digit, at most 255 characters")
 
 
 

@@ -34,6 +34,20 @@ def _cache_dir(args: argparse.Namespace) -> Path:
     return Path(args.cache_dir or ".slmforge/cache").resolve()
 
 
+def checked_cache_dir(root: Path) -> Path:
+    """`root` when it is an slmforge cache (or an empty folder); else one line saying what it is instead."""
+    from slmforge.backends.local.cache import MARKER
+    from slmforge.errors import InvalidInput
+
+    if not root.exists():
+        raise InvalidInput(f"{root}: no slmforge cache there (no such folder)")
+    if not root.is_dir():
+        raise InvalidInput(f"{root}: a file, not an slmforge cache folder")
+    if not (root / MARKER).is_file() and any(root.iterdir()):
+        raise InvalidInput(f"{root}: not an slmforge cache (no {MARKER}); it holds other files")
+    return root
+
+
 def parse_age(text: str) -> float:
     from slmforge.errors import InvalidInput
 
@@ -49,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.backends.local.report import fmt_size
     from slmforge.contract.files import folder_size
 
-    cache = Cache(_cache_dir(args))
+    cache = Cache(checked_cache_dir(_cache_dir(args)))
     if args.action == "clean":
         removed, freed = cache.clean(everything=args.all,
                                      older_than_s=parse_age(args.older_than) if args.older_than else None)

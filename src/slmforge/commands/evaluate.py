@@ -28,11 +28,14 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.data.template import Template
     from slmforge.errors import InvalidInput
     from slmforge.models import evaluation
-    from slmforge.models.model_folder import carried_template
+    from slmforge.contract.manifest import MANIFEST
+    from slmforge.models.model_folder import carried_template, is_onnx_folder, resolve_hf_folder
 
     model, data = Path(args.model), Path(args.data)
     if not model.is_dir():
         raise InvalidInput(f"--model {model}: no such folder")
+    if not is_onnx_folder(model):
+        resolve_hf_folder(model)  # not a model folder at all: said before anything about its template
     if args.max_samples < 1 or args.max_new_tokens < 1:
         raise InvalidInput("--max_samples and --max_new_tokens must be at least 1")
     label = args.label or model.name
@@ -44,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         text = args.template or carried_template(model)
         if not text:
-            raise InvalidInput(f"{model}: its slmforge.json carries no text_template; pass --template")
+            carried = "carries no text_template" if (model / MANIFEST).is_file() else f"has no {MANIFEST}"
+            raise InvalidInput(f"{model}: the folder {carried} to take the text template from; pass --template")
         template = Template(text)
         rows = read_rows(data, template, args.max_samples)
         backend = evaluation.load_backend(model, None)

@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
             for step, status in current.steps.items():
                 print(f"  {step:<16} {status}")
         if current.done:
-            aml_jobs.raise_if_failed(current)
+            aml_jobs.raise_if_failed(current, aml_logs.failure_cause(ml_client, current))
         return 0
     if args.command == "logs":
         aml_logs.print_logs(ml_client, args.job, args.step)

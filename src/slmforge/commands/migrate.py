@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     from slmforge.errors import InvalidInput
@@ -29,7 +30,10 @@ def run(args: argparse.Namespace) -> int:
         print(text, end="")
         return 0
     out = Path(args.output)
+    if out.is_symlink():  # a dangling link too: writing through it would create its target elsewhere
+        raise InvalidInput(f"{out}: a symbolic link (to {os.readlink(out)}); migrate writes only a new file")
     if out.exists():
         raise InvalidInput(f"{out}: already exists; migrate never overwrites a file")
-    out.write_text(text, encoding="utf-8")
+    with out.open("x", encoding="utf-8") as f:  # O_EXCL: nothing made in between is followed or overwritten
+        f.write(text)
     return 0

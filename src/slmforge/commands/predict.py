@@ -27,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.models.genai import GenaiModel, require_onnx_folder
     from slmforge.models.model_folder import carried_template
 
+    from slmforge.errors import InvalidInput
+
+    if not args.text.strip():
+        raise InvalidInput("TEXT is empty: give the input to answer, e.g. slmforge predict --model DIR 'some text'")
     if args.template:
         Template(args.template)  # a broken --template is named before the model folder is looked at
     folder = require_onnx_folder(args.model)

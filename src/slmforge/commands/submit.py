@@ -31,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @service_command
 def run(args: argparse.Namespace) -> int:
     from slmforge.backends.aml.jobs import follow, raise_if_failed, studio_url, submit
+    from slmforge.backends.aml.logs import failure_cause
     from slmforge.backends.aml.models import register_job_model
     from slmforge.backends.aml.workspace import resolve_ml_client
     from slmforge.recipe.loader import load_recipe
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"follow with: slmforge status {job.name}")
         return 0
     final = follow(ml_client, job.name)
-    raise_if_failed(final)
+    raise_if_failed(final, failure_cause(ml_client, final))
     if args.register and loaded.recipe.register_.enabled:
         model = register_job_model(ml_client, job.name, registry=loaded.recipe.register_.registry)
         print(f"registered model {model.name}:{model.version}")

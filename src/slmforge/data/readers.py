@@ -65,20 +65,25 @@ def read_records(path: Path, data_format: str, columns: list[str]) -> Iterator[t
 
 def check_rows(out: Rows, records: Iterable[tuple[Path, str, Any]], text_cols: list[str], chat: bool) -> Rows:
     """Count `(path, where, record)` into `out`: usable rows kept, empty ones counted, bad ones an
-    InvalidInput naming the first (up to _MAX_PROBLEMS listed)."""
-    problems: list[str] = []
+    InvalidInput naming the first (up to _MAX_PROBLEMS distinct ones listed; rows with the same problem
+    as an earlier one are counted on its line, not listed)."""
+    first: dict[str, str] = {}  # problem -> where it was first seen (insertion order: file order)
+    count: dict[str, int] = {}
     for path, where, record in records:
         out.read += 1
         row, problem = _check_chat_record(record) if chat else _check_record(record, text_cols)
         if problem is not None:
-            problems.append(f"{path}: {where}: {problem}")
-            if len(problems) >= _MAX_PROBLEMS:
+            first.setdefault(problem, f"{path}: {where}")
+            count[problem] = count.get(problem, 0) + 1
+            if len(first) >= _MAX_PROBLEMS:
                 break
         elif row is None:
             out.empty += 1
         else:
             out.rows.append(row)
-    if problems:
+    if first:
+        problems = [f"{where}: {problem}" + (f" (and {count[problem] - 1} more rows alike)" if count[problem] > 1
+                                             else "") for problem, where in first.items()]
         raise InvalidInput(problems[0], problems)
     return out
 

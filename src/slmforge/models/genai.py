@@ -26,6 +26,25 @@ def require_onnx_folder(folder: str | Path) -> Path:
     return path
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")  # what og's tokenizer reads (BPE json or sentencepiece)
+
+
+def read_genai_config(folder: Path) -> dict:
+    """The "model" object of the folder's genai_config.json, and a tokenizer beside it, or one line naming
+    the file that is broken or missing."""
+    path = folder / GENAI_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeError, json.JSONDecodeError) as e:
+        raise InvalidInput(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
+        raise InvalidInput(f"{path}: no \"model\" object (not an onnxruntime-genai config)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise InvalidInput(f"{folder}: no {TOKENIZER_FILES[0]} (the tokenizer onnxruntime-genai needs) beside "
+                           f"{GENAI_CONFIG}")
+    return config["model"]
+
+
 def _config_with_threads(og, folder: Path, decoder: dict):
     """og's config for `folder`, running on every core this process may use.
 
@@ -52,12 +71,16 @@ class GenaiModel:
             og.disable_telemetry_events()  # slmforge sends no telemetry
         self.folder = require_onnx_folder(folder)
         self._og = og
-        config = json.loads((self.folder / GENAI_CONFIG).read_text(encoding="utf-8"))["model"]
+        config = read_genai_config(self.folder)
         try:
             self.model = og.Model(_config_with_threads(og, self.folder, config.get("decoder", {})))
         except Exception as e:  # og raises RuntimeError/OSError subclasses with the reason
             raise InvalidInput(f"{self.folder}: onnxruntime-genai cannot load the model: {e}") from e
-        self.tokenizer = og.Tokenizer(self.model)
+        try:
+            self.tokenizer = og.Tokenizer(self.model)
+        except Exception as e:  # noqa: BLE001 - og raises RuntimeError with the reason
+            raise InvalidInput(f"{self.folder}: onnxruntime-genai cannot load the tokenizer: "
+                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         self.tokenizer.update_options(add_special_tokens="true")
         self.bos_token_id = int(self.tokenizer.bos_token_id)
         self.context_length = int(config.get("context_length", 2048))

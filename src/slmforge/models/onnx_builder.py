@@ -93,6 +93,9 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
     from onnxruntime_genai.models.builder import create_model
     from onnxruntime_genai.models.builder import parse_extra_options as builder_parse
 
+    from slmforge.models.weights_check import check_loadable
+
+    check_loadable(source)  # a corrupt file is the user's, named; not "the builder failed"
     options = dict(extra)
     if precision in _QUANTIZED:
         algo_config = AUTO_METHOD if algo_config == "auto" else algo_config

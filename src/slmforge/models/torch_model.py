@@ -58,10 +58,15 @@ def load_causal_lm(source: str, torch_dtype: str = "float32"):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from slmforge.models.weights_check import check_loadable, load_error
+
+    check_loadable(source)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, torch_dtype), **_hub_kwargs(source))
     except OSError as e:
         raise InvalidInput(f"{source}: cannot load the model: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a load error names the folder; anything else is re-raised
+        raise (load_error(source, e) or e) from e
     return model.eval()
 
 
@@ -72,7 +77,10 @@ def load_tokenizer(source: str):
     from slmforge.models.model_folder import resolve_tokenizer_folder
 
     if Path(source).is_dir():
+        from slmforge.models.weights_check import check_json_files
+
         source = str(resolve_tokenizer_folder(source))
+        check_json_files(source)
     try:
         return AutoTokenizer.from_pretrained(source, **_hub_kwargs(source))
     except OSError as e:

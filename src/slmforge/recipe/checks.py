@@ -121,6 +121,10 @@ def _check_templates(loaded: LoadedRecipe) -> Iterator[str]:
                        f"is not in text_cols {pre.columns}{_hint(field, pre.columns)}")
         if pre.loss_on == "completion" and not fields:
             yield f"{data_config_path(loaded, i, 'loss_on')}: 'completion' needs a text_template with placeholders"
+        if fields and fields.count(fields[-1]) > 1:  # the last placeholder is the answer (data/template.py)
+            yield (f"{data_config_path(loaded, i, 'text_template')}: the answer placeholder '{{{fields[-1]}}}' "
+                   f"appears {fields.count(fields[-1])} times; it may appear once, at the end (an earlier one "
+                   "puts the answer in the prompt)")
 
 
 def _local_model_ref(loaded: LoadedRecipe) -> tuple[str, str, str] | None:
@@ -165,7 +169,9 @@ def _check_data_files(loaded: LoadedRecipe) -> Iterator[str]:
         where = data_config_path(loaded, i, "data_files")
         path = resolve_path(loaded, files)
         if not path.is_file():
-            yield f"{where}: data file '{files}' not found (looked at {path})"
+            state = ("is a folder; name a data file in it" if path.is_dir() else
+                     "is not a regular file (a device, pipe or socket)" if path.exists() else "not found")
+            yield f"{where}: data file '{files}' {state} (looked at {path})"
             continue
         pre = dc.pre_process_data_config
         if "pre_process_data" in dc.user_components:
@@ -218,6 +224,11 @@ def _text_columns(path: Path, data_name: str) -> set[str] | None:
         import csv
 
         with path.open(encoding="utf-8-sig", newline="") as f:
+            first = f.readline().lstrip()
+            if first.startswith(("{", "[")):
+                raise InvalidInput(f"data_name is 'csv' but {path.name} does not look like CSV (its first line is "
+                                   "JSON); use data_name: json")
+            f.seek(0)
             header = next(csv.reader(f), None)
         return set(header) if header else None
     return None

@@ -55,6 +55,9 @@ def read_raw(path: Path) -> dict[str, Any]:
                            "keep one") from None
     except json.JSONDecodeError as e:
         raise InvalidInput(f"{path}: line {e.lineno} column {e.colno}: not valid JSON: {e.msg}") from None
+    except RecursionError:
+        raise InvalidInput(f"{path}: nested too deep (lists or objects inside each other far beyond any "
+                           "recipe)") from None
     except Exception as e:  # yaml.YAMLError: its str carries line and column
         first = " ".join(str(e).split())
         raise InvalidInput(f"{path}: not valid YAML: {first}") from None

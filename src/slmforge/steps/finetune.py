@@ -25,12 +25,12 @@ from slmforge.steps._cli import run_step
 from slmforge.training import checkpoint, tracking
 from slmforge.training.args import TrainArgs
 from slmforge.training.data import read_dataset
-from slmforge.training.loop import Dist, train
+from slmforge.training.loop import Dist, eval_examples, train
 from slmforge.training.model import DTYPES, METHODS, LoraSpec, base_model_name, load_model
 
 # Parameters that do not change the trained weights: a checkpoint made under other values still resumes.
 _NOT_IN_FINGERPRINT = {"logging_steps", "save_steps", "eval_strategy", "eval_steps", "per_device_eval_batch_size",
-                       "save_total_limit"}
+                       "save_total_limit", "max_eval_samples"}
 _FOLDERS = ("model", "model_id", "dataset", "adapter", "checkpoints")  # where, not how: not in the params
 _LYCORIS = ("rank_dropout", "module_dropout")
 _LOKR = ("decompose_both", "decompose_factor")
@@ -115,6 +115,10 @@ def run(*, progress: bool = True, **given) -> dict | None:
         run_print = checkpoint.fingerprint(
             params={k: v for k, v in params.items() if k not in _NOT_IN_FINGERPRINT},
             dataset=data_digest, model=model_print, world=dist.world)
+        scored = len(eval_examples(data.eval, p))
+        if dist.rank == 0 and scored < len(data.eval):
+            print(f"finetune: the eval loss is computed over the first {scored} of {len(data.eval)} held-out "
+                  f"sequences (max_eval_samples {p.max_eval_samples})", file=sys.stderr, flush=True)
         autocast = getattr(torch, p.autocast_dtype()) if p.autocast_dtype() else None
         result = train(peft_model, data, p, dist, checkpoints=Path(checkpoints) if checkpoints else None,
                        run_fingerprint=run_print, autocast_dtype=autocast,
@@ -127,6 +131,7 @@ def run(*, progress: bool = True, **given) -> dict | None:
         metrics = {
             "loss_history": result.loss_history, "eval_history": result.eval_history,
             "eval_loss": result.eval_loss, "final_loss": result.loss_history[-1]["loss"],
+            "eval_sequences": scored, "eval_sequences_held_out": len(data.eval),
             "tokens_per_second": round(result.tokens_per_second, 1), "tokens": result.tokens,
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "train_seconds": round(result.train_seconds, 3), "steps": result.steps,

@@ -50,6 +50,8 @@ class TrainArgs:
     greater_is_better: bool | None = param(None, help="a higher metric is better (default: false, for a loss)")
     bf16: bool = param(False, help="train under bfloat16 autocast (the adapter stays float32)")
     fp16: bool = param(False, help="train under float16 autocast with a gradient scaler (the adapter stays float32)")
+    max_eval_samples: int = param(1000, ge=1, help="eval sequences the eval loss is computed over (the first "
+                                  "ones; Hugging Face's run_clm name); the held-out rows beyond are not scored")
     group_by_length: bool = param(False, help="batch examples of similar length together")
     adam_beta1: float = param(0.9, ge=0, lt=1, help="AdamW beta1")
     adam_beta2: float = param(0.999, ge=0, lt=1, help="AdamW beta2")

@@ -81,6 +81,9 @@ OLDER = (
     "tpu_num_cores use_ipex use_legacy_prediction_loop use_mps_device warmup_ratio"
 ).split()
 
+# slmforge's training arguments that TrainingArguments lacks (Hugging Face's example scripts name them).
+SLMFORGE_OWN = ("max_eval_samples",)
+
 # Honoured by the recipe, not as a finetune step parameter of the same name (recipe/training_args.py).
 RECIPE_SIDE = ("data_seed", "evaluation_strategy", "activation_checkpointing", "train_sampling_strategy",
                "resume_from_checkpoint", "report_to")

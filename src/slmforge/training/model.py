@@ -97,11 +97,16 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
             bnb_4bit_use_double_quant=spec.double_quant,
             bnb_4bit_compute_dtype=getattr(torch, spec.compute_dtype))
         kwargs["device_map"] = {"": device}
+    from slmforge.models.weights_check import check_loadable, load_error
+
+    check_loadable(source)
     torch.manual_seed(seed)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, spec.torch_dtype), **kwargs)
     except OSError as e:
         raise InvalidInput(f"{source}: the model could not be loaded ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # noqa: BLE001 - a load error names the folder; anything else is re-raised
+        raise (load_error(source, e) or e) from None
     with warnings.catch_warnings():  # peft asks transformers' deprecated `is_gradient_checkpointing`
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         if spec.method == "qlora":

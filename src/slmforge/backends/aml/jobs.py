@@ -143,11 +143,13 @@ def follow(ml_client: "MLClient", name: str, *, echo: Callable[[str], None] = pr
         time.sleep(interval)
 
 
-def raise_if_failed(current: JobState) -> None:
+def raise_if_failed(current: JobState, cause: str | None = None) -> None:
+    """StepFailed naming the failed steps and, when known, the cause (the first error line of its log)."""
     if current.status == "Completed":
         return
     failed = current.failed_steps()
     where = f" at step {', '.join(failed)}" if failed else ""
+    where += f": {cause}" if cause else ""
     hint = f"; see `slmforge logs {current.name} --step {failed[0]}`" if failed else ""
     raise StepFailed(f"job {current.name} {current.status.lower()}{where}{hint}")
 
@@ -220,5 +222,8 @@ def downloaded_output(root: Path, output: str) -> Path:
 
 
 def cancel(ml_client: "MLClient", name: str) -> None:
-    get_job(ml_client, name)
+    """Ask the service to stop a running job; a job that already ended is InvalidInput with its status."""
+    status = status_text(get_job(ml_client, name).status)
+    if status in TERMINAL:
+        raise InvalidInput(f"{name}: already finished ({status}); nothing to cancel")
     ml_client.jobs.begin_cancel(name).result()

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 # Log files worth showing, by preference: the common runtime's user logs, else the legacy ones.
 USER_LOG_PATTERNS = (r"user_logs/std_log.*\.txt$", r"azureml-logs/.+\.txt$")
 DOWNLOAD_TIMEOUT_S = 60
+# A step's own error line (steps/_cli.py: "slmforge <step>: error: ..."), else a traceback's last line.
+_STEP_ERROR = re.compile(r"^slmforge [\w-]+: error: (.+)$", re.M)
+_EXCEPTION = re.compile(r"^(?:[\w.]+(?:Error|Exception)): .+$", re.M)
 
 
 def print_logs(ml_client: "MLClient", name: str, step: str | None = None, out: TextIO | None = None) -> None:
@@ -63,6 +66,29 @@ def stored_logs(ml_client: "MLClient", run_id: str) -> dict[str, str]:
         except Exception as e:  # noqa: BLE001 - one line for the user
             raise as_step_failed(e, f"downloading {log_name} of {run_id}") from None
     return texts
+
+
+def failure_cause(ml_client: "MLClient", current) -> str | None:
+    """The first error line in the log of a failed job's first failed step, None when there is none to
+    read (the step never started, or its log cannot be fetched now: the message then points at `logs`)."""
+    failed = current.failed_steps() if current.status != "Completed" else []
+    if not failed:
+        return None
+    try:
+        run_id = find_step(ml_client, current.name, failed[0]).name
+        # The service's own error (e.g. an input it could not resolve, so the step never started) ...
+        error = getattr(getattr(ml_client.jobs._runs_operations.get_run_details(run_id), "error", None), "error", None)
+        if getattr(error, "message", None):
+            return " ".join(str(error.message).split())[:300]
+        texts = stored_logs(ml_client, run_id)  # ... else the step's log
+    except Exception:  # noqa: BLE001 - the cause is a courtesy; the failure itself is still reported
+        return None
+    for pattern in (_STEP_ERROR, _EXCEPTION):
+        for text in texts.values():
+            match = pattern.search(text)
+            if match:
+                return (match.group(1) if match.groups() else match.group(0)).strip()[:300]
+    return None
 
 
 def _write(out: TextIO, texts: dict[str, str]) -> None:

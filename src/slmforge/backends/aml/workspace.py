@@ -21,6 +21,7 @@ import os
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -218,12 +219,15 @@ def probe(endpoint: str | None, *, hint: str) -> None:
     from urllib.parse import urlsplit
 
     url = urlsplit(endpoint)
+    started = time.monotonic()
     try:
         with socket.create_connection((url.hostname or "127.0.0.1", url.port or 443), timeout=PROBE_TIMEOUT_S):
             return
     except OSError as e:
         reason = e.strerror or type(e).__name__
-    raise StepFailed(f"cannot reach the Azure ML workspace at {endpoint}: {reason.lower()}; {hint}")
+    tried = (f"one connection attempt, {time.monotonic() - started:.1f} s of a {PROBE_TIMEOUT_S:g} s timeout: an "
+             "emulator on this machine answers at once or not at all, so it is not retried")
+    raise StepFailed(f"cannot reach the Azure ML workspace at {endpoint}: {reason.lower()} ({tried}); {hint}")
 
 
 def _remember_endpoint(endpoint: str | None) -> None:
