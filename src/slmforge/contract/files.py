@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from slmforge.errors import InvalidInput
+
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write `path` whole or not at all: a temp file beside it, then one rename (readers never see a part)."""
@@ -54,3 +56,17 @@ def exchange(a: str | Path, b: str | Path) -> bool:
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
         return False
     raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def read_json_object(path: str | Path, expected: str = "a JSON object") -> dict:
+    """A JSON object from a file a step was given; a missing or broken file is one line naming it."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidInput(f"{path}: not found") from None
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{path}: expected {expected}")
+    return data

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.contract import manifest
+from slmforge.contract.files import read_json_object
 from slmforge.contract.params import make, param
-from slmforge.errors import InvalidInput
 from slmforge.steps._cli import run_step
 
 STEP = "evaluate"
@@ -54,9 +54,9 @@ def run(**given) -> dict:
     if p.evaluator:  # checked before any work
         from slmforge.models import olive_metrics
 
-        spec = _read_json(Path(p.evaluator))
+        spec = read_json_object(Path(p.evaluator))
         olive_metrics.check_spec(spec, p.evaluator)
-        base = _read_json(Path(p.baseline) / METRICS_FILE).get("evaluator") if p.baseline else None
+        base = read_json_object(Path(p.baseline) / METRICS_FILE).get("evaluator") if p.baseline else None
     rows, examples_raw, template = evaluation.read_dataset_folder(dataset, max_samples)
     backend = evaluation.load_backend(model, model_id)
     result = evaluation.evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
@@ -78,16 +78,6 @@ def run(**given) -> dict:
     return result
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: not found") from None
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"{path}: line {e.lineno}: not valid JSON: {e.msg}") from None
-    if not isinstance(data, dict):
-        raise InvalidInput(f"{path}: expected a JSON object")
-    return data
 
 
 def main(argv: list[str] | None = None) -> int:

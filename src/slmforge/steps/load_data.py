@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.contract import manifest
+from slmforge.contract.files import read_json_object
 from slmforge.contract.params import make, param
 from slmforge.data import IGNORE, chat_rows, user_script
 from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
@@ -207,14 +208,7 @@ def _user_pre_processed(p: Params, user: dict, tok, tok_name: str, started: floa
 def _read_spec(path: Path) -> tuple[list[str], Template | None, dict]:
     """(text_cols, template, user functions) of a template spec; ([messages], None, {}) of `{"chat": true}`
     (chat rows); ([], None, {...}) of a spec naming a user pre_process function."""
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidInput(f"spec file not found: {path}") from None
-    except json.JSONDecodeError as e:
-        raise InvalidInput(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(spec, dict):
-        raise InvalidInput(f"{path}: expected a JSON object with text_cols and text_template")
+    spec = read_json_object(path, "a JSON object with text_cols and text_template")
     user = {k: spec.pop(k) for k in user_script.KINDS if k in spec}
     for kind, comp in user.items():
         if not (isinstance(comp, dict) and isinstance(comp.get("type"), str) and isinstance(comp.get("params"), dict)):
