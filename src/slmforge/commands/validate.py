@@ -12,17 +12,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slmforge.recipe.checks import hub_id_note
     from slmforge.recipe.graph import build_graph
+    from slmforge.recipe.input_checks import check_inputs
     from slmforge.recipe.loader import load_recipe
     from slmforge.resources import find_recipe
 
     loaded = load_recipe(find_recipe(args.recipe))
     graph = build_graph(loaded)
+    check_inputs(loaded, graph)  # the rows and the model's modules, before anything says "valid"
     if args.json:
         print(json.dumps(graph_as_dict(graph), indent=2))
         return 0
     print(f"{loaded.path}: valid; {len(graph.steps)} steps")
-    for note in loaded.normalised.notes:  # what slmforge reads differently from Olive, and why
+    hub_note = hub_id_note(loaded)
+    for note in [*loaded.normalised.notes, *([hub_note] if hub_note else [])]:  # what slmforge reads, and why
         print(f"  note: {note}")
     for step in graph.steps:
         ins = ", ".join(f"{k}={r.describe()}" for k, r in step.inputs.items())
