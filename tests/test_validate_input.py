@@ -97,15 +97,16 @@ def test_the_rows_validate_reads_are_those_load_data_reads(tiny_model_dir, tmp_p
 
 # ---------------------------------------------------------------- #11: rows cut off by max_seq_len
 
-CUT = "66 of 256 rows (25.8 %) are longer than max_seq_len 32 tokens (the longest: 42 tokens), so their answers are cut off"
+CUT = ("66 of 256 rows (25.8 %) are longer than max_seq_len 32 tokens (the longest: 42 tokens), "
+       "so their answers are cut off")
 
 
 def test_validate_refuses_rows_cut_off_by_max_seq_len(tiny_model_dir, tmp_path, capsys):
     """A quarter of the demo rows do not fit in 32 tokens: refused at validate, with the setting to raise."""
     rc, err = _validate(tmp_path / "r", capsys, model=tiny_model_dir, edit=_pre(source_max_len=32))
     assert rc == 2 and len(err) == 1, err
-    assert err[0].endswith(f"data_files: {CUT}, more than 10% of the rows: raise max_seq_len (source_max_len in "
-                           "older recipes) to 42 to keep every answer")
+    assert err[0].endswith(f"pre_process_data_config.source_max_len: {CUT}, more than 10% of the rows: "
+                           "raise max_seq_len (source_max_len in older recipes) to 42 to keep every answer")
 
 
 def test_load_data_refuses_rows_cut_off_by_max_seq_len(tiny_model_dir, tmp_path, capsys):
@@ -113,7 +114,8 @@ def test_load_data_refuses_rows_cut_off_by_max_seq_len(tiny_model_dir, tmp_path,
     from slmforge.steps import load_data
 
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": "### Text: {phrase}\n### The tone is:\n{tone}"}))
+    template = "### Text: {phrase}\n### The tone is:\n{tone}"
+    spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": template}))
     argv = ["--data", str(TONES), "--spec", str(spec), "--tokenizer", str(tiny_model_dir),
             "--corpus_strategy", "line-by-line", "--dataset", str(tmp_path / "ds")]
     assert load_data.main([*argv, "--source_max_len", "32"]) == 2
@@ -193,7 +195,8 @@ def test_a_missing_local_folder_is_not_a_hub_id(tmp_path, capsys):
     """A bare name that is no folder is a missing local folder, not a hub lookup of a model_id."""
     rc, err = _validate(tmp_path / "r", capsys, model="phi3-tiny")
     assert rc == 2 and len(err) == 1, err
-    assert err[0].endswith(f"model_name: model folder 'phi3-tiny' not found (looked at {tmp_path / 'r' / 'phi3-tiny'}); "
+    looked = tmp_path / "r" / "phi3-tiny"
+    assert err[0].endswith(f"model_name: model folder 'phi3-tiny' not found (looked at {looked}); "
                            "a local path is never looked up on a hub (a hub id is written org/name)")
 
 

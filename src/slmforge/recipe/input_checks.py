@@ -64,7 +64,7 @@ def _check_rows(loaded: LoadedRecipe, graph) -> Iterator[str]:
         return
     cut = _check_lengths(step, spec, train.rows + (held.rows if held else []))
     if cut:
-        yield f"{_data_where(loaded, Path(step.inputs['data'].value))}: {cut}"
+        yield f"{_data_where(loaded, Path(step.inputs['data'].value), 'max_seq_len')}: {cut}"
     if step.inputs.get("eval_data") is not None or not p.get("eval_dataset_size"):
         return
     if chat:
@@ -123,12 +123,13 @@ def _read(loaded: LoadedRecipe, ref, data_format: str, split: str, read: dict) -
         return f"{_data_where(loaded, Path(ref.value))}: {e}{more}"
 
 
-def _data_where(loaded: LoadedRecipe, path: Path) -> str:
+def _data_where(loaded: LoadedRecipe, path: Path, field: str = "data_files") -> str:
+    """The JSON path of `field` of the data config reading `path`, in the shape the user wrote."""
     for i, dc in enumerate(loaded.recipe.data_configs):
         files = getattr(dc.load_dataset_config, "data_files", None)
         if isinstance(files, str) and resolve_path(loaded, files) == path:
-            return data_config_path(loaded, i, "data_files")
-    return "data_files"
+            return data_config_path(loaded, i, field)
+    return field
 
 
 def _eval_size_where(loaded: LoadedRecipe) -> str:
