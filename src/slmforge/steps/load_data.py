@@ -282,7 +282,8 @@ def load_tokenizer(folder: str | Path | None, model_id: str | None):
     try:
         return AutoTokenizer.from_pretrained(model_id, token=hf_token()), model_id
     except (OSError, ValueError) as e:
-        raise InvalidInput(f"model_id '{model_id}': no tokenizer could be loaded ({str(e).splitlines()[0]})") from None
+        raise InvalidInput(f"model_id '{model_id}' (read as a Hugging Face hub id, not a local folder): no tokenizer "
+                           f"could be loaded ({str(e).splitlines()[0]})") from None
 
 
 def tokenizer_digest(tok) -> str:
