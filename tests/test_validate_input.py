@@ -95,6 +95,22 @@ def test_the_rows_validate_reads_are_those_load_data_reads(tiny_model_dir, tmp_p
     assert "eval_dataset_size 10.0 leaves no training rows (there are 8 rows)" in err[0]
 
 
+def test_load_data_refuses_a_split_that_holds_out_nothing(tiny_model_dir, tmp_path, capsys):
+    """#10: 200 identical rows left 0 held-out rows silently; evaluate_merged then failed naming a cache file."""
+    from slmforge.steps import load_data
+
+    data = tmp_path / "same.jsonl"
+    data.write_text('{"phrase": "same", "tone": "joy"}\n' * 200, encoding="utf-8")
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": "{phrase} {tone}"}))
+    assert load_data.main(["--data", str(data), "--spec", str(spec), "--tokenizer", str(tiny_model_dir),
+                           "--eval_dataset_size", "0.1", "--dataset", str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("eval_dataset_size 0.1: too few distinct rows to hold out 20 of 200 rows: they have "
+                              "1 distinct prompt (the rarest in 200 rows)") in err[0], err
+    assert not (tmp_path / "ds").exists()
+
+
 # ---------------------------------------------------------------- #11: rows cut off by max_seq_len
 
 CUT = ("66 of 256 rows (25.8 %) are longer than max_seq_len 32 tokens (the longest: 42 tokens), "
