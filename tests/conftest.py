@@ -45,6 +45,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def phi3_stand_in_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny Phi-3 with Phi-3-mini's 4096-token context in its config.json (read-only): a model folder for
+    recipe tests written for Phi-3-mini, whose max_seq_len (1024, 2048) validate checks against the context."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("phi3-stand-in") / "phi-3-mini"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config.update(max_position_embeddings=4096, original_max_position_embeddings=4096)
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face folder (read-only), written once per machine.
 

@@ -8,6 +8,7 @@ named and versioned final output, distribution, environments — and no secret a
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -203,9 +204,8 @@ def test_docker_build_context_resolves_against_the_recipe(tmp_path):
     assert (tmp_path / "out" / "docker" / "Dockerfile").read_text() == (tmp_path / "docker" / "Dockerfile").read_text()
 
 
-def test_local_data_and_model_become_uploaded_inputs(tmp_path):
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
+def test_local_data_and_model_become_uploaded_inputs(tmp_path, phi3_stand_in_dir):
+    shutil.copytree(phi3_stand_in_dir, tmp_path / "model")  # validate reads the folder: a real model folder
     (tmp_path / "train.jsonl").write_text('{"phrase": "hi", "tone": "joy"}\n')
 
     def edit(raw):

@@ -199,8 +199,8 @@ def test_two_concurrent_runs_on_one_cache_both_succeed(warm, tmp_path):
 
 
 def test_failing_step_exits_1_with_one_line_and_leaves_nothing_finished(warm, tmp_path):
-    def bad_modules(r):
-        r["passes"]["lora"]["config"]["target_modules"] = ["no_such_proj"]
+    def bad_modules(r):  # a module the model has (validate passes it), of a type LoRA cannot adapt
+        r["passes"]["lora"]["config"]["target_modules"] = ["input_layernorm"]  # no_such_proj: refused by validate
     recipe, cache = warm.fork(tmp_path, edit=bad_modules)
     outcome = run_slmforge(recipe, warm.home)
     assert outcome.rc == 1

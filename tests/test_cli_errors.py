@@ -360,7 +360,8 @@ def test_a_closed_stdout_pipe_exits_quietly_and_is_not_an_unreachable_workspace(
 
 
 def test_a_run_names_the_first_bad_row_of_its_data(tmp_path, tiny_model_dir):
-    """Issue 11 #17: rows 3 and 7 are broken; the run's one line names row 3, the one to fix first."""
+    """Issue 11 #17: rows 3 and 7 are broken; the run's one line names row 3, the one to fix first.
+    Issue 20 #5: found before any step runs (exit 2), no longer by load_data (exit 1, "in the log")."""
     env = Env(tmp=tmp_path, model=tiny_model_dir, home=tmp_path / "home")
     rows = [dict(r) for r in ROWS]
     rows[2]["tone"], rows[6]["tone"] = 3, 7
@@ -368,9 +369,9 @@ def test_a_run_names_the_first_bad_row_of_its_data(tmp_path, tiny_model_dir):
     done = subprocess.run([*SLMFORGE, "run", str(recipe), "--plain"], capture_output=True, text=True,
                           env=cli_env(env), timeout=300)
     lines = done.stderr.splitlines()
-    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "row 3 (line 3): column 'tone' is a number (3)" in lines[0], lines[0]
-    assert "row 7" not in lines[0] and "(and 1 more in the log)" in lines[0], lines[0]
+    assert "row 7" not in lines[0] and "(and 1 more bad row)" in lines[0], lines[0]
 
 
 def test_sharing_into_a_registry_that_does_not_exist_is_one_line(emulator, finished_job):

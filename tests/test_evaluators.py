@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,9 @@ def _with_evaluator(recipe: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, tiny_model_dir, demo_data):
+def evaluated(tmp_path_factory, phi3_stand_in_dir, demo_data):
     folder = tmp_path_factory.mktemp("evaluators")
-    recipe = write_recipe(folder, tiny_model_dir, demo_data, edit=_with_evaluator)
+    recipe = write_recipe(folder, phi3_stand_in_dir, demo_data, edit=_with_evaluator)
     outcome = run_slmforge(recipe, folder / "home")
     assert outcome.rc == 0, outcome.stdout + outcome.stderr
     return outcome
@@ -125,9 +126,10 @@ def test_the_evaluator_s_values_become_registry_tags(evaluated):
 # ---------------------------------------------------------------------- validation
 
 
-def _recipe(tmp_path: Path, **top) -> Path:
+def _recipe(tmp_path: Path, model_dir: Path, **top) -> Path:
     """A flat (Olive 0.7+) recipe with two data configs and the given top-level keys."""
-    (tmp_path / "model").mkdir(exist_ok=True)
+    if not (tmp_path / "model").exists():
+        shutil.copytree(model_dir, tmp_path / "model")
     for name in ("a.jsonl", "b.jsonl"):
         (tmp_path / name).write_text('{"phrase": "hi", "tone": "joy"}\n', encoding="utf-8")
     pre = {"text_template": "### Text: {phrase}\n### The tone is:\n{tone}"}
@@ -153,21 +155,21 @@ def _problems(path: Path) -> list[str]:
     return [p.split(": ", 1)[1] for p in e.value.problems]
 
 
-def test_a_metric_s_data_config_selects_the_rows_evaluated(tmp_path):
-    graph = build_graph(load_recipe(_recipe(tmp_path)))
+def test_a_metric_s_data_config_selects_the_rows_evaluated(tmp_path, phi3_stand_in_dir):
+    graph = build_graph(load_recipe(_recipe(tmp_path, phi3_stand_in_dir)))
     load = graph.step("load_data")
     assert load.inputs["eval_data"].value == str(tmp_path / "b.jsonl")  # the metric's, not a split of 'a'
     spec = json.loads(graph.step("evaluate_merged").inputs["evaluator"].value)
     assert spec["metrics"][0]["sub_types"][0]["higher_is_better"] is True
 
 
-def test_a_dangling_evaluator_name_is_an_error_with_a_hint(tmp_path):
-    assert _problems(_recipe(tmp_path, evaluator="common_evaluatr")) == [
+def test_a_dangling_evaluator_name_is_an_error_with_a_hint(tmp_path, phi3_stand_in_dir):
+    assert _problems(_recipe(tmp_path, phi3_stand_in_dir, evaluator="common_evaluatr")) == [
         "evaluator: no evaluator named 'common_evaluatr'; did you mean 'common_evaluator'?"]
 
 
-def test_an_unknown_sub_type_and_a_dangling_data_config_are_errors_with_hints(tmp_path):
-    path = _recipe(tmp_path, evaluators={"e": {"metrics": [
+def test_an_unknown_sub_type_and_a_dangling_data_config_are_errors_with_hints(tmp_path, phi3_stand_in_dir):
+    path = _recipe(tmp_path, phi3_stand_in_dir, evaluators={"e": {"metrics": [
         {"name": "acc", "type": "accuracy", "data_config": "bb", "sub_types": [{"name": "f1_scor"}]},
         {"name": "lat", "type": "latency", "sub_types": [{"name": "p95"}, {"name": "p9999"}]}]}}, evaluator="e")
     assert _problems(path) == [
@@ -178,9 +180,9 @@ def test_an_unknown_sub_type_and_a_dangling_data_config_are_errors_with_hints(tm
         "did you mean 'p999'? (one of avg, max, min, p50, p75, p90, p95, p99, p999)"]
 
 
-def test_what_cannot_run_here_is_refused_by_name_with_the_reason(tmp_path):
+def test_what_cannot_run_here_is_refused_by_name_with_the_reason(tmp_path, phi3_stand_in_dir):
     lm = {"type": "LMEvaluator", "tasks": ["hellaswag"], "batch_size": 1, "limit": 4, "max_length": 128}
-    assert _problems(_recipe(tmp_path, evaluators={"evaluator": lm}, evaluator="evaluator")) == [
+    assert _problems(_recipe(tmp_path, phi3_stand_in_dir, evaluators={"evaluator": lm}, evaluator="evaluator")) == [
         "evaluators.evaluator: evaluator type 'LMEvaluator' is not supported by slmforge yet (lm-eval-harness "
         "tasks read their data from the Hugging Face hub, which slmforge cannot serve here, and lm_eval is not "
         "installed; use an evaluator with accuracy/perplexity metrics on a data config)"]
@@ -194,39 +196,39 @@ def test_what_cannot_run_here_is_refused_by_name_with_the_reason(tmp_path):
                                      "yet (AUROC needs class scores; slmforge's accuracy is over generated answers)"),
                              (old, "metrics[0].user_config: user_config.user_script is not supported by slmforge "
                                    "yet (custom metrics from user_script: not yet; give the metric a data_config)")):
-        path = _recipe(tmp_path, evaluators={"e": {"metrics": [metric]}}, evaluator="e")
+        path = _recipe(tmp_path, phi3_stand_in_dir, evaluators={"e": {"metrics": [metric]}}, evaluator="e")
         assert _problems(path) == [f"evaluators.e.{expected}"]
 
 
-def test_the_lm_evaluator_refusal_is_one_line_from_the_cli(tmp_path):
+def test_the_lm_evaluator_refusal_is_one_line_from_the_cli(tmp_path, phi3_stand_in_dir):
     lm = {"type": "LMEvaluator", "tasks": ["hellaswag"], "batch_size": 1}
-    done = cli(tmp_path / "home", "validate", str(_recipe(tmp_path, evaluator=lm)))
+    done = cli(tmp_path / "home", "validate", str(_recipe(tmp_path, phi3_stand_in_dir, evaluator=lm)))
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "evaluator type 'LMEvaluator' is not supported" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_published_shapes_are_read_as_olive_reads_them(tmp_path):
+def test_published_shapes_are_read_as_olive_reads_them(tmp_path, phi3_stand_in_dir):
     """Olive 0.9's phi3 template (a latency metric with io_bind and a percent goal, the evaluator named
     in the engine) and a metric whose user_config keys are written on the metric itself."""
     latency = {"name": "latency", "type": "latency", "data_config": "b", "user_config": {"io_bind": True},
                "sub_types": [{"name": "avg", "priority": 1, "goal": {"type": "percent-min-improvement", "value": 20}},
                              {"name": "max"}, {"name": "min"}]}
-    path = _recipe(tmp_path, evaluators={"common_evaluator": {"metrics": [latency]}}, evaluator=None,
+    path = _recipe(tmp_path, phi3_stand_in_dir, evaluators={"common_evaluator": {"metrics": [latency]}}, evaluator=None,
                    engine={"evaluator": "common_evaluator", "evaluate_input_model": False})
     graph = build_graph(load_recipe(path))
     assert "evaluate_base" in graph.names()  # the relative goal needs the input model's latency
     assert graph.step("evaluate_merged").inputs["baseline"].value == "evaluate_base"
     inline = {"name": "inline_eval", "metrics": [dict(latency, data_config="a")]}
-    spec = build_graph(load_recipe(_recipe(tmp_path, evaluator=inline))).step("evaluate_merged").inputs["evaluator"]
+    spec = build_graph(load_recipe(_recipe(tmp_path, phi3_stand_in_dir, evaluator=inline))).step("evaluate_merged").inputs["evaluator"]
     assert json.loads(spec.value)["name"] == "inline_eval"
     flat = dict(latency, io_bind=True)
     del flat["user_config"]
-    loaded = load_recipe(_recipe(tmp_path, evaluators={"e": {"metrics": [flat]}}, evaluator="e"))
+    loaded = load_recipe(_recipe(tmp_path, phi3_stand_in_dir, evaluators={"e": {"metrics": [flat]}}, evaluator="e"))
     assert loaded.recipe.evaluators["e"].metrics[0].user_config.io_bind is True
     bad_goal = copy.deepcopy(latency)
     bad_goal["sub_types"][0]["goal"]["value"] = 120  # a latency cannot fall by 120 %
-    assert _problems(_recipe(tmp_path, evaluators={"e": {"metrics": [bad_goal]}}, evaluator="e")) == [
+    assert _problems(_recipe(tmp_path, phi3_stand_in_dir, evaluators={"e": {"metrics": [bad_goal]}}, evaluator="e")) == [
         "evaluators.e.metrics[0]: sub_types[0].goal: a percent-min-improvement goal on a lower-is-better value "
         "must be between 0 and 100 (got 120)"]
 

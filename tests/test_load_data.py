@@ -83,10 +83,11 @@ def test_join_packs_without_padding_and_keeps_labels_aligned(tmp_path, spec, tin
 
 def test_line_by_line_truncates_and_pads_when_asked(tmp_path, spec, tiny_model_dir, demo_data):
     out, m = build(tmp_path, spec, tiny_model_dir, demo_data, corpus_strategy="line-by-line",
-                   source_max_len=32, pad_to_max_len=True)
+                   source_max_len=40, pad_to_max_len=True)  # a few rows longer (at 32: a quarter, refused)
     records = read_jsonl(out / "train.jsonl")
-    assert all(len(r["input_ids"]) == len(r["labels"]) == len(r["attention_mask"]) == 32 for r in records)
+    assert all(len(r["input_ids"]) == len(r["labels"]) == len(r["attention_mask"]) == 40 for r in records)
     assert m["metrics"]["train_truncated"] > 0 and m["metrics"]["train_pad_tokens"] > 0
+    assert 0 < m["metrics"]["cut_rows"] <= 0.1 * m["metrics"]["tokenized_rows"] == 25.6  # said, not refused
     pads = [r for r in records if 0 in r["attention_mask"]]
     assert pads and all(r["labels"][r["attention_mask"].index(0):] == [IGNORE] * r["attention_mask"].count(0)
                         for r in pads)

@@ -16,17 +16,17 @@ from slmforge.recipe.loader import load_recipe
 RECIPES = Path(__file__).parent / "recipes"
 
 
-def _place_cookbook_files(folder: Path, data_file: Path) -> None:
-    """What the Cookbook's local recipe expects next to it: a model folder and its data file."""
-    (folder / "model-cache" / "microsoft" / "phi-3-mini").mkdir(parents=True)
+def _place_cookbook_files(folder: Path, data_file: Path, model_dir: Path) -> None:
+    """What the Cookbook's local recipe expects next to it: a model folder (a stand-in for Phi-3-mini) and its data."""
+    shutil.copytree(model_dir, folder / "model-cache" / "microsoft" / "phi-3-mini")
     (folder / "dataset").mkdir()
     shutil.copy(data_file, folder / "dataset" / "dataset-classification.json")
 
 
 @pytest.fixture()
-def cookbook_dir(tmp_path, seed_data) -> Path:
+def cookbook_dir(tmp_path, seed_data, phi3_stand_in_dir) -> Path:
     shutil.copy(RECIPES / "cookbook-local.json", tmp_path / "olive-config.json")
-    _place_cookbook_files(tmp_path, seed_data)
+    _place_cookbook_files(tmp_path, seed_data, phi3_stand_in_dir)
     return tmp_path
 
 
@@ -57,9 +57,9 @@ def test_params_config_shape_hub_id_and_top_level_components():
     assert graph.step("merge").params["torch_dtype"] == "float16"
 
 
-def test_yaml_hfmodel_shape_with_unwrapped_levels(tmp_path, demo_data):
+def test_yaml_hfmodel_shape_with_unwrapped_levels(tmp_path, demo_data, tiny_model_dir):
     shutil.copy(RECIPES / "hfmodel-params-config.yaml", tmp_path / "recipe.yaml")
-    (tmp_path / "model-cache" / "phi3-tiny").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, tmp_path / "model-cache" / "phi3-tiny")
     (tmp_path / "dataset").mkdir()
     shutil.copy(demo_data, tmp_path / "dataset" / "tones.jsonl")
     loaded = load_recipe(tmp_path / "recipe.yaml")
@@ -229,7 +229,7 @@ def test_hub_id_is_not_mistaken_for_a_path(cookbook_dir, capsys):
     assert main(["validate", str(cookbook_dir / "hub.json")]) == 0
 
 
-def test_the_fine_tune_trains_on_its_data_and_evaluates_on_the_evaluate_data_config(tmp_path):
+def test_the_fine_tune_trains_on_its_data_and_evaluates_on_the_evaluate_data_config(tmp_path, tiny_model_dir):
     """Issue 11 #3: with `evaluate.data_config` naming a second data set, the fine-tune once trained on it."""
     repo = Path(__file__).resolve().parents[1]
     shutil.copytree(repo / "pipelines", tmp_path / "pipelines")
@@ -237,7 +237,7 @@ def test_the_fine_tune_trains_on_its_data_and_evaluates_on_the_evaluate_data_con
     data.mkdir(parents=True)
     for name in ("tones-train.jsonl", "tones-heldout.jsonl"):
         shutil.copy(repo / "src" / "slmforge" / "data" / name, data / name)
-    (tmp_path / ".slmforge" / "models" / "smollm2-135m-instruct").mkdir(parents=True)
+    shutil.copytree(tiny_model_dir, tmp_path / ".slmforge" / "models" / "smollm2-135m-instruct")  # a model folder
     graph = build_graph(load_recipe(tmp_path / "pipelines" / "smollm2-tones.json"))
     load = graph.step("load_data")
     assert load.inputs["data"].value == str(data / "tones-train.jsonl")

@@ -27,15 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 SAME_LORA = ["olive013-lora.json", "cookbook-tiny-lora.json", "olive06-lora.yaml", "mixed-lora.json"]
 
 
-def _place(folder: Path, demo_data: Path, model_dir: Path | None = None, names=SAME_LORA) -> Path:
-    """Recipes beside what they name: model-cache/phi3-tiny and dataset/tones.jsonl."""
+def _place(folder: Path, demo_data: Path, model_dir: Path, names=SAME_LORA) -> Path:
+    """Recipes beside what they name: model-cache/phi3-tiny (validate reads the model folder) and dataset/tones.jsonl."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in names:
         shutil.copy(RECIPES / name, folder / name)
-    if model_dir is not None:
-        shutil.copytree(model_dir, folder / "model-cache" / "phi3-tiny")
-    else:
-        (folder / "model-cache" / "phi3-tiny").mkdir(parents=True)
+    shutil.copytree(model_dir, folder / "model-cache" / "phi3-tiny")
     (folder / "dataset").mkdir(exist_ok=True)
     shutil.copy(demo_data, folder / "dataset" / "tones.jsonl")
     return folder
@@ -45,8 +42,8 @@ def _graph(path: Path, check_files: bool = True) -> dict:
     return graph_as_dict(build_graph(load_recipe(path, check_files=check_files)))
 
 
-def test_every_generation_loads_to_one_step_graph_and_cache_key(tmp_path, demo_data):
-    folder = _place(tmp_path, demo_data)
+def test_every_generation_loads_to_one_step_graph_and_cache_key(tmp_path, demo_data, tiny_model_dir):
+    folder = _place(tmp_path, demo_data, tiny_model_dir)
     graphs = {name: _graph(folder / name) for name in SAME_LORA}
     reference = graphs["olive013-lora.json"]
     for name, graph in graphs.items():
@@ -63,9 +60,9 @@ def test_every_generation_loads_to_one_step_graph_and_cache_key(tmp_path, demo_d
     assert (load["corpus_strategy"], load["source_max_len"]) == ("line-by-line", 64)
 
 
-def test_the_issue_s_olive_013_recipe_validates(tmp_path, demo_data, capsys):
+def test_the_issue_s_olive_013_recipe_validates(tmp_path, demo_data, tiny_model_dir, capsys):
     """Issue 12: ten errors ('r', 'training_args', 'precision', 'strategy', 'max_seq_len', text_cols)."""
-    folder = _place(tmp_path, demo_data, names=["olive013-lora.json", "olive013-qlora.json"])
+    folder = _place(tmp_path, demo_data, tiny_model_dir, names=["olive013-lora.json", "olive013-qlora.json"])
     for name in ("olive013-lora.json", "olive013-qlora.json"):
         assert main(["validate", str(folder / name)]) == 0, capsys.readouterr().err
     assert "finetune" in capsys.readouterr().out
@@ -78,14 +75,14 @@ def test_the_shipped_flat_demo_is_the_demo():
     assert "config" not in json.loads(flat.read_text())["passes"]["lora"]
 
 
-def test_the_readme_s_three_shapes_are_one_recipe(tmp_path, demo_data):
+def test_the_readme_s_three_shapes_are_one_recipe(tmp_path, demo_data, tiny_model_dir):
     import re
 
     readme = (REPO / "README.md").read_text()
     section = readme.split("### Three shapes, one recipe", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```(json|yaml)\n(.*?)```", section, re.S)
     assert [kind for kind, _ in blocks] == ["json", "yaml", "json"]
-    folder = _place(tmp_path, demo_data, names=[])
+    folder = _place(tmp_path, demo_data, tiny_model_dir, names=[])
     graphs = []
     for i, (kind, text) in enumerate(blocks):
         path = folder / f"shape{i}.{kind}"
@@ -98,8 +95,8 @@ ALL_RECIPES = [p.name for p in sorted(RECIPES.iterdir()) if p.suffix in (".json"
 
 
 @pytest.mark.parametrize("name", ALL_RECIPES)
-def test_migrate_prints_the_flat_shape_and_round_trips(tmp_path, demo_data, capsys, name):
-    folder = _place(tmp_path, demo_data, names=[name])
+def test_migrate_prints_the_flat_shape_and_round_trips(tmp_path, demo_data, tiny_model_dir, capsys, name):
+    folder = _place(tmp_path, demo_data, tiny_model_dir, names=[name])
     shutil.copy(RECIPES / "conda.yaml", folder / "conda.yaml")
     assert main(["migrate", str(folder / name)]) == 0
     text = capsys.readouterr().out
@@ -117,8 +114,8 @@ def test_migrate_prints_the_flat_shape_and_round_trips(tmp_path, demo_data, caps
     assert capsys.readouterr().out == text
 
 
-def test_migrate_never_overwrites(tmp_path, demo_data, capsys):
-    folder = _place(tmp_path, demo_data, names=["cookbook-tiny-lora.json"])
+def test_migrate_never_overwrites(tmp_path, demo_data, tiny_model_dir, capsys):
+    folder = _place(tmp_path, demo_data, tiny_model_dir, names=["cookbook-tiny-lora.json"])
     target = folder / "flat.json"
     assert main(["migrate", str(folder / "cookbook-tiny-lora.json"), "-o", str(target)]) == 0
     assert main(["migrate", str(folder / "cookbook-tiny-lora.json"), "-o", str(target)]) == 2
@@ -258,8 +255,8 @@ MISTAKES = [
 
 
 @pytest.mark.parametrize("edit,expected", [m[1:] for m in MISTAKES], ids=[m[0] for m in MISTAKES])
-def test_each_new_key_family_mistake_gets_one_precise_line(tmp_path, demo_data, capsys, edit, expected):
-    folder = _place(tmp_path, demo_data, names=["olive013-lora.json"])
+def test_each_new_key_family_mistake_gets_one_precise_line(tmp_path, demo_data, tiny_model_dir, capsys, edit, expected):
+    folder = _place(tmp_path, demo_data, tiny_model_dir, names=["olive013-lora.json"])
     path = folder / "olive013-lora.json"
     recipe = json.loads(path.read_text())
     edit(recipe)
@@ -270,9 +267,9 @@ def test_each_new_key_family_mistake_gets_one_precise_line(tmp_path, demo_data, 
     assert err[0].startswith(f"slmforge: error: {path}: {expected}"), err[0]
 
 
-def test_a_cookbook_key_in_a_flat_recipe_hints_at_both_names(tmp_path, demo_data, capsys):
+def test_a_cookbook_key_in_a_flat_recipe_hints_at_both_names(tmp_path, demo_data, tiny_model_dir, capsys):
     """Mixing shapes: a Cookbook-era typo inside an otherwise flat recipe still finds its name."""
-    folder = _place(tmp_path, demo_data, names=["olive013-lora.json"])
+    folder = _place(tmp_path, demo_data, tiny_model_dir, names=["olive013-lora.json"])
     path = folder / "olive013-lora.json"
     recipe = json.loads(path.read_text())
     recipe["passes"]["lora"]["config"] = {"lora_rr": 8}
@@ -360,10 +357,10 @@ def test_chat_rows_run_to_int4_with_chat_template_true(tmp_path, demo_data, tiny
     assert outcome.record["evaluation"]["onnx"]["n"] == 16
 
 
-def test_an_olive_recipe_without_eval_data_holds_out_a_share_to_evaluate_on(tmp_path, demo_data):
+def test_an_olive_recipe_without_eval_data_holds_out_a_share_to_evaluate_on(tmp_path, demo_data, tiny_model_dir):
     """Olive 0.13 has no eval_dataset_size: such a recipe trained for minutes, then failed at evaluate_merged
     with 'no held-out rows to evaluate on'."""
-    folder = _place(tmp_path, demo_data, names=["olive013-lora.json"])
+    folder = _place(tmp_path, demo_data, tiny_model_dir, names=["olive013-lora.json"])
     path = folder / "olive013-lora.json"
     recipe = json.loads(path.read_text())
     del recipe["passes"]["lora"]["eval_dataset_size"]

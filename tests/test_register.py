@@ -74,7 +74,7 @@ def test_empty_registry_lists_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["demo.json", "phi3-mini-lora-int4.json", "phi3-mini-qlora.json"])
-def test_shipped_local_recipes_validate(name, tmp_path, demo_data):
+def test_shipped_local_recipes_validate(name, tmp_path, demo_data, phi3_stand_in_dir):
     """The recipes users start from: valid, local, building INT4 ONNX and registering it."""
     (tmp_path / "pipelines").mkdir()
     recipe = tmp_path / "pipelines" / name
@@ -82,8 +82,7 @@ def test_shipped_local_recipes_validate(name, tmp_path, demo_data):
     raw = json.loads(recipe.read_text())
     assert raw["$schema"] == "./recipe.schema.json"
     model = recipe.parent / raw["input_model"]["config"]["hf_config"]["model_name"]
-    model.mkdir(parents=True)
-    (model / "config.json").write_text("{}")
+    shutil.copytree(phi3_stand_in_dir, model)  # load_recipe reads the model folder: a real one
     data = recipe.parent / raw["data_configs"][0]["load_dataset_config"]["data_files"]
     data.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(demo_data, data)

@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.backends.local.runner import LocalRunner, output_dir
     from slmforge.errors import StepFailed, as_user_error
     from slmforge.recipe.graph import build_graph
+    from slmforge.recipe.input_checks import check_inputs
     from slmforge.recipe.loader import load_recipe
 
     if args.recipe is None and args.force and args.force[-1].endswith((".json", ".yml", ".yaml")):
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     ensure_shipped_model(recipe)
     loaded = load_recipe(recipe)
     graph = build_graph(loaded)
+    check_inputs(loaded, graph)  # what `validate` checks: the rows and the model's modules, before any step
     forced = set(args.force or [])
     # Olive's `clean_cache: true` means "start from an empty cache": rebuild every step.
     force: bool | set[str] = True if "*" in forced or loaded.recipe.engine.clean_cache else forced

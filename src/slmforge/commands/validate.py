@@ -12,13 +12,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slmforge.recipe.checks import hub_id_note
     from slmforge.recipe.graph import build_graph
+    from slmforge.recipe.input_checks import check_inputs
     from slmforge.recipe.loader import load_recipe
     from slmforge.resources import find_recipe
 
     loaded = load_recipe(find_recipe(args.recipe))
     graph = build_graph(loaded)
-    notes = loaded.notes  # what slmforge reads differently from Olive, and why
+    check_inputs(loaded, graph)  # the rows and the model's modules, before anything says "valid"
+    hub_note = hub_id_note(loaded)
+    notes = [*loaded.notes, *([hub_note] if hub_note else [])]  # what slmforge reads differently, and why
     if args.json:
         print(json.dumps({**graph_as_dict(graph), "notes": notes}, indent=2))
         return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slmforge.data import IGNORE
+from slmforge.errors import InvalidInput
 
 
 @dataclass
@@ -66,3 +67,25 @@ def count(s: Sequences) -> Sequences:
     s.tokens = sum(len(r["input_ids"]) for r in s.records)
     s.label_tokens = sum(sum(1 for x in r["labels"][1:] if x != IGNORE) for r in s.records)
     return s
+
+
+MAX_CUT_SHARE = 0.10  # line-by-line rows longer than max_seq_len: past this share a run is refused
+
+
+def cut_rows(lengths: list[int], max_len: int) -> str | None:
+    """Line-by-line: a row longer than `max_len` tokens loses its end, which is its answer and EOS (the whole
+    answer gone: the row is dropped). None when every row fits; a note naming how many did not; past
+    MAX_CUT_SHARE of the rows an InvalidInput naming the count, the longest row and the setting to raise."""
+    cut = sum(1 for n in lengths if n > max_len)
+    if not cut:
+        return None
+    text = cut_text(cut, len(lengths), max_len, max(lengths))
+    if cut > MAX_CUT_SHARE * len(lengths):
+        raise InvalidInput(f"{text}, more than {MAX_CUT_SHARE:.0%} of the rows: raise max_seq_len "
+                           f"(source_max_len in older recipes) to {max(lengths)} to keep every answer")
+    return text
+
+
+def cut_text(cut: int, rows: int, max_len: int, longest: int) -> str:
+    return (f"{cut} of {rows} rows ({100 * cut / rows:.1f} %) are longer than max_seq_len {max_len} tokens "
+            f"(the longest: {longest} tokens), so their answers are cut off")

@@ -105,3 +105,15 @@ def _template(folder: Path, depth: int) -> str | None:
 def looks_like_local_path(name: str) -> bool:
     """A hub id is `name` or `org/name`; anything else (./x, /x, ~, a/b/c, a\\b) is a local path."""
     return name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+
+
+def is_hub_id(name: str) -> bool:
+    """Shaped like a Hugging Face hub id: `org/name` (one slash, no path syntax)."""
+    org, _, repo = name.partition("/")
+    return bool(org and repo) and not looks_like_local_path(name) and not name.endswith("/")
+
+
+def is_local_model(name: str, base: Path) -> bool:
+    """A recipe's model name read as a local folder: anything not shaped like a hub id, or a hub-id-shaped
+    name that is a folder next to the recipe (`base`). A missing local folder is never looked up on a hub."""
+    return not is_hub_id(name) or (base / name).exists()

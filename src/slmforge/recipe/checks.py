@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Iterator
 
 from slmforge.errors import InvalidInput
-from slmforge.models.model_folder import looks_like_local_path
+from slmforge.models.folder_check import model_folder_problem
+from slmforge.models.model_folder import is_local_model
 from slmforge.recipe.evaluators import check_evaluators
 from slmforge.recipe.limits import check_limits
 from slmforge.recipe.loaded import LoadedRecipe
@@ -133,7 +134,7 @@ def _local_model_ref(loaded: LoadedRecipe) -> tuple[str, str, str] | None:
     if not isinstance(name, str):
         return None  # an Azure ML registry model
     where = loaded.where("input_model", "model_path")
-    if looks_like_local_path(name) or (loaded.base_dir / name).exists():
+    if is_local_model(name, loaded.base_dir):
         return name, where, "model folder"
     return None
 
@@ -146,14 +147,29 @@ def local_model_dir(loaded: LoadedRecipe) -> Path | None:
 
 def _check_model_path(loaded: LoadedRecipe) -> Iterator[str]:
     ref = _local_model_ref(loaded)
-    if ref is not None:
-        yield from _must_exist(loaded, ref[0], ref[1], what=ref[2])
-
-
-def _must_exist(loaded: LoadedRecipe, value: str, where: str, what: str = "path") -> Iterator[str]:
-    path = resolve_path(loaded, value)
+    if ref is None:
+        return
+    name, where, _ = ref
+    if not name.strip():
+        yield f"{where}: is empty; name a model folder (relative to the recipe) or a hub id (org/name)"
+        return
+    path = resolve_path(loaded, name)
     if not path.exists():
-        yield f"{where}: {what} '{value}' not found (looked at {path}); a local path is never looked up on a hub"
+        yield (f"{where}: model folder '{name}' not found (looked at {path}); a local path is never looked up on a "
+               "hub (a hub id is written org/name)")
+        return
+    problem = model_folder_problem(path)
+    if problem:
+        yield f"{where}: '{name}' ({path}) {problem}"
+
+
+def hub_id_note(loaded: LoadedRecipe) -> str | None:
+    """How a hub-id-shaped model name with no folder of that name was read (validate prints it)."""
+    name = loaded.recipe.input_model.model_path
+    if not isinstance(name, str) or _local_model_ref(loaded) is not None:
+        return None
+    return (f"{loaded.where('input_model', 'model_path')} '{name}' is no folder here (looked at "
+            f"{resolve_path(loaded, name)}): read as a Hugging Face hub id")
 
 
 def resolve_path(loaded: LoadedRecipe, value: str) -> Path:

@@ -16,7 +16,7 @@ from typing import Literal, Union
 from slmforge.contract.files import json_digest
 from slmforge.data.hub import HubSource, locate
 from slmforge.errors import InvalidInput
-from slmforge.models.model_folder import looks_like_local_path
+from slmforge.models.model_folder import is_local_model
 from slmforge.recipe import evaluators
 from slmforge.recipe.checks import data_config_path, resolve_path
 from slmforge.recipe.loaded import LoadedRecipe
@@ -105,9 +105,8 @@ def model_source(loaded: LoadedRecipe) -> ModelSource:
     if isinstance(m.model_path, AzureMLRegistryModel):
         return ModelSource(Ref("uri", m.model_path.uri), None, mlflow=m.model_file_format == "PyTorch.MLflow")
     name = m.model_path
-    local = resolve_path(loaded, name)
-    if looks_like_local_path(name) or local.exists():
-        return ModelSource(Ref("path", str(local)), None)
+    if is_local_model(name, loaded.base_dir):
+        return ModelSource(Ref("path", str(resolve_path(loaded, name))), None)
     return ModelSource(None, name)
 
 

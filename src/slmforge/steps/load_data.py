@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import sys
 import tempfile
 import time
@@ -35,8 +34,9 @@ from slmforge.contract.params import make, param
 from slmforge.data import IGNORE, chat_rows, user_script
 from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
 from slmforge.data.hub import HubSource, input_record, locate, read_hub_rows, read_hub_spec
-from slmforge.data.packing import Sequences, count, join, line_by_line, pad
+from slmforge.data.packing import Sequences, count, cut_rows, join, line_by_line, pad
 from slmforge.data.readers import Rows, read_rows
+from slmforge.data.split import split_eval
 from slmforge.data.template import Template
 from slmforge.errors import InvalidInput
 from slmforge.steps._cli import run_step
@@ -127,16 +127,20 @@ def run(**given) -> dict:
 
     build = join if corpus_strategy == "join" else line_by_line
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    seqs = {}
+    seqs, lengths = {}, []
     for name, rows in (("train", train_rows), ("eval", eval_rows)):
         if chat:
             examples = [chat_rows.tokenize_conversation(tok, r[chat_rows.COLUMN], IGNORE, loss_on_all=loss_on == "all")
                         for r in rows]
         else:
             examples = tokenize_rows(tok, template, rows, loss_on)
+        lengths += [len(ids) for ids, _ in examples]
         seqs[name] = build(examples, source_max_len)
         if p.pad_to_max_len:
             pad(seqs[name], source_max_len, pad_id)
+    cut_note = cut_rows(lengths, source_max_len) if corpus_strategy == "line-by-line" else None  # past 10 %: refused
+    if cut_note:
+        print(f"load_data: {cut_note}", file=sys.stderr)
     if not seqs["train"].records:
         raise InvalidInput(f"{data or hub['train'].label}: no training example is left with a token to learn from "
                            f"(source_max_len {source_max_len} cuts every completion off)")
@@ -145,7 +149,9 @@ def run(**given) -> dict:
         eval_rows = [chat_rows.eval_row(tok, r[chat_rows.COLUMN]) for r in eval_rows]
     metrics = {"rows_read": train.read, "empty_rows": train.empty, "rows": len(train.rows),
                "train_rows": len(train_rows), "eval_rows": len(eval_rows),
-               "eval_empty_rows": held_out.empty if held_out else 0}
+               "eval_empty_rows": held_out.empty if held_out else 0, "longest_row_tokens": max(lengths, default=0),
+               "cut_rows": sum(1 for n in lengths if n > source_max_len) if corpus_strategy == "line-by-line" else 0,
+               "tokenized_rows": len(lengths), "max_seq_len": source_max_len}
     params = {"text_template": template.text, "text_cols": text_cols, "chat": chat, "loss_on": loss_on,
               "corpus_strategy": corpus_strategy, "source_max_len": source_max_len,
               "pad_to_max_len": p.pad_to_max_len, "use_attention_mask": p.use_attention_mask,
@@ -250,34 +256,6 @@ def _local_file(source: str, scratch: Path) -> Path:
     return Path(source)
 
 
-def split_eval(rows: list[dict], prompt_of, size: float | None, seed: int) -> tuple[list, list]:
-    """(train, eval) rows. Rows sharing a prompt (`prompt_of(row)`) stay on one side, so no eval prompt is
-    seen in training.
-
-    `size` below 1 is a fraction of the rows, 1 or more a row count; groups are drawn in an order
-    shuffled with `seed` and skipped when they would overshoot the count.
-    """
-    if not size:
-        return rows, []
-    want = round(len(rows) * size) if size < 1 else int(size)
-    want = max(want, 1)
-    if want >= len(rows):
-        raise InvalidInput(f"eval_dataset_size {size} leaves no training rows (there are {len(rows)} rows)")
-    groups: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(prompt_of(row), []).append(i)
-    order = list(groups.values())
-    random.Random(seed).shuffle(order)
-    held: set[int] = set()
-    for members in order:
-        if len(held) + len(members) <= want:
-            held.update(members)
-        if len(held) == want:
-            break
-    train = [r for i, r in enumerate(rows) if i not in held]
-    return train, [rows[i] for i in sorted(held)]
-
-
 def load_tokenizer(folder: str | Path | None, model_id: str | None):
     """(tokenizer, name): from a local folder (never a hub lookup) or from a hub id."""
     from transformers import AutoTokenizer
@@ -298,7 +276,8 @@ def load_tokenizer(folder: str | Path | None, model_id: str | None):
     try:
         return AutoTokenizer.from_pretrained(model_id, token=hf_token()), model_id
     except (OSError, ValueError) as e:
-        raise InvalidInput(f"model_id '{model_id}': no tokenizer could be loaded ({str(e).splitlines()[0]})") from None
+        raise InvalidInput(f"model_id '{model_id}' (read as a Hugging Face hub id, not a local folder): no tokenizer "
+                           f"could be loaded ({str(e).splitlines()[0]})") from None
 
 
 def tokenizer_digest(tok) -> str:

@@ -44,6 +44,17 @@ def loss_history(record: dict[str, Any]) -> list[dict[str, float]]:
     return []
 
 
+def data_note(record: dict[str, Any]) -> str | None:
+    """What load_data cut off: line-by-line rows longer than max_seq_len (refused past 10 %, said here below)."""
+    from slmforge.data.packing import cut_text
+
+    for step in record.get("steps", []):
+        m = step.get("metrics") or {}
+        if step.get("component") == "load_data" and m.get("cut_rows") and m.get("tokenized_rows"):
+            return cut_text(m["cut_rows"], m["tokenized_rows"], m.get("max_seq_len"), m.get("longest_row_tokens"))
+    return None
+
+
 def evaluations(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     found = record.get("evaluation", {})
     ordered = [k for k in _EVAL_ORDER if k in found] + sorted(k for k in found if k not in _EVAL_ORDER)
@@ -120,6 +131,8 @@ def render_markdown(record: dict[str, Any], has_plot: bool) -> str:
         lines.append(f"- registered: `{reg.get('name')}` version {reg.get('version')} in `{reg.get('tracking_uri')}`")
     if record.get("error"):
         lines.append(f"- error: {record['error']}")
+    if data_note(record):
+        lines.append(f"- data: {data_note(record)}")
     lines += ["", "## Steps", "", "| step | status | time | cache key | log |", "|---|---|---|---|---|"]
     for s in record["steps"]:
         time_text = fmt_seconds(s.get("seconds")) + (" (original)" if s["status"] == "cached" else "")
@@ -154,6 +167,8 @@ def write_report(record: dict[str, Any], path: Path) -> Path:
 def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
     """(what, value) pairs for the summary: the headline figures of a run."""
     rows: list[tuple[str, str]] = []
+    if data_note(record):
+        rows.append(("data", data_note(record)))
     evals = dict(evaluations(record))
     scored = [(label, m) for label, m in evals.items() if m and m.get("accuracy") is not None]
     if scored:
