@@ -113,7 +113,7 @@ def test_a_failed_rerun_keeps_the_last_good_model_and_names_its_logs(warm, tmp_p
     recipe, cache, out, before = _good_run(warm, tmp_path)
 
     def bad_modules(r):
-        r["passes"]["lora"]["config"]["target_modules"] = ["no_such_proj"]
+        r["passes"]["lora"]["config"]["target_modules"] = ["input_layernorm"]  # LoRA cannot adapt it: finetune fails
     write_recipe(tmp_path, warm.model_dir, warm.data_file, edit=bad_modules)
     failed = run_slmforge(recipe, warm.home)
     assert failed.rc == 1

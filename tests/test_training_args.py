@@ -57,9 +57,9 @@ def test_the_table_is_the_installed_transformers_training_arguments():
 
 
 @pytest.fixture()
-def recipe_dir(tmp_path, seed_data) -> Path:
+def recipe_dir(tmp_path, seed_data, phi3_stand_in_dir) -> Path:
     shutil.copy(RECIPES / "cookbook-local.json", tmp_path / "olive-config.json")
-    (tmp_path / "model-cache" / "microsoft" / "phi-3-mini").mkdir(parents=True)
+    shutil.copytree(phi3_stand_in_dir, tmp_path / "model-cache" / "microsoft" / "phi-3-mini")
     (tmp_path / "dataset").mkdir()
     shutil.copy(seed_data, tmp_path / "dataset" / "dataset-classification.json")
     return tmp_path

@@ -82,10 +82,13 @@ def check_rows(out: Rows, records: Iterable[tuple[Path, str, Any]], text_cols: l
         else:
             out.rows.append(row)
     if first:
-        problems = [f"{where}: {problem}" + (f" (and {count[problem] - 1} more rows alike)" if count[problem] > 1
-                                             else "") for problem, where in first.items()]
+        problems = [f"{where}: {problem}{_alike(count[problem] - 1)}" for problem, where in first.items()]
         raise InvalidInput(problems[0], problems)
     return out
+
+
+def _alike(more: int) -> str:
+    return f" (and {more} more row{'s' if more > 1 else ''} alike)" if more else ""
 
 
 def limit_rows(out: Rows, max_samples: int | None) -> Rows:

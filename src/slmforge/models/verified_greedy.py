@@ -12,7 +12,9 @@ greedy tokens and the log-probabilities of the expected tokens it saw on the way
   row instead of a generator per row (measured 36 s -> 11 s for 146 rows of SmolLM2 on 2 cores).
 - decoded (onnxruntime-genai, GenaiModel.answers): batched og decoding. There prompt processing and
   single-token steps run different int4 kernels, so a teacher-forced pass can differ from og's own
-  decoding at near-ties (measured: 4 of 146 answers); og's batched decoding gives its exact tokens.
+  decoding at near-ties (measured: 4 of 146 answers); og's batched decoding gives its own tokens,
+  except that batch-shaped int4 kernels can flip a near-tie of single decoding too (measured on an AMD
+  EPYC: 1 of 60 rows, a wrong answer either way; tests/test_real_model.py bounds it).
 
 numpy only: ONNX evaluation never imports torch.
 """
