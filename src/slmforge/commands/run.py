@@ -89,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.backends.local.runner import LocalRunner, output_dir
     from slmforge.errors import StepFailed, as_user_error
     from slmforge.recipe.graph import build_graph
+    from slmforge.recipe.checks import recipe_notes
     from slmforge.recipe.input_checks import check_inputs
     from slmforge.recipe.loader import load_recipe
 
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     # Olive's `clean_cache: true` means "start from an empty cache": rebuild every step.
     force: bool | set[str] = True if "*" in forced or loaded.recipe.engine.clean_cache else forced
     console = _console()
-    for note in loaded.notes:  # valid Olive keys slmforge reads differently: said, never dropped silently
+    for note in recipe_notes(loaded):  # valid Olive keys slmforge reads differently: said, never dropped silently
         print(f"[slmforge] note: {note}", file=console, flush=True)
     live = bool(console.isatty()) and not args.plain
     started = time.time()

@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.recipe.checks import hub_id_note
+    from slmforge.recipe.checks import recipe_notes
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.input_checks import check_inputs
     from slmforge.recipe.loader import load_recipe
@@ -21,8 +21,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_recipe(find_recipe(args.recipe))
     graph = build_graph(loaded)
     check_inputs(loaded, graph)  # the rows and the model's modules, before anything says "valid"
-    hub_note = hub_id_note(loaded)
-    notes = [*loaded.notes, *([hub_note] if hub_note else [])]  # what slmforge reads differently, and why
+    notes = recipe_notes(loaded)  # what slmforge reads differently, and why
     if args.json:
         print(json.dumps({**graph_as_dict(graph), "notes": notes}, indent=2))
         return 0

@@ -163,6 +163,12 @@ def _check_model_path(loaded: LoadedRecipe) -> Iterator[str]:
         yield f"{where}: '{name}' ({path}) {problem}"
 
 
+def recipe_notes(loaded: LoadedRecipe) -> list[str]:
+    """Every note `validate` and `run` print: the recipe's own (LoadedRecipe.notes) and how the model was read."""
+    hub = hub_id_note(loaded)
+    return [*loaded.notes, *([hub] if hub else [])]
+
+
 def hub_id_note(loaded: LoadedRecipe) -> str | None:
     """How a hub-id-shaped model name with no folder of that name was read (validate prints it)."""
     name = loaded.recipe.input_model.model_path

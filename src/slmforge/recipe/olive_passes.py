@@ -109,18 +109,12 @@ def fold_export_chain(passes: dict[str, Any]) -> tuple[dict[str, Any], str | Non
         folded.update({k: v for k, v in builder.items() if k not in ("metadata_only",)})
     else:
         name = chain[-1][0]
-    if "precision" not in folded or not builders:
-        if quant:
-            folded["precision"] = "int4"
-        elif opt.get("float16") or str(conv.get("torch_dtype", "")).lower() in ("float16", "fp16"):
-            folded["precision"] = "fp16"
-        else:
-            folded["precision"] = "fp32"
-    if quant:
+    if not quant and "precision" not in folded:
+        fp16 = opt.get("float16") or str(conv.get("torch_dtype", "")).lower() in ("float16", "fp16")
+        folded["precision"] = "fp16" if fp16 else "fp32"
+    if quant:  # the quantizer decided the weights; ModelBuilder(metadata_only) only wrote genai_config
+        folded["precision"] = "int4"
         qname, q = quant[-1]
-        if folded.get("precision") not in ("int4", None) and builders:
-            # ModelBuilder(metadata_only) only writes genai_config: the quantizer decided the weights.
-            folded["precision"] = "int4"
         for key, target in _QUANT_KEYS.items():
             if key in q and target not in folded:
                 folded[target] = q[key]
