@@ -14,7 +14,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "slmforge"
 # Top floor first. A module may import from its own package and from any package below its own.
-FLOORS = ["__main__", "commands", "cli", "backends", "emulator", "steps", "recipe", "training", "models", "data",
+FLOORS = ["__main__", "commands", "cli", "backends", "emulator", "recipe", "steps", "training", "models", "data",
           "registry", "contract", "resources", "secrets", "errors", "__init__"]
 MAX_LINES = 400
 

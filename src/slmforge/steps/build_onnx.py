@@ -24,6 +24,7 @@ from pathlib import Path
 
 from slmforge.contract import manifest
 from slmforge.contract.files import folder_size
+from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
 from slmforge.models import onnx_builder
@@ -65,6 +66,16 @@ class Params:
     max_accuracy_drop: float | None = param(None, ge=0, le=1, help=(
         "largest accuracy loss against the source model the build may show (default per precision)"))
     output: str = param(asset="custom_model", output="model", help="onnxruntime-genai model folder to write")
+
+
+SPEC = StepSpec(
+    name="build_onnx", params=Params, display_name="Build ONNX (onnxruntime-genai)",
+    version="2",
+    description=(
+        "Build an onnxruntime-genai model folder with the onnxruntime-genai model builder and check it "
+        "against PyTorch (exact logits at fp32; argmax agreement and cosine for int4/int8)."),
+    model_kind="onnx",
+)
 
 
 def run(**given) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from slmforge.contract import manifest
 from slmforge.contract.files import read_json_object
+from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.steps._cli import run_step
 
@@ -39,6 +40,15 @@ class Params:
     baseline: str | None = param(None, asset="uri_folder", help="the input model's metrics folder, which "
                                  "relative goals are measured from")
     metrics: str = param(asset="uri_folder", output=True, help="metrics folder to write")
+
+
+SPEC = StepSpec(
+    name="evaluate", params=Params, display_name="Evaluate",
+    version="1",
+    description=(
+        "Accuracy by greedy generation (with a per-class confusion table), perplexity on the eval split, "
+        "generation tokens/s and size on disk, for a PyTorch or an onnxruntime-genai model folder."),
+)
 
 
 def run(**given) -> dict:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from slmforge.contract import manifest, progress
+from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.errors import InvalidInput
 from slmforge.steps._cli import run_step
@@ -77,6 +78,16 @@ class Params(TrainArgs):
         if self.bf16 or self.fp16:
             return "bfloat16" if self.bf16 else "float16"
         return self.compute_dtype if self.method == "lora" and self.compute_dtype != "float32" else None
+
+
+SPEC = StepSpec(
+    name="finetune", params=Params, display_name="Fine-tune (LoRA / QLoRA / DoRA / LoHa / LoKr)",
+    version="2",
+    description=(
+        "LoRA-family fine-tuning with peft (bitsandbytes 4-bit for QLoRA); checkpoints every save_steps "
+        "and resumes from the latest one; runs under torchrun for multi-process training."),
+    environment="gpu", distributable=True, model_kind="adapter",
+)
 
 
 def lora_spec(p: Params) -> LoraSpec:

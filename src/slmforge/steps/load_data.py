@@ -30,6 +30,7 @@ from pathlib import Path
 
 from slmforge.contract import manifest
 from slmforge.contract.files import read_json_object
+from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.data import IGNORE, chat_rows, user_script
 from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
@@ -77,6 +78,15 @@ class Params:
             raise InvalidInput(f"eval_dataset_size must be a fraction below 1 or a whole row count, got {size}")
         if size is not None and self.eval_data:
             raise InvalidInput("give either eval_data or eval_dataset_size, not both")
+
+
+SPEC = StepSpec(
+    name="load_data", params=Params, display_name="Load and tokenize data",
+    version="1",
+    description=(
+        "Read json/jsonl/csv/parquet rows (a file or a Hugging Face Hub dataset), render the text "
+        "template, tokenize, split off an eval set and write a tokenized dataset folder with a manifest."),
+)
 
 
 def run(**given) -> dict:

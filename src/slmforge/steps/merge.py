@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.contract import manifest
+from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.errors import StepFailed
 from slmforge.steps._cli import run_step
@@ -39,6 +40,16 @@ class Params:
     adapter: str = param(asset="uri_folder", help="PEFT adapter folder (finetune output)")
     torch_dtype: str = param("float32", choices=("float32", "float16"), help="dtype of the merged weights")
     output: str = param(asset="custom_model", output="model", help="merged model folder to write")
+
+
+SPEC = StepSpec(
+    name="merge", params=Params, display_name="Merge adapter into base",
+    version="1",
+    description=(
+        "Merge a PEFT adapter into its full-precision base model and check the merged logits against "
+        "the adapter model's (fails above 1e-4 at fp32)."),
+    model_kind="merged",
+)
 
 
 def run(**given) -> dict:

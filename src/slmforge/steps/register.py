@@ -17,6 +17,7 @@ from typing import Any
 
 from slmforge import __version__
 from slmforge.contract import manifest
+from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.errors import InvalidInput
 from slmforge.registry.mlflow_store import ALIAS, REGISTRATION_FILE, register_version
@@ -44,6 +45,15 @@ class Params:
     recipe_digest: str = param("unknown", help="digest of the recipe, a tag of the version")
     tracking_uri: str | None = param(None, help="MLflow registry (default ~/.slmforge/registry.db)")
     registration: str = param(asset="uri_folder", output=True, help="folder to write registration.json to")
+
+
+SPEC = StepSpec(
+    name="register", params=Params, display_name="Register model",
+    version="1",
+    description=(
+        "Register the final model as a new version of a named model with its metrics and the recipe "
+        "digest as tags (a local MLflow registry, or the tracking URI the job is given)."),
+)
 
 
 def run(**given) -> dict[str, Any]:
