@@ -27,6 +27,17 @@ def olive_choice(supported: tuple, olive_only: tuple, why: str) -> Callable[[Any
     return check
 
 
+def refuse_text(why: Callable[[str], str]) -> Callable[[Any], Any]:
+    """A validator: a string value (where the recipe takes another kind) is refused with `why(value)`."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(why(value))
+        return value
+
+    return check
+
+
 def dotted(path: tuple) -> str:
     out = ""
     for part in path:

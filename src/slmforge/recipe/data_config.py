@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, mod
 
 from slmforge.data.hub import FILE_FORMATS, is_hub_name
 from slmforge.recipe.azure import AzureMLDatastoreFiles
-from slmforge.recipe.base import NOT_SUPPORTED, Strict, olive_choice
+from slmforge.recipe.base import NOT_SUPPORTED, Strict, olive_choice, refuse_text
 
 
 class LoadDatasetConfig(Strict):
@@ -104,13 +104,9 @@ class PreProcessConfig(Strict):
     _special = field_validator("add_special_tokens", mode="before")(
         olive_choice((True,), (False,), "every example starts with the tokenizer's special tokens"))
 
-    @field_validator("chat_template", mode="before")
-    @classmethod
-    def _tokenizers_template(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError(f"a chat template of the recipe's own is {NOT_SUPPORTED}; chat_template: true renders "
-                             "the rows with the tokenizer's own")
-        return value
+    _tokenizers_template = field_validator("chat_template", mode="before")(refuse_text(
+        lambda _: f"a chat template of the recipe's own is {NOT_SUPPORTED}; chat_template: true renders the rows "
+        "with the tokenizer's own"))
 
     @model_validator(mode="after")
     def _has_template(self) -> "PreProcessConfig":

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, create_model, field_validator, model_validator
 
 from slmforge.contract.params import pydantic_fields
-from slmforge.recipe.base import Strict, olive_choice
+from slmforge.recipe.base import Strict, olive_choice, refuse_text
 from slmforge.training import hf_args
 from slmforge.training.args import EVAL_STRATEGIES, STEP_COUNTS, TrainArgs, args_problem
 
@@ -65,13 +65,9 @@ class TrainingArgs(create_model("TrainArgsFields", __base__=Strict,
     _sampling = field_validator("train_sampling_strategy", mode="before")(
         olive_choice(SAMPLING, ("sequential",), "slmforge's batch order is a seeded shuffle"))
 
-    @field_validator("resume_from_checkpoint")
-    @classmethod
-    def _resume(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError(f"slmforge cannot resume from {value!r}: it resumes from its own checkpoints folder "
-                             "(the newest checkpoint made by the same run), so give true, false or leave it out")
-        return value
+    _resume = field_validator("resume_from_checkpoint")(refuse_text(
+        lambda value: f"slmforge cannot resume from {value!r}: it resumes from its own checkpoints folder (the "
+        "newest checkpoint made by the same run), so give true, false or leave it out"))
 
     @field_validator("report_to")
     @classmethod

@@ -10,6 +10,12 @@ _DEFAULTS = {LOAD_DATASET: "default_load_dataset", PRE_PROCESS_DATA: "default_pr
              POST_PROCESS_DATA: "default_post_process_data", DATALOADER: "default_dataloader"}
 
 
+def _decorators(kind):
+    """A kind's two class-level decorators: by name (default: the function's), and under Olive's default name."""
+    return (classmethod(lambda cls, name=None: cls.register(kind, name)),
+            classmethod(lambda cls: cls.register(kind, _DEFAULTS[kind])))
+
+
 class Registry:
     """Registered functions by component kind and lower-case name."""
 
@@ -28,37 +34,11 @@ class Registry:
 
         return decorator
 
-    @classmethod
-    def register_dataset(cls, name=None):
-        return cls.register(LOAD_DATASET, name)
-
-    @classmethod
-    def register_pre_process(cls, name=None):
-        return cls.register(PRE_PROCESS_DATA, name)
-
-    @classmethod
-    def register_post_process(cls, name=None):
-        return cls.register(POST_PROCESS_DATA, name)
-
-    @classmethod
-    def register_dataloader(cls, name=None):
-        return cls.register(DATALOADER, name)
-
-    @classmethod
-    def register_default_dataset(cls):
-        return cls.register(LOAD_DATASET, _DEFAULTS[LOAD_DATASET])
-
-    @classmethod
-    def register_default_pre_process(cls):
-        return cls.register(PRE_PROCESS_DATA, _DEFAULTS[PRE_PROCESS_DATA])
-
-    @classmethod
-    def register_default_post_process(cls):
-        return cls.register(POST_PROCESS_DATA, _DEFAULTS[POST_PROCESS_DATA])
-
-    @classmethod
-    def register_default_dataloader(cls):
-        return cls.register(DATALOADER, _DEFAULTS[DATALOADER])
+    # Olive's per-kind decorators: register_dataset(name=None) and register_default_dataset(), and so on.
+    register_dataset, register_default_dataset = _decorators(LOAD_DATASET)
+    register_pre_process, register_default_pre_process = _decorators(PRE_PROCESS_DATA)
+    register_post_process, register_default_post_process = _decorators(POST_PROCESS_DATA)
+    register_dataloader, register_default_dataloader = _decorators(DATALOADER)
 
     @classmethod
     def get_component(cls, component, name):
