@@ -18,7 +18,7 @@ def read_dataset_folder(dataset: str | Path, max_samples: int):
     template = Template(data.template)
     if max_samples < 1:
         raise InvalidInput(f"--max_samples {max_samples}: must be at least 1")
-    for name in (folders.EVAL_ROWS, folders.EVAL):
+    for name in (folders.EVAL_ROWS, folders.EVAL):  # either missing is named before anything is read
         data.file(name)
     rows = data.held_out_rows(max_samples)
     check_rows(rows, template, str(data.path / folders.EVAL_ROWS))
