@@ -26,13 +26,13 @@ MODELS = {"merged (PyTorch fp32)": WORK / "merged",
 
 
 def one_at_a_time(backend, rows, examples, template, max_new_tokens):
-    from slmforge.models import evaluation
+    from slmforge.models.answers import answer_finished, answer_of, template_suffix
 
     answers = []
     for row in rows:
-        suffix = evaluation.template_suffix(template, row)
-        text, _ = backend.generate(template.prompt(row), max_new_tokens, evaluation.answer_finished(suffix))
-        answers.append(evaluation.answer_of(text, suffix))
+        suffix = template_suffix(template, row)
+        text, _ = backend.generate(template.prompt(row), max_new_tokens, answer_finished(suffix))
+        answers.append(answer_of(text, suffix))
     for ids, labels in examples:  # the old per-row perplexity: one forward per example
         backend.score([(ids, [p for p in range(len(ids) - 1) if labels[p + 1] != -100])])
     return answers
@@ -40,7 +40,8 @@ def one_at_a_time(backend, rows, examples, template, max_new_tokens):
 
 def main() -> int:
     from slmforge.models import evaluation
-    from slmforge.models.evaluation import read_dataset_folder
+    from slmforge.models.backend import load_backend
+    from slmforge.models.eval_data import read_dataset_folder
 
     rows, examples, template = read_dataset_folder(WORK / "dataset", 1000)
     results = {}
@@ -49,7 +50,7 @@ def main() -> int:
             print(f"{folder} missing: run bench/int4_options.py first", file=sys.stderr)
             return 1
         started = time.perf_counter()
-        backend = evaluation.load_backend(folder, None)
+        backend = load_backend(folder, None)
         load = time.perf_counter() - started
         runs = {"batched": [], "one_at_a_time": []}
         same = None

@@ -89,16 +89,19 @@ def reference(work: Path) -> tuple[Path, Path]:
 
 def score(folder: Path, dataset: Path, reference_answers: dict | None) -> dict:
     from slmforge.models import evaluation
-    from slmforge.models.evaluation import read_dataset_folder
+    from slmforge.contract.folders import read_jsonl
+    from slmforge.models.answers import examples_from_rows
+    from slmforge.models.backend import load_backend
+    from slmforge.models.eval_data import read_dataset_folder
     from slmforge.data.template import Template
 
     rows, examples, template = read_dataset_folder(dataset, 1000)
-    heldout = evaluation.read_jsonl(HELDOUT)
-    backend = evaluation.load_backend(folder, None)
+    heldout = read_jsonl(HELDOUT)
+    backend = load_backend(folder, None)
     out = {}
     for name, data, ex in (("eval_split", rows, examples), ("heldout", heldout, None)):
         if ex is None:
-            ex = evaluation.examples_from_rows(backend, data, Template(TEMPLATE))
+            ex = examples_from_rows(backend, data, Template(TEMPLATE))
         m = evaluation.evaluate(backend, data, template, examples=ex, max_new_tokens=4, label=name)
         entry = {"accuracy": m["accuracy"], "n": m["n"], "perplexity": m["perplexity"],
                  "seconds": m["evaluation_seconds"], "predictions": m["predictions"]}

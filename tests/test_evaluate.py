@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slmforge.contract import manifest
-from slmforge.models.evaluation import answer_finished, answer_of
+from slmforge.models.answers import answer_finished, answer_of
 from slmforge.steps import build_onnx, evaluate, load_data, merge
 
 from lora_adapter import make_lora_adapter
@@ -154,14 +154,14 @@ def test_a_whole_row_perplexity_is_read_from_the_answering_pass(folders):
     teacher-forced answering pass itself: one batched pass, and the same value a separate pass gives."""
     import math
 
-    from slmforge.models import evaluation
+    from slmforge.models import answers, backend as backends, eval_data, evaluation
     from slmforge.models.verified_greedy import score_positions
 
-    rows, _, template = evaluation.read_dataset_folder(folders["dataset"], 20)
-    backend = evaluation.load_backend(folders["merged"], None)
+    rows, _, template = eval_data.read_dataset_folder(folders["dataset"], 20)
+    backend = backends.load_backend(folders["merged"], None)
     whole = []
     for row in rows:
-        prompt, expected = evaluation.encode_row(backend, template, row)
+        prompt, expected = answers.encode_row(backend, template, row)
         whole.append((prompt + expected, prompt + expected))  # every token labelled
     passes, score = [], backend.score
     backend.score = lambda requests: passes.append(len(requests)) or score(requests)

@@ -64,7 +64,7 @@ def test_loss_goes_down_and_the_adapter_loads(tmp_path, tiny_model_dir, dataset,
     assert [e["step"] for e in c["eval_history"]] == [20, 40] and c["eval_loss"] == c["eval_history"][-1]["loss"]
     assert c["eval_history"][-1]["loss"] < c["eval_history"][0]["loss"] + 0.5
     assert c["tokens_per_second"] > 0 and c["peak_rss_mb"] > 0 and c["train_seconds"] > 0 and c["tokens"] > 0
-    assert m["text_template"] == TEMPLATE and m["loss_on"] == "completion"
+    assert m["params"]["text_template"] == TEMPLATE and m["loss_on"] == "completion"
 
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == tiny_model_dir.name == "phi3-tiny"

@@ -18,7 +18,9 @@ import pytest
 
 from slmforge.contract import manifest
 from slmforge.errors import StepFailed
-from slmforge.models import evaluation
+from slmforge.models import answers, evaluation, onnx_check
+from slmforge.models.backend import load_backend
+from slmforge.models.eval_data import read_dataset_folder
 from slmforge.steps import build_onnx, evaluate, finetune, load_data, merge
 
 TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
@@ -110,14 +112,14 @@ def _rewire_lm_head(folder: Path, out: Path) -> None:
 
 
 def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, smollm2_dir, tmp_path):
-    eval_data = evaluation.read_dataset_folder(tuned["heldout"], 200)
+    eval_data = read_dataset_folder(tuned["heldout"], 200)
     check = manifest.read_manifest(tuned["int4"])["metrics"]["check"]
     assert check["answers"]["answer_agreement"] >= 0.85
 
     miswired = tmp_path / "miswired"
     _rewire_lm_head(tuned["int4"], miswired)
     with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: mean logit cosine") as e:
-        build_onnx.check_against_pytorch(miswired, str(tuned["merged"]), None, "int4", "cpu", eval_data=eval_data)
+        onnx_check.check_against_pytorch(miswired, str(tuned["merged"]), None, "int4", "cpu", eval_data=eval_data)
     print(f"mis-wired head: {e.value}")
 
     # A layer zeroed in the base the builder reads (slmforge's int4 path: base + adapter), checked
@@ -134,20 +136,20 @@ def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, smollm2_
     how = build_onnx.build_model(str(zeroed_base), zeroed, "int4", "cpu", 32, 4, "auto", True, {}, tuned["adapter"])
     assert how["method"].startswith("exact")
     with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: ") as e:
-        build_onnx.check_against_pytorch(zeroed, str(smollm2_dir), tuned["adapter"], "int4", "cpu", eval_data=eval_data)
+        onnx_check.check_against_pytorch(zeroed, str(smollm2_dir), tuned["adapter"], "int4", "cpu", eval_data=eval_data)
     print(f"zeroed layer: {e.value}")
 
 
 def test_batched_evaluation_gives_the_answers_of_one_at_a_time_decoding(tuned):
-    rows, examples, template = evaluation.read_dataset_folder(tuned["heldout"], 60)
+    rows, examples, template = read_dataset_folder(tuned["heldout"], 60)
     for folder in (tuned["merged"], tuned["int4"]):
-        backend = evaluation.load_backend(folder, None)
+        backend = load_backend(folder, None)
         batched = evaluation.evaluate(backend, rows, template, examples=examples, max_new_tokens=6)
         one_by_one = []
         for row in rows:
-            suffix = evaluation.template_suffix(template, row)
-            text, _ = backend.generate(template.prompt(row), 6, evaluation.answer_finished(suffix))
-            one_by_one.append(evaluation.answer_of(text, suffix))
+            suffix = answers.template_suffix(template, row)
+            text, _ = backend.generate(template.prompt(row), 6, answers.answer_finished(suffix))
+            one_by_one.append(answers.answer_of(text, suffix))
         if folder == tuned["merged"]:
             assert batched["predictions"] == one_by_one  # teacher-forced argmaxes: exactly greedy's chain
         else:
@@ -155,7 +157,7 @@ def test_batched_evaluation_gives_the_answers_of_one_at_a_time_decoding(tuned):
             # on an AMD EPYC here: row 51 of 60, 'disappointed' vs 'disappointment', both wrong), never more.
             differ = [i for i, (a, b) in enumerate(zip(batched["predictions"], one_by_one)) if a != b]
             assert len(differ) <= 2, differ
-            truth = [evaluation.expected_answer(r, template) for r in rows]
+            truth = [answers.expected_answer(r, template) for r in rows]
             assert all((batched["predictions"][i] == truth[i]) == (one_by_one[i] == truth[i]) for i in differ)
         assert batched["rows_off_expected_answer"] > 0  # the continuation path ran too
 

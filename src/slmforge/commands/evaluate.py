@@ -27,9 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from slmforge.data.template import Template
     from slmforge.errors import InvalidInput
-    from slmforge.models import evaluation
+    from slmforge.contract.folders import carried_template, is_onnx_folder
     from slmforge.contract.manifest import MANIFEST
-    from slmforge.models.model_folder import carried_template, is_onnx_folder, resolve_hf_folder
+    from slmforge.models.answers import examples_from_rows
+    from slmforge.models.backend import load_backend
+    from slmforge.models.eval_data import read_dataset_folder
+    from slmforge.models.evaluation import evaluate
+    from slmforge.models.metrics_table import format_table
+    from slmforge.models.model_folder import resolve_hf_folder
 
     model, data = Path(args.model), Path(args.data)
     if not model.is_dir():
@@ -40,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidInput("--max_samples and --max_new_tokens must be at least 1")
     label = args.label or model.name
     if data.is_dir():
-        rows, examples, template = evaluation.read_dataset_folder(data, args.max_samples)
+        rows, examples, template = read_dataset_folder(data, args.max_samples)
         if args.template:
             template = Template(args.template)
-        backend = evaluation.load_backend(model, None)
+        backend = load_backend(model, None)
     else:
         text = args.template or carried_template(model)
         if not text:
@@ -51,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInput(f"{model}: the folder {carried} to take the text template from; pass --template")
         template = Template(text)
         rows = read_rows(data, template, args.max_samples)
-        backend = evaluation.load_backend(model, None)
-        examples = evaluation.examples_from_rows(backend, rows, template)
-    metrics = evaluation.evaluate(backend, rows, template, examples=examples, max_new_tokens=args.max_new_tokens,
+        backend = load_backend(model, None)
+        examples = examples_from_rows(backend, rows, template)
+    metrics = evaluate(backend, rows, template, examples=examples, max_new_tokens=args.max_new_tokens,
                                   label=label, model_dir=model)
-    print(json.dumps(metrics, sort_keys=True) if args.json else evaluation.format_table(metrics))
+    print(json.dumps(metrics, sort_keys=True) if args.json else format_table(metrics))
     return 0
 
 

@@ -23,9 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from slmforge.data.template import Template
-    from slmforge.models.evaluation import answer_finished, answer_of
+    from slmforge.models.answers import answer_finished, answer_of
     from slmforge.models.genai import GenaiModel, require_onnx_folder
-    from slmforge.models.model_folder import carried_template
+    from slmforge.contract.folders import carried_template
 
     from slmforge.errors import InvalidInput
 
@@ -46,7 +46,7 @@ def prompt_and_suffix(template_text: str, text: str) -> tuple[str, str]:
     """Render the prompt for one input and the suffix expected after the answer."""
     from slmforge.data.template import Template
     from slmforge.errors import InvalidInput
-    from slmforge.models.evaluation import template_suffix
+    from slmforge.models.answers import template_suffix
 
     template = Template(template_text)
     inputs = [f for f in dict.fromkeys(template.fields) if f != template.answer_field]

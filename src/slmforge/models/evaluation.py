@@ -1,99 +1,23 @@
 """Evaluate a model on label-style rows: accuracy by greedy generation, confusion, perplexity, speed.
 
-The same code runs a Hugging Face folder (transformers) and an onnxruntime-genai folder, so a
-run can show base -> merged -> int4 side by side. Backends share one small contract:
-`encode(text, special)`, `decode(tokens)`, `answers(requests, max_new_tokens)` (batched greedy
-answers, verified_greedy.py), `score(requests)` (teacher-forced log-probabilities),
-`generate(prompt, max_new_tokens, stop)` (one prompt at a time: predict, chat), `eos_token_id(s)`, `kind`.
-An ONNX folder is evaluated without importing torch.
+The same code runs a Hugging Face folder (transformers) and an onnxruntime-genai folder (backend.py),
+so a run can show base -> merged -> int4 side by side. The metrics are metrics.json's shape
+(contract/folders.py writes it; metrics_table.py prints it); rows and answers are answers.py's.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterable
 
-from slmforge.contract import manifest
 from slmforge.contract.files import folder_size
 from slmforge.data import IGNORE
 from slmforge.data.template import Template
-from slmforge.errors import InvalidInput
-from slmforge.models.model_folder import is_onnx_folder
+from slmforge.models.answers import answer_finished, answer_of, encode_row, expected_answer, template_suffix
 
 OTHER = "(other)"
-
-
-def load_backend(model: str | Path | None, model_id: str | None):
-    """GenaiModel for an onnxruntime-genai folder, TorchBackend for anything else."""
-    if model and not Path(model).is_dir():
-        raise InvalidInput(f"{model}: no such model folder")
-    if model and is_onnx_folder(model):
-        from slmforge.models.genai import GenaiModel
-
-        return GenaiModel(model)
-    from slmforge.models.torch_model import TorchBackend, base_source
-
-    return TorchBackend(base_source(model, model_id))
-
-
-def check_rows(rows: list[dict], template: Template, where: str) -> None:
-    for i, row in enumerate(rows, 1):
-        missing = [f for f in template.fields if f not in row]
-        if missing:
-            raise InvalidInput(f"{where}: row {i} has no column {missing[0]!r} (the template uses "
-                               f"{', '.join(template.fields)})")
-
-
-def expected_answer(row: dict, template: Template) -> str:
-    """The row's right answer, as a prediction is compared with it."""
-    return str(row[template.answer_field]).strip()
-
-
-def answer_of(generated: str, suffix: str = "") -> str:
-    """The predicted answer: the text before the template's suffix, first non-empty line, stripped."""
-    marker = suffix.strip()
-    if marker and marker in generated:
-        generated = generated[: generated.index(marker)]
-    for line in generated.splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
-def answer_finished(suffix: str = "") -> Callable[[str], bool]:
-    """Stop rule for generation: a newline after some answer text, or the template's suffix."""
-    marker = suffix.strip()
-
-    def stop(text: str) -> bool:
-        if marker and marker in text:
-            return True
-        stripped = text.lstrip()
-        return "\n" in stripped
-    return stop
-
-
-def template_suffix(template: Template, row: dict) -> str:
-    """What the template puts after the answer (often nothing), rendered for `row`."""
-    return template.completion(row)[len(str(row[template.answer_field])):]
-
-
-def examples_from_rows(backend, rows: Iterable[dict], template: Template) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, labels) scoring completion + EOS, tokenized the way load_data does it."""
-    out = []
-    for row in rows:
-        prompt_ids, answer_ids = encode_row(backend, template, row)
-        out.append((prompt_ids + answer_ids, [IGNORE] * len(prompt_ids) + answer_ids))
-    return out
-
-
-def encode_row(backend, template: Template, row: dict) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids + EOS), tokenized the way load_data does it."""
-    prompt = backend.encode(template.prompt(row))
-    return prompt, backend.encode(template.completion(row), special=False) + [backend.eos_token_id]
 
 
 def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tuple[list[int], list[int]]],
@@ -200,73 +124,3 @@ def _perplexity_sums(backend, known: dict, examples: list[tuple[list[int], list[
 def _labelled_positions(labels: list[int]) -> list[int]:
     """The positions whose next token carries a label (position p predicts token p + 1)."""
     return [p for p in range(len(labels) - 1) if labels[p + 1] != IGNORE]
-
-
-def read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
-    """JSON objects, one a line (blank lines skipped), at most `limit`."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InvalidInput(f"{path}: line {number} is not JSON: {e.msg}") from e
-            if not isinstance(row, dict):
-                raise InvalidInput(f"{path}: line {number} is not a JSON object")
-            rows.append(row)
-            if limit is not None and len(rows) >= limit:
-                break
-    return rows
-
-
-def format_table(metrics: dict) -> str:
-    """A human summary: headline figures and the confusion table."""
-    def fmt(v, spec):
-        return "n/a" if v is None else format(v, spec)
-    lines = [
-        f"{metrics['label']} ({metrics['model_kind']}): accuracy {fmt(metrics['accuracy'], '.3f')} "
-        f"on {metrics['n']} rows (majority class {fmt(metrics['majority_baseline'], '.3f')}), "
-        f"perplexity {fmt(metrics['perplexity'], '.3f')}, {fmt(metrics['tokens_per_second'], '.0f')} tokens/s, "
-        f"size {fmt(metrics['size_bytes'], ',')} bytes",
-    ]
-    confusion = metrics["confusion"]
-    if confusion:
-        predicted = sorted({p for row in confusion.values() for p in row})
-        corner = "true \\ predicted"
-        first = max(len(corner), *(len(t) for t in confusion)) + 2
-        width = max(6, *(len(p) for p in predicted)) + 2
-        lines.append(corner.ljust(first) + "".join(p.rjust(width) for p in predicted))
-        for truth in sorted(confusion):
-            lines.append(truth.ljust(first) + "".join(str(confusion[truth].get(p, 0)).rjust(width)
-                                                      for p in predicted))
-    return "\n".join(lines)
-
-
-def read_dataset_folder(dataset: str | Path, max_samples: int):
-    """(eval rows, perplexity examples, template) from a load_data output folder, first max_samples each."""
-    folder = Path(dataset)
-    data = manifest.read_manifest(folder)
-    if data is None:
-        raise InvalidInput(f"{folder}: not a load_data output folder (no readable {manifest.MANIFEST})")
-    text = (data.get("params") or {}).get("text_template")
-    if not text:
-        raise InvalidInput(f"{folder / manifest.MANIFEST}: params.text_template is missing")
-    template = Template(text)
-    if max_samples < 1:
-        raise InvalidInput(f"--max_samples {max_samples}: must be at least 1")
-    for name in ("eval_rows.jsonl", "eval.jsonl"):
-        if not (folder / name).is_file():
-            raise InvalidInput(f"{folder}: {name} is missing")
-    rows = read_jsonl(folder / "eval_rows.jsonl", max_samples)
-    if not rows:
-        raise InvalidInput(f"{folder / 'eval_rows.jsonl'}: no held-out rows to evaluate on")
-    check_rows(rows, template, str(folder / "eval_rows.jsonl"))
-    examples = []
-    for i, row in enumerate(read_jsonl(folder / "eval.jsonl", max_samples), 1):
-        ids, labels = row.get("input_ids"), row.get("labels")
-        if not isinstance(ids, list) or not isinstance(labels, list) or len(ids) != len(labels):
-            raise InvalidInput(f"{folder / 'eval.jsonl'}: line {i} needs input_ids and labels of equal length")
-        examples.append((ids, labels))
-    return rows, examples, template

@@ -10,8 +10,9 @@ import json
 import struct
 from pathlib import Path
 
+from slmforge.contract.folders import GENAI_CONFIG
 from slmforge.errors import InvalidInput
-from slmforge.models.model_folder import GENAI_CONFIG, HF_CONFIG, MLMODEL, resolve_hf_folder, resolve_tokenizer_folder
+from slmforge.models.model_folder import HF_CONFIG, MLMODEL, resolve_hf_folder, resolve_tokenizer_folder
 
 # Any one of these is a tokenizer transformers can load (fast tokenizer, sentencepiece, BPE vocab, WordPiece).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")

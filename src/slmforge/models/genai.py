@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 from typing import Callable, Iterator
 
+from slmforge.contract.folders import GENAI_CONFIG, is_onnx_folder
 from slmforge.errors import InvalidInput, StepFailed
-from slmforge.models.model_folder import GENAI_CONFIG, is_onnx_folder
 
 
 def require_onnx_folder(folder: str | Path) -> Path:

@@ -1,4 +1,5 @@
-"""What a model folder is and what it carries: its kind, its training template, its size.
+"""What a model folder is: where an MLflow model keeps its Hugging Face files (the
+template it carries and the folders' files: contract/folders.py).
 
 Light (stdlib only): predict, chat and evaluate use it before deciding which runtime to load.
 """
@@ -7,10 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slmforge.contract import manifest
 from slmforge.errors import InvalidInput
 
-GENAI_CONFIG = "genai_config.json"
 HF_CONFIG = "config.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 MLMODEL = "MLmodel"
@@ -19,12 +18,6 @@ MLMODEL = "MLmodel"
 # components/tokenizer.
 MLFLOW_MODEL_DIRS = ("data/model", "model")
 MLFLOW_TOKENIZER_DIRS = ("data/tokenizer", "components/tokenizer")
-_MAX_DEPTH = 4  # adapter -> dataset is 1 hop; merged/onnx -> adapter -> dataset is 2
-
-
-def is_onnx_folder(folder: str | Path) -> bool:
-    """An onnxruntime-genai folder (the build_onnx output) rather than a Hugging Face one."""
-    return (Path(folder) / GENAI_CONFIG).is_file()
 
 
 def resolve_hf_folder(path: str | Path) -> Path:
@@ -68,38 +61,6 @@ def _mlflow_root(path: Path) -> Path | None:
     if len(inner) > 1:
         raise InvalidInput(f"{path}: several MLflow models inside ({', '.join(p.name for p in inner)}); pass one")
     return inner[0] if inner else None
-
-
-def model_kind(folder: str | Path) -> str:
-    return "onnx" if is_onnx_folder(folder) else "pytorch"
-
-
-def carried_template(folder: str | Path) -> str | None:
-    """The text template the model was trained with, from the folder's manifest.
-
-    Looks at `params.text_template`, then a top-level `text_template`, then follows the
-    manifest's inputs (adapter -> dataset) while they still exist on this machine.
-    """
-    return _template(Path(folder), _MAX_DEPTH)
-
-
-def _template(folder: Path, depth: int) -> str | None:
-    data = manifest.read_manifest(folder)
-    if data is None:
-        return None
-    params = data.get("params") or {}
-    for value in (params.get("text_template"), data.get("text_template")):
-        if isinstance(value, str) and value:
-            return value
-    if depth <= 0:
-        return None
-    for entry in (data.get("inputs") or {}).values():
-        path = Path(entry.get("path", "")) if isinstance(entry, dict) else None
-        if path is not None and path.is_dir():
-            found = _template(path, depth - 1)
-            if found:
-                return found
-    return None
 
 
 def looks_like_local_path(name: str) -> bool:

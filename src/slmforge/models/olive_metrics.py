@@ -91,7 +91,7 @@ def time_requests(backend, prompts: list[tuple[str, Any]], max_new_tokens: int, 
 def run_spec(spec: dict[str, Any], backend, rows: list[dict], template, result: dict[str, Any], *,
              max_new_tokens: int, baseline: dict[str, Any] | None = None) -> dict[str, Any]:
     """The evaluator's results for one model: timed requests when a latency/throughput metric asks."""
-    from slmforge.models.evaluation import answer_finished, template_suffix
+    from slmforge.models.answers import answer_finished, template_suffix
 
     timed = None
     if needs_requests(spec):

@@ -30,13 +30,6 @@ def base_source(model: str | Path | None, model_id: str | None) -> str:
     raise InvalidInput("no base model: give --model (a folder) or --model_id (a hub id)")
 
 
-def check_adapter_folder(adapter: str | Path) -> Path:
-    path = Path(adapter)
-    if not (path / "adapter_config.json").is_file():
-        raise InvalidInput(f"{path}: not a PEFT adapter folder (no adapter_config.json)")
-    return path
-
-
 def adapter_method(adapter: Path) -> str:
     """lora, dora, loha or lokr, from the adapter's peft config (QLoRA saves a plain LoRA adapter)."""
     try:

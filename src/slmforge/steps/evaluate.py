@@ -9,20 +9,18 @@ recipe's Olive metrics with their sub-types and goals: models/olive_metrics.py) 
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.contract import manifest
+from slmforge.contract import folders, manifest
 from slmforge.contract.files import read_json_object
 from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.steps._cli import run_step
 
 STEP = "evaluate"
-METRICS_FILE = "metrics.json"
 
 
 @dataclass(kw_only=True)
@@ -56,8 +54,10 @@ def run(**given) -> dict:
     p = make(Params, given)
     dataset, metrics, model, model_id, label = p.dataset, p.metrics, p.model, p.model_id, p.label
     max_samples, max_new_tokens = p.max_samples, p.max_new_tokens
-    from slmforge.models import evaluation
-    from slmforge.models.model_folder import is_onnx_folder
+    from slmforge.models.backend import load_backend
+    from slmforge.models.eval_data import read_dataset_folder
+    from slmforge.models.evaluation import evaluate
+    from slmforge.models.metrics_table import format_table
 
     started = time.perf_counter()
     spec = base = None
@@ -66,28 +66,27 @@ def run(**given) -> dict:
 
         spec = read_json_object(Path(p.evaluator))
         olive_metrics.check_spec(spec, p.evaluator)
-        base = read_json_object(Path(p.baseline) / METRICS_FILE).get("evaluator") if p.baseline else None
-    rows, examples_raw, template = evaluation.read_dataset_folder(dataset, max_samples)
-    backend = evaluation.load_backend(model, model_id)
-    result = evaluation.evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
+        base = folders.read_metrics(p.baseline).get("evaluator") if p.baseline else None
+    rows, examples_raw, template = read_dataset_folder(dataset, max_samples)
+    backend = load_backend(model, model_id)
+    result = evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
                                  label=label, model_dir=model)
     if spec is not None:
         result["evaluator"] = olive_metrics.run_spec(spec, backend, rows, template, result,
                                                      max_new_tokens=max_new_tokens, baseline=base)
     with manifest.atomic_output(metrics) as tmp:
-        (tmp / METRICS_FILE).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        libraries = ("onnxruntime-genai", "onnxruntime") if model and is_onnx_folder(model) else ("torch", "transformers")
+        folders.write_metrics(tmp, result)
+        libraries = (("onnxruntime-genai", "onnxruntime") if model and folders.is_onnx_folder(model)
+                     else ("torch", "transformers"))
         manifest.write_manifest(
             tmp, step=STEP,
             params={"label": label, "max_samples": max_samples, "max_new_tokens": max_new_tokens,
-                    "model_id": model_id, "text_template": template.text},
+                    "model_id": model_id, **folders.template_param(template.text)},
             inputs={"model": model, "dataset": dataset, "evaluator": p.evaluator, "baseline": p.baseline},
             metrics=result, seconds=time.perf_counter() - started, libraries=libraries,
         )
-    print(evaluation.format_table(result))
+    print(format_table(result))
     return result
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

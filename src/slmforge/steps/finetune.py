@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from slmforge.contract import manifest, progress
+from slmforge.contract import folders, manifest, progress
 from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.errors import InvalidInput
@@ -165,12 +165,13 @@ def run(*, progress: bool = True, **given) -> dict | None:
             (out / "README.md").unlink(missing_ok=True)  # peft's model card stub: nothing of ours in it
             metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
             return manifest.write_manifest(
-                out, step="finetune", params=params, metrics=metrics, seconds=time.perf_counter() - started,
+                out, step="finetune", params={**params, **folders.template_param(folders.carried_template(dataset))},
+                metrics=metrics, seconds=time.perf_counter() - started,
                 libraries=("torch", "transformers", "peft", "bitsandbytes"),
                 extra={"inputs": {"dataset": {"path": str(dataset), "digest": data_digest},
                                   "model": {"path": str(model or model_id), "fingerprint": model_print}},
                        "base_model": base_name, "mlflow_run_id": run_id,
-                       **{k: data_params.get(k) for k in ("text_template", "text_cols", "loss_on")}},
+                       **{k: data_params.get(k) for k in ("text_cols", "loss_on")}},
             )
     finally:
         torch.set_num_threads(threads)

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.contract import manifest
+from slmforge.contract import folders, manifest
 from slmforge.contract.files import read_json_object
 from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
@@ -174,9 +174,8 @@ def _write_folder(p: Params, seqs: dict, eval_rows: list, metrics: dict, params:
                   started: float) -> dict:
     tok, tok_name, pad_id = tokenizer
     with manifest.atomic_output(p.dataset) as out:
-        for name, s in seqs.items():
-            _write_jsonl(out / f"{name}.jsonl", (_record(r, p.use_attention_mask) for r in s.records))
-        _write_jsonl(out / "eval_rows.jsonl", eval_rows)
+        folders.write_dataset(out, {name: (_record(r, p.use_attention_mask) for r in s.records)
+                                    for name, s in seqs.items()}, eval_rows)
         for name, s in seqs.items():
             metrics.update({f"{name}_examples": len(s.records), f"{name}_tokens": s.tokens,
                             f"{name}_label_tokens": s.label_tokens, f"{name}_pad_tokens": s.pad_tokens,
@@ -184,7 +183,7 @@ def _write_folder(p: Params, seqs: dict, eval_rows: list, metrics: dict, params:
         tokenizer_info = {"name": tok_name, "digest": tokenizer_digest(tok), "eos_token_id": tok.eos_token_id,
                           "pad_token_id": pad_id, "bos_token_id": tok.bos_token_id}
         return manifest.write_manifest(
-            out, step="load_data", params=params, metrics=metrics, seconds=time.perf_counter() - started,
+            out, step=folders.DATASET_STEP, params=params, metrics=metrics, seconds=time.perf_counter() - started,
             libraries=("transformers", "tokenizers"),
             extra={"inputs": inputs, "tokenizer": tokenizer_info,
                    "source_digest": inputs["data" if "data" in inputs else "user_script"]["digest"]})
@@ -317,12 +316,6 @@ def _record(r: dict, use_attention_mask: bool) -> dict:
         return {"input_ids": r["input_ids"], "labels": r["labels"],
                 "attention_mask": r.get("attention_mask") or [1] * len(r["input_ids"])}
     return {"input_ids": r["input_ids"], "labels": r["labels"]}
-
-
-def _write_jsonl(path: Path, records) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

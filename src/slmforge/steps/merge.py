@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.contract import manifest
+from slmforge.contract import folders, manifest
 from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.errors import StepFailed
@@ -56,18 +56,16 @@ def run(**given) -> dict:
     """Merge, check and write the model folder (`given`: Params' names); return the check."""
     p = make(Params, given)
     model, model_id, torch_dtype, output = p.model, p.model_id, p.torch_dtype, p.output
-    from slmforge.models import model_folder, torch_model
+    from slmforge.models import torch_model
 
     started = time.perf_counter()
     source = torch_model.base_source(model, model_id)
-    adapter = torch_model.check_adapter_folder(p.adapter)
+    adapter = folders.open_adapter(p.adapter)
 
     with manifest.atomic_output(output) as tmp:
         check = merge_into(source, adapter, tmp, torch_dtype)
-        template = model_folder.carried_template(adapter)
-        params = {"model_id": model_id, "torch_dtype": torch_dtype}
-        if template:
-            params["text_template"] = template
+        params = {"model_id": model_id, "torch_dtype": torch_dtype,
+                  **folders.template_param(folders.carried_template(adapter))}
         manifest.write_manifest(
             tmp, step=STEP, params=params,
             inputs={"model": model, "adapter": adapter},

@@ -16,22 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from slmforge import __version__
-from slmforge.contract import manifest
+from slmforge.contract import folders, manifest
 from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
 from slmforge.errors import InvalidInput
 from slmforge.registry.mlflow_store import ALIAS, REGISTRATION_FILE, register_version
 from slmforge.registry.rules import check_asset_name, default_tracking_uri, version_tags
 from slmforge.steps._cli import run_step
-
-
-def _metrics(metrics_dir: Path | None) -> dict[str, Any] | None:
-    if metrics_dir is None:
-        return None
-    path = metrics_dir / "metrics.json"
-    if not path.is_file():
-        raise InvalidInput(f"{metrics_dir}: no metrics.json (expected the output of an evaluate step)")
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 @dataclass(kw_only=True)
@@ -70,7 +61,7 @@ def run(**given) -> dict[str, Any]:
         raise InvalidInput(f"{model}: not a finished model folder (no valid {manifest.MANIFEST})")
     uri = p.tracking_uri or default_tracking_uri()
     found = manifest.read_manifest(model) or {}
-    tags = version_tags(_metrics(metrics), recipe_digest=recipe_digest, model_digest=str(found.get("outputs_digest")),
+    tags = version_tags(folders.read_metrics(metrics) if metrics else None, recipe_digest=recipe_digest, model_digest=str(found.get("outputs_digest")),
                         version=__version__, format=format, source_step=str(found.get("step", "")))
     version = register_version(uri, model, name, tags)
     info = {"name": name, "version": str(version.version), "alias": ALIAS, "tracking_uri": uri,

@@ -11,12 +11,11 @@ the longest example, chosen by a cost model: wider rows waste less on padding bu
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmforge.contract.manifest import read_manifest
+from slmforge.contract import folders
 from slmforge.data import IGNORE
 from slmforge.errors import InvalidInput
 
@@ -33,23 +32,12 @@ class DatasetFolder:
 
 def read_dataset(folder: str | Path) -> DatasetFolder:
     """The train and eval examples of a load_data output folder, trailing padding removed."""
-    folder = Path(folder)
-    m = read_manifest(folder)
-    if m is None or m.get("step") != "load_data":
-        raise InvalidInput(f"{folder}: not a load_data dataset folder (no slmforge.json from load_data)")
-    tok = m.get("tokenizer") or {}
-    pad = tok.get("pad_token_id")
-    pad = tok.get("eos_token_id", 0) if pad is None else pad
-    parts = {}
-    for name in ("train", "eval"):
-        path = folder / f"{name}.jsonl"
-        if not path.is_file():
-            raise InvalidInput(f"{folder}: {name}.jsonl is missing")
-        parts[name] = [_strip(json.loads(line), pad) for line in path.read_text(encoding="utf-8").splitlines()
-                       if line.strip()]
-    if not parts["train"]:
-        raise InvalidInput(f"{folder}: train.jsonl holds no examples")
-    return DatasetFolder(parts["train"], parts["eval"], pad, m)
+    dataset = folders.open_dataset(folder)
+    pad = dataset.pad_token_id
+    train, held = ([_strip(r, pad) for r in dataset.sequences(name)] for name in (folders.TRAIN, folders.EVAL))
+    if not train:
+        raise InvalidInput(f"{dataset.path}: {folders.TRAIN} holds no examples")
+    return DatasetFolder(train, held, pad, dataset.manifest)
 
 
 def _strip(record: dict, pad_id: int) -> Example:
