@@ -75,7 +75,7 @@ def reference(work: Path) -> tuple[Path, Path]:
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
     if not (dataset / "slmforge.json").is_file():
         sh("slmforge.steps.load_data", "--data", str(SEED), "--spec", str(spec), "--tokenizer", str(model),
-           "--loss_on", "completion", "--corpus_strategy", "line-by-line", "--source_max_len", "64",
+           "--loss_on", "completion", "--strategy", "line-by-line", "--max_seq_len", "64",
            "--eval_dataset_size", "0.1", "--data_seed", "42", "--dataset", str(dataset))
     if not (adapter / "slmforge.json").is_file():
         sh("slmforge.steps.finetune", "--model", str(model), "--dataset", str(dataset), "--method", "lora",

@@ -23,7 +23,7 @@ def test_int4_model_after_lora_is_well_above_the_majority_class(tiny_model_dir, 
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
     dataset, adapter, merged, onnx, metrics = (tmp_path / n for n in ("dataset", "adapter", "merged", "int4", "metrics"))
     assert load_data.main(["--data", str(seed_data), "--spec", str(spec), "--tokenizer", str(tiny_model_dir),
-                           "--loss_on", "completion", "--corpus_strategy", "line-by-line",
+                           "--loss_on", "completion", "--strategy", "line-by-line",
                            "--eval_dataset_size", "0.1", "--data_seed", "42", "--dataset", str(dataset)]) == 0
     assert finetune.main(["--model", str(tiny_model_dir), "--dataset", str(dataset), "--method", "lora",
                           "--r", "16", "--alpha", "32", "--lora_dropout", "0.0", "--learning_rate", "0.003",

@@ -205,7 +205,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         inputs.update({k: Ref("path", str(v)) for k, v in script_inputs(loaded, dc, resolve_path).items()})
         inputs["spec"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "spec.json")
         if "pre_process_data" not in user:
-            params.update(corpus_strategy=pre.strategy, source_max_len=pre.max_seq_len,
+            params.update(strategy=pre.strategy, max_seq_len=pre.max_seq_len,
                           pad_to_max_len=pre.pad_to_max_len, use_attention_mask=pre.use_attention_mask,
                           loss_on=pre.loss_on)
             if pre.max_samples is not None:

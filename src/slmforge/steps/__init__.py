@@ -8,7 +8,7 @@ the YAML equal to Params).
 Folder formats the steps exchange (see CONTRIBUTING.md for the full contract):
 - dataset (load_data): train.jsonl / eval.jsonl with {"input_ids", "labels"[, "attention_mask"]}
   per line (labels -100 where masked); eval_rows.jsonl with the held-out raw rows; the manifest's
-  params carry text_template, text_cols, loss_on, corpus_strategy, source_max_len.
+  params carry text_template, text_cols, loss_on, strategy, max_seq_len.
 - adapter (finetune): PEFT folder; manifest metrics carry loss_history [{step, loss}], eval_loss,
   tokens_per_second, peak_rss_mb, train_seconds.
 - model (merge): Hugging Face folder with tokenizer. model (build_onnx): onnxruntime-genai folder.
