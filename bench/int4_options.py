@@ -1,6 +1,6 @@
 """int4 options on the real model: which builder settings keep a fine-tuned SmolLM2's accuracy.
 
-Fine-tunes SmolLM2-135M-Instruct on the seed data (LoRA q/v/o r16, 40 steps: NOTES.md's recipe;
+Fine-tunes SmolLM2-135M-Instruct on the seed data (LoRA q/v/o r16, 40 steps: the recipe of docs/pitfalls.md;
 reused when its folders exist), merges it, then builds it with each option set below and scores
 every build on the seed data's eval split and on the held-out tone set (phrases written
 elsewhere), against the merged model's own answers. Writes bench/results/int4_options.json.

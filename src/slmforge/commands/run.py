@@ -34,7 +34,7 @@ def _console():
 @contextlib.contextmanager
 def terminate_as_interrupt():
     """SIGTERM (a `kill`, a scheduler, a closing container) stops the run like Ctrl-C does: steps stop,
-    run.json says interrupted. Without it the run dies silently mid-step (issue 11 #6)."""
+    run.json says interrupted. Without it the run dies silently mid-step."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 

@@ -322,7 +322,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         step_name, output = final
         inputs = {"model": Ref("step", step_name, output)}
         # Only an evaluation of the registered model itself: a LoRA-only recipe has evaluated just
-        # the base, and those figures are not the adapter's (issue 11 #14).
+        # the base, and those figures are not the adapter's.
         last_eval = next((s.name for s in reversed(steps) if s.component == "evaluate"
                           and s.inputs.get("model") == Ref("step", step_name, output)), None)
         if last_eval is not None:
