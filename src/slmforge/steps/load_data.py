@@ -33,6 +33,7 @@ from slmforge.data.tokens import LOSS_ON, pad_token_id, tokenize, tokenizer_dige
 from slmforge.errors import InvalidInput
 from slmforge.steps._cli import run_step
 
+
 @dataclass(kw_only=True)
 class Params:
     """The load_data step's parameters: `components/load_data.yml`'s inputs and outputs."""
