@@ -4,7 +4,7 @@ Same machine, same run, alternating: slmforge fresh, Olive fresh, slmforge cache
 each round; then `slmforge --help` vs `olive --help`. Writes bench/results/e2e.json.
 
 Olive runs in its own virtual environment (bench/olive_venv.py: olive-ai 0.13.0 + `requests` +
-onnxruntime-genai 0.14.1, the combination that works, see NOTES.md; the same torch, transformers and
+onnxruntime-genai 0.14.1, the combination that works, docs/pitfalls.md; the same torch, transformers and
 peft versions as this project's). Olive runs with OLIVE_DISABLE_TELEMETRY=1 (offline, its telemetry
 would only add time).
 slmforge's graph also evaluates the merged and the ONNX model (Olive's does not); registration is off.

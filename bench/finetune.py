@@ -123,7 +123,7 @@ def prepare(work: Path, sizes: list[str]) -> dict[str, tuple[Path, Path]]:
             work / f"phi3-{size}", seed=0, size=size, extra_corpus=[SEED_DATA] if size == "small" else [])
         dataset = work / f"data-{size}"
         load_data.run(data=str(SEED_DATA), spec=spec, tokenizer=model, dataset=dataset,
-                      corpus_strategy="line-by-line", loss_on="completion", source_max_len=256)
+                      strategy="line-by-line", loss_on="completion", max_seq_len=256)
         out[size] = (model, dataset)
     return out
 

@@ -49,7 +49,7 @@ def tokenized(work: Path, max_len: int = 64) -> Path:
     spec.write_text('{"text_cols": ["phrase", "tone"], "text_template": %s}' % __import__("json").dumps(harness.TEMPLATE))
     out = work / "dataset"
     load_data.run(data=str(harness.SEED_DATA), spec=spec, tokenizer=harness.SMOLLM2, dataset=out,
-                  corpus_strategy="line-by-line", loss_on="completion", source_max_len=max_len)
+                  strategy="line-by-line", loss_on="completion", max_seq_len=max_len)
     return out
 
 

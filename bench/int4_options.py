@@ -1,6 +1,6 @@
 """int4 options on the real model: which builder settings keep a fine-tuned SmolLM2's accuracy.
 
-Fine-tunes SmolLM2-135M-Instruct on the seed data (LoRA q/v/o r16, 40 steps: NOTES.md's recipe;
+Fine-tunes SmolLM2-135M-Instruct on the seed data (LoRA q/v/o r16, 40 steps: the recipe of docs/pitfalls.md;
 reused when its folders exist), merges it, then builds it with each option set below and scores
 every build on the seed data's eval split and on the held-out tone set (phrases written
 elsewhere), against the merged model's own answers. Writes bench/results/int4_options.json.
@@ -75,7 +75,7 @@ def reference(work: Path) -> tuple[Path, Path]:
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
     if not (dataset / "slmforge.json").is_file():
         sh("slmforge.steps.load_data", "--data", str(SEED), "--spec", str(spec), "--tokenizer", str(model),
-           "--loss_on", "completion", "--corpus_strategy", "line-by-line", "--source_max_len", "64",
+           "--loss_on", "completion", "--strategy", "line-by-line", "--max_seq_len", "64",
            "--eval_dataset_size", "0.1", "--data_seed", "42", "--dataset", str(dataset))
     if not (adapter / "slmforge.json").is_file():
         sh("slmforge.steps.finetune", "--model", str(model), "--dataset", str(dataset), "--method", "lora",

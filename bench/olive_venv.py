@@ -1,6 +1,6 @@
 """Olive 0.13 in its own virtual environment (.bench-venvs/olive), installed on first use.
 
-olive-ai 0.13.0 installs broken (NOTES.md): it needs `requests`, which it does not declare, and its
+olive-ai 0.13.0 installs broken (docs/pitfalls.md): it needs `requests`, which it does not declare, and its
 ModelBuilder works only with onnxruntime-genai 0.14.1. torch is pinned to the CPU build this machine
 has (a looser pin pulls a multi-GB CUDA build); transformers, peft, accelerate, datasets and onnx are
 pinned to the versions of this project's venv, so both tools train with the same libraries.

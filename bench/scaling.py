@@ -59,7 +59,7 @@ def point(rows: int, length: int, work: Path) -> dict:
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": harness.TEMPLATE}))
     started = time.perf_counter()
     manifest = load_data.run(data=str(data), spec=spec, tokenizer=harness.SMOLLM2, dataset=work / "dataset",
-                             corpus_strategy="line-by-line", loss_on="completion", source_max_len=length)
+                             strategy="line-by-line", loss_on="completion", max_seq_len=length)
     tokenize_seconds = time.perf_counter() - started
     adapter = work / "adapter"
     argv = ["--model", str(harness.SMOLLM2), "--dataset", str(work / "dataset"), "--method", "lora",

@@ -42,7 +42,7 @@ def make_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0, r: int = 
     return Path(out_dir)
 
 
-def tone_dataset(root, tokenizer_dir, seed_data, *, max_samples: int, source_max_len: int):
+def tone_dataset(root, tokenizer_dir, seed_data, *, max_samples: int, max_seq_len: int):
     """A load_data folder of the seed data's first rows: loss on the tone only, 10% held out."""
     import json
 
@@ -53,6 +53,6 @@ def tone_dataset(root, tokenizer_dir, seed_data, *, max_samples: int, source_max
                                 "text_template": "### Text: {phrase}\n### The tone is:\n{tone}"}))
     out = root / "dataset"
     load_data.run(data=str(seed_data), spec=spec, tokenizer=tokenizer_dir, dataset=out, max_samples=max_samples,
-                  corpus_strategy="line-by-line", loss_on="completion", eval_dataset_size=0.1,
-                  source_max_len=source_max_len)
+                  strategy="line-by-line", loss_on="completion", eval_dataset_size=0.1,
+                  max_seq_len=max_seq_len)
     return out

@@ -1,7 +1,7 @@
 """The issue's accuracy claim: LoRA (loss on the completion) -> merge -> int4 ONNX beats the majority class.
 
 Runs the real steps through their main() functions on the Cookbook's seed data with the recipe
-from NOTES.md (r=16, lr 3e-3, batch 16, 200 steps). Seed 42 measured 0.829 on 146 held-out rows
+of docs/pitfalls.md (r=16, lr 3e-3, batch 16, 200 steps). Seed 42 measured 0.829 on 146 held-out rows
 (merged PyTorch 0.829 too; majority class 0.404). A few seconds of training on an idle machine,
 minutes on a loaded one.
 """
@@ -23,7 +23,7 @@ def test_int4_model_after_lora_is_well_above_the_majority_class(tiny_model_dir, 
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
     dataset, adapter, merged, onnx, metrics = (tmp_path / n for n in ("dataset", "adapter", "merged", "int4", "metrics"))
     assert load_data.main(["--data", str(seed_data), "--spec", str(spec), "--tokenizer", str(tiny_model_dir),
-                           "--loss_on", "completion", "--corpus_strategy", "line-by-line",
+                           "--loss_on", "completion", "--strategy", "line-by-line",
                            "--eval_dataset_size", "0.1", "--data_seed", "42", "--dataset", str(dataset)]) == 0
     assert finetune.main(["--model", str(tiny_model_dir), "--dataset", str(dataset), "--method", "lora",
                           "--r", "16", "--alpha", "32", "--lora_dropout", "0.0", "--learning_rate", "0.003",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from slmforge.contract import manifest
-from slmforge.data import chat_rows
+from slmforge.data import IGNORE, chat_rows
 from slmforge.steps import evaluate, finetune, load_data, merge
 
 TONES = ("joy", "sadness", "anger", "fear", "surprise", "neutral")
@@ -48,12 +48,12 @@ def test_the_loss_is_on_the_assistant_turns_only_token_by_token(tokenizer):
             cursor = start + len(message["content"] + end)
             spans.append((start, cursor))
     whole = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
-    ids, labels = chat_rows.tokenize_conversation(tokenizer, CONVERSATION, load_data.IGNORE)
+    ids, labels = chat_rows.tokenize_conversation(tokenizer, CONVERSATION, IGNORE)
     assert ids == whole["input_ids"]  # segmenting at turn boundaries changes no token
     for token, label, (a, b) in zip(ids, labels, whole["offset_mapping"]):
         inside = b > a and any(s <= a and b <= e for s, e in spans)
-        assert (label == token) if inside else (label == load_data.IGNORE), (tokenizer.decode([token]), a, b)
-    learned = tokenizer.decode([t for t, label in zip(ids, labels) if label != load_data.IGNORE])
+        assert (label == token) if inside else (label == IGNORE), (tokenizer.decode([token]), a, b)
+    learned = tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE])
     assert learned == "Hello!" + end + "joy" + end
 
 
@@ -79,12 +79,12 @@ def test_chat_rows_train_and_evaluate_through_the_steps(tmp_path, tiny_model_dir
     data = _chat_file(tmp_path / "chat.jsonl", seed_data, 120)
     dataset = tmp_path / "dataset"
     m = load_data.run(data=str(data), spec=_spec(tmp_path), tokenizer=tiny_model_dir, dataset=dataset,
-                      corpus_strategy="line-by-line", loss_on="completion", eval_dataset_size=0.2, source_max_len=128)
+                      strategy="line-by-line", loss_on="completion", eval_dataset_size=0.2, max_seq_len=128)
     assert m["params"]["chat"] is True and m["metrics"]["eval_rows"] == 24
     tok = _tokenizer(tiny_model_dir)
     end = chat_rows.end_of_turn(tok)
     first = json.loads((dataset / "train.jsonl").read_text().splitlines()[0])
-    learned = tok.decode([t for t, label in zip(first["input_ids"], first["labels"]) if label != load_data.IGNORE])
+    learned = tok.decode([t for t, label in zip(first["input_ids"], first["labels"]) if label != IGNORE])
     assert learned.removesuffix(end) in TONES
     held_out = [json.loads(line) for line in (dataset / "eval_rows.jsonl").read_text().splitlines()]
     assert all(set(r) == {"prompt", "answer"} and r["answer"] in TONES for r in held_out)

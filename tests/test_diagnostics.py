@@ -135,7 +135,7 @@ def test_the_eval_loss_is_capped_and_reports_progress(tmp_path, tiny_model_dir, 
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    dataset = tone_dataset(tmp_path, tiny_model_dir, seed_data, max_samples=100, source_max_len=64)
+    dataset = tone_dataset(tmp_path, tiny_model_dir, seed_data, max_samples=100, max_seq_len=64)
     capsys.readouterr()
     m = finetune.run(model=tiny_model_dir, dataset=dataset, adapter=tmp_path / "adapter", r=4, alpha=8,
                      per_device_train_batch_size=4, per_device_eval_batch_size=2, max_steps=2, max_eval_samples=3,

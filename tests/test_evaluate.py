@@ -40,7 +40,7 @@ def folders(tiny_model_dir, demo_data, tmp_path_factory) -> dict[str, Path]:
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
     dataset = root / "dataset"
     assert load_data.main(["--data", str(demo_data), "--spec", str(spec), "--tokenizer", str(tiny_model_dir),
-                           "--loss_on", "completion", "--corpus_strategy", "line-by-line",
+                           "--loss_on", "completion", "--strategy", "line-by-line",
                            "--eval_dataset_size", "0.2", "--dataset", str(dataset)]) == 0
     adapter = make_lora_adapter(tiny_model_dir, root / "adapter", seed=4)
     manifest.write_manifest(adapter, step="finetune", params={}, inputs={"dataset": dataset})

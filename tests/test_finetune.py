@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from slmforge.steps import finetune, load_data
+from slmforge.steps import finetune
 
 from lora_adapter import tone_dataset
 
@@ -33,7 +33,7 @@ def one_thread(monkeypatch):
 def dataset(tmp_path_factory, tiny_model_dir, seed_data) -> Path:
     """240 rows of the seed data, loss on the tone only, 10% held out."""
     return tone_dataset(tmp_path_factory.mktemp("ft-data"), tiny_model_dir, seed_data, max_samples=240,
-                        source_max_len=128)
+                        max_seq_len=128)
 
 
 def train(tmp_path, name, tiny_model_dir, dataset, **kw) -> tuple[Path, dict]:
@@ -180,12 +180,13 @@ def test_packed_batch_gives_the_padded_batch_loss_and_gradients(loss_on, tiny_mo
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from slmforge.data.template import Template
+    from slmforge.data.tokens import tokenize_rows
     from slmforge.training.data import pack_batch
     from slmforge.training.loss import causal_lm_loss
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     rows = [json.loads(line) for line in demo_data.read_text().splitlines()[:12]]
-    examples = load_data.tokenize_rows(tok, Template(TEMPLATE), rows, loss_on)
+    examples = tokenize_rows(tok, Template(TEMPLATE), rows, loss_on)
     examples[0] = (examples[0][0] * 3, examples[0][1] * 3)  # one long example: the others pack beside it
     batch = pack_batch(examples, tok.pad_token_id)
     assert batch["input_ids"].shape[0] < len(examples)

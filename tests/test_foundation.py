@@ -69,7 +69,7 @@ def test_render_drops_optional_blocks_and_quotes_values():
     assert argv[argv.index("--pad_to_max_len") + 1] == "True"
     assert argv[argv.index("--eval_dataset_size") + 1] == "0.25"
     assert "--eval_data" not in argv and "--model_id" not in argv and "--max_samples" not in argv
-    assert argv[argv.index("--source_max_len") + 1] == "1024"  # the component default
+    assert argv[argv.index("--max_seq_len") + 1] == "1024"  # the component default
 
 
 def test_render_rejects_unknown_and_missing_inputs():

@@ -44,7 +44,7 @@ def build(tmp_path, spec, tiny_model_dir, data, name="ds", **kw) -> tuple[Path, 
 
 
 def test_completion_masks_exactly_the_prompt(tmp_path, spec, tiny_model_dir, seed_data, tokenizer):
-    out, m = build(tmp_path, spec, tiny_model_dir, seed_data, corpus_strategy="line-by-line",
+    out, m = build(tmp_path, spec, tiny_model_dir, seed_data, strategy="line-by-line",
                    loss_on="completion", max_samples=200)
     template = Template(TEMPLATE)
     records = read_jsonl(out / "train.jsonl")
@@ -61,16 +61,16 @@ def test_completion_masks_exactly_the_prompt(tmp_path, spec, tiny_model_dir, see
 
 
 def test_loss_on_all_keeps_every_label(tmp_path, spec, tiny_model_dir, demo_data):
-    out, _ = build(tmp_path, spec, tiny_model_dir, demo_data, corpus_strategy="line-by-line", loss_on="all")
+    out, _ = build(tmp_path, spec, tiny_model_dir, demo_data, strategy="line-by-line", loss_on="all")
     for rec in read_jsonl(out / "train.jsonl"):
         assert rec["labels"] == rec["input_ids"] and rec["attention_mask"] == [1] * len(rec["input_ids"])
 
 
 def test_join_packs_without_padding_and_keeps_labels_aligned(tmp_path, spec, tiny_model_dir, demo_data):
-    by_line, _ = build(tmp_path, spec, tiny_model_dir, demo_data, "lines", corpus_strategy="line-by-line",
-                       loss_on="completion", source_max_len=4096, use_attention_mask=False)
-    joined, m = build(tmp_path, spec, tiny_model_dir, demo_data, "joined", corpus_strategy="join",
-                      loss_on="completion", source_max_len=128, use_attention_mask=False)
+    by_line, _ = build(tmp_path, spec, tiny_model_dir, demo_data, "lines", strategy="line-by-line",
+                       loss_on="completion", max_seq_len=4096, use_attention_mask=False)
+    joined, m = build(tmp_path, spec, tiny_model_dir, demo_data, "joined", strategy="join",
+                      loss_on="completion", max_seq_len=128, use_attention_mask=False)
     lines, blocks = read_jsonl(by_line / "train.jsonl"), read_jsonl(joined / "train.jsonl")
     assert all(len(b["input_ids"]) == 128 for b in blocks[:-1]) and 0 < len(blocks[-1]["input_ids"]) <= 128
     assert all(set(b) == {"input_ids", "labels"} for b in blocks)
@@ -82,8 +82,8 @@ def test_join_packs_without_padding_and_keeps_labels_aligned(tmp_path, spec, tin
 
 
 def test_line_by_line_truncates_and_pads_when_asked(tmp_path, spec, tiny_model_dir, demo_data):
-    out, m = build(tmp_path, spec, tiny_model_dir, demo_data, corpus_strategy="line-by-line",
-                   source_max_len=40, pad_to_max_len=True)  # a few rows longer (at 32: a quarter, refused)
+    out, m = build(tmp_path, spec, tiny_model_dir, demo_data, strategy="line-by-line",
+                   max_seq_len=40, pad_to_max_len=True)  # a few rows longer (at 32: a quarter, refused)
     records = read_jsonl(out / "train.jsonl")
     assert all(len(r["input_ids"]) == len(r["labels"]) == len(r["attention_mask"]) == 40 for r in records)
     assert m["metrics"]["train_truncated"] > 0 and m["metrics"]["train_pad_tokens"] > 0
@@ -122,7 +122,7 @@ def test_json_array_csv_and_parquet_read_like_jsonl(tmp_path, spec, tiny_model_d
 
 def test_eval_split_is_seeded_and_keeps_prompts_apart(tmp_path, spec, tiny_model_dir, seed_data):
     def split(name, size, seed):
-        out, m = build(tmp_path, spec, tiny_model_dir, seed_data, name, corpus_strategy="line-by-line",
+        out, m = build(tmp_path, spec, tiny_model_dir, seed_data, name, strategy="line-by-line",
                        eval_dataset_size=size, data_seed=seed)
         return read_jsonl(out / "eval_rows.jsonl"), m
 

@@ -25,7 +25,7 @@ def one_thread(monkeypatch):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_model_dir, seed_data) -> Path:
     return tone_dataset(tmp_path_factory.mktemp("family-data"), tiny_model_dir, seed_data, max_samples=160,
-                        source_max_len=96)
+                        max_seq_len=96)
 
 
 @pytest.fixture(scope="module", params=sorted(PEFT_CONFIG))

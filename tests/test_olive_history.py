@@ -79,7 +79,7 @@ def test_olive_04_dict_data_configs_and_an_inline_target(history):
     assert loaded.recipe.systems[loaded.recipe.engine.target].accelerators == ["gpu"]  # "GPU", as Olive reads it
     steps = _steps(history, "olive04-dict-data-configs-inline-target.json")
     assert steps["finetune"].params["method"] == "qlora" and steps["finetune"].params["r"] == 8
-    assert steps["load_data"].params["corpus_strategy"] == "line-by-line"
+    assert steps["load_data"].params["strategy"] == "line-by-line"
     assert any("model_class: ignored" in n for n in loaded.normalised.notes)
 
 

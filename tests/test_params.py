@@ -115,8 +115,8 @@ RECIPE_TO_STEP = {
     (passes.ModelBuilderPass, "int4_algo_config"): ("build_onnx", "int4_algo_config"),
     (passes.ModelBuilderPass, "int4_is_symmetric"): ("build_onnx", "int4_is_symmetric"),
     (passes.ModelBuilderPass, "max_accuracy_drop"): ("build_onnx", "max_accuracy_drop"),
-    (PreProcessConfig, "strategy"): ("load_data", "corpus_strategy"),
-    (PreProcessConfig, "max_seq_len"): ("load_data", "source_max_len"),
+    (PreProcessConfig, "strategy"): ("load_data", "strategy"),
+    (PreProcessConfig, "max_seq_len"): ("load_data", "max_seq_len"),
     (PreProcessConfig, "loss_on"): ("load_data", "loss_on"),
     (PreProcessConfig, "pad_to_max_len"): ("load_data", "pad_to_max_len"),
 }
@@ -185,7 +185,7 @@ def test_run_checks_values_like_the_argv():
         finetune.run(dataset="ds", adapter="a", optim="adafactor")
     with pytest.raises(InvalidInput, match="unknown parameter 'max_step'"):
         finetune.run(dataset="ds", adapter="a", max_step=3)
-    with pytest.raises(InvalidInput, match="source_max_len: expected int, got '64'"):
-        load_data.run(data="d", spec="s", dataset="o", source_max_len="64")
+    with pytest.raises(InvalidInput, match="max_seq_len: expected int, got '64'"):
+        load_data.run(data="d", spec="s", dataset="o", max_seq_len="64")
     with pytest.raises(InvalidInput, match="give either eval_data or eval_dataset_size"):
         load_data.run(data="d", spec="s", dataset="o", eval_data="e", eval_dataset_size=0.2)

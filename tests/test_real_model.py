@@ -36,12 +36,12 @@ def tuned(smollm2_dir, seed_data, tmp_path_factory) -> dict[str, Path]:
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": TEMPLATE}))
     paths = {n: root / n for n in ("dataset", "heldout", "adapter", "merged", "int4")}
     assert load_data.main(["--data", str(seed_data), "--spec", str(spec), "--tokenizer", str(smollm2_dir),
-                           "--loss_on", "completion", "--corpus_strategy", "line-by-line", "--source_max_len", "64",
+                           "--loss_on", "completion", "--strategy", "line-by-line", "--max_seq_len", "64",
                            "--eval_dataset_size", "0.1", "--data_seed", "42", "--dataset", str(paths["dataset"])]) == 0
     # The same training rows, evaluated on the held-out tone set instead of the seed data's split.
     assert load_data.main(["--data", str(seed_data), "--eval_data", str(HELDOUT), "--spec", str(spec),
-                           "--tokenizer", str(smollm2_dir), "--loss_on", "completion", "--corpus_strategy",
-                           "line-by-line", "--source_max_len", "64", "--dataset", str(paths["heldout"])]) == 0
+                           "--tokenizer", str(smollm2_dir), "--loss_on", "completion", "--strategy",
+                           "line-by-line", "--max_seq_len", "64", "--dataset", str(paths["heldout"])]) == 0
     assert finetune.main(["--model", str(smollm2_dir), "--dataset", str(paths["dataset"]), "--method", "lora",
                           "--target_modules", "q_proj,v_proj,o_proj", "--r", "16", "--alpha", "32",
                           "--lora_dropout", "0.0", "--learning_rate", "5e-4", "--per_device_train_batch_size", "8",

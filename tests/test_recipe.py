@@ -66,7 +66,7 @@ def test_yaml_hfmodel_shape_with_unwrapped_levels(tmp_path, demo_data, tiny_mode
     assert loaded.recipe.engine.output_dir == "out/hf"  # engine keys at the top level
     graph = build_graph(loaded)
     assert graph.step("load_data").params["loss_on"] == "completion"
-    assert graph.step("load_data").params["corpus_strategy"] == "line-by-line"
+    assert graph.step("load_data").params["strategy"] == "line-by-line"
     assert graph.step("build_onnx").params["precision"] == "fp32"
     # paths resolve relative to the recipe file, not the working directory
     assert graph.step("load_data").inputs["data"].value == str((tmp_path / "dataset" / "tones.jsonl").resolve())

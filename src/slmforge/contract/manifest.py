@@ -133,8 +133,8 @@ def atomic_output(final: str | Path) -> Iterator[Path]:
 
 
 def remove_stale_partials(final: Path) -> None:
-    """Drop temporary siblings of `final` left by writers that were killed (SIGKILL skips cleanup;
-    issue 11 #23). A partial whose writer still lives is another process's work in progress."""
+    """Drop temporary siblings of `final` left by writers that were killed (SIGKILL skips cleanup,
+    so only a later writer can). A partial whose writer still lives is another process's work in progress."""
     for partial in final.parent.glob(f".{final.name}.partial-*"):
         pid = partial.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not _alive(int(pid)):

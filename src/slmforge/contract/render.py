@@ -1,7 +1,7 @@
 """Read a component YAML and render its `command:` into an argv, the way Azure ML does.
 
 Azure ML substitutes `${{inputs.x}}` and `${{outputs.y}}` and drops each `$[[ ... ]]` block whose
-optional inputs are unset. The SDK has no helper for running that command locally (NOTES.md), so
+optional inputs are unset. The SDK has no helper for running that command locally (docs/pitfalls.md), so
 this module is ours. Both the local backend and the emulator use it, so the argv a step sees is
 the same wherever it runs.
 """

@@ -1,7 +1,7 @@
 """Hugging Face Hub datasets: resolve the repository's commit, pick the files of a subset and split, read their rows.
 
 `datasets.load_dataset("ORG/NAME")` is not used: offline it fails even with the repository in the hub
-cache (it wants its own prepared cache, NOTES.md), and its errors name neither file nor row. Instead
+cache (it wants its own prepared cache, docs/pitfalls.md), and its errors name neither file nor row. Instead
 huggingface_hub resolves the snapshot (asking the hub when online, reading `refs/<revision>` of the
 hub cache offline), the files of the subset and split are chosen by the Hub's conventions (the
 README's `configs:`, else `<subset>/` and split names in file names: `data/train-00000-of-00001.parquet`),

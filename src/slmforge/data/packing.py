@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from slmforge.data import IGNORE
 from slmforge.errors import InvalidInput
 
+STRATEGIES = ("join", "line-by-line")
+
 
 @dataclass
 class Sequences:
@@ -17,8 +19,17 @@ class Sequences:
     tokens: int = 0  # non-pad tokens
     label_tokens: int = 0  # tokens the loss is computed on
     pad_tokens: int = 0
-    truncated: int = 0  # line-by-line examples cut to source_max_len
+    truncated: int = 0  # line-by-line examples cut to max_seq_len
     dropped: int = 0  # examples left with no label token after truncation
+
+
+def pack(examples: list[tuple[list[int], list[int]]], strategy: str, max_len: int,
+         pad_id: int | None = None) -> Sequences:
+    """`strategy` (join or line-by-line) over the examples; with a `pad_id`, every sequence padded to `max_len`."""
+    s = join(examples, max_len) if strategy == "join" else line_by_line(examples, max_len)
+    if pad_id is not None:
+        pad(s, max_len, pad_id)
+    return s
 
 
 def join(examples: list[tuple[list[int], list[int]]], block: int) -> Sequences:

@@ -1,7 +1,7 @@
 """Runs submitted pipeline jobs in the background, one node at a time in dependency order.
 
 Each node: its component's code snapshot from Azurite, inputs fetched to local paths, the command
-rendered with backends.render and run with this Python (cwd and PYTHONPATH = the snapshot) once a
+rendered with contract.render and run with this Python (cwd and PYTHONPATH = the snapshot) once a
 slmforge step's environment is found to declare what the step imports (emulator.environments), the log
 kept per node, outputs uploaded to azureml/<child run>/<output>/ in the datastore.
 """
@@ -26,6 +26,7 @@ from slmforge.emulator.context import Emulator, now_iso
 from slmforge.emulator.environments import environment_problem
 from slmforge.emulator.materialize import code_snapshot, fetch, upload_output
 from slmforge.errors import SlmforgeError
+from slmforge.secrets import KEYVAULT_ENV
 
 log = logging.getLogger("slmforge.emulator.executor")
 _BINDING = re.compile(r"^\$\{\{\s*parent\.(inputs|jobs)\.([A-Za-z0-9_]+)(?:\.outputs\.([A-Za-z0-9_]+))?\s*\}\}$")
@@ -33,7 +34,6 @@ _BINDING = re.compile(r"^\$\{\{\s*parent\.(inputs|jobs)\.([A-Za-z0-9_]+)(?:\.out
 _SCRUBBED_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_CLIENT_CERTIFICATE_PASSWORD",
                  "MSI_SECRET", "IDENTITY_HEADER", "REQUESTS_CA_BUNDLE")
 LOG_UPLOAD_S = 3.0
-KEYVAULT_ENV = "SLMFORGE_KEYVAULT"  # set on nodes that read secret hf-token (see slmforge.secrets)
 
 
 class Canceled(Exception):

@@ -2,7 +2,7 @@
 
 It is its own CA: clients trust it through REQUESTS_CA_BUNDLE / connection_verify. The names
 cover the loopback address and the storage host names the SDK builds
-(`https://<account>.blob.<storage_endpoint>`, see NOTES: *.blob.core.localhost).
+(`https://<account>.blob.<storage_endpoint>`, docs/pitfalls.md: *.blob.core.localhost).
 """
 
 from __future__ import annotations

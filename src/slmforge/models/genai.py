@@ -1,7 +1,7 @@
 """onnxruntime-genai folders: load, tokenize, generate greedily, stream; full logits via onnxruntime.
 
 Never imports torch or transformers: predict, chat and evaluate of an ONNX folder start in a
-fraction of a second. Facts behind the details are in NOTES.md: og's tokenizer adds no BOS
+fraction of a second. Facts behind the details (docs/pitfalls.md, Tokenizers): og's tokenizer adds no BOS
 unless told to, and reproduces the Hugging Face ids exactly for ByteLevel BPE tokenizers.
 """
 

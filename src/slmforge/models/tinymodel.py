@@ -1,7 +1,7 @@
 """A deterministic tiny Phi-3 (random weights, ~0.56 M parameters) with a ByteLevel BPE tokenizer.
 
 No machine of this project reaches a model hub; tests, benchmarks and the demo build this model
-locally in about a second. Facts behind the choices are in ../shared/NOTES.md:
+locally in about a second. Facts behind the choices (docs/pitfalls.md, Tokenizers and The ONNX builder):
 ByteLevel BPE is the only locally trained tokenizer onnxruntime-genai reproduces exactly, and a
 vocab size equal to certain layer widths makes the ONNX builder wire the LM head to the wrong layer.
 """
@@ -37,7 +37,7 @@ class TinySpec:
     max_position_embeddings: int = 512
 
     def builder_collisions(self) -> set[int]:
-        """Widths the ONNX builder could mistake for the LM head (see NOTES.md)."""
+        """Widths the ONNX builder could mistake for the LM head, silently (docs/pitfalls.md, The ONNX builder)."""
         kv = self.hidden_size  # num_key_value_heads == num_attention_heads here
         h, i = self.hidden_size, self.intermediate_size
         return {h, kv, h + 2 * kv, i, 2 * i}

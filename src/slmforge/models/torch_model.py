@@ -64,7 +64,7 @@ def load_causal_lm(source: str, torch_dtype: str = "float32"):
 
 
 def load_tokenizer(source: str):
-    """A freshly loaded tokenizer (never one that was called with padding: see NOTES.md)."""
+    """A freshly loaded tokenizer (one called with padding saves a padding block: docs/pitfalls.md)."""
     from transformers import AutoTokenizer
 
     from slmforge.models.model_folder import resolve_tokenizer_folder

@@ -11,7 +11,8 @@ NOT_SUPPORTED = "not supported by slmforge yet"
 
 
 class Strict(BaseModel):
-    # strict: "16" is not 16 and "false" is not False (issue 11 #22); a JSON int still passes for a float.
+    # strict: "16" is not 16 and "false" is not False (a quoted value is a mistake to name, not to guess);
+    # a JSON int still passes for a float.
     model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 

@@ -205,7 +205,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         inputs.update({k: Ref("path", str(v)) for k, v in script_inputs(loaded, dc, resolve_path).items()})
         inputs["spec"] = Ref("text", json.dumps(spec, indent=2, ensure_ascii=False), "spec.json")
         if "pre_process_data" not in user:
-            params.update(corpus_strategy=pre.strategy, source_max_len=pre.max_seq_len,
+            params.update(strategy=pre.strategy, max_seq_len=pre.max_seq_len,
                           pad_to_max_len=pre.pad_to_max_len, use_attention_mask=pre.use_attention_mask,
                           loss_on=pre.loss_on)
             if pre.max_samples is not None:
@@ -322,7 +322,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         step_name, output = final
         inputs = {"model": Ref("step", step_name, output)}
         # Only an evaluation of the registered model itself: a LoRA-only recipe has evaluated just
-        # the base, and those figures are not the adapter's (issue 11 #14).
+        # the base, and those figures are not the adapter's.
         last_eval = next((s.name for s in reversed(steps) if s.component == "evaluate"
                           and s.inputs.get("model") == Ref("step", step_name, output)), None)
         if last_eval is not None:

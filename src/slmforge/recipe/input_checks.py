@@ -85,7 +85,7 @@ def _check_lengths(step, spec: dict, rows: list[dict]) -> str | None:
     tokenizer (`tokenizers`, no transformers import; its ids equal transformers' on the tiny Phi-3 and SmolLM2),
     for text-template rows up to MAX_TOKENIZED_ROWS. Chat rows need the chat template: load_data checks them."""
     tokenizer = step.inputs.get("tokenizer")
-    if (spec.get("chat") or step.params.get("corpus_strategy") != "line-by-line" or tokenizer is None
+    if (spec.get("chat") or step.params.get("strategy") != "line-by-line" or tokenizer is None
             or tokenizer.kind != "path" or len(rows) > MAX_TOKENIZED_ROWS):
         return None
     try:
@@ -105,7 +105,7 @@ def _check_lengths(step, spec: dict, rows: list[dict]) -> str | None:
     answers = tok.encode_batch([template.completion(r) for r in rows], add_special_tokens=False)
     lengths = [len(p.ids) + len(a.ids) + 1 for p, a in zip(prompts, answers)]  # + EOS, as load_data adds it
     try:
-        cut_rows(lengths, int(step.params["source_max_len"]))
+        cut_rows(lengths, int(step.params["max_seq_len"]))
     except InvalidInput as e:
         return str(e)
     return None

@@ -1,8 +1,8 @@
 """Values that validate on their own but cannot work with the recipe's model, found at validate time.
 
 A max_seq_len (the Cookbook: source_max_len) over the model's context failed only at evaluate_onnx; pad_to_max_len with a huge
-source_max_len ran out of memory; a rank above the model's width wrote GB-sized checkpoints
-(issue 11 #12). The model's config.json is read when the model is a local folder; the bounds that
+source_max_len ran out of memory; a rank above the model's width wrote GB-sized checkpoints,
+each long after validate had passed. The model's config.json is read when the model is a local folder; the bounds that
 need no model (a step count no run reaches, a length too short for a prompt) always apply.
 """
 

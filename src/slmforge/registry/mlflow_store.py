@@ -7,7 +7,7 @@ built in and always means the newest version), so the version just registered ge
 the registry's artifact store (`<registry folder>/artifacts`), so a registered version stays usable
 after `slmforge cache clean`.
 
-MLflow 3 notes (NOTES.md): `mlflow.register_model("runs:/...")` fails after `log_artifacts`;
+MLflow 3 (docs/pitfalls.md): `mlflow.register_model("runs:/...")` fails after `log_artifacts`;
 `MlflowClient().create_model_version(source=...)` works.
 """
 
@@ -157,7 +157,8 @@ def registration_present(registration: Path) -> bool:
     """True while the version a registration folder names is still in its registry, with its files.
 
     A cached register step is trusted only then: a deleted version or a truncated registry.db
-    must register again (issue 11 #5). Read with sqlite3, read-only: no MLflow import, no writes."""
+    must register again, or the run would report a version the registry no longer has. Read with sqlite3,
+    read-only: no MLflow import, no writes."""
     try:
         info = json.loads((registration / REGISTRATION_FILE).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):

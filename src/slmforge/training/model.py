@@ -121,7 +121,7 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
         config = peft_config(spec)
-        torch.manual_seed(seed)  # LoRA A matrices are drawn here (NOTES.md: seed before get_peft_model)
+        torch.manual_seed(seed)  # get_peft_model draws the LoRA A matrices: seeded after it, runs differ
         try:
             return get_peft_model(model, config)
         except ValueError as e:

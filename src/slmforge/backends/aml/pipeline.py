@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from slmforge.errors import InvalidInput
 from slmforge.recipe.graph import Ref, Step, StepGraph, build_graph, host_system, model_source, registered_name
 from slmforge.recipe.schema import AzureMLSystem
+from slmforge.secrets import KEYVAULT_ENV
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import PipelineJob
@@ -30,7 +31,6 @@ DEFAULT_DATASTORE = "workspaceblobstore"
 FINAL_OUTPUT = "model"  # the pipeline output holding the final model
 METRICS_OUTPUT = "metrics"  # the last evaluation's metrics folder, read when registering
 LOCAL_ONLY_STEPS = {"register"}
-KEYVAULT_ENV = "SLMFORGE_KEYVAULT"  # the vault *name*; never the secret
 PIPELINE_FILE = "pipeline.yml"
 CODE_DIR, BUILD_DIR = "code", "docker"  # snapshots beside pipeline.yml (compile -o)
 

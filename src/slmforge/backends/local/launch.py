@@ -35,7 +35,7 @@ def run_in_process(module: str, argv: list[str], log_file) -> int:
 
 
 def run_subprocess(argv: list[str], log_file, *, lock: Held | None = None) -> int:
-    """Run a step as a child that cannot outlive this run (issue 11 #11): it gets its own process
+    """Run a step as a child that cannot outlive this run (an orphan would write beside a rerun): its own process
     group (killed whole when we stop), the kernel kills it when we die (even by SIGKILL), and it
     inherits the entry's lock, so no second run can start on the entry while it still lives."""
     command = [sys.executable if render.step_module(argv) or Path(argv[0]).name.startswith("python") else argv[0],

@@ -46,7 +46,7 @@ def same_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> bool
 
 
 def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None:
-    """Place the final model at `dest` as its own copy (issue 11 #7: hard links let an edit of the output
+    """Place the final model at `dest` as its own copy (hard links would let an edit of the output
     rewrite the cache entry and every other output folder), atomically."""
     if same_model(source, dest, memo):
         return  # already there, unchanged
@@ -111,7 +111,7 @@ def _step_record(r: StepResult) -> dict[str, Any]:
 
 def start(loaded: LoadedRecipe, graph: StepGraph, out_dir: Path) -> staging.Stage:
     """Claim output_dir and open this run's folder in it; its run.json says `running` (with the pid) from
-    now until the run ends, so a killed run is told apart from a finished one (issue 11 #6)."""
+    now until the run ends, so a killed run is told apart from a finished one."""
     claim(out_dir, what="engine.output_dir", made_by="run", ours=staging.made_by_older_slmforge)
     stage = staging.begin(out_dir)
     record = run_record(status="running", recipe=str(loaded.path), recipe_digest=graph.recipe_digest, steps=[],

@@ -64,7 +64,7 @@ def check_output_dir(loaded: LoadedRecipe, graph: StepGraph) -> None:
 
     The run writes output_dir/model (replacing it), run.json, report.md and logs/: an input inside
     it (a base model called `model` beside the recipe, with output_dir ".") would be replaced by the
-    ONNX model, and a failed run would delete it (issue 11 #2)."""
+    ONNX model, and a failed run would delete it."""
     out = output_dir(loaded)
     if out.exists() and not out.is_dir():
         raise InvalidInput(f"{loaded.path}: engine.output_dir {out} is a file; expected a folder")
@@ -280,7 +280,7 @@ class LocalRunner:
 
     def _changed_input(self, prepared: Prepared) -> str | None:
         """An input that changed while the step read it would publish outputs under the key of
-        content the step never saw (issue 11 #4): verify before the entry is finished."""
+        content the step never saw: verify before the entry is finished."""
         for name, (path, keyed) in prepared.files.items():
             try:
                 now = self.cache.memo.digest_path(path)
