@@ -126,7 +126,7 @@ def run(**given) -> dict:
                "eval_empty_rows": held_out.empty if held_out else 0, "longest_row_tokens": max(lengths, default=0),
                "cut_rows": sum(1 for n in lengths if n > max_seq_len) if strategy == "line-by-line" else 0,
                "tokenized_rows": len(lengths), "max_seq_len": max_seq_len}
-    params = {**folders.template_param(template.text), "text_cols": text_cols, "chat": chat, "loss_on": loss_on,
+    params = {folders.TEMPLATE: template.text, "text_cols": text_cols, "chat": chat, "loss_on": loss_on,
               "strategy": strategy, "max_seq_len": max_seq_len,
               "pad_to_max_len": p.pad_to_max_len, "use_attention_mask": p.use_attention_mask,
               "data_format": p.data_format, "split": p.split, "eval_dataset_size": p.eval_dataset_size,
