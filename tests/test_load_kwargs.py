@@ -124,3 +124,12 @@ def test_keys_slmforge_cannot_honour_are_refused_in_one_line(tmp_path, flat_reci
 def test_olives_default_task_is_text_generation(tmp_path, flat_recipe):
     flat_recipe["input_model"]["task"] = "text-generation-with-past"
     assert build_graph(load_recipe(_write(tmp_path, flat_recipe))).step("finetune").params["method"] == "lora"
+
+
+def test_a_key_written_as_null_is_not_given(tmp_path, flat_recipe, capsys):
+    """Olive's HfLoadKwargs defaults every key to None: null is accepted whatever the key, and says nothing."""
+    flat_recipe["input_model"]["load_kwargs"] = {"torch_dtype": None, "revision": None, "extra_args": None}
+    path = _write(tmp_path, flat_recipe)
+    assert main(["validate", str(path)]) == 0
+    assert "load_kwargs" not in capsys.readouterr().out
+    assert build_graph(load_recipe(path)).step("finetune").params["torch_dtype"] == "float32"

@@ -2,19 +2,10 @@
 
 Olive passes these to `from_pretrained` (its HfLoadKwargs; keys under `extra_args` count as written
 beside them). slmforge loads models itself, in each step, so every key Olive writes is decided here
-once (the Cookbook's `model_loading_args` / `from_pretrained_args` arrive as `load_kwargs`):
-
-| key | here | why |
-| --- | --- | --- |
-| torch_dtype | honoured | the fine-tune loads the base in it when its pass names no torch_dtype (noted when no fine-tune reads it) |
-| trust_remote_code | false: honoured; true: noted | slmforge runs no code from a model repository |
-| attn_implementation | noted | slmforge loads with transformers' default attention |
-| low_cpu_mem_usage | noted | transformers 5 no longer reads it |
-| device_map, max_memory | noted | slmforge places the model itself |
-| quantization_* | refused | QLoRA quantizes the base itself |
-| revision, code_revision | refused | a hub id is read at its main branch |
-| token, use_auth_token | refused | a token never goes in a recipe |
-| any other key | refused | slmforge passes no other from_pretrained argument |
+once (the Cookbook's `model_loading_args` / `from_pretrained_args` arrive as `load_kwargs`): HONOURED
+keys change what a step does (torch_dtype: the fine-tune's load dtype when its pass names none;
+trust_remote_code false: what slmforge always does), IGNORED ones are named as notes with why, REFUSED
+ones and any key not listed here are one error line each. README's table says the same to users.
 """
 
 from __future__ import annotations
@@ -59,8 +50,9 @@ def entries(load_kwargs: dict[str, Any] | None) -> Iterator[tuple[tuple[str, ...
 def check_load_kwargs(loaded) -> Iterator[str]:
     """One line per key slmforge refuses, naming it and what to do instead."""
     model = loaded.recipe.input_model
-    if model.load_kwargs is not None and not isinstance(model.load_kwargs.get("extra_args", {}), dict):
-        yield f"{loaded.where('input_model', 'load_kwargs', 'extra_args')}: must be an object of from_pretrained arguments"
+    if not isinstance((model.load_kwargs or {}).get("extra_args") or {}, dict):
+        yield (f"{loaded.where('input_model', 'load_kwargs', 'extra_args')}: must be an object of from_pretrained "
+               "arguments")
     seen: dict[str, tuple[str, ...]] = {}
     for path, key, value in entries(model.load_kwargs):
         where = loaded.where("input_model", *path)
@@ -68,6 +60,8 @@ def check_load_kwargs(loaded) -> Iterator[str]:
             yield f"{where}: '{path[-1]}' and {loaded.where('input_model', *seen[key])} set the same '{key}'; keep one"
             continue
         seen[key] = path
+        if value is None:  # Olive's default for every key: not given
+            continue
         if key in REFUSED:
             yield f"{where}: '{path[-1]}' is {NOT_SUPPORTED} ({REFUSED[key]})"
         elif key == "torch_dtype" and value not in _DTYPES:
@@ -85,10 +79,10 @@ def load_kwargs_notes(loaded) -> list[str]:
     recipe = loaded.recipe
     notes = []
     for path, key, value in entries(recipe.input_model.load_kwargs):
-        why = IGNORED.get(key)
+        why = IGNORED.get(key) if value is not None else None
         if key == "trust_remote_code" and value is True:
             why = _NO_REMOTE
-        elif key == "torch_dtype":
+        elif key == "torch_dtype" and value is not None:
             finetune = next(((n, p) for n, p in recipe.passes.items() if isinstance(p, FinetunePass)), None)
             if finetune is None:
                 why = ("no fine-tune pass loads the model here (merge and ModelBuilder take their own precision, "
