@@ -15,6 +15,7 @@ from slmforge.models.folder_check import model_folder_problem
 from slmforge.models.model_folder import is_local_model
 from slmforge.recipe.evaluators import check_evaluators
 from slmforge.recipe.limits import check_limits
+from slmforge.recipe.load_kwargs import check_load_kwargs, load_kwargs_notes
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.passes import FINETUNE_PASSES
 from slmforge.recipe.schema import AzureMLSystem, FinetunePass, MergePass, ModelBuilderPass
@@ -23,7 +24,8 @@ from slmforge.recipe.user_script import check_user_script
 
 def check_recipe(loaded: LoadedRecipe, *, check_files: bool = True) -> list[str]:
     problems: list[str] = []
-    for check in (_check_references, check_evaluators, _check_passes, _check_secrets, _check_templates):
+    for check in (_check_references, check_evaluators, _check_passes, _check_secrets, _check_templates,
+                  check_load_kwargs):
         problems.extend(check(loaded))
     if check_files:
         problems.extend(_check_model_path(loaded))
@@ -164,9 +166,10 @@ def _check_model_path(loaded: LoadedRecipe) -> Iterator[str]:
 
 
 def recipe_notes(loaded: LoadedRecipe) -> list[str]:
-    """Every note `validate` and `run` print: the recipe's own (LoadedRecipe.notes) and how the model was read."""
+    """Every note `validate` and `run` print: the recipe's own (LoadedRecipe.notes, load_kwargs') and how the
+    model was read."""
     hub = hub_id_note(loaded)
-    return [*loaded.notes, *([hub] if hub else [])]
+    return [*loaded.notes, *load_kwargs_notes(loaded), *([hub] if hub else [])]
 
 
 def hub_id_note(loaded: LoadedRecipe) -> str | None:

@@ -48,6 +48,7 @@ ENGINE_IGNORED = {
     "log_to_file": "every step always logs to output_dir/logs",
     "ort_log_severity_level": "onnxruntime's own log level is left at its default",
     "ort_py_log_severity_level": "onnxruntime's own log level is left at its default",
+    "log_severity_level": "slmforge prints progress, notes and errors; every step's full log is in output_dir/logs",
 }
 _COOKBOOK = "the Cookbook and Olive < 0.7"
 
@@ -147,6 +148,8 @@ IGNORED: dict[tuple[str, str | None, str | Path], str] = {
                                                         "model_loader")},
     ("input_model", None, "generative"): "slmforge evaluates every model as a generative one",
     ("input_model", None, "model_class"): "slmforge loads the causal language model config.json names",
+    ("system", "AzureML", "is_dev"): "slmforge's Azure ML steps always run the slmforge that submits them (its "
+                                     "source goes with the components)",
     ("pass", "ModelBuilder", "save_as_external_data"): "ModelBuilder always writes the weights beside model.onnx",
     **{("pass", t, "use_ort_trainer"): "slmforge trains with its own torch loop" for t in _LORA_FAMILY},
     **{("pass", t, k): "slmforge places the model itself (CPU, or the one GPU)" for t in _LORA_FAMILY

@@ -19,6 +19,7 @@ from slmforge.errors import InvalidInput
 from slmforge.models.model_folder import is_local_model
 from slmforge.recipe import evaluators
 from slmforge.recipe.checks import data_config_path, resolve_path
+from slmforge.recipe.load_kwargs import finetune_dtype
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.passes import FINETUNE_PASSES, dtype_name
 from slmforge.recipe.schema import (
@@ -258,7 +259,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             if cfg.target_modules:
                 params["target_modules"] = ",".join(cfg.target_modules)
             params.update(family.params(cfg))
-            params["torch_dtype"] = dtype_name(cfg.torch_dtype)
+            params["torch_dtype"] = finetune_dtype(recipe.input_model.load_kwargs, cfg)  # the pass's, else load_kwargs'
             params.update(targs.step_params())
             inputs = dict(base_inputs)
             inputs["dataset"] = Ref("step", "load_data", "dataset")

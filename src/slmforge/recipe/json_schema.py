@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from slmforge.recipe.generations import ALIASES, Alias, Path
+from slmforge.recipe.generations import ALIASES, IGNORED, Alias, Path
 from slmforge.recipe.schema import Recipe
 
 _PASS_DEFS = ("LoRAPass", "QLoRAPass", "DoRAPass", "LoHaPass", "LoKrPass", "MergePass", "ModelBuilderPass")
@@ -24,6 +24,7 @@ def recipe_schema() -> dict[str, Any]:
     for prop in schema["$defs"]["DataConfig"]["properties"].values():  # slmforge's component or a user function:
         if "oneOf" in prop:  # `type: huggingface_dataset` fits both shapes
             prop["anyOf"] = prop.pop("oneOf")
+    _add_ignored(schema)
     original = copy.deepcopy(schema)
     defs = schema["$defs"]
     for section, names in (("recipe", (None,)), *_SECTION_DEFS.items()):
@@ -35,6 +36,19 @@ def recipe_schema() -> dict[str, Any]:
     defs["PyTorchModel"] = cookbook_model
     schema["properties"]["input_model"] = {"anyOf": [{"$ref": "#/$defs/HfModel"}, {"$ref": "#/$defs/PyTorchModel"}]}
     return schema
+
+
+def _add_ignored(schema: dict[str, Any]) -> None:
+    """Olive's keys that slmforge accepts and ignores (generations.IGNORED): valid, described with why."""
+    for (section, kind, key), why in IGNORED.items():
+        cpath = key if isinstance(key, tuple) else (key,)
+        names = (None,) if section == "recipe" else _SECTION_DEFS[section]
+        for name in names:
+            if kind is not None and name not in (kind + "Pass", kind + "System"):
+                continue
+            node = _node(schema, name, cpath[:-1])
+            if node is not None and "properties" in node:
+                node["properties"].setdefault(cpath[-1], {"description": f"ignored by slmforge: {why}"})
 
 
 def _aliases(section: str) -> list[Alias]:

@@ -41,9 +41,19 @@ class HfModel(Strict):
 
     type: Literal["HfModel"]
     model_path: AzureMLRegistryModel | str
-    task: str = "text-generation"
-    load_kwargs: dict[str, Any] | None = Field(None, description="from_pretrained keyword arguments")
+    task: str = Field("text-generation", description="text-generation (Olive: text-generation-with-past)")
+    load_kwargs: dict[str, Any] | None = Field(
+        None, description="Olive's from_pretrained arguments: torch_dtype (the fine-tune's load dtype when its pass "
+        "names none), trust_remote_code; the rest are noted or refused by name (recipe/load_kwargs.py)")
     model_file_format: Literal["PyTorch.MLflow", "PyTorch.Folder"] | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _text_generation(cls, value: str) -> str:
+        if value not in ("text-generation", "text-generation-with-past"):
+            raise ValueError(f"task '{value}' is not supported by slmforge: it fine-tunes, builds and evaluates "
+                             "causal language models (task: text-generation)")
+        return value
 
 
 # --------------------------------------------------------------------------- systems
@@ -114,7 +124,6 @@ class AzureMLSystem(Strict):
     instance_count: int = Field(1, ge=1, description="nodes for the finetune step")
     distribution: Distribution | None = None
     step_compute: dict[StepName, str] | None = Field(None, description="per-step compute overrides")
-    is_dev: bool | None = None
 
     @model_validator(mode="after")
     def _one_environment(self) -> "AzureMLSystem":
@@ -130,7 +139,6 @@ System = Annotated[Union[LocalSystem, AzureMLSystem], Field(discriminator="type"
 
 
 class Engine(Strict):
-    log_severity_level: int = Field(1, ge=0, le=4)
     host: str | None = None
     target: str | None = None
     search_strategy: Literal[False] | None = None
