@@ -30,8 +30,8 @@ from pathlib import Path
 
 from slmforge.contract import manifest
 from slmforge.contract.files import read_json_object
+from slmforge.contract.params import StepParams, make, param
 from slmforge.contract.step import StepSpec
-from slmforge.contract.params import make, param
 from slmforge.data import IGNORE, chat_rows, user_script
 from slmforge.data.datastore import fetch_datastore_file, is_datastore_uri
 from slmforge.data.hub import HubSource, input_record, locate, read_hub_rows, read_hub_spec
@@ -47,7 +47,7 @@ LOSS_ON = ("all", "completion")
 
 
 @dataclass(kw_only=True)
-class Params:
+class Params(StepParams):
     """The load_data step's parameters: `components/load_data.yml`'s inputs and outputs."""
 
     data: str | None = param(None, asset="uri_file",
