@@ -109,23 +109,26 @@ def _check_value(name: str, value: Any, kind: type, meta: typing.Mapping[str, An
 
 
 def pydantic_fields(cls: type, exclude: tuple[str, ...] = (), *, only: tuple[str, ...] | None = None,
-                    aliases: dict[str, str] | None = None) -> dict[str, tuple[Any, Any]]:
+                    aliases: dict[str, str] | None = None,
+                    recipe: dict[str, dict[str, Any]] | None = None) -> dict[str, tuple[Any, Any]]:
     """The fields of `cls` for `pydantic.create_model`: choices as a Literal, bounds and help as the Field's.
     `only`: just these names; `aliases`: other spellings a choice may take (Olive's fp16 for float16),
-    allowed beside the choice they stand for."""
+    allowed beside the choice they stand for; `recipe`: by name, where the recipe's field differs from
+    the step's (its `default`, a longer `description`)."""
     from pydantic import Field
 
     out = {}
     for f in ordered_fields(cls):
         if f.name in exclude or only is not None and f.name not in only:
             continue
-        meta = f.metadata
+        meta, own = f.metadata, (recipe or {}).get(f.name, {})
         choices = meta.get("choices")
         if choices:
             choices += tuple(a for a, name in (aliases or {}).items() if name in choices)
         kind: Any = typing.Literal[choices] if choices else value_type(cls, f.name)
-        if optional(f):
+        value = own.get("default", f.default)
+        if value is None:
             kind = kind | None
-        out[f.name] = (kind, Field(f.default, description=meta["help"],
+        out[f.name] = (kind, Field(value, description=own.get("description", meta["help"]),
                                    **{k: meta[k] for k in _BOUNDS if meta.get(k) is not None}))
     return out

@@ -48,8 +48,9 @@ class Params(StepParams):
     int4_block_size: int = param(32, choices=(16, 32, 64, 128, 256), help="int4 quantization block size")
     int4_accuracy_level: int = param(4, ge=0, le=4, help="MatMulNBits accuracy level")
     int4_algo_config: str = param(onnx_builder.DEFAULT_INT4_ALGO, choices=onnx_builder.INT4_ALGOS, help=(
-        "int4 method; auto re-encodes a base whose weights lie on a 4-bit grid (a GGUF's Q4_1) without loss and "
-        "keeps the adapter float, else uses k_quant_mixed"))
+        "int4 method (the builder's algo_config); auto re-encodes a base whose weights lie on a 4-bit grid (a GGUF's "
+        "Q4_1) without loss and keeps the adapter float, else uses k_quant_mixed (the best accuracy within the size "
+        "goal on the real model: bench/results/int4_options.json)"))
     int4_is_symmetric: bool = param(True, help="symmetric int4 quantization")
     extra_options: str | None = param(None, help="comma-separated key=value builder options")
     dataset: str | None = param(None, asset="uri_folder",
