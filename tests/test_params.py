@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import typing
 
 import pytest
@@ -268,6 +269,51 @@ def test_recipe_keys_fit_the_step_params(key):
             (k, recipe_bounds, step_bounds)
     if (model.__name__, name) != ("ModelBuilderPass", "execution_provider"):  # None: from the engine's providers
         assert alias(info.default) == f.default, (info.default, f.default)
+
+
+# Recipe models whose fields are generated from a step's Params: (model, step, fields from the step, those
+# whose default or help the recipe words itself, Olive's other spellings of a choice).
+GENERATED = [
+    (passes.ModelBuilderPass, "build_onnx", ("precision", "execution_provider", "int4_block_size", "int4_accuracy_level",
+                                             "int4_algo_config", "int4_is_symmetric", "max_accuracy_drop"),
+     ("execution_provider", "max_accuracy_drop"), {}),
+    (passes.MergePass, "merge", ("torch_dtype",), (), {"fp16": "float16", "fp32": "float32"}),
+    ("EvaluateConfig", "evaluate", ("max_samples", "max_new_tokens"), (), {}),
+]
+
+
+@pytest.mark.parametrize("model, step, names, own, aliases", GENERATED,
+                         ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", None))
+def test_recipe_fields_are_generated_from_the_step(model, step, names, own, aliases):
+    """The recipe's ModelBuilder, MergeAdapterWeights and evaluate fields carry the step's help, default,
+    allowed values (with Olive's aliases) and bounds; `slmforge schema` documents every key of them."""
+    from slmforge.commands.schema import recipe_schema_text
+    from slmforge.recipe import schema
+
+    model = getattr(schema, model) if isinstance(model, str) else model
+    params = _params(step).__dataclass_fields__
+    for name in names:
+        info, f = model.model_fields[name], params[name]
+        if name not in own:
+            assert (info.description, info.default) == (f.metadata["help"], f.default), name
+        choices = f.metadata["choices"] or ()
+        assert set(_literal(info.annotation)) == set(choices) | {a for a, c in aliases.items() if c in choices}, name
+        assert _bounds(info) == {k: f.metadata[k] for k in ("ge", "gt", "le", "lt") if f.metadata.get(k) is not None}
+    documented = json.loads(recipe_schema_text())["$defs"][model.__name__]["properties"]
+    assert [k for k, v in documented.items() if k not in ("type", "config") and "description" not in v] == []
+
+
+def test_evaluation_defaults_live_in_the_evaluate_step():
+    """200 rows and 8 new tokens are written once: the recipe's evaluate block and build_onnx's answer
+    gates take them from evaluate's Params."""
+    from slmforge.recipe.schema import EvaluateConfig
+    from slmforge.steps import build_onnx, evaluate
+
+    ours = evaluate.Params.__dataclass_fields__
+    gates = build_onnx.Params.__dataclass_fields__
+    assert (ours["max_samples"].default, ours["max_new_tokens"].default) == (200, 8)
+    assert (EvaluateConfig().max_samples, EvaluateConfig().max_new_tokens) == (200, 8)
+    assert (gates["check_max_samples"].default, gates["check_max_new_tokens"].default) == (200, 8)
 
 
 # One bad argv per step, each a different kind: a missing required option, an unknown option, a
