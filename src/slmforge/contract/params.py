@@ -2,7 +2,7 @@
 
 Each step module has a `Params` dataclass whose fields are made with `param(...)` and whose base is
 `StepParams`, so constructing one checks it (types, allowed values, bounds, then the class's own
-`check()` for rules between fields). From it come the step's argparse (steps._cli.parse_params),
+`check()` for rules between fields). From it come the step's argparse (steps._cli.parser_for),
 its component YAML (contract/component_yaml.py, `python -m slmforge.steps.components --write`) and
 the recipe's fields for the step (`pydantic_fields`: `training_args`, the ModelBuilder and
 MergeAdapterWeights passes, the `evaluate` block), so a parameter is written in one place.
