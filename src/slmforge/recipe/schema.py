@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, create_model, field_validator, model_validator
 
+from slmforge.contract.params import pydantic_fields
 from slmforge.recipe.azure import (  # noqa: F401 - re-exported
     AzureMLClient,
     AzureMLDatastoreFiles,
@@ -31,6 +32,7 @@ from slmforge.recipe.passes import (  # noqa: F401 - re-exported
     TrainingArgs,
 )
 from slmforge.registry.rules import ASSET_NAME_PATTERN, DEFAULT_TRACKING_URI_TEXT
+from slmforge.steps.evaluate import Params as EvaluateParams
 
 # --------------------------------------------------------------------------- input model
 
@@ -154,12 +156,11 @@ class Engine(Strict):
 
 
 
-class EvaluateConfig(Strict):
-    """slmforge's own block: how the evaluate steps run."""
+class EvaluateConfig(create_model("EvaluateFields", __base__=Strict,
+                                  **pydantic_fields(EvaluateParams, only=("max_samples", "max_new_tokens")))):
+    """slmforge's own block: how the evaluate steps run (the evaluate step's parameters, steps/evaluate.py)."""
 
     data_config: str | None = Field(None, description="default: the fine-tune's data config")
-    max_samples: int = Field(200, ge=1, description="eval rows scored by generation")
-    max_new_tokens: int = Field(8, ge=1)
 
 
 class RegisterConfig(Strict):

@@ -23,36 +23,33 @@ from pathlib import Path
 
 from slmforge.contract import folders, manifest
 from slmforge.contract.files import folder_size
+from slmforge.contract.params import StepParams, default, make, param
 from slmforge.contract.step import StepSpec
-from slmforge.contract.params import make, param
 from slmforge.errors import InvalidInput
 from slmforge.models import onnx_builder
 from slmforge.models.eval_data import read_dataset_folder
 from slmforge.steps._cli import run_step
+from slmforge.steps.evaluate import Params as Evaluation
 
 STEP = "build_onnx"
-PRECISIONS = ("int4", "int8", "fp16", "fp32")
-PROVIDERS = ("cpu", "cuda")
-BLOCK_SIZES = (16, 32, 64, 128, 256)
-INT4_ALGOS = onnx_builder.INT4_ALGOS
-DEFAULT_INT4_ALGO = onnx_builder.DEFAULT_INT4_ALGO
 LIBRARIES = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "torch", "transformers", "peft")
 
 
 @dataclass(kw_only=True)
-class Params:
+class Params(StepParams):
     """The build_onnx step's parameters: `components/build_onnx.yml`'s inputs and outputs."""
 
     model: str | None = param(None, asset="uri_folder", help="model folder (Hugging Face format), e.g. the merge output")
     model_id: str | None = param(None, help="hub id of the model, when no folder is given")
     adapter: str | None = param(None, asset="uri_folder", help="PEFT adapter folder: build straight from base + adapter")
-    precision: str = param("int4", choices=PRECISIONS, help="weight precision")
-    execution_provider: str = param("cpu", choices=PROVIDERS, help="onnxruntime execution provider")
-    int4_block_size: int = param(32, choices=BLOCK_SIZES, help="int4 quantization block size")
+    precision: str = param("int4", choices=("int4", "int8", "fp16", "fp32"), help="weight precision")
+    execution_provider: str = param("cpu", choices=("cpu", "cuda"), help="onnxruntime execution provider")
+    int4_block_size: int = param(32, choices=(16, 32, 64, 128, 256), help="int4 quantization block size")
     int4_accuracy_level: int = param(4, ge=0, le=4, help="MatMulNBits accuracy level")
-    int4_algo_config: str = param(DEFAULT_INT4_ALGO, choices=INT4_ALGOS, help=(
-        "int4 method; auto re-encodes a base whose weights lie on a 4-bit grid (a GGUF's Q4_1) without loss and "
-        "keeps the adapter float, else uses k_quant_mixed"))
+    int4_algo_config: str = param(onnx_builder.DEFAULT_INT4_ALGO, choices=onnx_builder.INT4_ALGOS, help=(
+        "int4 method (the builder's algo_config); auto re-encodes a base whose weights lie on a 4-bit grid (a GGUF's "
+        "Q4_1) without loss and keeps the adapter float, else uses k_quant_mixed (the best accuracy within the size "
+        "goal on the real model: bench/results/int4_options.json)"))
     int4_is_symmetric: bool = param(True, help="symmetric int4 quantization")
     extra_options: str | None = param(None, help="comma-separated key=value builder options")
     dataset: str | None = param(None, asset="uri_folder",
@@ -60,8 +57,9 @@ class Params:
     reference: str | None = param(None, asset="uri_folder", help=(
         "evaluate output of the source model on the same dataset; its answers are the gates' reference "
         "(else computed here)"))
-    check_max_samples: int = param(200, ge=1, help="eval rows the answer gates use")
-    check_max_new_tokens: int = param(8, ge=1, help="tokens each answer of the gates may take")
+    check_max_samples: int = param(default(Evaluation, "max_samples"), ge=1, help="eval rows the answer gates use")
+    check_max_new_tokens: int = param(default(Evaluation, "max_new_tokens"), ge=1,
+                                      help="tokens each answer of the gates may take")
     max_accuracy_drop: float | None = param(None, ge=0, le=1, help=(
         "largest accuracy loss against the source model the build may show (default per precision)"))
     output: str = param(asset="custom_model", output="model", help="onnxruntime-genai model folder to write")

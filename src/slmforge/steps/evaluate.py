@@ -16,15 +16,15 @@ from pathlib import Path
 
 from slmforge.contract import folders, manifest
 from slmforge.contract.files import read_json_object
+from slmforge.contract.params import StepParams, make, param
 from slmforge.contract.step import StepSpec
-from slmforge.contract.params import make, param
 from slmforge.steps._cli import run_step
 
 STEP = "evaluate"
 
 
 @dataclass(kw_only=True)
-class Params:
+class Params(StepParams):
     """The evaluate step's parameters: `components/evaluate.yml`'s inputs and outputs."""
 
     model: str | None = param(None, asset="uri_folder", help="model folder: Hugging Face or onnxruntime-genai")

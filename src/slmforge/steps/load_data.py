@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.contract import folders, manifest
-from slmforge.contract.params import make, param
+from slmforge.contract.params import StepParams, make, param
 from slmforge.contract.step import StepSpec
 from slmforge.data import chat_rows
 from slmforge.data.hub import read_hub_spec
@@ -35,7 +35,7 @@ from slmforge.steps._cli import run_step
 
 
 @dataclass(kw_only=True)
-class Params:
+class Params(StepParams):
     """The load_data step's parameters: `components/load_data.yml`'s inputs and outputs."""
 
     data: str | None = param(None, asset="uri_file",
@@ -70,7 +70,7 @@ class Params:
 
 SPEC = StepSpec(
     name="load_data", params=Params, display_name="Load and tokenize data",
-    version="1",
+    version="2",
     description=(
         "Read json/jsonl/csv/parquet rows (a file or a Hugging Face Hub dataset), render the text "
         "template, tokenize, split off an eval set and write a tokenized dataset folder with a manifest."),

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.contract import folders, manifest
+from slmforge.contract.params import StepParams, make, param
 from slmforge.contract.step import StepSpec
-from slmforge.contract.params import make, param
 from slmforge.errors import StepFailed
 from slmforge.steps._cli import run_step
 
@@ -32,7 +32,7 @@ FP16_RELATIVE_BOUND = 1e-2
 
 
 @dataclass(kw_only=True)
-class Params:
+class Params(StepParams):
     """The merge step's parameters: `components/merge.yml`'s inputs and outputs."""
 
     model: str | None = param(None, asset="uri_folder", help="base model folder (Hugging Face format)")

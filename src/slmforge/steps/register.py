@@ -17,8 +17,8 @@ from typing import Any
 
 from slmforge import __version__
 from slmforge.contract import folders, manifest
+from slmforge.contract.params import StepParams, make, param
 from slmforge.contract.step import StepSpec
-from slmforge.contract.params import make, param
 from slmforge.errors import InvalidInput
 from slmforge.registry.mlflow_store import ALIAS, REGISTRATION_FILE, register_version
 from slmforge.registry.rules import check_asset_name, default_tracking_uri, version_tags
@@ -26,7 +26,7 @@ from slmforge.steps._cli import run_step
 
 
 @dataclass(kw_only=True)
-class Params:
+class Params(StepParams):
     """The register step's parameters: `components/register.yml`'s inputs and outputs."""
 
     model: str = param(asset="custom_model", help="the model folder to register")

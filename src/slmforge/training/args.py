@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from slmforge.contract.params import param
+from slmforge.contract.params import StepParams, param
 
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 OPTIMIZERS = ("adamw_torch", "adamw_hf", "adamw_torch_fused", "paged_adamw_32bit", "paged_adamw_8bit",
@@ -26,7 +26,7 @@ STEP_COUNTS = ("logging_steps", "eval_steps", "save_steps")
 
 
 @dataclass(kw_only=True)
-class TrainArgs:
+class TrainArgs(StepParams):
     seed: int = param(42, help="seed of the adapter's initialisation and the batch order")
     per_device_train_batch_size: int = param(8, ge=1, help="examples per micro-batch and process")
     per_device_eval_batch_size: int = param(8, ge=1, help="examples per evaluation batch")
