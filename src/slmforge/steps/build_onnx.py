@@ -30,6 +30,7 @@ from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
 from slmforge.models import onnx_builder
 from slmforge.models.evaluation import read_dataset_folder
 from slmforge.steps._cli import run_step
+from slmforge.training.methods import METHODS
 
 STEP = "build_onnx"
 PRECISIONS = ("int4", "int8", "fp16", "fp32")
@@ -88,9 +89,10 @@ def run(**given) -> dict:
     started = time.perf_counter()
     source = torch_model.base_source(model, model_id)
     adapter_path = torch_model.check_adapter_folder(adapter) if adapter else None
-    if adapter_path is not None and torch_model.adapter_method(adapter_path) != "lora":
-        raise InvalidInput(f"{adapter_path}: a {torch_model.adapter_method(adapter_path)} adapter; the ONNX builder "
-                           "reads LoRA adapters only: merge it first (MergeAdapterWeights) and build the merged model")
+    kind = torch_model.adapter_method(adapter_path) if adapter_path is not None else None
+    if kind is not None and not (kind in METHODS and METHODS[kind].builder_reads_adapter):  # the registry's
+        raise InvalidInput(f"{adapter_path}: a {kind} adapter; the ONNX builder reads LoRA adapters only: merge "
+                           "it first (MergeAdapterWeights) and build the merged model")
     extra = onnx_builder.parse_extra_options(p.extra_options)
     eval_data = read_dataset_folder(dataset, p.check_max_samples) if dataset else None
     if p.reference and not dataset:
