@@ -35,7 +35,8 @@ _RECIPE_SHAPED = {"target_modules": (list[str] | None, Field(None, description="
 
 def _step_fields(names) -> dict[str, tuple[Any, Any]]:
     """The finetune step's fields as recipe keys (a dtype also in Olive's short spelling)."""
-    step = pydantic_fields(finetune.Params)
+    names = tuple(names)
+    step = pydantic_fields(finetune.Params, exclude=tuple(set(finetune.Params.__dataclass_fields__) - set(names)))
     return {n: _RECIPE_SHAPED.get(n) or ((OLIVE_DTYPES, step[n][1]) if n.endswith("dtype") else step[n])
             for n in names}
 
@@ -58,7 +59,7 @@ def _rule(rule):
     return check
 
 
-def _pass_model(m: Method) -> type[FinetunePass]:
+def pass_model(m: Method) -> type[FinetunePass]:
     """A method's pass: the shared keys, its own step parameters, the SHARED keys it refuses and its value rules."""
     validators: dict[str, Any] = {f"_rule_{n}": field_validator(n)(_rule(rule)) for n, rule in m.rules.items()}
 
@@ -74,7 +75,7 @@ def _pass_model(m: Method) -> type[FinetunePass]:
                         type=(Literal[m.pass_type], ...), **_step_fields(n for n in m.params if n not in SHARED))
 
 
-FINETUNE_PASSES: dict[str, type[FinetunePass]] = {m.pass_type: _pass_model(m) for m in METHODS.values()}
+FINETUNE_PASSES: dict[str, type[FinetunePass]] = {m.pass_type: pass_model(m) for m in METHODS.values()}
 
 
 def finetune_step_params(p: FinetunePass) -> dict[str, Any]:

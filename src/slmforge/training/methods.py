@@ -90,8 +90,8 @@ def _lokr_config(spec: AdapterSpec):
                       task_type="CAUSAL_LM")
 
 
-_LOW_RANK = ("LoRA weights are a low-rank MatMul beside the base's: what onnxruntime-genai's Adapters load "
-             "(Olive's ExtractAdapters writes them)")
+_LOW_RANK = ("LoRA weights are a low-rank MatMul beside the base's: what onnxruntime-genai's Adapters load from "
+             "Olive's ExtractAdapters output (slmforge does not write that file yet)")
 _NOT_MEASURED = "not measured with onnxruntime-genai's Adapters; build it merged"
 _LYCORIS = ("rank_dropout", "module_dropout")
 _NO_LORA_DROPOUT = {"lora_dropout": "use 'rank_dropout' or 'module_dropout'"}
