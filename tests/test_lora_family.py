@@ -175,3 +175,17 @@ def test_the_registry_says_what_the_onnx_side_reads_and_why_not():
     assert [m.name for m in METHODS.values() if m.builder_reads_adapter] == ["lora", "qlora"]
     assert [m.name for m in METHODS.values() if m.genai_adapter] == ["lora", "qlora"]
     assert all("not measured" in m.genai_adapter_why for m in METHODS.values() if not m.genai_adapter)
+
+
+def test_only_lora_runs_its_forward_under_compute_dtype_as_the_registry_says():
+    from slmforge.contract.params import make
+    from slmforge.errors import InvalidInput
+    from slmforge.training.methods import METHODS
+
+    def params(method, **more):
+        return make(finetune.Params, {"dataset": "d", "adapter": "a", "method": method, **more})
+
+    assert [m for m in METHODS if params(m, compute_dtype="bfloat16").autocast_dtype()] == ["lora"]
+    with pytest.raises(InvalidInput, match="two autocast dtypes"):
+        params("lora", compute_dtype="float16", bf16=True)
+    assert params("dora", compute_dtype="float16", bf16=True).autocast_dtype() == "bfloat16"

@@ -70,7 +70,7 @@ class Params(TrainArgs):
         if problem:
             raise InvalidInput(problem)
         half = "bfloat16" if self.bf16 else "float16" if self.fp16 else None
-        if half and self.method == "lora" and self.compute_dtype not in ("float32", half):
+        if half and METHODS[self.method].autocasts and self.compute_dtype not in ("float32", half):
             raise InvalidInput(f"compute_dtype {self.compute_dtype} and {'bf16' if self.bf16 else 'fp16'} ask for "
                                "two autocast dtypes; give one")
 
@@ -78,7 +78,7 @@ class Params(TrainArgs):
         """The dtype the forward runs under: bf16 / fp16, or (as before them) a LoRA compute_dtype."""
         if self.bf16 or self.fp16:
             return "bfloat16" if self.bf16 else "float16"
-        return self.compute_dtype if self.method == "lora" and self.compute_dtype != "float32" else None
+        return self.compute_dtype if METHODS[self.method].autocasts and self.compute_dtype != "float32" else None
 
 
 SPEC = StepSpec(

@@ -60,6 +60,7 @@ class Method:
     # per-parameter value rules beyond the bounds: name -> problem(value) (None when fine)
     rules: dict[str, Callable[[Any], str | None]] = field(default_factory=dict)
     quantized_base: bool = False  # the base is loaded in bitsandbytes 4-bit (params quant_type, double_quant...)
+    autocasts: bool = False  # the forward runs under a compute_dtype other than float32 (as before bf16 / fp16)
     # The ONNX builder reads the adapter beside the base (its adapter_path takes plain low-rank LoRA
     # weights); the other adapters are built from the merged model (MergeAdapterWeights first).
     builder_reads_adapter: bool = False
@@ -98,7 +99,7 @@ _NO_LORA_DROPOUT = {"lora_dropout": "use 'rank_dropout' or 'module_dropout'"}
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method(name="lora", pass_type="LoRA", summary="low-rank adapter (peft LoraConfig)",
-           peft_config=lambda s: _lora_config(s, use_dora=False),
+           peft_config=lambda s: _lora_config(s, use_dora=False), autocasts=True,
            builder_reads_adapter=True, genai_adapter=True, genai_adapter_why=_LOW_RANK),
     Method(name="qlora", pass_type="QLoRA", summary="LoRA on a bitsandbytes 4-bit base",
            peft_config=lambda s: _lora_config(s, use_dora=False),
