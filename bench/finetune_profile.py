@@ -59,13 +59,13 @@ def profile(dataset: Path, steps: int, batch: int, method: str, threads: int) ->
     from slmforge.training.data import BatchPlan, attention_cost, count_tokens, pack_batch, read_dataset
     from slmforge.training.loss import causal_lm_loss
     from slmforge.contract.params import make
-    from slmforge.steps.finetune import Params, lora_spec
+    from slmforge.steps.finetune import Params, adapter_spec
     from slmforge.training.model import load_model, make_optimizer
 
     torch.set_num_threads(threads)
     data = read_dataset(dataset)
     # The finetune step's own defaults, with the benchmark's adapter settings (bench/finetune.py's TRAIN)
-    spec = lora_spec(make(Params, {"model": str(harness.SMOLLM2), "dataset": str(dataset), "adapter": "unused",
+    spec = adapter_spec(make(Params, {"model": str(harness.SMOLLM2), "dataset": str(dataset), "adapter": "unused",
                                    "method": method, "r": 16, "alpha": 32.0, "lora_dropout": 0.05}))
     model = load_model(harness.SMOLLM2, None, spec, "cpu", seed=0)
     config = model.get_base_model().config

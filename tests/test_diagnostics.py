@@ -74,7 +74,8 @@ def test_merge_and_finetune_name_a_truncated_weights_file(tmp_path, tiny_model_d
     """The steps that load models (merge via torch_model, finetune via training.model) say the same."""
     from slmforge.errors import InvalidInput
     from slmforge.models.torch_model import load_causal_lm
-    from slmforge.training.model import LoraSpec, load_model
+    from slmforge.training.methods import AdapterSpec
+    from slmforge.training.model import load_model
 
     model = model_copy(tiny_model_dir, tmp_path)
     weights = model / "model.safetensors"
@@ -82,10 +83,9 @@ def test_merge_and_finetune_name_a_truncated_weights_file(tmp_path, tiny_model_d
     with pytest.raises(InvalidInput, match="model.safetensors: truncated"):
         load_causal_lm(str(model))
     with pytest.raises(InvalidInput, match="model.safetensors: truncated"):
-        load_model(str(model), None, LoraSpec(
-            method="lora", r=4, alpha=8, dropout=0.0, target_modules=None, quant_type="nf4", double_quant=False,
-            compute_dtype="float32", gradient_checkpointing=False, rank_dropout=0.0, module_dropout=0.0,
-            decompose_both=False, decompose_factor=-1, torch_dtype="float32"), "cpu", 0)
+        load_model(str(model), None, AdapterSpec(
+            method="lora", r=4, alpha=8, dropout=0.0, target_modules=None, gradient_checkpointing=False,
+            torch_dtype="float32"), "cpu", 0)
 
 
 # --- 8: a broken onnxruntime-genai folder names its file --------------------------------------------

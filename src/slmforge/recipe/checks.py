@@ -17,9 +17,9 @@ from slmforge.recipe.evaluators import check_evaluators
 from slmforge.recipe.limits import check_limits
 from slmforge.recipe.load_kwargs import check_load_kwargs, load_kwargs_notes
 from slmforge.recipe.loaded import LoadedRecipe
-from slmforge.recipe.passes import FINETUNE_PASSES
 from slmforge.recipe.schema import AzureMLSystem, FinetunePass, MergePass, ModelBuilderPass
 from slmforge.recipe.user_script import check_user_script
+from slmforge.training.methods import PASS_TYPES, by_pass_type
 
 
 def check_recipe(loaded: LoadedRecipe, *, check_files: bool = True) -> list[str]:
@@ -76,7 +76,7 @@ def _check_passes(loaded: LoadedRecipe) -> Iterator[str]:
         where = loaded.where("passes", name)
         if isinstance(p, ModelBuilderPass) and seen_finetune and not seen_merge:
             finetune = loaded.recipe.passes[seen_finetune]
-            if not FINETUNE_PASSES[finetune.type].builder_reads_adapter:
+            if not by_pass_type(finetune.type).builder_reads_adapter:
                 yield (f"{where}: the ONNX builder reads LoRA adapters only; put a MergeAdapterWeights pass "
                        f"between the {finetune.type} pass '{seen_finetune}' and ModelBuilder")
         if isinstance(p, FinetunePass):
@@ -87,7 +87,7 @@ def _check_passes(loaded: LoadedRecipe) -> Iterator[str]:
             seen_finetune = name
         elif isinstance(p, MergePass):
             if not seen_finetune:
-                yield f"{where}: MergeAdapterWeights needs a fine-tune pass (LoRA, QLoRA, DoRA, LoHa, LoKr) before it"
+                yield f"{where}: MergeAdapterWeights needs a fine-tune pass ({', '.join(PASS_TYPES)}) before it"
             if seen_merge:
                 yield f"{where}: a second MergeAdapterWeights pass"
             if seen_build:

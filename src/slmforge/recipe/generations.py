@@ -19,6 +19,7 @@ from slmforge.recipe.olive_passes import REFUSED as REFUSED_PASS_TYPES
 from slmforge.recipe.olive_passes import canonical_type
 from slmforge.recipe.olive_passes import known_types as known_pass_types
 from slmforge.recipe.schema import Engine
+from slmforge.training.methods import PASS_TYPES
 
 Path = tuple  # of str | int
 
@@ -96,7 +97,7 @@ ALIASES: tuple[Alias, ...] = (
 
 RENAMED_TYPES = {"PyTorchModel": "HfModel"}  # the Cookbook's input model type -> today's
 
-_LORA_FAMILY = ("LoRA", "QLoRA", "DoRA", "LoHa", "LoKr")
+_LORA_FAMILY = PASS_TYPES
 _LYCORIS_WHY = "a LyCORIS option slmforge does not pass on yet"
 # (section, pass/system type or None for any, canonical key) -> why slmforge refuses it for now.
 UNSUPPORTED: dict[tuple[str, str | None, str], str] = {

@@ -21,7 +21,7 @@ from slmforge.recipe import evaluators
 from slmforge.recipe.checks import data_config_path, resolve_path
 from slmforge.recipe.load_kwargs import finetune_dtype
 from slmforge.recipe.loaded import LoadedRecipe
-from slmforge.recipe.passes import FINETUNE_PASSES, dtype_name
+from slmforge.recipe.passes import dtype_name, finetune_step_params
 from slmforge.recipe.schema import (
     AzureMLRegistryModel,
     AzureMLSystem,
@@ -32,6 +32,7 @@ from slmforge.recipe.schema import (
     Recipe,
 )
 from slmforge.recipe.user_script import EVAL_CLASH, data_spec, script_inputs
+from slmforge.training.methods import by_pass_type
 
 Scalar = Union[str, int, float, bool]
 
@@ -253,19 +254,15 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
         if isinstance(p, FinetunePass):
             cfg = p
             targs = cfg.training_args
-            family = FINETUNE_PASSES[p.type]
             params: dict[str, Scalar] = dict(base_params)
-            params.update(method=family.method, r=cfg.r, alpha=cfg.alpha, lora_dropout=cfg.lora_dropout)
-            if cfg.target_modules:
-                params["target_modules"] = ",".join(cfg.target_modules)
-            params.update(family.params(cfg))
+            params.update(finetune_step_params(cfg))
             params["torch_dtype"] = finetune_dtype(recipe.input_model.load_kwargs, cfg)  # the pass's, else load_kwargs'
             params.update(targs.step_params())
             inputs = dict(base_inputs)
             inputs["dataset"] = Ref("step", "load_data", "dataset")
             steps.append(Step("finetune", "finetune", inputs, params))
             adapter = Ref("step", "finetune", "adapter")
-            trained_adapter = adapter if family.builder_reads_adapter else None
+            trained_adapter = adapter if by_pass_type(p.type).builder_reads_adapter else None
             final = ("finetune", "adapter")
         elif isinstance(p, MergePass):
             assert adapter is not None  # checks.py guarantees a fine-tune pass first

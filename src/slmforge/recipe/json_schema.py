@@ -12,9 +12,9 @@ import copy
 from typing import Any
 
 from slmforge.recipe.generations import ALIASES, IGNORED, Alias, Path
-from slmforge.recipe.schema import Recipe
+from slmforge.recipe.schema import FINETUNE_PASSES, Recipe
 
-_PASS_DEFS = ("LoRAPass", "QLoRAPass", "DoRAPass", "LoHaPass", "LoKrPass", "MergePass", "ModelBuilderPass")
+_PASS_DEFS = (*(m.__name__ for m in FINETUNE_PASSES.values()), "MergePass", "ModelBuilderPass")
 _SECTION_DEFS = {"input_model": ("HfModel",), "data_config": ("DataConfig",),
                  "system": ("LocalSystem", "AzureMLSystem"), "pass": _PASS_DEFS}
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Iterator, get_args
 
 from slmforge.recipe.base import NOT_SUPPORTED
-from slmforge.recipe.passes import DTYPES, FinetunePass, dtype_name
+from slmforge.recipe.passes import FinetunePass, dtype_name
 
 _PLACES = "slmforge places the model itself (CPU, or the one GPU)"
 # Keys that are accepted and have no effect here: validate and run name them with why.
@@ -34,7 +34,7 @@ _TOKEN = "a token never goes in a recipe: set HF_TOKEN, or hf_token on the Azure
 REFUSED = {"quantization_method": _QUANT, "quantization_config": _QUANT, "revision": _PIN, "code_revision": _PIN,
            "token": _TOKEN, "use_auth_token": _TOKEN}
 HONOURED = ("torch_dtype", "trust_remote_code")
-_DTYPES = get_args(DTYPES)
+_DTYPES = get_args(FinetunePass.model_fields["torch_dtype"].annotation)  # the fine-tune pass's spellings
 
 
 def entries(load_kwargs: dict[str, Any] | None) -> Iterator[tuple[tuple[str, ...], str, Any]]:

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-RUN = ("LoRA", "QLoRA", "DoRA", "LoHa", "LoKr", "MergeAdapterWeights", "ModelBuilder")
+from slmforge.training.methods import PASS_TYPES
+
+RUN = (*PASS_TYPES, "MergeAdapterWeights", "ModelBuilder")
 EXPORT_CHAIN = ("OnnxConversion", "OrtTransformersOptimization", "OnnxMatMul4Quantizer", "OnnxBnb4Quantization",
                 "OnnxBlockWiseRtnQuantization")
 QUANTIZERS = ("OnnxMatMul4Quantizer", "OnnxBnb4Quantization", "OnnxBlockWiseRtnQuantization")

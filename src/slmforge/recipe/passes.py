@@ -1,91 +1,23 @@
 """The recipe's passes in their canonical (Olive 0.7–0.13, flat) shape.
 
-The fine-tune passes form one family: `FINETUNE_PASSES` maps each Olive pass type slmforge runs
-to its model, the finetune step's `--method` and its method-specific step parameters: LoRA, QLoRA,
-DoRA, LoHa and LoKr. Adding another (LoftQ) is one model (its own keys) and one entry there; until
-then `generations.UNSUPPORTED_PASS_TYPES` refuses it by name.
+The fine-tune passes form one family, generated from the registry (training/methods.py): one model
+per method (`FINETUNE_PASSES`, by Olive pass type: LoRA, QLoRA, DoRA, LoHa, LoKr), its fields the
+finetune step's `Params` with their help text, bounds and defaults (the dtypes also take Olive's
+bf16/fp16/fp32), its own rules the entry's. Only the keys whose recipe shape is the recipe's own
+(`target_modules` as a list, the data configs, `training_args`) are written here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, create_model, field_validator, model_validator
 
 from slmforge.contract.params import help_text, pydantic_fields
 from slmforge.recipe.base import Strict
 from slmforge.recipe.training_args import TrainingArgs
-from slmforge.steps import build_onnx, merge
-
-
-DTYPES = Literal["bfloat16", "float16", "float32", "bf16", "fp16", "fp32"]
-
-
-class FinetunePass(Strict):
-    """Keys every LoRA-family pass shares (Olive 0.13's LoRA); each member adds its own."""
-
-    type: str
-    target_modules: list[str] | None = Field(None, description="default: every attention and MLP projection")
-    r: int = Field(64, ge=1, description="LoRA rank (the Cookbook and Olive < 0.8: lora_r)")
-    alpha: float = Field(16, gt=0, description="LoRA alpha (the Cookbook and Olive < 0.8: lora_alpha)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    torch_dtype: DTYPES = Field(
-        "float32", description="dtype the base model is loaded in (the adapter stays float32, as peft keeps it); "
-        "slmforge's default is float32, not Olive's bfloat16 (README: bf16 is slower on a CPU without AMX)")
-    # The Cookbook writes QLoRA's quantization keys on its LoRA pass too: accepted there, used by QLoRA.
-    double_quant: bool = Field(True, description="QLoRA: quantize the quantization constants")
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    compute_dtype: DTYPES = "float32"
-    train_data_config: str = Field(description="name of a data config")
-    eval_data_config: str | None = None
-    eval_dataset_size: float | None = Field(None, gt=0, description="slmforge: fraction (<1) or row count held out")
-    training_args: TrainingArgs = Field(default_factory=TrainingArgs)
-
-
-class LoRAPass(FinetunePass):
-    type: Literal["LoRA"]
-
-
-class QLoRAPass(FinetunePass):
-    type: Literal["QLoRA"]
-
-
-class DoRAPass(FinetunePass):
-    """LoRA with weight decomposition (peft `use_dora`): Olive's DoRA takes LoRA's keys."""
-
-    type: Literal["DoRA"]
-
-
-class LycorisPass(FinetunePass):
-    """LoHa and LoKr (peft's LyCORIS adapters): dropout per rank component or per module, not lora_dropout."""
-
-    rank_dropout: float = Field(0.0, ge=0, lt=1, description="drop rank components while training")
-    module_dropout: float = Field(0.0, ge=0, lt=1, description="skip a whole adapted module while training")
-
-    @model_validator(mode="after")
-    def _no_lora_dropout(self) -> "LycorisPass":
-        if "lora_dropout" in self.model_fields_set:
-            raise ValueError(f"{self.type} has no 'lora_dropout'; use 'rank_dropout' or 'module_dropout'")
-        return self
-
-
-class LoHaPass(LycorisPass):
-    type: Literal["LoHa"]
-
-
-class LoKrPass(LycorisPass):
-    type: Literal["LoKr"]
-    decompose_both: bool = Field(False, description="low-rank decompose the left Kronecker factor too")
-    decompose_factor: int = Field(-1, ge=-1, description="the Kronecker factorisation's split (-1: near square)")
-
-    @field_validator("decompose_factor")
-    @classmethod
-    def _factor(cls, value: int) -> int:
-        if value == 0:
-            raise ValueError("decompose_factor is -1 (automatic) or at least 1")
-        return value
-
+from slmforge.steps import build_onnx, finetune, merge
+from slmforge.training.methods import METHODS, SHARED, Method, by_pass_type
 
 OLIVE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # Olive's short names of torch dtypes
 
@@ -94,29 +26,64 @@ def dtype_name(dtype: str) -> str:
     return OLIVE_DTYPES.get(dtype, dtype)
 
 
-@dataclass(frozen=True)
-class FinetuneMethod:
-    model: type[FinetunePass]
-    method: str  # the finetune step's --method
-    params: Callable[[Any], dict[str, Any]]  # method-specific finetune step parameters
-    # The ONNX builder reads plain LoRA beside the base (its adapter_path); other adapters are built merged.
-    builder_reads_adapter: bool = False
+# Keys whose recipe shape is not the step's (the step takes target_modules comma-separated).
+_RECIPE_SHAPED = {"target_modules": (list[str] | None, Field(None, description="default: every attention and MLP "
+                                                                                "projection"))}
 
 
-def _lycoris(p: LycorisPass) -> dict[str, Any]:
-    return {"rank_dropout": p.rank_dropout, "module_dropout": p.module_dropout}
+def _step_fields(names) -> dict[str, tuple[Any, Any]]:
+    """The finetune step's fields as recipe keys (a dtype also in Olive's short spelling)."""
+    names = tuple(names)
+    step = pydantic_fields(finetune.Params, only=names, aliases=OLIVE_DTYPES)
+    return {n: _RECIPE_SHAPED.get(n) or step[n] for n in names}
 
 
-FINETUNE_PASSES: dict[str, FinetuneMethod] = {
-    "LoRA": FinetuneMethod(LoRAPass, "lora", lambda p: {}, builder_reads_adapter=True),
-    "QLoRA": FinetuneMethod(QLoRAPass, "qlora", lambda p: {
-        "quant_type": p.quant_type, "double_quant": p.double_quant, "compute_dtype": dtype_name(p.compute_dtype)},
-        builder_reads_adapter=True),
-    "DoRA": FinetuneMethod(DoRAPass, "dora", lambda p: {}),
-    "LoHa": FinetuneMethod(LoHaPass, "loha", _lycoris),
-    "LoKr": FinetuneMethod(LoKrPass, "lokr", lambda p: {
-        **_lycoris(p), "decompose_both": p.decompose_both, "decompose_factor": p.decompose_factor}),
-}
+class FinetunePass(create_model("_FamilyKeys", __base__=Strict, type=(str, ...), **_step_fields(SHARED))):
+    """Keys every LoRA-family pass shares (Olive 0.13's LoRA); each member adds its own."""
+
+    train_data_config: str = Field(description="name of a data config")
+    eval_data_config: str | None = None
+    eval_dataset_size: float | None = Field(None, gt=0, description="slmforge: fraction (<1) or row count held out")
+    training_args: TrainingArgs = Field(default_factory=TrainingArgs)
+
+
+def _rule(rule):
+    def check(cls, value):
+        problem = rule(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+    return check
+
+
+def pass_model(m: Method) -> type[FinetunePass]:
+    """A method's pass: the shared keys, its own step parameters, the SHARED keys it refuses and its value rules."""
+    validators: dict[str, Any] = {f"_rule_{n}": field_validator(n)(_rule(rule)) for n, rule in m.rules.items()}
+
+    def refuse(self):
+        for key, hint in m.refuses.items():
+            if key in self.model_fields_set:
+                raise ValueError(f"{self.type} has no '{key}'; {hint}")
+        return self
+
+    if m.refuses:
+        validators["_refuses"] = model_validator(mode="after")(refuse)
+    return create_model(f"{m.pass_type}Pass", __base__=FinetunePass, __doc__=m.summary, __validators__=validators,
+                        type=(Literal[m.pass_type], ...), **_step_fields(n for n in m.params if n not in SHARED))
+
+
+FINETUNE_PASSES: dict[str, type[FinetunePass]] = {m.pass_type: pass_model(m) for m in METHODS.values()}
+
+
+def finetune_step_params(p: FinetunePass) -> dict[str, Any]:
+    """The finetune step's parameters a fine-tune pass sets: the method, the shared keys it reads and its own."""
+    method = by_pass_type(p.type)
+    params: dict[str, Any] = {"method": method.name, "r": p.r, "alpha": p.alpha, "lora_dropout": p.lora_dropout}
+    if p.target_modules:
+        params["target_modules"] = ",".join(p.target_modules)
+    params.update({n: dtype_name(getattr(p, n)) if n.endswith("dtype") else getattr(p, n) for n in method.params})
+    params["torch_dtype"] = dtype_name(p.torch_dtype)
+    return params
 
 
 class MergePass(create_model("MergeFields", __base__=Strict, type=(Literal["MergeAdapterWeights"], ...),
@@ -158,5 +125,5 @@ class ModelBuilderPass(create_model("ModelBuilderFields", __base__=Strict, type=
     enable_cuda_graph: bool | None = Field(None, description="allow CUDA graph capture (CUDA execution provider)")
 
 
-Pass = Annotated[Union[tuple(m.model for m in FINETUNE_PASSES.values()) + (MergePass, ModelBuilderPass)],
+Pass = Annotated[Union[tuple(FINETUNE_PASSES.values()) + (MergePass, ModelBuilderPass)],
                  Field(discriminator="type")]

@@ -30,6 +30,7 @@ from slmforge.models import onnx_builder
 from slmforge.models.eval_data import read_dataset_folder
 from slmforge.steps._cli import run_step
 from slmforge.steps.evaluate import Params as Evaluation
+from slmforge.training.methods import METHODS
 
 STEP = "build_onnx"
 LIBRARIES = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "torch", "transformers", "peft")
@@ -85,9 +86,10 @@ def run(**given) -> dict:
     started = time.perf_counter()
     source = torch_model.base_source(model, model_id)
     adapter_path = folders.open_adapter(adapter) if adapter else None
-    if adapter_path is not None and torch_model.adapter_method(adapter_path) != "lora":
-        raise InvalidInput(f"{adapter_path}: a {torch_model.adapter_method(adapter_path)} adapter; the ONNX builder "
-                           "reads LoRA adapters only: merge it first (MergeAdapterWeights) and build the merged model")
+    kind = torch_model.adapter_method(adapter_path) if adapter_path is not None else None
+    if kind is not None and not (kind in METHODS and METHODS[kind].builder_reads_adapter):  # the registry's
+        raise InvalidInput(f"{adapter_path}: a {kind} adapter; the ONNX builder reads LoRA adapters only: merge "
+                           "it first (MergeAdapterWeights) and build the merged model")
     extra = onnx_builder.parse_extra_options(p.extra_options)
     eval_data = read_dataset_folder(dataset, p.check_max_samples) if dataset else None
     if p.reference and not dataset:

@@ -27,14 +27,13 @@ from slmforge.training import checkpoint, tracking
 from slmforge.training.args import TrainArgs
 from slmforge.training.data import read_dataset
 from slmforge.training.loop import Dist, eval_examples, train
-from slmforge.training.model import DTYPES, METHODS, LoraSpec, base_model_name, load_model
+from slmforge.training.methods import METHODS, PASS_TYPES, TORCH_DTYPES, AdapterSpec, own_params
+from slmforge.training.model import base_model_name, load_model
 
 # Parameters that do not change the trained weights: a checkpoint made under other values still resumes.
 _NOT_IN_FINGERPRINT = {"logging_steps", "save_steps", "eval_strategy", "eval_steps", "per_device_eval_batch_size",
                        "save_total_limit", "max_eval_samples"}
 _FOLDERS = ("model", "model_id", "dataset", "adapter", "checkpoints")  # where, not how: not in the params
-_LYCORIS = ("rank_dropout", "module_dropout")
-_LOKR = ("decompose_both", "decompose_factor")
 
 
 @dataclass(kw_only=True)
@@ -44,32 +43,34 @@ class Params(TrainArgs):
     model: str | None = param(None, asset="uri_folder", help="base model folder (Hugging Face format)")
     model_id: str | None = param(None, help="hub id of the base model, when no folder is given")
     dataset: str = param(asset="uri_folder", help="output of load_data")
-    method: str = param("lora", choices=METHODS, help="the LoRA-family method")
+    method: str = param("lora", choices=tuple(METHODS), help="the LoRA-family method")
     target_modules: str | None = param(None, help="comma-separated module names (default all projections)")
     r: int = param(64, ge=1, help="adapter rank")
     alpha: float = param(16, gt=0, help="adapter alpha")
-    lora_dropout: float = param(0.05, ge=0, lt=1, help="LoRA / DoRA dropout")
+    lora_dropout: float = param(0.05, ge=0, lt=1, help="LoRA / QLoRA / DoRA dropout")
     quant_type: str = param("nf4", choices=("nf4", "fp4"), help="QLoRA 4-bit type")
     double_quant: bool = param(True, help="QLoRA: quantize the quantization constants")
-    compute_dtype: str = param("float32", choices=DTYPES, help="QLoRA compute dtype")
-    torch_dtype: str = param("float32", choices=DTYPES, help="dtype the base model is loaded in (the adapter "
-                             "stays float32, as peft keeps it)")
-    rank_dropout: float = param(0.0, ge=0, lt=1, help="LoHa / LoKr only")
-    module_dropout: float = param(0.0, ge=0, lt=1, help="LoHa / LoKr only")
-    decompose_both: bool = param(False, help="LoKr only")
-    decompose_factor: int = param(-1, ge=-1, help="LoKr only")
+    compute_dtype: str = param("float32", choices=TORCH_DTYPES, help="QLoRA compute dtype")
+    torch_dtype: str = param("float32", choices=TORCH_DTYPES, help="dtype the base model is loaded in (the adapter "
+                             "stays float32, as peft keeps it); slmforge's default is float32, not Olive's bfloat16 "
+                             "(README: bf16 is slower on a CPU without AMX)")
+    rank_dropout: float = param(0.0, ge=0, lt=1, help="LoHa / LoKr: drop rank components while training")
+    module_dropout: float = param(0.0, ge=0, lt=1,
+                                  help="LoHa / LoKr: skip a whole adapted module while training")
+    decompose_both: bool = param(False, help="LoKr: low-rank decompose the left Kronecker factor too")
+    decompose_factor: int = param(-1, ge=-1, help="LoKr: the Kronecker factorisation's split (-1: near square)")
     adapter: str = param(asset="uri_folder", output=True, help="PEFT adapter folder to write")
     checkpoints: str | None = param(None, asset="uri_folder", output=True,
                                     help="checkpoint folder (resumes from its newest matching checkpoint)")
 
     def check(self) -> None:
-        if self.decompose_factor == 0:
-            raise InvalidInput("decompose_factor must be -1 or at least 1")
-        problem = self.check_args()
+        # every method's value rules (LoKr's decompose_factor): the step holds all methods' parameters
+        rules = (rule(getattr(self, n)) for m in METHODS.values() for n, rule in m.rules.items())
+        problem = next(filter(None, rules), None) or self.check_args()
         if problem:
             raise InvalidInput(problem)
         half = "bfloat16" if self.bf16 else "float16" if self.fp16 else None
-        if half and self.method == "lora" and self.compute_dtype not in ("float32", half):
+        if half and METHODS[self.method].autocasts and self.compute_dtype not in ("float32", half):
             raise InvalidInput(f"compute_dtype {self.compute_dtype} and {'bf16' if self.bf16 else 'fp16'} ask for "
                                "two autocast dtypes; give one")
 
@@ -77,11 +78,11 @@ class Params(TrainArgs):
         """The dtype the forward runs under: bf16 / fp16, or (as before them) a LoRA compute_dtype."""
         if self.bf16 or self.fp16:
             return "bfloat16" if self.bf16 else "float16"
-        return self.compute_dtype if self.method == "lora" and self.compute_dtype != "float32" else None
+        return self.compute_dtype if METHODS[self.method].autocasts and self.compute_dtype != "float32" else None
 
 
 SPEC = StepSpec(
-    name="finetune", params=Params, display_name="Fine-tune (LoRA / QLoRA / DoRA / LoHa / LoKr)",
+    name="finetune", params=Params, display_name=f"Fine-tune ({' / '.join(PASS_TYPES)})",
     version="2",
     description=(
         "LoRA-family fine-tuning with peft (bitsandbytes 4-bit for QLoRA); checkpoints every save_steps "
@@ -90,15 +91,12 @@ SPEC = StepSpec(
 )
 
 
-def lora_spec(p: Params) -> LoraSpec:
-    """The adapter the parameters describe."""
+def adapter_spec(p: Params) -> AdapterSpec:
+    """The adapter the parameters describe: the shared ones and the method's own (its registry entry's)."""
     modules = [m.strip() for m in p.target_modules.split(",") if m.strip()] if p.target_modules else None
-    return LoraSpec(method=p.method, r=p.r, alpha=p.alpha, dropout=p.lora_dropout, target_modules=modules,
-                    quant_type=p.quant_type, double_quant=p.double_quant, compute_dtype=p.compute_dtype,
-                    torch_dtype=p.torch_dtype,
-                    gradient_checkpointing=p.gradient_checkpointing, rank_dropout=p.rank_dropout,
-                    module_dropout=p.module_dropout, decompose_both=p.decompose_both,
-                    decompose_factor=p.decompose_factor)
+    return AdapterSpec(method=p.method, r=p.r, alpha=p.alpha, dropout=p.lora_dropout, target_modules=modules,
+                       torch_dtype=p.torch_dtype, gradient_checkpointing=p.gradient_checkpointing,
+                       options={n: getattr(p, n) for n in METHODS[p.method].params})
 
 
 def run(*, progress: bool = True, **given) -> dict | None:
@@ -109,7 +107,7 @@ def run(*, progress: bool = True, **given) -> dict | None:
     import torch
 
     dataset, adapter, checkpoints, model, model_id = p.dataset, p.adapter, p.checkpoints, p.model, p.model_id
-    spec = lora_spec(p)
+    spec = adapter_spec(p)
     data = read_dataset(dataset)
     dist, owns_group = _init_distributed()
     threads = torch.get_num_threads()
@@ -182,13 +180,9 @@ def run(*, progress: bool = True, **given) -> dict | None:
 
 
 def _recorded_params(p: Params) -> dict:
-    """How it was trained (the manifest's, MLflow's and the checkpoint fingerprint's params): the
-    method-specific parameters only for the methods that have them (LoRA's params are unchanged)."""
-    skip = set(_FOLDERS)
-    if p.method not in ("loha", "lokr"):
-        skip |= set(_LYCORIS)
-    if p.method != "lokr":
-        skip |= set(_LOKR)
+    """How it was trained (the manifest's, MLflow's and the checkpoint fingerprint's params): a method's
+    own parameters (beyond the registry's SHARED) only for the methods that read them."""
+    skip = set(_FOLDERS) | set(own_params()) - set(METHODS[p.method].params)
     return {k: v for k, v in asdict(p).items() if k not in skip}
 
 

@@ -5,56 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.errors import InvalidInput
 from slmforge.models.model_folder import looks_like_local_path
-
-DTYPES = ("float32", "float16", "bfloat16")
-
-
-# The LoRA family, all through peft. Olive's pass names: LoRA, QLoRA, DoRA, LoHa, LoKr.
-METHODS = ("lora", "qlora", "dora", "loha", "lokr")
-# Adapters the ONNX builder reads beside the base (its adapter_path takes plain LoRA only); the rest
-# are built from the merged model.
-BUILDER_READS_ADAPTER = ("lora", "qlora")
-
-
-@dataclass(kw_only=True)
-class LoraSpec:
-    """The adapter to train, as the finetune step's Params give it (their defaults are the only ones)."""
-
-    method: str  # one of METHODS
-    r: int
-    alpha: float
-    dropout: float  # LoRA / DoRA: lora_dropout
-    target_modules: list[str] | None  # None: every linear layer but the LM head
-    quant_type: str
-    double_quant: bool
-    compute_dtype: str
-    torch_dtype: str  # the base model's dtype; peft keeps the adapter in float32 (autocast_adapter_dtype)
-    gradient_checkpointing: bool
-    rank_dropout: float  # LoHa / LoKr: drop rank components while training
-    module_dropout: float  # LoHa / LoKr: skip a whole adapted module while training
-    decompose_both: bool  # LoKr: low-rank decompose the left Kronecker factor too
-    decompose_factor: int  # LoKr: the factorisation's split (-1: as square as possible)
-
-
-def peft_config(spec: LoraSpec):
-    """The peft config of one family member; every method adapts the same modules."""
-    from peft import LoHaConfig, LoKrConfig, LoraConfig
-
-    targets = spec.target_modules or "all-linear"
-    if spec.method == "loha":
-        return LoHaConfig(r=spec.r, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
-                          module_dropout=spec.module_dropout, target_modules=targets, task_type="CAUSAL_LM")
-    if spec.method == "lokr":
-        return LoKrConfig(r=spec.r, alpha=spec.alpha, rank_dropout=spec.rank_dropout,
-                          module_dropout=spec.module_dropout, decompose_both=spec.decompose_both,
-                          decompose_factor=spec.decompose_factor, target_modules=targets, task_type="CAUSAL_LM")
-    return LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
-                      target_modules=targets, use_dora=spec.method == "dora", task_type="CAUSAL_LM")
+from slmforge.training.methods import METHODS, AdapterSpec
 
 
 def base_model_name(model_dir: str | Path | None, model_id: str | None) -> str:
@@ -72,8 +27,8 @@ def base_model_name(model_dir: str | Path | None, model_id: str | None) -> str:
     return folder.resolve().name
 
 
-def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpec, device, seed: int):
-    """The base model with fresh LoRA weights (seeded: get_peft_model initialises them)."""
+def load_model(model_dir: str | Path | None, model_id: str | None, spec: AdapterSpec, device, seed: int):
+    """The base model with fresh adapter weights (seeded: get_peft_model initialises them)."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
@@ -89,13 +44,14 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
     # HF_TOKEN here or the Key Vault secret inside an Azure ML job.
     source = str(resolve_hf_folder(model_dir)) if model_dir else model_id
     kwargs: dict = {"local_files_only": True} if model_dir else {"token": hf_token()}
-    if spec.method == "qlora":
+    quantized = METHODS[spec.method].quantized_base
+    if quantized:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type=spec.quant_type,
-            bnb_4bit_use_double_quant=spec.double_quant,
-            bnb_4bit_compute_dtype=getattr(torch, spec.compute_dtype))
+            load_in_4bit=True, bnb_4bit_quant_type=spec.options["quant_type"],
+            bnb_4bit_use_double_quant=spec.options["double_quant"],
+            bnb_4bit_compute_dtype=getattr(torch, spec.options["compute_dtype"]))
         kwargs["device_map"] = {"": device}
     from slmforge.models.weights_check import check_loadable, load_error
 
@@ -109,7 +65,7 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
         raise (load_error(source, e) or e) from None
     with warnings.catch_warnings():  # peft asks transformers' deprecated `is_gradient_checkpointing`
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        if spec.method == "qlora":
+        if quantized:
             from peft import prepare_model_for_kbit_training
 
             model = prepare_model_for_kbit_training(
@@ -120,7 +76,7 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: LoraSpe
             if spec.gradient_checkpointing:
                 model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-        config = peft_config(spec)
+        config = METHODS[spec.method].peft_config(spec)  # the registry entry's
         torch.manual_seed(seed)  # get_peft_model draws the LoRA A matrices: seeded after it, runs differ
         try:
             return get_peft_model(model, config)
