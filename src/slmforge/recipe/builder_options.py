@@ -19,7 +19,8 @@ def extra_options(loaded: LoadedRecipe, pass_name: str, cfg: ModelBuilderPass) -
     return ",".join(f"{k}={_option(v)}" for k, v in extra.items()) if extra else None
 
 
-def builder_extra_options(loaded: LoadedRecipe, pass_name: str, cfg: ModelBuilderPass) -> dict[str, str | int | float | bool]:
+def builder_extra_options(loaded: LoadedRecipe, pass_name: str,
+                          cfg: ModelBuilderPass) -> dict[str, str | int | float | bool]:
     """extra_options plus the pass-through keys; one setting spelled twice is an error naming both."""
     extra: dict[str, str | int | float | bool] = dict(cfg.extra_options or {})
     for key, option in BUILDER_KEYS.items():
@@ -27,8 +28,8 @@ def builder_extra_options(loaded: LoadedRecipe, pass_name: str, cfg: ModelBuilde
         if value in (None, False):
             continue
         if option in extra:
-            raise InvalidInput(f"{loaded.path}: {loaded.where('passes', pass_name)}: '{key}' and extra_options.{option} "
-                               "set the same builder option; keep one")
+            raise InvalidInput(f"{loaded.path}: {loaded.where('passes', pass_name)}: '{key}' and "
+                               f"extra_options.{option} set the same builder option; keep one")
         sep = "/" if key == "int4_op_types_to_quantize" else ","
         extra[option] = sep.join(value) if isinstance(value, list) else value
     return extra

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from slmforge.errors import InvalidInput
 from slmforge.recipe.graph import build_graph, model_source
 from slmforge.recipe.naming import host_system, registered_name
-from slmforge.recipe.step_graph import Ref, Step, StepGraph
 from slmforge.recipe.schema import AzureMLSystem
+from slmforge.recipe.step_graph import Ref, Step, StepGraph
 from slmforge.steps import catalog
 
 if TYPE_CHECKING:
@@ -209,7 +209,8 @@ def _configure_node(node: Any, step: Step, system: AzureMLSystem, loaded: "Loade
         node.compute = system.step_compute[step.component]
     if system.hf_token:
         node.environment_variables = {KEYVAULT_ENV: loaded.recipe.azureml_client.keyvault_name}  # type: ignore[union-attr]
-    if catalog.spec(step.component).distributable and (system.distribution is not None or system.instance_count > 1):
+    distributed = system.distribution is not None or system.instance_count > 1
+    if distributed and catalog.spec(step.component).distributable:
         per_instance = system.distribution.process_count_per_instance if system.distribution else 1
         node.distribution = PyTorchDistribution(process_count_per_instance=per_instance)
         node.resources = JobResourceConfiguration(instance_count=system.instance_count)

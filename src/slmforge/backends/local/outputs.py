@@ -23,8 +23,8 @@ from slmforge.backends.local.runner import StepResult
 from slmforge.contract import manifest
 from slmforge.contract.ownership import claim
 from slmforge.contract.run_record import RUN_JSON, evaluation_entry, run_record
-from slmforge.recipe.step_graph import StepGraph
 from slmforge.recipe.loaded import LoadedRecipe
+from slmforge.recipe.step_graph import StepGraph
 from slmforge.steps import catalog
 
 REPORT = "report.md"

@@ -22,8 +22,8 @@ from slmforge.backends.local.launch import last_error_line, run_in_process, run_
 from slmforge.contract import manifest, render
 from slmforge.errors import InvalidInput, StepFailed
 from slmforge.recipe.checks import resolve_path
-from slmforge.recipe.step_graph import Ref, Step, StepGraph
 from slmforge.recipe.loaded import LoadedRecipe
+from slmforge.recipe.step_graph import Ref, Step, StepGraph
 from slmforge.steps import catalog
 
 
