@@ -16,8 +16,8 @@ import yaml
 
 from slmforge.cli import main as cli
 from slmforge.recipe.graph import build_graph
-from slmforge.recipe.naming import host_system
 from slmforge.recipe.loader import load_recipe
+from slmforge.recipe.naming import host_system
 
 from aml_demo import DEMO_AML, demo_aml_tree
 

@@ -13,6 +13,7 @@ from slmforge.recipe.schema import DataConfig, FinetunePass, Recipe
 from slmforge.recipe.step_graph import ModelSource, Ref, Scalar, Step
 from slmforge.recipe.user_script import EVAL_CLASH, data_spec, script_inputs
 
+
 def _data_ref(loaded: LoadedRecipe, dc: DataConfig) -> Ref:
     files = dc.load_dataset_config.data_files
     if isinstance(files, str):

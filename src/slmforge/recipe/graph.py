@@ -22,6 +22,7 @@ from slmforge.recipe.passes import FINETUNE_PASSES, dtype_name
 from slmforge.recipe.schema import AzureMLRegistryModel, FinetunePass, MergePass, ModelBuilderPass, Recipe
 from slmforge.recipe.step_graph import ModelSource, Ref, Scalar, Step, StepGraph
 
+
 def model_source(loaded: LoadedRecipe) -> ModelSource:
     m = loaded.recipe.input_model
     if isinstance(m.model_path, AzureMLRegistryModel):

@@ -17,8 +17,8 @@ from typing import Any
 
 from slmforge import __version__
 from slmforge.contract import manifest
-from slmforge.contract.step import StepSpec
 from slmforge.contract.params import make, param
+from slmforge.contract.step import StepSpec
 from slmforge.errors import InvalidInput
 from slmforge.registry.mlflow_store import (
     ALIAS,
