@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from slmforge.cli import main as cli
-from slmforge.recipe.graph import build_graph, host_system
+from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
+from slmforge.recipe.naming import host_system
 
 from aml_demo import DEMO_AML, demo_aml_tree
 
@@ -335,3 +336,22 @@ def test_unreadable_user_conda_file_is_one_line_error(tmp_path, capsys, text, me
     assert cli(["compile", str(recipe), "-o", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_lora_only_with_evaluate_input_model_registers_no_base_metrics(tmp_path):
+    """A LoRA-only recipe that evaluates its input model: the base model's figures are not the adapter's,
+    so the pipeline has no metrics output for the registration to carry (the local graph's rule too)."""
+    def lora_only(raw):
+        raw["passes"] = {"lora": raw["passes"]["lora"]}
+        raw["engine"]["evaluate_input_model"] = True
+
+    shutil.copy(COOKBOOK_AML.parent / "conda.yaml", tmp_path / "conda.yaml")
+    recipe = edited(tmp_path, COOKBOOK_AML, lora_only)
+    graph = build_graph(load_recipe(recipe, check_files=False))
+    assert "evaluate_base" in graph.names() and graph.final == ("finetune", "adapter")
+    assert graph.final_metrics is None
+    assert "metrics" not in graph.step("register").inputs
+    _, job = compile_to(recipe, tmp_path / "out")
+    body = rest_body(job)
+    assert "evaluate_base" in body["jobs"]
+    assert set(body["outputs"]) == {"model"}  # no metrics output: nothing of the base's is registered

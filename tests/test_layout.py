@@ -1,5 +1,7 @@
 """The package's layout holds: floors import only downward, no module imports itself round a circle,
-commands never import steps, and no module grows past 400 lines (CONTRIBUTING.md, issue 13).
+commands never import steps, no module grows past 400 lines (CONTRIBUTING.md, issue 13), and no
+backend or emulator module names a step: what a runner needs to know about a step is on its
+StepSpec (issue 21).
 
 Read from the source with `ast` (imports inside functions count too), so a lazy import cannot hide
 an upward arrow.
@@ -17,6 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "slmforge"
 FLOORS = ["__main__", "commands", "cli", "backends", "emulator", "recipe", "steps", "training", "models", "data",
           "registry", "contract", "resources", "secrets", "errors", "__init__"]
 MAX_LINES = 400
+RUNNERS = ("backends", "emulator")  # floors that read steps' facts from steps.catalog, never a step's name
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -99,6 +102,41 @@ def test_no_module_over_the_line_limit():
     long = {name: n for name, path in _modules().items()
             if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def steps_named(root: Path = SRC) -> list[str]:
+    """Where a runner module writes a step's name as a string (docstrings aside): `module:line 'name'`."""
+    from slmforge.steps.catalog import STEPS
+
+    found = []
+    for name, path in _modules(root).items():
+        if _floor(name) not in RUNNERS:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)
+                      and isinstance(node.body[0].value, ast.Constant)}
+        found += [f"{name}:{node.lineno} '{node.value}'" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in STEPS
+                  and id(node) not in docstrings]
+    return sorted(found)
+
+
+def test_runners_never_name_a_step():
+    assert steps_named() == []
+
+
+def test_the_step_name_check_sees_a_planted_name(tmp_path):
+    """The check above can fail: in a copy of the tree, the local runner special-cases `register` again."""
+    import shutil
+
+    copy = tmp_path / "slmforge"
+    shutil.copytree(SRC, copy, ignore=shutil.ignore_patterns("__pycache__", "resources"))
+    runner = copy / "backends" / "local" / "runner.py"
+    runner.write_text(runner.read_text() + '\n\ndef _planted(step):\n    return step.component == "register"\n')
+    lines = len(runner.read_text().splitlines())
+    assert steps_named(copy) == [f"slmforge.backends.local.runner:{lines} 'register'"]
 
 
 def test_the_checks_see_a_planted_upward_import_and_circle(tmp_path):

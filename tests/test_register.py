@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from slmforge.backends.local.runner import LocalRunner
 from slmforge.contract import manifest
+from slmforge.errors import InvalidInput
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
 from slmforge.registry import mlflow_store
 from slmforge.steps import register
 
-from local_pipeline import REPO, cli, run_slmforge, warm_pipeline
+from local_pipeline import REPO, cli, run_slmforge, warm_pipeline, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -143,3 +145,17 @@ def test_registering_the_same_model_from_the_same_recipe_again_reuses_its_versio
     [listed] = mlflow_store.list_models(uri)
     assert [(v["version"], v["aliases"]) for v in listed["versions"]] == [("1", ["current", "latest"])]
     assert listed["versions"][0]["tags"]["slmforge.model_digest"] == manifest.read_manifest(model)["outputs_digest"]
+
+
+def test_a_registry_that_cannot_be_written_is_refused_before_any_step(tmp_path, tiny_model_dir, demo_data):
+    """The register step's preflight (StepSpec.preflight), run by the local runner before any step: a
+    registry under a plain file cannot be created, and the run says so naming the step."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    recipe = write_recipe(tmp_path / "recipe", tiny_model_dir, demo_data,
+                          edit=lambda r: r["register"].update(tracking_uri=f"sqlite:///{blocker}/registry.db"))
+    loaded = load_recipe(recipe)
+    runner = LocalRunner(loaded, build_graph(loaded))
+    with pytest.raises(InvalidInput, match=r"^step 'register': the model registry .*a-file/registry.db cannot be"):
+        runner.preflight()
+    assert not (tmp_path / "recipe" / "cache").exists()  # refused before any step touched the cache

@@ -7,8 +7,10 @@ instead of naming a step. A fact a backend needs about one step belongs here, no
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 
 @dataclass(frozen=True)
@@ -21,3 +23,26 @@ class StepSpec:
     environment: Literal["cpu", "gpu"] = "cpu"  # "gpu": its Azure ML environment when the system has a GPU
     distributable: bool = False  # may run under torchrun across processes and instances
     model_kind: str | None = None  # what its model output holds, as the run record names it (adapter, merged, onnx)
+    # Outputs that hold resumable state rather than results (fine-tuning checkpoints): the local cache
+    # keeps them in the entry's work/, never verifies or publishes them, and drops them once the step is done.
+    work_outputs: tuple[str, ...] = ()
+    # What the run record takes from its result: an evaluation of a model (its metrics), or the registration.
+    record: Literal["evaluation", "registration"] | None = None
+    # Runs on this machine only: on Azure ML the pipeline's named outputs stand in for it (register: the
+    # SDK registers the final model after the job, backends/aml/models.py).
+    local_only: bool = False
+    # Hooks the local backend calls; each None when the step needs nothing of the kind.
+    # local_params(recipe): values it adds to the step's parameters on this machine (a default that
+    # depends on the machine, e.g. register's local tracking URI).
+    local_params: Callable[[Any], dict[str, Any]] | None = None
+    # preflight(params, where): a check before any step runs; raises errors.InvalidInput naming `where`.
+    preflight: Callable[[dict[str, Any], str], None] | None = None
+    # still_valid(outputs): whether a cached result still holds (its output folders by name), e.g. a
+    # registration whose version is still in its registry; False reruns the step.
+    still_valid: Callable[[dict[str, Path]], bool] | None = None
+
+    def __post_init__(self) -> None:
+        outputs = {out if isinstance(out, str) else f.name
+                   for f in dataclasses.fields(self.params) if (out := f.metadata.get("output"))}
+        unknown = sorted(set(self.work_outputs) - outputs)
+        assert not unknown, f"{self.name}: work_outputs {unknown} are not outputs of its Params"

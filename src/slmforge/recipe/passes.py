@@ -116,7 +116,7 @@ class ModelBuilderPass(create_model("ModelBuilderFields", __base__=Strict, type=
     exclude_lm_head: bool = Field(False, description="remove the language modeling head from the ONNX model")
     extra_options: dict[str, str | int | float | bool] | None = Field(
         None, description="the builder's extra options, passed on as they are")
-    # Builder switches Olive passes on as they are (graph._BUILDER_KEYS): the builder validates them.
+    # Builder switches Olive passes on as they are (builder_options.BUILDER_KEYS): the builder validates them.
     use_qdq: bool | None = Field(None, description="QuantizeLinear/DequantizeLinear pairs instead of MatMulNBits")
     use_8bits_moe: bool | None = Field(None, description="8-bit QMoE weights (mixture-of-experts models)")
     use_webgpu_fp32: bool | None = Field(None, description="fp32 for WebGPU devices without fp16")

@@ -46,6 +46,7 @@ SPEC = StepSpec(
     description=(
         "Accuracy by greedy generation (with a per-class confusion table), perplexity on the eval split, "
         "generation tokens/s and size on disk, for a PyTorch or an onnxruntime-genai model folder."),
+    record="evaluation",
 )
 
 

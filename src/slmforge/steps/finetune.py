@@ -88,6 +88,7 @@ SPEC = StepSpec(
         "LoRA-family fine-tuning with peft (bitsandbytes 4-bit for QLoRA); checkpoints every save_steps "
         "and resumes from the latest one; runs under torchrun for multi-process training."),
     environment="gpu", distributable=True, model_kind="adapter",
+    work_outputs=("checkpoints",),
 )
 
 

@@ -20,7 +20,13 @@ from slmforge.contract import folders, manifest
 from slmforge.contract.params import StepParams, make, param
 from slmforge.contract.step import StepSpec
 from slmforge.errors import InvalidInput
-from slmforge.registry.mlflow_store import ALIAS, REGISTRATION_FILE, register_version
+from slmforge.registry.mlflow_store import (
+    ALIAS,
+    REGISTRATION_FILE,
+    check_writable,
+    register_version,
+    registration_present,
+)
 from slmforge.registry.rules import check_asset_name, default_tracking_uri, version_tags
 from slmforge.steps._cli import run_step
 
@@ -38,12 +44,29 @@ class Params(StepParams):
     registration: str = param(asset="uri_folder", output=True, help="folder to write registration.json to")
 
 
+def _local_params(recipe: Any) -> dict[str, Any]:
+    """On this machine the registry is the recipe's `register.tracking_uri`, else the local default."""
+    return {"tracking_uri": recipe.register_.tracking_uri or default_tracking_uri()}
+
+
+def _preflight(params: dict[str, Any], where: str) -> None:
+    """Refuse a registry the run could not write to before any step runs."""
+    check_writable(params["tracking_uri"], where)
+
+
+def _still_valid(outputs: dict[str, Path]) -> bool:
+    """A cached registration is only good while the version it made is still in its registry."""
+    return registration_present(outputs["registration"])
+
+
 SPEC = StepSpec(
     name="register", params=Params, display_name="Register model",
     version="1",
     description=(
         "Register the final model as a new version of a named model with its metrics and the recipe "
         "digest as tags (a local MLflow registry, or the tracking URI the job is given)."),
+    record="registration", local_only=True,
+    local_params=_local_params, preflight=_preflight, still_valid=_still_valid,
 )
 
 

@@ -17,6 +17,7 @@ from slmforge.contract.runtime_env import environments_dir, merge_requirements, 
 from slmforge.errors import InvalidInput
 from slmforge.recipe.checks import resolve_path
 from slmforge.recipe.schema import Accelerator, AzureMLSystem
+from slmforge.steps import catalog
 
 if TYPE_CHECKING:
     from azure.ai.ml.entities import Environment
@@ -83,6 +84,7 @@ def node_environments(loaded: "LoadedRecipe", system: AzureMLSystem, components:
     chosen: EnvironmentChoice | None = registered_environment(system) or docker_environment(loaded, system)
     if chosen is not None:
         return {c: chosen for c in components}
-    cpu = project_environment("cpu")
-    gpu = project_environment("gpu") if wants_gpu(system) and "finetune" in components else None
-    return {c: (gpu if c == "finetune" and gpu is not None else cpu) for c in components}
+    gpu = wants_gpu(system)  # without a GPU every step runs in the CPU environment
+    wanted = {c: catalog.spec(c).environment if gpu else "cpu" for c in components}
+    made = {kind: project_environment(kind) for kind in sorted(set(wanted.values()))}
+    return {c: made[kind] for c, kind in wanted.items()}

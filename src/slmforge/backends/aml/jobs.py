@@ -164,7 +164,7 @@ def find_step(ml_client: "MLClient", name: str, step: str) -> "Job":
 
 
 def job_record(ml_client: "MLClient", job: "Job", *, model_dir: Path | None = None) -> dict[str, Any]:
-    """run.json for a job (contract/run_record.py): its steps, last evaluation and where its model went."""
+    """run.json for a job (contract/run_record.py): its steps, the final model's evaluation and where it went."""
     tags = dict(job.tags or {})
     output = (job.outputs or {}).get(FINAL_OUTPUT)
     metrics = job_metrics(ml_client, job) if status_text(job.status) == "Completed" else None
@@ -182,7 +182,7 @@ def job_record(ml_client: "MLClient", job: "Job", *, model_dir: Path | None = No
 
 
 def job_metrics(ml_client: "MLClient", job: "Job") -> dict[str, Any] | None:
-    """metrics.json of the job's last evaluation, or None when the pipeline has no evaluation."""
+    """metrics.json of the evaluation of the job's final model, or None when the pipeline has none."""
     if METRICS_OUTPUT not in (job.outputs or {}):
         return None
     with tempfile.TemporaryDirectory(prefix="slmforge-metrics-") as tmp:

@@ -2,7 +2,7 @@
 
 The compiled pipeline names and versions its final output (`name:version` in the job's tags), so
 the model is registered from the job output URI — no download and re-upload. Tags carry the recipe
-digest and the last evaluation's metrics (read from the pipeline's `metrics` output).
+digest and the final model's evaluation metrics (the pipeline's `metrics` output, when it has one).
 """
 
 from __future__ import annotations

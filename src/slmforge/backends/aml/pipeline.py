@@ -5,8 +5,9 @@ Each step becomes a node of the command component `components/<component>.yml` (
   step -> the upstream node's output;   uri  -> Input(path=azureml://...) (registry models as
   mlflow_model/custom_model);   path -> a local file/folder the SDK uploads at submission;
   text -> a small file written into `files_dir`, uploaded as uri_file.
-Hub ids stay string parameters. The `register` step is local-only: on Azure ML the final model
-is a named, versioned pipeline output, registered through the SDK after the job (models.py).
+Hub ids stay string parameters. A local-only step (StepSpec.local_only: registration) does not
+compile: on Azure ML the final model is a named, versioned pipeline output and the evaluation of
+that model (the graph's `final_metrics`) another, registered through the SDK after the job (models.py).
 Nothing secret is compiled in: with `hf_token`, nodes only get the Key Vault *name*
 (SLMFORGE_KEYVAULT); the steps fetch the secret at run time (slmforge.secrets).
 """
@@ -18,8 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmforge.errors import InvalidInput
-from slmforge.recipe.graph import Ref, Step, StepGraph, build_graph, host_system, model_source, registered_name
+from slmforge.recipe.graph import build_graph, model_source
+from slmforge.recipe.naming import host_system, registered_name
 from slmforge.recipe.schema import AzureMLSystem
+from slmforge.recipe.step_graph import Ref, Step, StepGraph
+from slmforge.steps import catalog
 from slmforge.secrets import KEYVAULT_ENV
 
 if TYPE_CHECKING:
@@ -29,8 +33,7 @@ if TYPE_CHECKING:
 
 DEFAULT_DATASTORE = "workspaceblobstore"
 FINAL_OUTPUT = "model"  # the pipeline output holding the final model
-METRICS_OUTPUT = "metrics"  # the last evaluation's metrics folder, read when registering
-LOCAL_ONLY_STEPS = {"register"}
+METRICS_OUTPUT = "metrics"  # the final model's evaluation (StepGraph.final_metrics), read when registering
 PIPELINE_FILE = "pipeline.yml"
 CODE_DIR, BUILD_DIR = "code", "docker"  # snapshots beside pipeline.yml (compile -o)
 
@@ -87,7 +90,7 @@ def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | 
 
     system = aml_system(loaded, compute)
     graph = build_graph(loaded)
-    steps = [s for s in graph.steps if s.component not in LOCAL_ONLY_STEPS]
+    steps = [s for s in graph.steps if not catalog.spec(s.component).local_only]
     components = _load_components({s.component for s in steps},
                                   node_environments(loaded, system, {s.component for s in steps}))
     mlflow_model = model_source(loaded).mlflow
@@ -109,9 +112,9 @@ def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | 
             nodes[step.name] = node
         final_step, final_output = graph.final
         outputs = {FINAL_OUTPUT: getattr(nodes[final_step].outputs, final_output)}
-        last_eval = next((s.name for s in reversed(steps) if s.component == "evaluate"), None)
-        if last_eval is not None:
-            outputs[METRICS_OUTPUT] = nodes[last_eval].outputs.metrics
+        if graph.final_metrics is not None:  # only an evaluation of the final model itself
+            metrics_step, metrics_output = graph.final_metrics
+            outputs[METRICS_OUTPUT] = getattr(nodes[metrics_step].outputs, metrics_output)
         return outputs
 
     job = slmforge_pipeline()
@@ -206,7 +209,8 @@ def _configure_node(node: Any, step: Step, system: AzureMLSystem, loaded: "Loade
         node.compute = system.step_compute[step.component]
     if system.hf_token:
         node.environment_variables = {KEYVAULT_ENV: loaded.recipe.azureml_client.keyvault_name}  # type: ignore[union-attr]
-    if step.component == "finetune" and (system.distribution is not None or system.instance_count > 1):
+    distributed = system.distribution is not None or system.instance_count > 1
+    if distributed and catalog.spec(step.component).distributable:
         per_instance = system.distribution.process_count_per_instance if system.distribution else 1
         node.distribution = PyTorchDistribution(process_count_per_instance=per_instance)
         node.resources = JobResourceConfiguration(instance_count=system.instance_count)

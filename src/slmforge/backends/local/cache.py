@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 from slmforge.contract import manifest
 from slmforge.contract.files import folder_size, json_digest, write_atomic
+from slmforge.steps.catalog import STEPS
 
 ENTRY = "entry.json"
 # Written into cache_dir by the first run that uses it. `cache clean` touches only folders that
@@ -37,8 +38,6 @@ MARKER = "slmforge-cache.json"
 MEMO = "digests.json"
 WORK = "work"
 LOG = "step.log"
-# Outputs that hold resumable state rather than results: they live in work/ and are not verified.
-WORK_OUTPUTS = frozenset({"checkpoints"})
 
 
 def cache_key(material: dict[str, Any]) -> str:
@@ -63,6 +62,13 @@ class Entry:
         return self.root.name
 
     @property
+    def work_outputs(self) -> tuple[str, ...]:
+        """Its step's outputs that hold resumable state rather than results (StepSpec.work_outputs):
+        they live in work/ and are not verified."""
+        step = STEPS.get(self.component)
+        return step.work_outputs if step is not None else ()
+
+    @property
     def work(self) -> Path:
         return self.root / WORK
 
@@ -75,7 +81,7 @@ class Entry:
         return self.root.parent / f"{self.key}.lock"
 
     def output(self, name: str) -> Path:
-        return self.work / name if name in WORK_OUTPUTS else self.root / name
+        return self.work / name if name in self.work_outputs else self.root / name
 
     def meta(self) -> dict[str, Any] | None:
         path = self.root / ENTRY
@@ -92,7 +98,7 @@ class Entry:
             return "miss"
         recorded = meta.get("outputs", {})
         for name in outputs:
-            if name in WORK_OUTPUTS:
+            if name in self.work_outputs:
                 continue
             folder = self.output(name)
             found = manifest.read_manifest(folder)
@@ -106,7 +112,7 @@ class Entry:
         """Record a completed step; outputs must already be finished folders."""
         digests = {}
         for name in outputs:
-            if name in WORK_OUTPUTS:
+            if name in self.work_outputs:
                 continue
             found = manifest.read_manifest(self.output(name))
             if found is None or not manifest.is_finished(self.output(name)):

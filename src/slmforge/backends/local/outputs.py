@@ -23,8 +23,9 @@ from slmforge.backends.local.runner import StepResult
 from slmforge.contract import manifest
 from slmforge.contract.ownership import claim
 from slmforge.contract.run_record import RUN_JSON, evaluation_entry, run_record
-from slmforge.recipe.graph import StepGraph
 from slmforge.recipe.loaded import LoadedRecipe
+from slmforge.recipe.step_graph import StepGraph
+from slmforge.steps import catalog
 
 REPORT = "report.md"
 MODEL = "model"
@@ -32,7 +33,7 @@ LOGS = "logs"
 
 
 def model_kind(component: str) -> str:
-    return {"build_onnx": "onnx", "merge": "merged", "finetune": "adapter"}.get(component, component)
+    return catalog.spec(component).model_kind or component
 
 
 def same_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> bool:
@@ -83,12 +84,13 @@ def clone_or_copy(source: Path, target: Path) -> None:
 def local_run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], *, status: str,
                      started: float, model_dir: Path | None, error: str | None, **extra: Any) -> dict[str, Any]:
     by_name = {r.name: r for r in results}
-    evaluation = {r.metrics.get("label", r.name.removeprefix("evaluate_")): evaluation_entry(r.metrics)
-                  for r in results if r.component == "evaluate" and r.status in ("ran", "cached")}
+    done = [r for r in results if r.status in ("ran", "cached")]
+    evaluation = {r.metrics.get("label", r.name): evaluation_entry(r.metrics)
+                  for r in done if catalog.spec(r.component).record == "evaluation"}
     final_step, final_output = graph.final
     registered = None
-    reg = by_name.get("register")
-    if reg is not None and reg.status in ("ran", "cached"):
+    reg = next((r for r in done if catalog.spec(r.component).record == "registration"), None)
+    if reg is not None:
         registered = {k: reg.metrics.get(k) for k in ("name", "version")}
         registration = Path(reg.outputs.get("registration", "")) / "registration.json"
         if registration.is_file():

@@ -38,9 +38,10 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def loss_history(record: dict[str, Any]) -> list[dict[str, float]]:
+    """The training loss curve: the `loss_history` metric of the step that trained (the adapter folder's)."""
     for step in record.get("steps", []):
-        if step.get("component") == "finetune":
-            return list(step.get("metrics", {}).get("loss_history") or [])
+        if "loss_history" in (step.get("metrics") or {}):
+            return list(step["metrics"]["loss_history"] or [])
     return []
 
 
@@ -50,7 +51,7 @@ def data_note(record: dict[str, Any]) -> str | None:
 
     for step in record.get("steps", []):
         m = step.get("metrics") or {}
-        if step.get("component") == "load_data" and m.get("cut_rows") and m.get("tokenized_rows"):
+        if m.get("cut_rows") and m.get("tokenized_rows"):  # the dataset folder's metrics
             return cut_text(m["cut_rows"], m["tokenized_rows"], m.get("max_seq_len"), m.get("longest_row_tokens"))
     return None
 

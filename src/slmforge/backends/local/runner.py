@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmforge.backends.local.cache import WORK_OUTPUTS, Cache, Entry, Held, cache_key, text_digest
+from slmforge.backends.local.cache import Cache, Entry, Held, cache_key, text_digest
 from slmforge.backends.local.display import Display
 from slmforge.backends.local.launch import last_error_line, run_in_process, run_subprocess
 from slmforge.contract import manifest, render
 from slmforge.errors import InvalidInput, StepFailed
 from slmforge.recipe.checks import resolve_path
-from slmforge.recipe.graph import Ref, Step, StepGraph
 from slmforge.recipe.loaded import LoadedRecipe
+from slmforge.recipe.step_graph import Ref, Step, StepGraph
+from slmforge.steps import catalog
 
 
 @dataclass
@@ -98,12 +99,9 @@ def check_runnable(graph: StepGraph) -> None:
 
 
 def extra_params(loaded: LoadedRecipe, step: Step) -> dict[str, Any]:
-    """Values the local backend adds to a step: the register step's local tracking URI."""
-    if step.component == "register":
-        from slmforge.registry.rules import default_tracking_uri
-
-        return {"tracking_uri": loaded.recipe.register_.tracking_uri or default_tracking_uri()}
-    return {}
+    """Values the local backend adds to a step (StepSpec.local_params, e.g. a local registry)."""
+    hook = catalog.spec(step.component).local_params
+    return hook(loaded.recipe) if hook is not None else {}
 
 
 class LocalRunner:
@@ -175,10 +173,9 @@ class LocalRunner:
         check_runnable(self.graph)
         check_output_dir(self.loaded, self.graph)
         for step in self.graph.steps:
-            if step.component == "register":
-                from slmforge.registry.mlflow_store import check_writable
-
-                check_writable(extra_params(self.loaded, step)["tracking_uri"], f"step '{step.name}'")
+            hook = catalog.spec(step.component).preflight
+            if hook is not None:
+                hook({**step.params, **extra_params(self.loaded, step)}, f"step '{step.name}'")
 
     def run(self) -> list[StepResult]:
         """Run every step in order; stop at the first failure (raised as StepFailed)."""
@@ -242,7 +239,7 @@ class LocalRunner:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         log = self.logs_dir / f"{step.name}.log"
         result.log = str(log)
-        resumed = any(entry.output(o).exists() for o in outputs if o in WORK_OUTPUTS)
+        resumed = any(entry.output(o).exists() for o in outputs if o in entry.work_outputs)
         self._show(step.name, "running", log=log, note="resuming" if resumed else "")
         started = time.monotonic()
         with open(log, "w", encoding="utf-8") as log_file:
@@ -271,8 +268,8 @@ class LocalRunner:
             self._show(step.name, "failed", seconds=seconds)
             raise StepFailed(f"step '{step.name}' failed: {error} (log: {log})")
         shutil.copyfile(log, entry.log)
-        for name in outputs:  # checkpoints were only needed to resume
-            if name in WORK_OUTPUTS:
+        for name in outputs:  # work outputs (checkpoints) were only needed to resume
+            if name in entry.work_outputs:
                 shutil.rmtree(entry.output(name), ignore_errors=True)
         result.status = "ran"
         self._collect(result, entry, outputs)
@@ -292,7 +289,7 @@ class LocalRunner:
 
     def _collect(self, result: StepResult, entry: Entry, outputs: list[str]) -> None:
         for name in outputs:
-            if name in WORK_OUTPUTS:
+            if name in entry.work_outputs:
                 continue
             folder = entry.output(name)
             result.outputs[name] = str(folder)
@@ -314,9 +311,7 @@ def _free(entry: Entry) -> bool:
 
 
 def _still_valid(step: Step, prepared: Prepared) -> bool:
-    """A cached registration is only good while the version it made is still in its registry."""
-    if step.component != "register":
-        return True
-    from slmforge.registry.mlflow_store import registration_present
-
-    return registration_present(prepared.entry.output("registration"))
+    """A cache hit is good unless the step says otherwise (StepSpec.still_valid: a registration whose
+    version has left its registry)."""
+    hook = catalog.spec(step.component).still_valid
+    return hook is None or hook({o: prepared.entry.output(o) for o in prepared.spec.outputs})
