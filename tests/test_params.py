@@ -56,7 +56,10 @@ def test_the_check_names_a_difference(tmp_path):
 
 @dataclasses.dataclass(kw_only=True)
 class _Trial(StepParams):
-    """A step's Params as a new step would write them: the component follows from these lines alone."""
+    """Trial
+
+    A step's Params as a new step would write them: the component follows from these lines alone.
+    """
 
     source: str = param(asset="uri_folder", help="the folder read")
     tag: str | None = param(None, help="a name: tag")
@@ -71,8 +74,7 @@ def test_a_params_class_alone_gives_its_component():
     environments/gpu.yml, and the command: `$[[...]]` around what may be left out, outputs last."""
     import yaml
 
-    spec = StepSpec(name="trial", params=_Trial, display_name="Trial", description="a trial step", version="3",
-                    environment="gpu")
+    spec = StepSpec("trial", _Trial, version="3", environment="gpu")
     text = component_text(spec)
     data = yaml.safe_load(text)
     assert data["name"] == "slmforge_trial" and data["version"] == "3" and data["code"] == "../src"

@@ -8,6 +8,7 @@ instead of naming a step. A fact a backend needs about one step belongs here, no
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -16,9 +17,7 @@ from typing import Any, Callable, Literal
 @dataclass(frozen=True)
 class StepSpec:
     name: str  # the module `slmforge.steps.<name>` and the component `components/<name>.yml`
-    params: type  # its Params dataclass: inputs, outputs, types, defaults, help
-    display_name: str
-    description: str
+    params: type  # its Params dataclass: inputs, outputs, types, defaults, help; its docstring the title and description
     version: str  # the Azure ML component version: raise it when the inputs or the command change
     environment: Literal["cpu", "gpu"] = "cpu"  # "gpu": its Azure ML environment when the system has a GPU
     distributable: bool = False  # may run under torchrun across processes and instances
@@ -40,6 +39,17 @@ class StepSpec:
     # still_valid(outputs): whether a cached result still holds (its output folders by name), e.g. a
     # registration whose version is still in its registry; False reruns the step.
     still_valid: Callable[[dict[str, Path]], bool] | None = None
+
+    @property
+    def display_name(self) -> str:
+        """The component's title: the first line of the Params docstring."""
+        return inspect.cleandoc(self.params.__doc__ or self.name).split("\n", 1)[0].strip()
+
+    @property
+    def description(self) -> str:
+        """The component's description: the rest of the Params docstring, as one paragraph."""
+        rest = inspect.cleandoc(self.params.__doc__ or "").split("\n", 1)[1:]
+        return " ".join(rest[0].split()) if rest else ""
 
     def __post_init__(self) -> None:
         outputs = {out if isinstance(out, str) else f.name

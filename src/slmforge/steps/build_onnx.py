@@ -38,7 +38,11 @@ LIBRARIES = ("onnxruntime-genai", "onnxruntime", "onnx", "onnx-ir", "torch", "tr
 
 @dataclass(kw_only=True)
 class Params(StepParams):
-    """The build_onnx step's parameters: `components/build_onnx.yml`'s inputs and outputs."""
+    """Build ONNX (onnxruntime-genai)
+
+    Build an onnxruntime-genai model folder with the onnxruntime-genai model builder and check it
+    against PyTorch (exact logits at fp32; argmax agreement and cosine for int4/int8).
+    """
 
     model: str | None = param(None, asset="uri_folder", help="model folder (Hugging Face format), e.g. the merge output")
     model_id: str | None = param(None, help="hub id of the model, when no folder is given")
@@ -66,14 +70,7 @@ class Params(StepParams):
     output: str = param(asset="custom_model", output="model", help="onnxruntime-genai model folder to write")
 
 
-SPEC = StepSpec(
-    name="build_onnx", params=Params, display_name="Build ONNX (onnxruntime-genai)",
-    version="2",
-    description=(
-        "Build an onnxruntime-genai model folder with the onnxruntime-genai model builder and check it "
-        "against PyTorch (exact logits at fp32; argmax agreement and cosine for int4/int8)."),
-    model_kind="onnx",
-)
+SPEC = StepSpec("build_onnx", Params, version="2", model_kind="onnx")
 
 
 def run(**given) -> dict:

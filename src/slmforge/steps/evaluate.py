@@ -25,7 +25,11 @@ STEP = "evaluate"
 
 @dataclass(kw_only=True)
 class Params(StepParams):
-    """The evaluate step's parameters: `components/evaluate.yml`'s inputs and outputs."""
+    """Evaluate
+
+    Accuracy by greedy generation (with a per-class confusion table), perplexity on the eval split,
+    generation tokens/s and size on disk, for a PyTorch or an onnxruntime-genai model folder.
+    """
 
     model: str | None = param(None, asset="uri_folder", help="model folder: Hugging Face or onnxruntime-genai")
     model_id: str | None = param(None, help="hub id of the model, when no folder is given")
@@ -40,14 +44,7 @@ class Params(StepParams):
     metrics: str = param(asset="uri_folder", output=True, help="metrics folder to write")
 
 
-SPEC = StepSpec(
-    name="evaluate", params=Params, display_name="Evaluate",
-    version="1",
-    description=(
-        "Accuracy by greedy generation (with a per-class confusion table), perplexity on the eval split, "
-        "generation tokens/s and size on disk, for a PyTorch or an onnxruntime-genai model folder."),
-    record="evaluation",
-)
+SPEC = StepSpec("evaluate", Params, version="1", record="evaluation")
 
 
 def run(**given) -> dict:

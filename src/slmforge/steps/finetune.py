@@ -27,7 +27,7 @@ from slmforge.training import checkpoint, tracking
 from slmforge.training.args import TrainArgs
 from slmforge.training.data import read_dataset
 from slmforge.training.loop import Dist, eval_examples, train
-from slmforge.training.methods import METHODS, PASS_TYPES, TORCH_DTYPES, AdapterSpec, own_params
+from slmforge.training.methods import METHODS, TORCH_DTYPES, AdapterSpec, own_params
 from slmforge.training.model import base_model_name, load_model
 
 # Parameters that do not change the trained weights: a checkpoint made under other values still resumes.
@@ -38,7 +38,11 @@ _FOLDERS = ("model", "model_id", "dataset", "adapter", "checkpoints")  # where, 
 
 @dataclass(kw_only=True)
 class Params(TrainArgs):
-    """The finetune step's parameters (and the training arguments): `components/finetune.yml`'s inputs and outputs."""
+    """Fine-tune (LoRA family)
+
+    LoRA-family fine-tuning with peft (bitsandbytes 4-bit for QLoRA); checkpoints every save_steps and
+    resumes from the latest one; runs under torchrun for multi-process training.
+    """
 
     model: str | None = param(None, asset="uri_folder", help="base model folder (Hugging Face format)")
     model_id: str | None = param(None, help="hub id of the base model, when no folder is given")
@@ -81,15 +85,8 @@ class Params(TrainArgs):
         return self.compute_dtype if METHODS[self.method].autocasts and self.compute_dtype != "float32" else None
 
 
-SPEC = StepSpec(
-    name="finetune", params=Params, display_name=f"Fine-tune ({' / '.join(PASS_TYPES)})",
-    version="2",
-    description=(
-        "LoRA-family fine-tuning with peft (bitsandbytes 4-bit for QLoRA); checkpoints every save_steps "
-        "and resumes from the latest one; runs under torchrun for multi-process training."),
-    environment="gpu", distributable=True, model_kind="adapter",
-    work_outputs=("checkpoints",),
-)
+SPEC = StepSpec("finetune", Params, version="2", environment="gpu", distributable=True, model_kind="adapter",
+                work_outputs=("checkpoints",))
 
 
 def adapter_spec(p: Params) -> AdapterSpec:

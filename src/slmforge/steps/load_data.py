@@ -36,7 +36,11 @@ from slmforge.steps._cli import run_step
 
 @dataclass(kw_only=True)
 class Params(StepParams):
-    """The load_data step's parameters: `components/load_data.yml`'s inputs and outputs."""
+    """Load and tokenize data
+
+    Read json/jsonl/csv/parquet rows (a file or a Hugging Face Hub dataset), render the text template,
+    tokenize, split off an eval set and write a tokenized dataset folder with a manifest.
+    """
 
     data: str | None = param(None, asset="uri_file",
                              help="data file (local upload or azureml://datastores/<name>/paths/<path>); or hub_data")
@@ -68,13 +72,7 @@ class Params(StepParams):
             raise InvalidInput("give either eval_data or eval_dataset_size, not both")
 
 
-SPEC = StepSpec(
-    name="load_data", params=Params, display_name="Load and tokenize data",
-    version="2",
-    description=(
-        "Read json/jsonl/csv/parquet rows (a file or a Hugging Face Hub dataset), render the text "
-        "template, tokenize, split off an eval set and write a tokenized dataset folder with a manifest."),
-)
+SPEC = StepSpec("load_data", Params, version="2")
 
 
 def run(**given) -> dict:

@@ -33,7 +33,11 @@ FP16_RELATIVE_BOUND = 1e-2
 
 @dataclass(kw_only=True)
 class Params(StepParams):
-    """The merge step's parameters: `components/merge.yml`'s inputs and outputs."""
+    """Merge adapter into base
+
+    Merge a PEFT adapter into its full-precision base model and check the merged logits against the
+    adapter model's (fails above 1e-4 at fp32).
+    """
 
     model: str | None = param(None, asset="uri_folder", help="base model folder (Hugging Face format)")
     model_id: str | None = param(None, help="hub id of the base model, when no folder is given")
@@ -42,14 +46,7 @@ class Params(StepParams):
     output: str = param(asset="custom_model", output="model", help="merged model folder to write")
 
 
-SPEC = StepSpec(
-    name="merge", params=Params, display_name="Merge adapter into base",
-    version="1",
-    description=(
-        "Merge a PEFT adapter into its full-precision base model and check the merged logits against "
-        "the adapter model's (fails above 1e-4 at fp32)."),
-    model_kind="merged",
-)
+SPEC = StepSpec("merge", Params, version="1", model_kind="merged")
 
 
 def run(**given) -> dict:

@@ -33,7 +33,11 @@ from slmforge.steps._cli import run_step
 
 @dataclass(kw_only=True)
 class Params(StepParams):
-    """The register step's parameters: `components/register.yml`'s inputs and outputs."""
+    """Register model
+
+    Register the final model as a new version of a named model with its metrics and the recipe digest as
+    tags (a local MLflow registry, or the tracking URI the job is given).
+    """
 
     model: str = param(asset="custom_model", help="the model folder to register")
     metrics: str | None = param(None, asset="uri_folder", help="evaluate output whose metrics become tags")
@@ -59,15 +63,8 @@ def _still_valid(outputs: dict[str, Path]) -> bool:
     return registration_present(outputs["registration"])
 
 
-SPEC = StepSpec(
-    name="register", params=Params, display_name="Register model",
-    version="1",
-    description=(
-        "Register the final model as a new version of a named model with its metrics and the recipe "
-        "digest as tags (a local MLflow registry, or the tracking URI the job is given)."),
-    record="registration", local_only=True,
-    local_params=_local_params, preflight=_preflight, still_valid=_still_valid,
-)
+SPEC = StepSpec("register", Params, version="1", record="registration", local_only=True,
+                local_params=_local_params, preflight=_preflight, still_valid=_still_valid)
 
 
 def run(**given) -> dict[str, Any]:
