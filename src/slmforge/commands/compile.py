@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.resources import find_recipe
 
     check_names(args)
-    # Never over a user's pipeline.yml (issue 20 #2): a folder slmforge compiled into before is rewritten.
+    # Never over a user's pipeline.yml: a folder slmforge compiled into before is rewritten.
     out_dir = claim(args.output, what="-o", made_by="compile", ours=compiled_here,
                     hint="choose a new or empty folder, or one an earlier `slmforge compile` wrote").resolve()
     loaded = load_recipe(find_recipe(args.recipe))

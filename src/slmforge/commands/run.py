@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         args.recipe, args.force[-1] = args.force[-1], "*"  # `run --force RECIPE`: argparse took it as STEP
     from slmforge.resources import find_recipe, slmforge_home
 
-    slmforge_home()  # a file there is refused before any work (issue 20 #14)
+    slmforge_home()  # a file there is refused before any work
     recipe = find_recipe(args.recipe or DEFAULT_RECIPE)
     ensure_shipped_model(recipe)
     loaded = load_recipe(recipe)

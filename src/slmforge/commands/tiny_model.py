@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.contract.ownership import claim
     from slmforge.models.tinymodel import build_tiny_model
 
-    claim(args.dir, what="DIR", made_by="tiny-model")  # never over a user's config.json (issue 20 #1)
+    claim(args.dir, what="DIR", made_by="tiny-model")  # never over a user's config.json
     out = build_tiny_model(args.dir, seed=args.seed, size=args.size)
     print(f"wrote a {args.size} Phi-3 to {out}")
     return 0

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from slmforge.errors import InvalidInput
 
-DTYPES = ("float32", "float16")
 
 
 def base_source(model: str | Path | None, model_id: str | None) -> str:

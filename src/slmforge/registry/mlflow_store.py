@@ -36,7 +36,7 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def check_writable(uri: str, what: str) -> None:
-    """Before a run that registers: InvalidInput when its SQLite registry cannot be written (issue 20 #14:
+    """Before a run that registers: InvalidInput when its SQLite registry cannot be written (else
     a read-only SLMFORGE_HOME showed only at the register step, after the whole run)."""
     import tempfile
 

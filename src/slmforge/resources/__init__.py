@@ -41,7 +41,7 @@ def pipelines_dir() -> Path:
 def slmforge_home() -> Path:
     """Where slmforge keeps what outlives a run: the model registry, shipped recipes' outputs.
 
-    InvalidInput when it is, or lies under, a file (issue 20 #14: `models` listed "no registered models")."""
+    InvalidInput when it is, or lies under, a file (`models` listed "no registered models")."""
     home = Path(os.environ.get("SLMFORGE_HOME") or Path.home() / ".slmforge").expanduser()
     existing = next((p for p in (home, *home.parents) if p.exists()), None)
     if existing is not None and not existing.is_dir():

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from slmforge.backends.aml.pipeline import FINAL_OUTPUT, METRICS_OUTPUT, compile_pipeline, validate_pipeline
 from slmforge.backends.aml.retry import is_transient
 from slmforge.backends.aml.workspace import as_step_failed
+from slmforge.contract import folders
 from slmforge.contract.files import write_atomic
 from slmforge.contract.run_record import RUN_JSON, aml_run_status, aml_step_status, evaluation_entry, run_record
 from slmforge.errors import InvalidInput, StepFailed
@@ -187,10 +188,10 @@ def job_metrics(ml_client: "MLClient", job: "Job") -> dict[str, Any] | None:
         return None
     with tempfile.TemporaryDirectory(prefix="slmforge-metrics-") as tmp:
         ml_client.jobs.download(job.name, download_path=tmp, output_name=METRICS_OUTPUT)
-        path = downloaded_output(Path(tmp), METRICS_OUTPUT) / "metrics.json"
-        if not path.is_file():
-            raise StepFailed(f"job {job.name}: its '{METRICS_OUTPUT}' output has no metrics.json")
-        return json.loads(path.read_text(encoding="utf-8"))
+        folder = downloaded_output(Path(tmp), METRICS_OUTPUT)
+        if not (folder / folders.METRICS).is_file():
+            raise StepFailed(f"job {job.name}: its '{METRICS_OUTPUT}' output has no {folders.METRICS}")
+        return folders.read_metrics(folder)
 
 
 def download(ml_client: "MLClient", name: str, out_dir: Path) -> Path:

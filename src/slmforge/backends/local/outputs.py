@@ -2,9 +2,9 @@
 
 The run builds them in its own folder, output_dir/runs/<run-id>/ (staging.py), and swaps them in
 only when it succeeds: a failed, interrupted or killed rerun leaves the last good model and its
-record whole (issue 20 #4), and its own record and logs in runs/<run-id>/. model/ is copied from the
+record whole, and its own record and logs in runs/<run-id>/. model/ is copied from the
 cache as reflinks where the filesystem can: never hard links, so editing the output never edits the
-cache. output_dir is a folder slmforge made (its `.slmforge` marker) or an empty one (issue 20 #3).
+cache. output_dir is a folder slmforge made (its `.slmforge` marker) or an empty one.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 from slmforge.backends.local.cache import Cache, Entry, Held, cache_key, text_digest
 from slmforge.backends.local.display import Display
 from slmforge.backends.local.launch import last_error_line, run_in_process, run_subprocess
-from slmforge.contract import manifest, render
+from slmforge.contract import folders, manifest, render
 from slmforge.errors import InvalidInput, StepFailed
 from slmforge.recipe.checks import resolve_path
 from slmforge.recipe.loaded import LoadedRecipe
@@ -80,7 +80,7 @@ def check_output_dir(loaded: LoadedRecipe, graph: StepGraph) -> None:
     from slmforge.backends.local.staging import made_by_older_slmforge
     from slmforge.contract.ownership import check
 
-    # never over a user's report.md or run.json (issue 20 #3)
+    # never over a user's report.md or run.json
     check(out, what="engine.output_dir", ours=made_by_older_slmforge, hint="choose a new or empty engine.output_dir")
     model = out / "model"
     if model.exists() and manifest.read_manifest(model) is None:
@@ -295,11 +295,8 @@ class LocalRunner:
             result.outputs[name] = str(folder)
             found = manifest.read_manifest(folder) or {}
             result.metrics.update(found.get("metrics") or {})
-            metrics_file = folder / "metrics.json"
-            if metrics_file.is_file():
-                import json
-
-                result.metrics.update(json.loads(metrics_file.read_text(encoding="utf-8")))
+            if (folder / folders.METRICS).is_file():  # an evaluation: its figures
+                result.metrics.update(folders.read_metrics(folder))
 
 
 def _free(entry: Entry) -> bool:

@@ -1,4 +1,4 @@
-"""A run builds its outputs in `output_dir/runs/<run-id>/` and swaps them in only when it succeeds (issue 20 #4).
+"""A run builds its outputs in `output_dir/runs/<run-id>/` and swaps them in only when it succeeds.
 
 Until then `output_dir` keeps the last good run whole: model/, run.json, report.md, loss.png, logs/.
 A failed or interrupted run leaves its folder under runs/ (its run.json says `failed`, its logs beside),
@@ -7,7 +7,7 @@ step (renameat2) where the filesystem can, so a kill mid-swap leaves the old or 
 elsewhere the old one is moved aside first and put back by the next run if the swap was cut short.
 run.json moves last: it is the commit.
 
-run.json's failure record must land even on a full disk (issue 20 #12): the running record reserves
+run.json's failure record must land even on a full disk: the running record reserves
 `RESERVE` bytes, and a failure record that cannot be written whole is written over them in place.
 """
 
