@@ -20,7 +20,10 @@ fields that came or went. `OLDER` holds the fields transformers 4.34 - 4.57 had 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
+
+from slmforge.training.args import TrainArgs
 
 HONOURED, IGNORED, REFUSED = "honoured", "ignored", "refused"
 
@@ -97,15 +100,12 @@ _SHARD = "slmforge trains with DDP under torchrun (multi-GPU: components/finetun
 _LOG = "slmforge records the loss every logging_steps in the adapter's manifest and prints its own progress"
 _NOT_YET = "slmforge's loop does not implement it; the trained weights would differ from the HF Trainer's"
 
+# The training arguments of training/args.py that are Hugging Face's (not slmforge's own): honoured.
+_STEP_ARGS = tuple(f.name for f in dataclasses.fields(TrainArgs) if f.name not in SLMFORGE_OWN)
+
 TABLE: dict[str, Rule] = {
     # ---- honoured: training/args.py fields (the finetune step's parameters)
-    **{name: _h("a finetune step parameter (training/args.py)") for name in (
-        "seed", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-        "gradient_checkpointing", "learning_rate", "lr_scheduler_type", "warmup_steps", "warmup_ratio",
-        "weight_decay", "num_train_epochs", "max_steps", "logging_steps", "save_steps", "eval_strategy",
-        "eval_steps", "group_by_length", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
-        "save_total_limit", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "bf16",
-        "fp16")},
+    **{name: _h("a finetune step parameter (training/args.py)") for name in _STEP_ARGS},
     # ---- honoured by the recipe (RECIPE_SIDE)
     "data_seed": _h("seeds load_data's held-out split"),
     "evaluation_strategy": _h("transformers < 4.46's name of eval_strategy"),
