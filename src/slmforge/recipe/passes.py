@@ -17,9 +17,14 @@ from slmforge.contract.params import help_text, pydantic_fields
 from slmforge.recipe.base import Strict
 from slmforge.recipe.training_args import TrainingArgs
 from slmforge.steps import build_onnx, finetune, merge
-from slmforge.training.methods import METHODS, SHARED, Method, by_pass_type
+from slmforge.training.methods import METHODS, SHARED, TORCH_DTYPES, Method, by_pass_type
 
 OLIVE_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # Olive's short names of torch dtypes
+
+
+# A fine-tune dtype as Olive spells it, in Olive's order (error messages list them so): the torch
+# names, then their short forms.
+_OLIVE_DTYPE_NAMES = Literal[tuple(sorted(TORCH_DTYPES)) + tuple(OLIVE_DTYPES)]  # type: ignore[valid-type]
 
 
 def dtype_name(dtype: str) -> str:
@@ -34,8 +39,9 @@ _RECIPE_SHAPED = {"target_modules": (list[str] | None, Field(None, description="
 def _step_fields(names) -> dict[str, tuple[Any, Any]]:
     """The finetune step's fields as recipe keys (a dtype also in Olive's short spelling)."""
     names = tuple(names)
-    step = pydantic_fields(finetune.Params, only=names, aliases=OLIVE_DTYPES)
-    return {n: _RECIPE_SHAPED.get(n) or step[n] for n in names}
+    step = pydantic_fields(finetune.Params, only=names)
+    return {n: _RECIPE_SHAPED.get(n) or ((_OLIVE_DTYPE_NAMES, step[n][1]) if n.endswith("dtype") else step[n])
+            for n in names}
 
 
 class FinetunePass(create_model("_FamilyKeys", __base__=Strict, type=(str, ...), **_step_fields(SHARED))):
