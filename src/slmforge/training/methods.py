@@ -65,7 +65,7 @@ class Method:
     # weights); the other adapters are built from the merged model (MergeAdapterWeights first).
     builder_reads_adapter: bool = False
     # Whether onnxruntime-genai can serve the adapter as a separate adapter (onnxruntime_genai.Adapters,
-    # one base and several adapters), and why (not) — "no" until measured here.
+    # one base and several adapters), and why (not): measured here (docs/research/issue-22).
     genai_adapter: bool = False
     genai_adapter_why: str = ""
 
@@ -93,7 +93,7 @@ def _lokr_config(spec: AdapterSpec):
 
 _LOW_RANK = ("LoRA weights are a low-rank MatMul beside the base's: what onnxruntime-genai's Adapters load from "
              "Olive's ExtractAdapters output (slmforge does not write that file yet)")
-_NOT_MEASURED = "not measured with onnxruntime-genai's Adapters; build it merged"
+_MERGED = "build it merged (MergeAdapterWeights, then ModelBuilder); measured in docs/research/issue-22"
 _LYCORIS = ("rank_dropout", "module_dropout")
 _NO_LORA_DROPOUT = {"lora_dropout": "use 'rank_dropout' or 'module_dropout'"}
 
@@ -109,15 +109,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method(name="dora", pass_type="DoRA", summary="LoRA with weight decomposition (peft use_dora)",
            peft_config=lambda s: _lora_config(s, use_dora=True),
            genai_adapter_why="DoRA rescales each merged weight column by a learnt magnitude, which a low-rank "
-                             "side path does not express; " + _NOT_MEASURED),
+                             "side path does not express (the builder ignores it: logits 0.112 off the merged "
+                             "model at fp32); " + _MERGED),
     Method(name="loha", pass_type="LoHa", summary="low-rank Hadamard product (peft LyCORIS)",
            peft_config=_loha_config, params=_LYCORIS, refuses=_NO_LORA_DROPOUT,
-           genai_adapter_why="LoHa's update is a Hadamard product of two low-rank pairs, not a low-rank MatMul; "
-                             + _NOT_MEASURED),
+           genai_adapter_why="LoHa's update is a Hadamard product of two low-rank pairs, not a low-rank MatMul "
+                             "(the builder stops on it); " + _MERGED),
     Method(name="lokr", pass_type="LoKr", summary="low-rank Kronecker product (peft LyCORIS)",
            peft_config=_lokr_config, params=(*_LYCORIS, "decompose_both", "decompose_factor"),
            refuses=_NO_LORA_DROPOUT, rules={"decompose_factor": decompose_factor_problem},
-           genai_adapter_why="LoKr's update is a Kronecker product, not a low-rank MatMul; " + _NOT_MEASURED),
+           genai_adapter_why="LoKr's update is a Kronecker product, not a low-rank MatMul (the builder stops on "
+                             "it); " + _MERGED),
 )}
 
 PASS_TYPES = tuple(m.pass_type for m in METHODS.values())  # Olive's spellings, in the registry's order
