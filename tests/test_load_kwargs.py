@@ -133,3 +133,13 @@ def test_a_key_written_as_null_is_not_given(tmp_path, flat_recipe, capsys):
     assert main(["validate", str(path)]) == 0
     assert "load_kwargs" not in capsys.readouterr().out
     assert build_graph(load_recipe(path)).step("finetune").params["torch_dtype"] == "float32"
+
+
+def test_a_build_only_recipes_task_is_named_not_refused(tmp_path, flat_recipe, capsys):
+    """olive-recipes' ModelBuilder-only recipes write task text-classification for causal LMs: Olive's ModelBuilder
+    builds a causal LM whatever the task, so the task is a note there; beside a fine-tune pass it is refused."""
+    flat_recipe["input_model"]["task"] = "text-classification"
+    flat_recipe["passes"] = {name: p for name, p in flat_recipe["passes"].items() if p["type"] == "ModelBuilder"}
+    path = _write(tmp_path, flat_recipe)
+    assert main(["validate", str(path)]) == 0
+    assert "input_model.task: ignored: ModelBuilder builds a causal language model" in capsys.readouterr().out

@@ -47,9 +47,20 @@ def entries(load_kwargs: dict[str, Any] | None) -> Iterator[tuple[tuple[str, ...
             yield ("load_kwargs", key), SPELLINGS.get(key, key), value
 
 
+TEXT_GENERATION = ("text-generation", "text-generation-with-past")
+
+
+def _finetune_pass(recipe) -> tuple[str, FinetunePass] | None:
+    return next(((n, p) for n, p in recipe.passes.items() if isinstance(p, FinetunePass)), None)
+
+
 def check_load_kwargs(loaded) -> Iterator[str]:
     """One line per key slmforge refuses, naming it and what to do instead."""
     model = loaded.recipe.input_model
+    # Olive fine-tunes a model of the task's head (text-classification: a classifier); slmforge trains causal LMs.
+    if model.task not in TEXT_GENERATION and _finetune_pass(loaded.recipe) is not None:
+        yield (f"{loaded.where('input_model', 'task')}: task '{model.task}' is not supported by slmforge: it "
+               "fine-tunes, builds and evaluates causal language models (task: text-generation)")
     if not isinstance((model.load_kwargs or {}).get("extra_args") or {}, dict):
         yield (f"{loaded.where('input_model', 'load_kwargs', 'extra_args')}: must be an object of from_pretrained "
                "arguments")
@@ -78,12 +89,15 @@ def load_kwargs_notes(loaded) -> list[str]:
     """What a valid key that changes nothing here means, one line each (validate and run print them)."""
     recipe = loaded.recipe
     notes = []
+    if recipe.input_model.task not in TEXT_GENERATION:  # only without a fine-tune pass (check_load_kwargs)
+        notes.append(f"{loaded.where('input_model', 'task')}: ignored: ModelBuilder builds a causal language model "
+                     "whatever the task, as Olive's does")
     for path, key, value in entries(recipe.input_model.load_kwargs):
         why = IGNORED.get(key) if value is not None else None
         if key == "trust_remote_code" and value is True:
             why = _NO_REMOTE
         elif key == "torch_dtype" and value is not None:
-            finetune = next(((n, p) for n, p in recipe.passes.items() if isinstance(p, FinetunePass)), None)
+            finetune = _finetune_pass(recipe)
             if finetune is None:
                 why = ("no fine-tune pass loads the model here (merge and ModelBuilder take their own precision, "
                        "evaluate loads float32)")

@@ -43,19 +43,12 @@ class HfModel(Strict):
 
     type: Literal["HfModel"]
     model_path: AzureMLRegistryModel | str
-    task: str = Field("text-generation", description="text-generation (Olive: text-generation-with-past)")
+    task: str = Field("text-generation", description="text-generation (Olive: text-generation-with-past); "
+                      "another task is refused beside a fine-tune pass (recipe/load_kwargs.py)")
     load_kwargs: dict[str, Any] | None = Field(
         None, description="Olive's from_pretrained arguments: torch_dtype (the fine-tune's load dtype when its pass "
         "names none), trust_remote_code; the rest are noted or refused by name (recipe/load_kwargs.py)")
     model_file_format: Literal["PyTorch.MLflow", "PyTorch.Folder"] | None = None
-
-    @field_validator("task")
-    @classmethod
-    def _text_generation(cls, value: str) -> str:
-        if value not in ("text-generation", "text-generation-with-past"):
-            raise ValueError(f"task '{value}' is not supported by slmforge: it fine-tunes, builds and evaluates "
-                             "causal language models (task: text-generation)")
-        return value
 
 
 # --------------------------------------------------------------------------- systems
