@@ -15,7 +15,7 @@ import json
 import textwrap
 from typing import Any
 
-from slmforge.contract.params import optional, ordered_fields, value_type
+from slmforge.contract.params import optional, ordered_fields, output_name, value_type
 from slmforge.contract.step import StepSpec
 from slmforge.resources import environments_dir
 
@@ -32,10 +32,6 @@ def environment(kind: str) -> dict[str, str]:
 
     env = yaml.safe_load((environments_dir() / f"{kind}.yml").read_text(encoding="utf-8"))
     return {"image": env["image"], "conda_file": f"../{environments_dir().name}/{env['conda_file']}"}
-
-
-def _output_name(f: dataclasses.Field) -> str:
-    return f.metadata["output"] if isinstance(f.metadata["output"], str) else f.name
 
 
 def _input(params: type, f: dataclasses.Field) -> dict[str, Any]:
@@ -60,7 +56,7 @@ def command_lines(spec: StepSpec) -> list[str]:
     options, output_options = [], []
     for f in ordered_fields(spec.params):
         if f.metadata["output"]:  # an output always has a path
-            output_options.append(f"--{f.name} ${{{{outputs.{_output_name(f)}}}}}")
+            output_options.append(f"--{f.name} ${{{{outputs.{output_name(f)}}}}}")
         else:
             option = f"--{f.name} ${{{{inputs.{f.name}}}}}"
             options.append(f"$[[{option}]]" if optional(f) else option)
@@ -74,7 +70,7 @@ def component(spec: StepSpec) -> dict[str, Any]:
         "$schema": SCHEMA, "type": "command", "name": f"slmforge_{spec.name}", "display_name": spec.display_name,
         "version": spec.version, "description": spec.description,
         "inputs": {f.name: _input(spec.params, f) for f in fields if not f.metadata["output"]},
-        "outputs": {_output_name(f): {"type": f.metadata["asset"], "description": f.metadata["help"]}
+        "outputs": {output_name(f): {"type": f.metadata["asset"], "description": f.metadata["help"]}
                     for f in fields if f.metadata["output"]},
         "code": "../src", "environment": environment(spec.environment),
         "command": " ".join(command_lines(spec)),

@@ -46,6 +46,12 @@ def value_type(cls: type, name: str) -> type:
     return hint if hint in (bool, int, float) else str
 
 
+def output_name(f: dataclasses.Field) -> str | None:
+    """The component output a field writes (its own name unless `output` names another); None for an input."""
+    out = f.metadata.get("output")
+    return (out if isinstance(out, str) else f.name) if out else None
+
+
 def optional(f: dataclasses.Field) -> bool:
     return f.default is None
 

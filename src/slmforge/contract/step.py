@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from slmforge.contract.params import output_name
+
 
 @dataclass(frozen=True)
 class StepSpec:
@@ -52,7 +54,6 @@ class StepSpec:
         return " ".join(rest[0].split()) if rest else ""
 
     def __post_init__(self) -> None:
-        outputs = {out if isinstance(out, str) else f.name
-                   for f in dataclasses.fields(self.params) if (out := f.metadata.get("output"))}
+        outputs = {output_name(f) for f in dataclasses.fields(self.params)} - {None}
         unknown = sorted(set(self.work_outputs) - outputs)
         assert not unknown, f"{self.name}: work_outputs {unknown} are not outputs of its Params"
