@@ -10,10 +10,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from slmforge.contract.folders import GENAI_CONFIG, is_onnx_folder
 from slmforge.errors import InvalidInput, StepFailed
+from slmforge.models.adapter_slots import SLOTS_FILE
+
+if TYPE_CHECKING:
+    from slmforge.models.onnx_adapter import AdapterFile
 
 
 def require_onnx_folder(folder: str | Path) -> Path:
@@ -51,20 +55,32 @@ def _config_with_threads(og, folder: Path, decoder: dict):
     og leaves onnxruntime at one intra-op thread unless genai_config.json says otherwise:
     measured on 2 cores (SmolLM2 int4), prompt processing ran at 377 tokens/s with that default
     and 692 tokens/s with 2 threads. A folder that sets its own thread count keeps it.
+    A base with adapter slots would make onnxruntime warn once per slot that an initializer is also
+    an input (that is what makes it optional): errors only, for such a base.
     """
     config = og.Config(str(folder))
-    if "intra_op_num_threads" not in decoder.get("session_options", {}):
+    options = decoder.get("session_options", {})
+    overlay = {}
+    if "intra_op_num_threads" not in options:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        overlay["intra_op_num_threads"] = threads
+    if "log_severity_level" not in options and (folder / SLOTS_FILE).is_file():
+        overlay["log_severity_level"] = 3
+    if overlay:
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": overlay}}}))
     return config
 
 
 class GenaiModel:
-    """An og model and tokenizer, BOS on, like the Hugging Face tokenizer used in training."""
+    """An og model and tokenizer, BOS on, like the Hugging Face tokenizer used in training.
+
+    `adapters`: `.onnx_adapter` files for a base with adapter slots, each checked against the base and
+    loaded once (og.Adapters); `use_adapter(name)` picks the one every later generator runs with
+    (None: the base alone)."""
 
     kind = "onnx"
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, adapters: list[str | Path] = ()):
         import onnxruntime_genai as og
 
         if hasattr(og, "disable_telemetry_events"):
@@ -89,6 +105,43 @@ class GenaiModel:
         self.eos_token_ids = set(eos)
         self.eos_token_id = eos[0] if eos else None
         self._logits: PlainOrtModel | None = None
+        self.adapters: dict[str, AdapterFile] = {}
+        self.active: str | None = None
+        self._og_adapters = None
+        for path in adapters:
+            self.load_adapter(path)
+
+    def load_adapter(self, path: str | Path) -> str:
+        """Check `path` against this base and load it; return its name (the first one becomes active)."""
+        from slmforge.models import onnx_adapter
+
+        adapter = onnx_adapter.open_file(path)
+        onnx_adapter.check_fits(adapter, self.folder)
+        if adapter.name in self.adapters:
+            raise InvalidInput(f"{adapter.path}: another adapter named {adapter.name!r} is loaded already")
+        if self._og_adapters is None:
+            self._og_adapters = self._og.Adapters(self.model)
+        try:
+            self._og_adapters.load(str(adapter.path), adapter.name)
+        except Exception as e:  # noqa: BLE001 - og raises RuntimeError with its reason
+            raise InvalidInput(f"{adapter.path}: onnxruntime-genai cannot load the adapter: {e}") from e
+        self.adapters[adapter.name] = adapter
+        if self.active is None:
+            self.use_adapter(adapter.name)
+        return adapter.name
+
+    def use_adapter(self, name: str | None) -> None:
+        if name is not None and name not in self.adapters:
+            raise InvalidInput(f"no adapter named {name!r} is loaded (loaded: {', '.join(self.adapters) or 'none'})")
+        self.active = name
+        if self._logits is not None:
+            self._logits.adapter = self.adapters.get(name) if name else None
+
+    def _generator(self, params):
+        generator = self._og.Generator(self.model, params)
+        if self.active is not None:
+            generator.set_active_adapter(self._og_adapters, self.active)
+        return generator
 
     def encode(self, text: str, special: bool = True) -> list[int]:
         """Token ids; `special` adds BOS (the prompt), without it a continuation (the completion)."""
@@ -111,7 +164,7 @@ class GenaiModel:
         params = og.GeneratorParams(self.model)
         max_length = min(self.context_length, len(prompt_ids) + max_new_tokens)
         params.set_search_options(do_sample=False, max_length=max_length)
-        generator = og.Generator(self.model, params)
+        generator = self._generator(params)
         generator.append_tokens(prompt_ids)
         decoder = self.tokenizer.create_stream()
         while not generator.is_done():
@@ -155,7 +208,7 @@ class GenaiModel:
         from slmforge.models.verified_greedy import length_batches, log_softmax_at
 
         if self._logits is None:
-            self._logits = PlainOrtModel(self.folder)
+            self._logits = PlainOrtModel(self.folder, adapter=self.adapters.get(self.active) if self.active else None)
         results: list = [None] * len(requests)
         for batch in length_batches([len(ids) for ids, _ in requests], self.TOKEN_BUDGET):
             logits = self._logits.batch_logits([requests[i][0] for i in batch])
@@ -213,7 +266,7 @@ class GenaiModel:
             batch[row, :len(prefix)] = prefix
         params = og.GeneratorParams(self.model)
         params.set_search_options(do_sample=False, max_length=width + max_new_tokens, batch_size=len(prefixes))
-        generator = og.Generator(self.model, params)
+        generator = self._generator(params)
         generator.append_tokens(batch)
         return generator
 
@@ -222,9 +275,11 @@ class PlainOrtModel:
     """The folder's model.onnx in plain onnxruntime: logits at every position of a sequence.
 
     og only exposes the last position's logits; the build check and perplexity need them all.
+    With `adapter` (an AdapterFile) its tensors are fed to the base's slots; without, the slots keep
+    their rank-0 defaults (the base alone).
     """
 
-    def __init__(self, folder: str | Path, provider: str = "cpu"):
+    def __init__(self, folder: str | Path, provider: str = "cpu", adapter: AdapterFile | None = None):
         import onnxruntime as ort
 
         folder = Path(folder)
@@ -238,6 +293,17 @@ class PlainOrtModel:
                                             providers=providers)
         self.kv_heads = int(config["num_key_value_heads"])
         self.head_size = int(config["head_size"])
+        self.adapter = adapter
+        self._feeds: tuple[AdapterFile, dict] | None = None
+
+    def _adapter_feeds(self) -> dict:
+        from slmforge.models import onnx_adapter
+
+        if self.adapter is None:
+            return {}
+        if self._feeds is None or self._feeds[0] is not self.adapter:
+            self._feeds = (self.adapter, onnx_adapter.feeds(self.adapter))
+        return self._feeds[1]
 
     def logits(self, ids: list[int]):
         """Logits [seq, vocab] of one sequence."""
@@ -253,7 +319,7 @@ class PlainOrtModel:
         for row, seq in enumerate(sequences):
             ids[row, :len(seq)] = seq
             mask[row, :len(seq)] = 1
-        feeds = {}
+        feeds = dict(self._adapter_feeds())  # optional inputs (initializers too): get_inputs() leaves them out
         for inp in self.session.get_inputs():
             if inp.name == "input_ids":
                 feeds[inp.name] = ids

@@ -26,7 +26,7 @@ from slmforge.contract.files import folder_size
 from slmforge.contract.params import StepParams, default, make, param
 from slmforge.contract.step import StepSpec
 from slmforge.errors import InvalidInput
-from slmforge.models import onnx_builder
+from slmforge.models import adapter_slots, onnx_builder
 from slmforge.models.eval_data import read_dataset_folder
 from slmforge.steps._cli import run_step
 from slmforge.steps.evaluate import Params as Evaluation
@@ -57,6 +57,9 @@ class Params(StepParams):
         "goal on the real model: bench/results/int4_options.json)"))
     int4_is_symmetric: bool = param(True, help="symmetric int4 quantization")
     extra_options: str | None = param(None, help="comma-separated key=value builder options")
+    adapter_slots: str | None = param(None, help=(
+        "build a base for separate adapters: 'all' or a comma list of decoder Linears (q_proj,v_proj,...) whose "
+        "LoRA weights become optional inputs, filled at run time by an .onnx_adapter (ExtractAdapters)"))
     dataset: str | None = param(None, asset="uri_folder",
                                 help="load_data output folder: gate the build on its eval rows' answers")
     reference: str | None = param(None, asset="uri_folder", help=(
@@ -70,7 +73,7 @@ class Params(StepParams):
     output: str = param(asset="custom_model", output="model", help="onnxruntime-genai model folder to write")
 
 
-SPEC = StepSpec("build_onnx", Params, version="2", model_kind="onnx")
+SPEC = StepSpec("build_onnx", Params, version="3", model_kind="onnx")
 
 
 def run(**given) -> dict:
@@ -84,6 +87,10 @@ def run(**given) -> dict:
     source = torch_model.base_source(model, model_id)
     adapter_path = folders.open_adapter(adapter) if adapter else None
     kind = torch_model.adapter_method(adapter_path) if adapter_path is not None else None
+    slots = adapter_slots.parse_modules(p.adapter_slots) if p.adapter_slots else None
+    if slots and adapter_path is not None:
+        raise InvalidInput("--adapter_slots builds a base for separate adapters; it takes no --adapter (convert the "
+                           "adapter for the base with the export_adapter step)")
     if kind is not None and not (kind in METHODS and METHODS[kind].builder_reads_adapter):  # the registry's
         raise InvalidInput(f"{adapter_path}: a {kind} adapter; the ONNX builder reads LoRA adapters only: merge "
                            "it first (MergeAdapterWeights) and build the merged model")
@@ -96,7 +103,8 @@ def run(**given) -> dict:
     with manifest.atomic_output(output) as tmp:
         build_started = time.perf_counter()
         builder_options = build_model(source, tmp, precision, execution_provider, p.int4_block_size,
-                                      p.int4_accuracy_level, p.int4_algo_config, p.int4_is_symmetric, extra, adapter_path)
+                                      p.int4_accuracy_level, p.int4_algo_config, p.int4_is_symmetric, extra, adapter_path,
+                                      slots)
         build_seconds = time.perf_counter() - build_started
         check = onnx_check.check_against_pytorch(
             tmp, source, adapter_path, precision, execution_provider, eval_data=eval_data,
@@ -108,7 +116,8 @@ def run(**given) -> dict:
                   "int4_algo_config": p.int4_algo_config, "int4_is_symmetric": p.int4_is_symmetric,
                   "extra_options": extra, "check_max_samples": p.check_max_samples,
                   "check_max_new_tokens": p.check_max_new_tokens,
-                  "max_accuracy_drop": max_accuracy_drop, **folders.template_param(template)}
+                  "max_accuracy_drop": max_accuracy_drop, "adapter_slots": ",".join(slots) if slots else None,
+                  **folders.template_param(template)}
         manifest.write_manifest(
             tmp, step=STEP, params=params,
             inputs={"model": model, "adapter": adapter_path, "dataset": dataset, "reference": p.reference},
@@ -127,9 +136,29 @@ def run(**given) -> dict:
 
 
 def build_model(source: str, out: Path, precision: str, execution_provider: str, block_size: int,
-                accuracy_level: int, algo_config: str, is_symmetric: bool, extra: dict, adapter: Path | None) -> dict:
-    """Build `out`; return how. int4 of a base whose weights already lie on a 4-bit grid (a GGUF's
-    Q4_1) re-encodes them without loss (exact_quant.py); anything else goes to the builder's method."""
+                accuracy_level: int, algo_config: str, is_symmetric: bool, extra: dict, adapter: Path | None,
+                slots: tuple[str, ...] | None = None) -> dict:
+    """Build `out`; return how. With `slots`, a base for separate adapters: built with a zero skeleton
+    adapter whose LoRA weights then become optional inputs (adapter_slots.py)."""
+    if not slots:
+        return _build(source, out, precision, execution_provider, block_size, accuracy_level, algo_config,
+                      is_symmetric, extra, adapter)
+    import tempfile
+
+    if not Path(source).is_dir():
+        raise InvalidInput("--adapter_slots needs the model as a folder (--model), to place the slots from its weights")
+    with tempfile.TemporaryDirectory(prefix="slmforge-skeleton-") as tmp:
+        skeleton = adapter_slots.skeleton_adapter(Path(source), Path(tmp), slots)
+        how = _build(source, out, precision, execution_provider, block_size, accuracy_level, algo_config,
+                     is_symmetric, extra, skeleton)
+    record = adapter_slots.make_inputs(out, slots)
+    return {**how, "adapter_slots": len(record["slots"])}
+
+
+def _build(source: str, out: Path, precision: str, execution_provider: str, block_size: int,
+           accuracy_level: int, algo_config: str, is_symmetric: bool, extra: dict, adapter: Path | None) -> dict:
+    """int4 of a base whose weights already lie on a 4-bit grid (a GGUF's Q4_1) re-encodes them without
+    loss (exact_quant.py); anything else goes to the builder's method."""
     from slmforge.models import exact_quant
 
     exact = (precision == "int4" and algo_config == "auto" and execution_provider == "cpu" and not extra

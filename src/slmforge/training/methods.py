@@ -91,8 +91,8 @@ def _lokr_config(spec: AdapterSpec):
                       task_type="CAUSAL_LM")
 
 
-_LOW_RANK = ("LoRA weights are a low-rank MatMul beside the base's: what onnxruntime-genai's Adapters load from "
-             "Olive's ExtractAdapters output (slmforge does not write that file yet)")
+_LOW_RANK = ("LoRA weights are a low-rank MatMul beside the base's: an .onnx_adapter that onnxruntime-genai's "
+             "Adapters load onto a base built with adapter slots (ExtractAdapters)")
 _MERGED = "build it merged (MergeAdapterWeights, then ModelBuilder); measured in docs/research/issue-22"
 _LYCORIS = ("rank_dropout", "module_dropout")
 _NO_LORA_DROPOUT = {"lora_dropout": "use 'rank_dropout' or 'module_dropout'"}
