@@ -1,11 +1,21 @@
-"""`slmforge models`: registered models, versions and aliases — local MLflow registry or a workspace."""
+"""`slmforge models`: registered models, versions and aliases — local MLflow registry or a workspace.
+
+An adapter (registered on a shared base, issue 22) is listed under the base version it names.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
-from slmforge.registry.rules import DEFAULT_TRACKING_URI_TEXT, accuracy_tag
+from slmforge.registry.rules import (
+    BASE_NAME_TAG,
+    BASE_VERSION_TAG,
+    DEFAULT_TRACKING_URI_TEXT,
+    KIND_TAG,
+    accuracy_tag,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.registry.rules import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
-    models = [m for m in list_models(uri) if not args.name or m["name"] == args.name]
+    models = nest_adapters(list_models(uri))
+    models = [m for m in models if not args.name or args.name in
+              {m["name"], *(a["name"] for v in m["versions"] for a in v.get("adapters", []))}]
     if args.json:
         print(json.dumps({"tracking_uri": uri, "models": models}, indent=2))
         return 0
@@ -37,8 +49,33 @@ def run(args: argparse.Namespace) -> int:
             accuracy = accuracy_tag(v["tags"])
             print(f"{m['name']:<28} {v['version']:>7}  {','.join(v['aliases']) or '-':<12} {v['created']:<16}  "
                   f"{accuracy:<8}  {v['source']}")
+            for i, a in enumerate(v.get("adapters", [])):
+                branch = "└─" if i == len(v["adapters"]) - 1 else "├─"
+                print(f"{'  ' + branch + ' adapter ' + a['name']:<28} {a['version']:>7}  "
+                      f"{','.join(a['aliases']) or '-':<12} {a['created']:<16}  {accuracy_tag(a['tags']):<8}  "
+                      f"{a['source']}")
     print(f"registry: {uri}")
     return 0
+
+
+def nest_adapters(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each adapter version listed under the base version its tags name (`adapters`, by name then version),
+    not as a model of its own; an adapter whose base version is not in the registry stays a model."""
+    versions = {(m["name"], v["version"]): v for m in models for v in m["versions"]}
+    out = []
+    for m in models:
+        kept = []
+        for v in m["versions"]:
+            base = versions.get((v["tags"].get(BASE_NAME_TAG), v["tags"].get(BASE_VERSION_TAG)))
+            if v["tags"].get(KIND_TAG) == "adapter" and base is not None:
+                base.setdefault("adapters", []).append({"name": m["name"], **v})
+            else:
+                kept.append(v)
+        if kept:
+            out.append({**m, "versions": kept})
+    for v in versions.values():
+        v.get("adapters", []).sort(key=lambda a: (a["name"], -int(a["version"])))
+    return out
 
 
 def _workspace(args: argparse.Namespace) -> int:

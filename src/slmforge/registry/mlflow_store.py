@@ -103,19 +103,22 @@ def _experiment_id(client, uri: str) -> str:
         return found.experiment_id
 
 
-def register_version(uri: str, model: Path, name: str, tags: dict[str, str]):
-    """The version of `name` holding `model`, alias `current`: an existing one for this very model
-    and recipe, else a new one. Idempotent: a run killed after creating the version (before the
-    alias or the registration file) left that version behind, and registering again reuses it."""
+def register_version(uri: str, model: Path, name: str, tags: dict[str, str],
+                     same: tuple[str, ...] = (MODEL_DIGEST_TAG, RECIPE_DIGEST_TAG)):
+    """The version of `name` holding `model`, alias `current`: an existing one whose `same` tags equal
+    `tags`' (this very model from this very recipe), else a new one. Idempotent: a run killed after
+    creating the version (before the alias or the registration file) left that version behind, and
+    registering again reuses it. A shared base matches on its model digest alone: every recipe
+    fine-tuning that model reuses its one version."""
     with registry_errors(uri):
         client = client_for(uri)
-        version = _same_version(client, name, tags) or _new_version(client, uri, model, name, tags)
+        version = _same_version(client, name, tags, same) or _new_version(client, uri, model, name, tags)
         client.set_registered_model_alias(name, ALIAS, version.version)
     return version
 
 
-def _same_version(client, name: str, tags: dict[str, str]):
-    """The version of `name` registering this very model (digest) from this recipe, if its files are there."""
+def _same_version(client, name: str, tags: dict[str, str], same: tuple[str, ...]):
+    """The newest version of `name` whose `same` tags equal `tags`', if its files are there."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -124,7 +127,7 @@ def _same_version(client, name: str, tags: dict[str, str]):
         return None
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
         mine = (v.tags or {})
-        if all(mine.get(k) == tags[k] for k in (MODEL_DIGEST_TAG, RECIPE_DIGEST_TAG)) and _source_present(v.source):
+        if all(mine.get(k) == tags.get(k) for k in same) and _source_present(v.source):
             return v
     return None
 

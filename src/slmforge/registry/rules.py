@@ -38,6 +38,20 @@ def check_asset_name(value: str, what: str = "model name") -> str:
 METRIC_TAGS = ("label", "accuracy", "perplexity", "tokens_per_second", "size_bytes", "n", "model_kind")
 RECIPE_DIGEST_TAG = "slmforge.recipe_digest"
 MODEL_DIGEST_TAG = "slmforge.model_digest"
+# An adapter (an .onnx_adapter served on a shared base) is its own model; these tags name its base.
+# `slmforge models` lists an adapter under the base version they name.
+KIND_TAG = "slmforge.kind"  # "base" (a base with adapter slots) or "adapter"; absent on a plain model
+BASE_NAME_TAG, BASE_VERSION_TAG = "slmforge.base_name", "slmforge.base_version"
+BASE_DIGEST_TAG = "slmforge.base_digest"  # the base graph's digest (adapter_slots.json), as the adapter's sidecar records it
+
+
+def default_base_name(source: str, precision: str) -> str:
+    """The registered name of a shared base when none is given: the source model's last path part
+    (a hub id's name, a folder's name), `-<precision>-base`, in the characters a model name takes.
+    The same for every recipe that fine-tunes that model and builds it at that precision, so their
+    adapters share one base entry."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", source.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]).strip("-._")
+    return check_asset_name(f"{stem or 'model'}-{precision}-base"[-255:].lstrip("-._"), "base model name")
 
 
 def version_tags(metrics: dict[str, Any] | None, **origin: str | None) -> dict[str, str]:
