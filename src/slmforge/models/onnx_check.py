@@ -41,15 +41,19 @@ def read_reference(reference: str, dataset: str, eval_data, max_new_tokens: int)
 
 def check_against_pytorch(folder: Path, source: str, adapter: Path | None, precision: str,
                           execution_provider: str, *, eval_data=None, reference_answers: dict | None = None,
-                          max_accuracy_drop: float | None = None, max_new_tokens: int = 8) -> dict:
+                          max_accuracy_drop: float | None = None, max_new_tokens: int = 8,
+                          onnx_adapter: Path | None = None) -> dict:
     """Compare the built model with the PyTorch model it came from; StepFailed when it falls short.
 
     Always, on fixed prompts at every position (logit_check.py): fp32 within a rounding bound that
     scales with the logits and the depth; other precisions a sanity floor on the logit cosine that
     a mis-wired head or a broken layer cannot reach. With eval rows (`eval_data`): the built model's
     greedy answers against the source model's, and the accuracy it loses (logit_check.ANSWER_GATES).
+    `onnx_adapter`: `folder` is a base with adapter slots and this file the adapter served on it; the
+    gates are the same (the study behind it: docs/research/issue-22).
     """
     from slmforge.models import genai, logit_check, torch_model
+    from slmforge.models import onnx_adapter as adapter_file
 
     reference_model = torch_model.TorchBackend(source, adapter=adapter)
     token_ids = [reference_model.encode(p) for p in logit_check.CHECK_PROMPTS]
@@ -60,7 +64,8 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     del reference_model
 
     try:
-        onnx_model = genai.PlainOrtModel(folder, execution_provider)
+        served = adapter_file.open_file(onnx_adapter) if onnx_adapter is not None else None
+        onnx_model = genai.PlainOrtModel(folder, execution_provider, adapter=served)
         candidate = [onnx_model.logits(ids) for ids in token_ids]
     except SlmforgeError:
         raise
@@ -68,7 +73,7 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
         raise StepFailed(f"the built model.onnx does not run in onnxruntime: {e}") from e
     result = logit_check.compare(reference, candidate)
 
-    og_model = genai.GenaiModel(folder)
+    og_model = genai.GenaiModel(folder, adapters=[onnx_adapter] if onnx_adapter is not None else [])
     tokenizer_matches = sum(og_model.encode(p) == ids for p, ids in zip(logit_check.CHECK_PROMPTS, token_ids))
 
     check = {**result.as_dict(), "precision": precision, "prompts": len(token_ids),
@@ -98,7 +103,8 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
                                     "then replaces the agreement gates; int8 or another int4_algo_config may keep more)")
         problems += answer_problems
     if problems:
-        raise StepFailed(f"the {precision} ONNX model does not match its source: " + "; ".join(problems))
+        what = "adapter on its base" if onnx_adapter is not None else "model"
+        raise StepFailed(f"the {precision} ONNX {what} does not match its source: " + "; ".join(problems))
     return check
 
 

@@ -17,7 +17,7 @@ from slmforge.recipe.evaluators import check_evaluators
 from slmforge.recipe.limits import check_limits
 from slmforge.recipe.load_kwargs import check_load_kwargs, load_kwargs_notes
 from slmforge.recipe.loaded import LoadedRecipe
-from slmforge.recipe.schema import AzureMLSystem, FinetunePass, MergePass, ModelBuilderPass
+from slmforge.recipe.schema import AzureMLSystem, ExtractAdaptersPass, FinetunePass, MergePass, ModelBuilderPass
 from slmforge.recipe.user_script import check_user_script
 from slmforge.training.methods import PASS_TYPES, by_pass_type
 
@@ -97,6 +97,32 @@ def _check_passes(loaded: LoadedRecipe) -> Iterator[str]:
             if seen_build:
                 yield f"{where}: a second ModelBuilder pass"
             seen_build = name
+    yield from _check_extract(loaded)
+
+
+def _check_extract(loaded: LoadedRecipe) -> Iterator[str]:
+    """ExtractAdapters: a LoRA or QLoRA fine-tune, a ModelBuilder to build the base, no merge."""
+    passes = loaded.recipe.passes
+    extract = next((n for n, p in passes.items() if isinstance(p, ExtractAdaptersPass)), None)
+    if extract is None:
+        return
+    where, p = loaded.where("passes", extract), passes[extract]
+    finetune = next((q for q in passes.values() if isinstance(q, FinetunePass)), None)
+    refused = by_pass_type(finetune.type) if finetune is not None else None
+    if p.adapter_type != "lora":
+        refused = by_pass_type(p.adapter_type)
+    if refused is not None and not refused.genai_adapter:
+        yield (f"{where}: a {refused.pass_type} adapter cannot be served separately: {refused.genai_adapter_why}; "
+               "drop ExtractAdapters to build it merged")
+    elif finetune is None:
+        yield f"{where}: ExtractAdapters needs a LoRA or QLoRA pass before it (the adapter it writes out)"
+    if any(isinstance(q, MergePass) for q in passes.values()):
+        yield (f"{where}: MergeAdapterWeights bakes the adapter into the model and ExtractAdapters keeps it separate; "
+               "keep one of them")
+    if sum(isinstance(q, ExtractAdaptersPass) for q in passes.values()) > 1:
+        yield f"{where}: a second ExtractAdapters pass"
+    if not any(isinstance(q, ModelBuilderPass) for q in passes.values()):
+        yield f"{where}: ExtractAdapters needs a ModelBuilder pass (or Olive's ONNX export chain) to build the base"
 
 
 def _check_secrets(loaded: LoadedRecipe) -> Iterator[str]:

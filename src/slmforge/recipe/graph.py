@@ -20,7 +20,14 @@ from slmforge.recipe.load_kwargs import finetune_dtype
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.naming import recipe_digest, registered_name
 from slmforge.recipe.passes import dtype_name, finetune_step_params
-from slmforge.recipe.schema import AzureMLRegistryModel, FinetunePass, MergePass, ModelBuilderPass, Recipe
+from slmforge.recipe.schema import (
+    AzureMLRegistryModel,
+    ExtractAdaptersPass,
+    FinetunePass,
+    MergePass,
+    ModelBuilderPass,
+    Recipe,
+)
 from slmforge.recipe.step_graph import ModelSource, Ref, Scalar, Step, StepGraph
 from slmforge.training.methods import by_pass_type
 
@@ -43,6 +50,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
     # A user_script pre-process gives token ids, not rows: nothing to answer, so no evaluate steps or answer gates.
     rows = dc is not None and "pre_process_data" not in dc.user_components
     chain = _Chain(*source.inputs())
+    extract = next((p for p in recipe.passes.values() if isinstance(p, ExtractAdaptersPass)), None)
     # Olive evaluates the input model when a goal is relative to it.
     if (recipe.engine.evaluate_input_model or evaluators.has_relative_goals(recipe)) and rows:
         steps.append(_evaluate("evaluate_base", dict(chain.base_inputs), dict(chain.base_params), recipe))
@@ -51,15 +59,21 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
             _finetune(chain, p, steps, recipe)
         elif isinstance(p, MergePass):
             _merge(chain, p, steps, recipe, rows)
+        elif isinstance(p, ModelBuilderPass) and extract is not None:
+            _build_base(chain, loaded, pass_name, p, extract, steps)
         elif isinstance(p, ModelBuilderPass):
             _build_onnx(chain, loaded, pass_name, p, steps, rows)
+    adapter = adapter_metrics = None
+    if extract is not None:
+        adapter, adapter_metrics = _export_adapter(chain, loaded, steps, rows)
     if chain.final is None:
         raise InvalidInput(f"{loaded.path}: passes: the recipe has no LoRA, QLoRA, MergeAdapterWeights or "
                            "ModelBuilder pass, so there is nothing to produce")
-    final_metrics = _final_metrics(steps, chain.final)
+    final_metrics = None if adapter else _final_metrics(steps, chain.final)  # the base's evaluations are the adapter's
     if recipe.register_.enabled:
         steps.append(_register(loaded, chain.final, final_metrics))
-    return StepGraph(steps=steps, final=chain.final, recipe_digest=recipe_digest(loaded), final_metrics=final_metrics)
+    return StepGraph(steps=steps, final=chain.final, recipe_digest=recipe_digest(loaded), final_metrics=final_metrics,
+                     adapter=adapter, adapter_metrics=adapter_metrics)
 
 
 # ---- the passes, in the recipe's order
@@ -127,18 +141,7 @@ def _build_onnx(chain: _Chain, loaded: LoadedRecipe, pass_name: str, cfg: ModelB
     chain.adapter = adapter
     if adapter is not None:
         inputs["adapter"] = adapter  # build straight from base + adapter
-    params.update(
-        precision=cfg.precision,
-        execution_provider=cfg.execution_provider or _provider(recipe),
-        int4_block_size=cfg.int4_block_size,
-        int4_accuracy_level=cfg.int4_accuracy_level,
-    )
-    params.update(int4_algo_config=cfg.int4_algo_config, int4_is_symmetric=cfg.int4_is_symmetric)
-    extra = extra_options(loaded, pass_name, cfg)
-    if extra:
-        params["extra_options"] = extra
-    if cfg.max_accuracy_drop is not None:
-        params["max_accuracy_drop"] = cfg.max_accuracy_drop
+    params = _builder_params(params, loaded, pass_name, cfg)
     if rows:
         inputs["dataset"] = Ref("step", "load_data", "dataset")  # the answer gates' eval rows
         params["check_max_samples"] = recipe.evaluate.max_samples
@@ -151,6 +154,62 @@ def _build_onnx(chain: _Chain, loaded: LoadedRecipe, pass_name: str, cfg: ModelB
     chain.final = ("build_onnx", "model")
     if rows:
         steps.append(_evaluate("evaluate_onnx", _model_of("build_onnx"), {}, recipe, steps))
+
+
+def _builder_params(chain_params: dict[str, Scalar], loaded: LoadedRecipe, pass_name: str,
+                    cfg: ModelBuilderPass) -> dict[str, Scalar]:
+    params = dict(chain_params)
+    params.update(
+        precision=cfg.precision,
+        execution_provider=cfg.execution_provider or _provider(loaded.recipe),
+        int4_block_size=cfg.int4_block_size,
+        int4_accuracy_level=cfg.int4_accuracy_level,
+    )
+    params.update(int4_algo_config=cfg.int4_algo_config, int4_is_symmetric=cfg.int4_is_symmetric)
+    extra = extra_options(loaded, pass_name, cfg)
+    if extra:
+        params["extra_options"] = extra
+    if cfg.max_accuracy_drop is not None:
+        params["max_accuracy_drop"] = cfg.max_accuracy_drop
+    return params
+
+
+def _build_base(chain: _Chain, loaded: LoadedRecipe, pass_name: str, cfg: ModelBuilderPass,
+                extract: ExtractAdaptersPass, steps: list[Step]) -> None:
+    """The base for separate adapters: built from the input model alone, with adapter slots. No adapter
+    and no dataset among its inputs, so every fine-tune of that model shares its cache entry."""
+    params = _builder_params(chain.base_params, loaded, pass_name, cfg)
+    params["adapter_slots"] = extract.adapter_slots
+    steps.append(Step("build_onnx", "build_onnx", dict(chain.base_inputs), params))
+    chain.final = ("build_onnx", "model")
+
+
+def _export_adapter(chain: _Chain, loaded: LoadedRecipe, steps: list[Step],
+                    rows: bool) -> tuple[tuple[str, str], tuple[str, str] | None]:
+    """The fine-tune's adapter as an .onnx_adapter for the base, checked, then evaluated on the base."""
+    assert chain.adapter is not None and chain.final == ("build_onnx", "model")  # checks.py: fine-tune, ModelBuilder
+    recipe = loaded.recipe
+    inputs = {"model": Ref("step", "build_onnx", "model"), "adapter": chain.adapter}
+    params: dict[str, Scalar] = {"name": registered_name(loaded)}
+    if "model" in chain.base_inputs:
+        inputs["source"] = chain.base_inputs["model"]
+    else:
+        params["source_id"] = str(chain.base_params.get("model_id", ""))
+    build = next(s for s in steps if s.name == "build_onnx")
+    if "max_accuracy_drop" in build.params:
+        params["max_accuracy_drop"] = build.params["max_accuracy_drop"]
+    if rows:
+        inputs["dataset"] = Ref("step", "load_data", "dataset")
+        params["check_max_samples"] = recipe.evaluate.max_samples
+        params["check_max_new_tokens"] = recipe.evaluate.max_new_tokens
+    steps.append(Step("export_adapter", "export_adapter", inputs, params))
+    adapter = ("export_adapter", "adapter")
+    if not rows:
+        return adapter, None
+    evaluation = _evaluate("evaluate_onnx", _model_of("build_onnx"), {}, recipe, steps)
+    evaluation.inputs["adapter"] = Ref("step", *adapter)
+    steps.append(evaluation)
+    return adapter, ("evaluate_onnx", "metrics")
 
 
 # ---- evaluation and registration

@@ -17,14 +17,11 @@ from typing import Any
 
 from slmforge.training.methods import PASS_TYPES
 
-RUN = (*PASS_TYPES, "MergeAdapterWeights", "ModelBuilder")
+RUN = (*PASS_TYPES, "MergeAdapterWeights", "ModelBuilder", "ExtractAdapters")
 EXPORT_CHAIN = ("OnnxConversion", "OrtTransformersOptimization", "OnnxMatMul4Quantizer", "OnnxBnb4Quantization",
                 "OnnxBlockWiseRtnQuantization")
 QUANTIZERS = ("OnnxMatMul4Quantizer", "OnnxBnb4Quantization", "OnnxBlockWiseRtnQuantization")
 
-_ADAPTERS = ("keeps the adapter as separate weights; slmforge builds the adapter into the model for now "
-             "(separate adapters are being built): drop ExtractAdapters, or put MergeAdapterWeights before "
-             "ModelBuilder")
 _TORCH_QUANT = ("quantizes the PyTorch model; slmforge quantizes in its checked ModelBuilder step instead: "
                 "use ModelBuilder with precision int4 and int4_algo_config (rtn, k_quant, k_quant_mixed, or "
                 "slmforge's default auto)")
@@ -39,7 +36,6 @@ _OTHER = "is not a step of fine-tuning and shipping a language model, which is w
 
 # Olive pass types slmforge does not run, with why and what it offers instead (Olive 0.4 to today).
 REFUSED: dict[str, str] = {
-    "ExtractAdapters": _ADAPTERS,
     "LoftQ": ("initialises LoRA by rewriting the base model's weights, which the merge and build do not carry "
               "yet; use LoRA or QLoRA"),
     "SDLoRA": "fine-tunes Stable Diffusion, not a language model",
@@ -150,7 +146,7 @@ def fold_export_chain(passes: dict[str, Any]) -> tuple[dict[str, Any], str | Non
 def _needs_merge(passes: dict[str, Any]) -> str | None:
     """The type of a fine-tune the builder cannot read beside its base, when no merge follows it."""
     types = [p.get("type") for p in passes.values() if isinstance(p, dict)]
-    if "MergeAdapterWeights" in types:
+    if "MergeAdapterWeights" in types or "ExtractAdapters" in types:  # with ExtractAdapters: refused in checks.py
         return None
     return next((t for t in types if t in ("DoRA", "LoHa", "LoKr")), None)
 

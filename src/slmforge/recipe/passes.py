@@ -131,5 +131,28 @@ class ModelBuilderPass(create_model("ModelBuilderFields", __base__=Strict, type=
     enable_cuda_graph: bool | None = Field(None, description="allow CUDA graph capture (CUDA execution provider)")
 
 
-Pass = Annotated[Union[tuple(FINETUNE_PASSES.values()) + (MergePass, ModelBuilderPass)],
+_NOT_SEPARATE = "a base with adapter slots keeps every adapter as optional inputs, served by onnxruntime-genai's Adapters"
+
+
+class ExtractAdaptersPass(create_model("ExtractAdaptersFields", __base__=Strict, type=(Literal["ExtractAdapters"], ...),
+                                       **pydantic_fields(build_onnx.Params, only=("adapter_slots",), recipe={
+                                           "adapter_slots": {"default": "all"}}))):
+    """Olive's ExtractAdapters: the model is built as a base whose LoRA weights are inputs (build_onnx with
+    adapter_slots), and the fine-tune's adapter is written beside it as an .onnx_adapter (export_adapter)."""
+
+    adapter_type: Literal["lora", "dora", "loha"] = Field(
+        "lora", description="lora; dora and loha are refused (they cannot be served separately: their reason names why)")
+    make_inputs: Literal[True] = Field(True, description=f"always true: {_NOT_SEPARATE}")
+    dynamic_lora_r: Literal[True] = Field(True, description="always true: each adapter brings its own rank")
+    optional_inputs: Literal[True] = Field(True, description="always true: without an adapter the base answers alone")
+    save_format: Literal["onnx_adapter"] = Field(
+        "onnx_adapter", description="onnx_adapter: the file onnxruntime-genai's Adapters load")
+    pack_inputs: Literal[False] = Field(
+        False, description="false: onnxruntime-genai loads one input per weight (Olive removed packing in 0.7)")
+    # Olive's external-data keys: the base is always written with its weights in model.onnx.data.
+    save_as_external_data: Literal[True] = Field(True, description="always true: weights in model.onnx.data")
+    all_tensors_to_one_file: Literal[True] = Field(True, description="always true: one model.onnx.data")
+
+
+Pass = Annotated[Union[tuple(FINETUNE_PASSES.values()) + (MergePass, ModelBuilderPass, ExtractAdaptersPass)],
                  Field(discriminator="type")]

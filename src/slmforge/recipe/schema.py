@@ -25,6 +25,7 @@ from slmforge.recipe.data_config import DataConfig, LoadDatasetConfig, PreProces
 from slmforge.recipe.evaluators import Evaluator, EvaluatorRef
 from slmforge.recipe.passes import (  # noqa: F401 - re-exported
     FINETUNE_PASSES,
+    ExtractAdaptersPass,
     FinetunePass,
     MergePass,
     ModelBuilderPass,

@@ -70,6 +70,10 @@ class StepGraph:
     # (step, output): the evaluation of the final model itself, the metrics its registration carries
     # (the register step's input; on Azure ML the pipeline's metrics output). None: none evaluates it.
     final_metrics: tuple[str, str] | None = None
+    # (step, output): a separate adapter for the final model (a base with adapter slots), and the
+    # evaluation of that base with it active. None without ExtractAdapters.
+    adapter: tuple[str, str] | None = None
+    adapter_metrics: tuple[str, str] | None = None
 
     def step(self, name: str) -> Step:
         for s in self.steps:

@@ -29,6 +29,7 @@ from slmforge.steps import catalog
 
 REPORT = "report.md"
 MODEL = "model"
+ADAPTERS = "adapters"  # a base with adapter slots: the recipe's adapter file, served on model/
 LOGS = "logs"
 
 
@@ -100,6 +101,8 @@ def local_run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepR
                       seconds=time.time() - started, steps=[_step_record(r) for r in results], evaluation=evaluation,
                       model={"path": str(model_dir) if model_dir else None, "step": final_step, "output": final_output,
                              "kind": model_kind(by_name[final_step].component)},
+                      **({"adapter": {"path": str(model_dir.parent / ADAPTERS) if model_dir else None,
+                                      "step": graph.adapter[0], "output": graph.adapter[1]}} if graph.adapter else {}),
                       registered=registered, error=error, **extra)
 
 
@@ -128,11 +131,14 @@ def finish(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], st
     from slmforge.backends.local.report import LOSS_PNG, write_report
 
     out_dir = stage.out
-    final = {r.name: r for r in results}[graph.final[0]]
-    source = Path(final.outputs[graph.final[1]])
+    by_name = {r.name: r for r in results}
+    source = Path(by_name[graph.final[0]].outputs[graph.final[1]])
+    adapter = Path(by_name[graph.adapter[0]].outputs[graph.adapter[1]]) if graph.adapter else None
     with locked(out_dir / staging.LOCK):
         if not same_model(source, out_dir / MODEL, memo):
             copy_model(source, stage.path / MODEL, memo)
+        if adapter is not None and not same_model(adapter, out_dir / ADAPTERS, memo):
+            copy_model(adapter, stage.path / ADAPTERS, memo)
         if memo is not None:
             memo.save()
         plot_stamp = f".{LOSS_PNG}.sha256"
@@ -147,8 +153,9 @@ def finish(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], st
         write_report(record, stage.path / REPORT)
         staging.write_record(stage.path / RUN_JSON, record)
         (stage.path / LOGS).mkdir(exist_ok=True)
-        names = [MODEL, LOGS, LOSS_PNG, plot_stamp, REPORT, RUN_JSON]
-        staging.swap_in(stage, names, stale=[LOSS_PNG, plot_stamp])
+        names = [MODEL, ADAPTERS, LOGS, LOSS_PNG, plot_stamp, REPORT, RUN_JSON]
+        stale = [LOSS_PNG, plot_stamp] + ([] if adapter is not None else [ADAPTERS])
+        staging.swap_in(stage, names, stale=stale)
     return record
 
 
