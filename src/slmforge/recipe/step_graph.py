@@ -70,8 +70,8 @@ class StepGraph:
     # (step, output): the evaluation of the final model itself, the metrics its registration carries
     # (the register step's input; on Azure ML the pipeline's metrics output). None: none evaluates it.
     final_metrics: tuple[str, str] | None = None
-    # (step, output): an adapter served on the final model (then a shared base), registered as its own
-    # model tagged with the base's; and the evaluation of base + that adapter, the metrics it carries.
+    # (step, output): a separate adapter for the final model (a base with adapter slots), and the
+    # evaluation of that base with it active. None without ExtractAdapters.
     adapter: tuple[str, str] | None = None
     adapter_metrics: tuple[str, str] | None = None
 
