@@ -81,16 +81,34 @@ def nest_adapters(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _workspace(args: argparse.Namespace) -> int:
     from slmforge.backends.aml.models import list_workspace_models
 
-    rows = list_workspace_models(args.workspace, registry=args.registry, name=args.name)
+    flat = list_workspace_models(args.workspace, registry=args.registry)
+    rows = [r for r in nest_rows(flat) if not args.name or args.name in {r["name"], *(a["name"] for a in r.get("adapters", []))}]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
         print("no registered models")
         return 0
-    width = max(7, *(len(str(r["version"])) for r in rows))
+    width = max(7, *(len(str(r["version"])) for r in flat))
     print(f"{'name':<28} {'version':>{width}}  {'type':<14} {'created':<20} accuracy")
     for r in rows:
-        accuracy = accuracy_tag(r.get("tags"))
-        print(f"{r['name']:<28} {r['version']:>{width}}  {r['type']:<14} {r['created'] or '-':<20} {accuracy}")
+        print(f"{r['name']:<28} {r['version']:>{width}}  {r['type']:<14} {r['created'] or '-':<20} {accuracy_tag(r.get('tags'))}")
+        for i, a in enumerate(r.get("adapters", [])):
+            branch = "└─" if i == len(r["adapters"]) - 1 else "├─"
+            print(f"{'  ' + branch + ' adapter ' + a['name']:<28} {a['version']:>{width}}  {a['type']:<14} "
+                  f"{a['created'] or '-':<20} {accuracy_tag(a.get('tags'))}")
     return 0
+
+
+def nest_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A workspace's flat rows with each adapter under the base row its tags name (`adapters`)."""
+    by_version = {(r["name"], r["version"]): r for r in rows}
+    out = []
+    for r in rows:
+        tags = r.get("tags") or {}
+        base = by_version.get((tags.get(BASE_NAME_TAG), tags.get(BASE_VERSION_TAG)))
+        if tags.get(KIND_TAG) == "adapter" and base is not None:
+            base.setdefault("adapters", []).append(r)
+        else:
+            out.append(r)
+    return out

@@ -24,24 +24,24 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.backends.aml.workspace import resolve_ml_client
 
     check_names(args)
+    from slmforge.commands.submit import print_registered
+
     ml_client = resolve_ml_client(args.workspace)
-    if args.registry:
-        require_registry(args.workspace, args.registry)
-    model = register_job_model(ml_client, args.job, name=args.name, version=args.version,
-                               model_format=args.format, registry=args.registry)
-    where = f" (shared into registry {args.registry})" if args.registry else ""
-    print(f"registered model {model.name}:{model.version}{where}")
+    registry_client = require_registry(args.workspace, args.registry) if args.registry else None
+    models = register_job_model(ml_client, args.job, name=args.name, version=args.version,
+                                model_format=args.format, registry=args.registry, registry_client=registry_client)
+    print_registered(models, f" (shared into registry {args.registry})" if args.registry else "")
     return 0
 
 
-def require_registry(workspace: str | None, registry: str) -> None:
-    """Fail before registering anything when the registry to share into does not exist."""
+def require_registry(workspace: str | None, registry: str):
+    """An MLClient on the registry to share into; InvalidInput before registering anything when it does not exist."""
     from azure.core.exceptions import ResourceNotFoundError
 
     from slmforge.backends.aml.workspace import one_line, resolve_ml_client
     from slmforge.errors import InvalidInput
 
     try:
-        resolve_ml_client(workspace, registry_name=registry)  # the SDK looks the registry up here
+        return resolve_ml_client(workspace, registry_name=registry)  # the SDK looks the registry up here
     except ResourceNotFoundError as e:
         raise InvalidInput(f"--registry {registry}: no such Azure ML registry; the service said: {one_line(e)}") from None

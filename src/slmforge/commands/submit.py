@@ -51,6 +51,21 @@ def run(args: argparse.Namespace) -> int:
     final = follow(ml_client, job.name)
     raise_if_failed(final, failure_cause(ml_client, final))
     if args.register and loaded.recipe.register_.enabled:
-        model = register_job_model(ml_client, job.name, registry=loaded.recipe.register_.registry)
-        print(f"registered model {model.name}:{model.version}")
+        registry = loaded.recipe.register_.registry
+        registry_client = resolve_ml_client(args.workspace, loaded.recipe.azureml_client,
+                                            registry_name=registry) if registry else None
+        print_registered(register_job_model(ml_client, job.name, registry=registry, registry_client=registry_client))
     return 0
+
+
+def print_registered(models: list, where: str = "") -> None:
+    """One line per registered model; a separate adapter's line names its base."""
+    from slmforge.registry.rules import BASE_NAME_TAG, BASE_VERSION_TAG, KIND_TAG
+
+    for m in models:
+        tags = m.tags or {}
+        kind = tags.get(KIND_TAG)
+        if kind == "adapter":
+            print(f"registered adapter {m.name}:{m.version} on base {tags[BASE_NAME_TAG]}:{tags[BASE_VERSION_TAG]}{where}")
+        else:
+            print(f"registered {'base' if kind == 'base' else 'model'} {m.name}:{m.version}{where}")

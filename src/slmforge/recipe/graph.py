@@ -29,6 +29,7 @@ from slmforge.recipe.schema import (
     Recipe,
 )
 from slmforge.recipe.step_graph import ModelSource, Ref, Scalar, Step, StepGraph
+from slmforge.registry.rules import default_base_name
 from slmforge.training.methods import by_pass_type
 
 
@@ -71,7 +72,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
                            "ModelBuilder pass, so there is nothing to produce")
     final_metrics = None if adapter else _final_metrics(steps, chain.final)  # the base's evaluations are the adapter's
     if recipe.register_.enabled:
-        steps.append(_register(loaded, chain.final, final_metrics))
+        steps.append(_register(loaded, chain.final, final_metrics, adapter, adapter_metrics))
     return StepGraph(steps=steps, final=chain.final, recipe_digest=recipe_digest(loaded), final_metrics=final_metrics,
                      adapter=adapter, adapter_metrics=adapter_metrics)
 
@@ -225,14 +226,33 @@ def _final_metrics(steps: list[Step], final: tuple[str, str]) -> tuple[str, str]
                  if s.component == "evaluate" and s.inputs.get("model") == model), None)
 
 
-def _register(loaded: LoadedRecipe, final: tuple[str, str], final_metrics: tuple[str, str] | None) -> Step:
+def _register(loaded: LoadedRecipe, final: tuple[str, str], final_metrics: tuple[str, str] | None,
+              adapter: tuple[str, str] | None = None, adapter_metrics: tuple[str, str] | None = None) -> Step:
+    """The register step; with a separate adapter, the final model is its shared base, registered under
+    `base_registered_name` beside the adapter (the recipe's registered name)."""
     recipe = loaded.recipe
     inputs = {"model": Ref("step", *final)}
     if final_metrics is not None:
         inputs["metrics"] = Ref("step", *final_metrics)
     params: dict[str, Scalar] = {"name": registered_name(loaded), "format": recipe.register_.format,
                                  "recipe_digest": recipe_digest(loaded)}
+    if adapter is not None:
+        inputs["adapter"] = Ref("step", *adapter)
+        if adapter_metrics is not None:
+            inputs["adapter_metrics"] = Ref("step", *adapter_metrics)
+        params["base_name"] = base_registered_name(loaded)
     return Step("register", "register", inputs, params)
+
+
+def base_registered_name(loaded: LoadedRecipe) -> str:
+    """The shared base's registered name (registry/rules.py default_base_name): the input model's name and
+    the build's precision, the same for every recipe fine-tuning that model at that precision."""
+    source = model_source(loaded)
+    name = source.model_id if source.ref is None else source.ref.value
+    if source.ref is not None and source.ref.kind == "uri" and "/models/" in name:
+        name = name.split("/models/", 1)[1].split("/", 1)[0]  # azureml://registries/r/models/<name>/versions/1
+    build = next((p for p in loaded.recipe.passes.values() if isinstance(p, ModelBuilderPass)), None)
+    return default_base_name(name or "model", build.precision if build is not None else "onnx")
 
 
 def _evaluate(name: str, inputs: dict[str, Ref], params: dict[str, Scalar], recipe: Recipe,

@@ -182,15 +182,16 @@ def job_record(ml_client: "MLClient", job: "Job", *, model_dir: Path | None = No
              "display_name": job.display_name, "studio_url": studio_url(job), "tags": tags})
 
 
-def job_metrics(ml_client: "MLClient", job: "Job") -> dict[str, Any] | None:
-    """metrics.json of the evaluation of the job's final model, or None when the pipeline has none."""
-    if METRICS_OUTPUT not in (job.outputs or {}):
+def job_metrics(ml_client: "MLClient", job: "Job", output: str = METRICS_OUTPUT) -> dict[str, Any] | None:
+    """metrics.json of the evaluation of the job's final model (or of the evaluation another `output`
+    holds), or None when the pipeline has none."""
+    if output not in (job.outputs or {}):
         return None
     with tempfile.TemporaryDirectory(prefix="slmforge-metrics-") as tmp:
-        ml_client.jobs.download(job.name, download_path=tmp, output_name=METRICS_OUTPUT)
-        folder = downloaded_output(Path(tmp), METRICS_OUTPUT)
+        ml_client.jobs.download(job.name, download_path=tmp, output_name=output)
+        folder = downloaded_output(Path(tmp), output)
         if not (folder / folders.METRICS).is_file():
-            raise StepFailed(f"job {job.name}: its '{METRICS_OUTPUT}' output has no {folders.METRICS}")
+            raise StepFailed(f"job {job.name}: its '{output}' output has no {folders.METRICS}")
         return folders.read_metrics(folder)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from slmforge.errors import InvalidInput
-from slmforge.recipe.graph import build_graph, model_source
+from slmforge.recipe.graph import base_registered_name, build_graph, model_source
 from slmforge.recipe.naming import host_system, registered_name
 from slmforge.recipe.schema import AzureMLSystem
 from slmforge.recipe.step_graph import Ref, Step, StepGraph
@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 DEFAULT_DATASTORE = "workspaceblobstore"
 FINAL_OUTPUT = "model"  # the pipeline output holding the final model
 METRICS_OUTPUT = "metrics"  # the final model's evaluation (StepGraph.final_metrics), read when registering
+# With a separate adapter (StepGraph.adapter) the final model is its shared base: the adapter and the
+# evaluation of base + adapter are two more outputs, and the job's tags name the base apart.
+ADAPTER_OUTPUT, ADAPTER_METRICS_OUTPUT = "adapter", "adapter_metrics"
+BASE_NAME_JOB_TAG = "slmforge.base_name"
 PIPELINE_FILE = "pipeline.yml"
 CODE_DIR, BUILD_DIR = "code", "docker"  # snapshots beside pipeline.yml (compile -o)
 
@@ -112,18 +116,30 @@ def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | 
             nodes[step.name] = node
         final_step, final_output = graph.final
         outputs = {FINAL_OUTPUT: getattr(nodes[final_step].outputs, final_output)}
-        if graph.final_metrics is not None:  # only an evaluation of the final model itself
-            metrics_step, metrics_output = graph.final_metrics
-            outputs[METRICS_OUTPUT] = getattr(nodes[metrics_step].outputs, metrics_output)
+        for key, where in ((METRICS_OUTPUT, graph.final_metrics), (ADAPTER_OUTPUT, graph.adapter),
+                           (ADAPTER_METRICS_OUTPUT, graph.adapter_metrics)):
+            if where is not None:  # metrics: only an evaluation of the final model itself
+                outputs[key] = getattr(nodes[where[0]].outputs, where[1])
         return outputs
 
     job = slmforge_pipeline()
-    out = job.outputs[FINAL_OUTPUT]
+    # The name:version the recipe's model is registered as: the adapter's when there is one (the base's
+    # version is its digest, known once built: models.py).
+    out = job.outputs[ADAPTER_OUTPUT if graph.adapter else FINAL_OUTPUT]
     out.name, out.version = name, ver
     job.experiment_name = experiment or _node_safe(name)
     job.tags = {"slmforge.recipe_digest": graph.recipe_digest, "slmforge.model": f"{name}:{ver}",
                 "slmforge.final_step": graph.final[0], "slmforge.register_format": loaded.recipe.register_.format}
+    if graph.adapter:
+        job.tags[BASE_NAME_JOB_TAG] = _base_name(loaded, graph)
     return CompiledPipeline(job=job, graph=graph, model_name=name, model_version=ver, system=system)
+
+
+def _base_name(loaded: "LoadedRecipe", graph: StepGraph) -> str:
+    """The shared base's registered name: the register step's, as the local run registers it."""
+    register = next((s for s in graph.steps if catalog.spec(s.component).record == "registration"), None)
+    given = register.params.get("base_name") if register is not None else None
+    return str(given) if given else base_registered_name(loaded)
 
 
 def validate_pipeline(job: "PipelineJob") -> None:
@@ -286,6 +302,8 @@ def summary(compiled: CompiledPipeline) -> dict[str, Any]:
         "default_compute": job.settings.default_compute,
         "nodes": {n: (node.compute or job.settings.default_compute) for n, node in job.jobs.items()},
         "final_model": {"name": compiled.model_name, "version": compiled.model_version,
-                        "from": f"{compiled.graph.final[0]}.{compiled.graph.final[1]}"},
+                        "from": ".".join(compiled.graph.adapter or compiled.graph.final)},
+        **({"base_model": {"name": job.tags[BASE_NAME_JOB_TAG], "from": ".".join(compiled.graph.final)}}
+           if compiled.graph.adapter else {}),
         "recipe_digest": compiled.graph.recipe_digest,
     }

@@ -1,0 +1,106 @@
+"""A recipe with ExtractAdapters submitted to the emulated workspace (issue 22): the compiled pipeline has an
+`adapter` output beside the model (the shared base), and after the job both are registered through the SDK,
+the adapter tagged with its base. A second recipe on the same base registers a second adapter and reuses
+the base version; `slmforge models --workspace` lists both adapters under it.
+
+Cheap on purpose: the tiny model, two training steps, and data pre-processed by a user_script (token ids,
+so no evaluate step or answer gates run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from slmforge.cli import main as cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = '''\
+from olive.data.registry import Registry
+
+
+@Registry.register_pre_process("tone_ids")
+def tone_ids(dataset, model_name, task=None, **kwargs):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_name)
+    return dataset.map(lambda r: tok(r["phrase"] + " " + r["tone"]), remove_columns=dataset.column_names)
+'''
+
+
+def _recipe(folder: Path, model: Path, name: str, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "user_script.py").write_text(SCRIPT, encoding="utf-8")
+    shutil.copy(REPO / "src" / "slmforge" / "data" / "tones.jsonl", folder / "rows.jsonl")
+    recipe = {
+        "input_model": {"type": "HfModel", "model_path": str(model)},
+        "data_configs": [{"name": "tones", "type": "HuggingfaceContainer", "user_script": "user_script.py",
+                          "load_dataset_config": {"data_name": "json", "data_files": "rows.jsonl"},
+                          "pre_process_data_config": {"type": "tone_ids"}}],
+        "passes": {"lora": {"type": "LoRA", "r": 4, "alpha": 8, "train_data_config": "tones",
+                            "training_args": {"max_steps": 2, "per_device_train_batch_size": 4, "seed": seed}},
+                   "builder": {"type": "ModelBuilder", "precision": "int4"},
+                   "extract": {"type": "ExtractAdapters"}},
+        "cache_dir": "cache", "output_dir": "out", "register": {"name": name},
+    }
+    path = folder / "recipe.json"
+    path.write_text(json.dumps(recipe, indent=1), encoding="utf-8")
+    return path
+
+
+def _submit(recipe: Path, ws: str) -> str:
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setenv("SLMFORGE_POLL_SECONDS", "1")
+        rc = cli(["submit", str(recipe), "--workspace", ws, "--compute", "cpu-cluster", "--wait"])
+    assert rc == 0, out.getvalue()
+    return out.getvalue()
+
+
+def test_a_submitted_adapter_and_its_base_are_registered_once_per_base(emulator, tiny_model_dir, tmp_path, capsys):
+    from slmforge.emulator.client import ml_client
+    from slmforge.models.adapter_slots import SLOTS_FILE
+
+    ws = str(emulator[1])
+    client = ml_client(ws)
+    out = _submit(_recipe(tmp_path / "a", tiny_model_dir, "tiny-tones-a", seed=1), ws)
+    job = re.search(r"^submitted (\S+)$", out, re.M).group(1)
+    outputs = client.jobs.get(job).outputs
+    assert {"model", "adapter"} <= set(outputs) and outputs["adapter"].name == "tiny-tones-a"
+    base_name, base_version = re.search(r"^registered base (\S+):(\S+)$", out, re.M).groups()
+    adapter = re.search(r"^registered adapter tiny-tones-a:(\S+) on base (\S+)$", out, re.M)
+    assert adapter and adapter.group(2) == f"{base_name}:{base_version}", out
+    assert base_name == f"{tiny_model_dir.name}-int4-base"  # registry/rules.py default_base_name
+
+    # The registered base is the job's model output, and its version is the digest the adapter was made for.
+    dl = tmp_path / "dl"
+    client.models.download(base_name, base_version, download_path=str(dl))
+    slots = json.loads(next(dl.rglob(SLOTS_FILE)).read_text())
+    assert base_version == slots["digest"][:12]
+    a = client.models.get("tiny-tones-a", adapter.group(1))
+    assert (a.tags["slmforge.kind"], a.tags["slmforge.base_name"], a.tags["slmforge.base_version"]) == \
+        ("adapter", base_name, base_version)
+    assert a.tags["slmforge.base_digest"] == slots["digest"] and a.tags["slmforge.job"] == job
+    client.models.download("tiny-tones-a", adapter.group(1), download_path=str(tmp_path / "dl-a"))
+    assert list((tmp_path / "dl-a").rglob("tiny-tones-a.onnx_adapter"))
+
+    # A second recipe fine-tuning the same base: a second adapter, the same base version (no new one).
+    out = _submit(_recipe(tmp_path / "b", tiny_model_dir, "tiny-tones-b", seed=2), ws)
+    assert re.search(rf"^registered base {base_name}:{base_version}$", out, re.M), out
+    assert re.search(rf"^registered adapter tiny-tones-b:\S+ on base {base_name}:{base_version}$", out, re.M), out
+    assert [m.version for m in client.models.list(name=base_name)] == [base_version]
+
+    capsys.readouterr()
+    assert cli(["models", "--workspace", ws]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith(f"{base_name} "))
+    assert re.match(r"^ +├─ adapter tiny-tones-a ", lines[at + 1]), lines
+    assert re.match(r"^ +└─ adapter tiny-tones-b ", lines[at + 2]), lines
+    assert not any(line.startswith("tiny-tones-") for line in lines), lines
