@@ -90,6 +90,12 @@ def test_a_submitted_adapter_and_its_base_are_registered_once_per_base(emulator,
     assert a.tags["slmforge.base_digest"] == slots["digest"] and a.tags["slmforge.job"] == job
     client.models.download("tiny-tones-a", adapter.group(1), download_path=str(tmp_path / "dl-a"))
     assert list((tmp_path / "dl-a").rglob("tiny-tones-a.onnx_adapter"))
+    # `slmforge download`: the base and the adapter where a local run leaves them (model/, adapters/)
+    assert cli(["download", job, "--workspace", ws, "-o", str(tmp_path / "job")]) == 0
+    assert (tmp_path / "job" / "model" / SLOTS_FILE).is_file()
+    assert (tmp_path / "job" / "adapters" / "tiny-tones-a.onnx_adapter.json").is_file()
+    record = json.loads((tmp_path / "job" / "run.json").read_text())
+    assert record["adapter"]["path"] == str(tmp_path / "job" / "adapters") and record["adapter"]["name"] == "tiny-tones-a"
 
     # A second recipe fine-tuning the same base: a second adapter, the same base version (no new one).
     out = _submit(_recipe(tmp_path / "b", tiny_model_dir, "tiny-tones-b", seed=2), ws)

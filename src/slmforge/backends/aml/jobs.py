@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from slmforge.backends.aml.pipeline import FINAL_OUTPUT, METRICS_OUTPUT, compile_pipeline, validate_pipeline
+from slmforge.backends.aml.pipeline import (
+    ADAPTER_METRICS_OUTPUT,
+    ADAPTER_OUTPUT,
+    FINAL_OUTPUT,
+    METRICS_OUTPUT,
+    compile_pipeline,
+    validate_pipeline,
+)
 from slmforge.backends.aml.retry import is_transient
 from slmforge.backends.aml.workspace import as_step_failed
 from slmforge.contract import folders
@@ -164,12 +171,24 @@ def find_step(ml_client: "MLClient", name: str, step: str) -> "Job":
     raise InvalidInput(f"job {name} has no step '{step}' (steps: {known})")
 
 
-def job_record(ml_client: "MLClient", job: "Job", *, model_dir: Path | None = None) -> dict[str, Any]:
-    """run.json for a job (contract/run_record.py): its steps, the final model's evaluation and where it went."""
+def job_record(ml_client: "MLClient", job: "Job", *, model_dir: Path | None = None,
+               adapter_dir: Path | None = None) -> dict[str, Any]:
+    """run.json for a job (contract/run_record.py): its steps, the final model's evaluation and where it went
+    (with a separate adapter: where the adapter went, and the evaluation of base + adapter)."""
     tags = dict(job.tags or {})
     output = (job.outputs or {}).get(FINAL_OUTPUT)
-    metrics = job_metrics(ml_client, job) if status_text(job.status) == "Completed" else None
+    completed = status_text(job.status) == "Completed"
+    metrics = job_metrics(ml_client, job) if completed else None
     evaluation = {metrics.get("label", "final"): evaluation_entry(metrics)} if metrics else {}
+    adapter_output = (job.outputs or {}).get(ADAPTER_OUTPUT)
+    extra: dict[str, Any] = {}
+    if adapter_output is not None:
+        adapter_metrics = job_metrics(ml_client, job, ADAPTER_METRICS_OUTPUT) if completed else None
+        if adapter_metrics:
+            evaluation[adapter_metrics.get("label", "adapter")] = evaluation_entry(adapter_metrics)
+        extra["adapter"] = {"path": str(adapter_dir) if adapter_dir else None, "output": ADAPTER_OUTPUT,
+                            "name": getattr(adapter_output, "name", None),
+                            "version": getattr(adapter_output, "version", None)}
     steps = [{"name": node_name(c), "status": aml_step_status(status_text(c.status)), "job_status": status_text(c.status)}
              for c in child_jobs(ml_client, job.name)]
     return run_record(
@@ -179,7 +198,7 @@ def job_record(ml_client: "MLClient", job: "Job", *, model_dir: Path | None = No
                "output": FINAL_OUTPUT, "kind": (metrics or {}).get("model_kind"),
                "name": getattr(output, "name", None), "version": getattr(output, "version", None)},
         job={"name": job.name, "status": status_text(job.status), "experiment": job.experiment_name,
-             "display_name": job.display_name, "studio_url": studio_url(job), "tags": tags})
+             "display_name": job.display_name, "studio_url": studio_url(job), "tags": tags}, **extra)
 
 
 def job_metrics(ml_client: "MLClient", job: "Job", output: str = METRICS_OUTPUT) -> dict[str, Any] | None:
@@ -196,20 +215,28 @@ def job_metrics(ml_client: "MLClient", job: "Job", output: str = METRICS_OUTPUT)
 
 
 def download(ml_client: "MLClient", name: str, out_dir: Path) -> Path:
-    """Download the final model into out_dir/model and write out_dir/run.json."""
+    """Download the final model into out_dir/model (a separate adapter into out_dir/adapters, as a local run
+    leaves it) and write out_dir/run.json."""
     job = get_job(ml_client, name)
     status = status_text(job.status)
     if status != "Completed":
         raise StepFailed(f"job {name} is {status}; only a completed job has a model to download")
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".download-") as tmp:
-        ml_client.jobs.download(name, download_path=tmp, output_name=FINAL_OUTPUT)
-        model_dir = downloaded_output(Path(tmp), FINAL_OUTPUT)
-        target = out_dir / "model"
+    outputs = {FINAL_OUTPUT: out_dir / "model"}
+    if ADAPTER_OUTPUT in (job.outputs or {}):
+        outputs[ADAPTER_OUTPUT] = out_dir / "adapters"
+    for target in outputs.values():
         if target.exists():
             raise InvalidInput(f"{target} already exists; choose an empty -o folder")
-        record = job_record(ml_client, job, model_dir=target)
-        model_dir.rename(target)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".download-") as tmp:
+        fetched = {}
+        for output in outputs:
+            ml_client.jobs.download(name, download_path=str(Path(tmp) / output), output_name=output)
+            fetched[output] = downloaded_output(Path(tmp) / output, output)
+        record = job_record(ml_client, job, model_dir=outputs[FINAL_OUTPUT], adapter_dir=outputs.get(ADAPTER_OUTPUT))
+        for output, folder in fetched.items():
+            folder.rename(outputs[output])
+        target = outputs[FINAL_OUTPUT]
     write_atomic(out_dir / RUN_JSON, json.dumps(record, indent=2) + "\n")
     return target
 
