@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{convert,show}")
     convert = sub.add_parser("convert", help="a peft LoRA/QLoRA adapter folder -> an .onnx_adapter for a base")
     convert.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="peft adapter folder (adapter_config.json, "
                                                                     "adapter_model.safetensors)")

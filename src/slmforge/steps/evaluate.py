@@ -76,7 +76,7 @@ def run(**given) -> dict:
         from slmforge.models import onnx_adapter
         from slmforge.models.backend import require_adapter_base
 
-        require_adapter_base(model or model_id)
+        require_adapter_base(model)
         adapter = onnx_adapter.open_file(p.adapter)
     rows, examples_raw, template = read_dataset_folder(dataset, max_samples)
     backend = load_backend(model, model_id, [adapter.path] if adapter else [])
