@@ -92,6 +92,13 @@ def test_predict_with_the_adapter_answers_as_the_baked_build(built, capsys):
         assert with_adapter == baked
         differs |= alone != with_adapter
     assert differs, "the adapter changed no answer: the test would not see it missing"
+    # In a fresh process: the same answer, and serving an adapter imports no torch.
+    code = ("import sys\nfrom slmforge.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\nsys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, "predict", "--model", str(built["base"]), "--adapter", adapter,
+                           PHRASES[-1], "--max_new_tokens", "8"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == with_adapter + "HEAVY []\n"
 
 
 def test_chat_with_the_adapter_replies_as_the_baked_build(built, capsys, monkeypatch):
@@ -207,19 +214,19 @@ def test_an_adapter_on_a_model_that_is_not_its_base_is_refused_in_one_line(built
     _one_line_refusal(proc.returncode, proc.stderr, "made for the base")
 
 
-def test_convert_refuses_a_dora_adapter_by_name_and_writes_nothing(built, tiny_model_dir, tmp_path, capsys):
-    from peft import LoraConfig, get_peft_model
+def test_convert_refuses_dora_and_loha_adapters_by_name_and_writes_nothing(built, tiny_model_dir, tmp_path, capsys):
+    from peft import LoHaConfig, LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, use_dora=True, target_modules=["qkv_proj"]))
-    model.save_pretrained(tmp_path / "dora")
     out = tmp_path / "out"
     out.mkdir()
-    _one_line_refusal(*cli(capsys, "adapters", "convert", str(tmp_path / "dora"), "--model", str(built["base"]),
-                           "-o", str(out / "d.onnx_adapter"))[::2], "a DoRA adapter cannot be served separately",
-                      "build it merged")
-    assert list(out.iterdir()) == []
+    for name, config in (("DoRA", LoraConfig(r=4, use_dora=True, target_modules=["qkv_proj"])),
+                         ("LoHa", LoHaConfig(r=4, target_modules=["qkv_proj"]))):
+        get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(tmp_path / name)
+        _one_line_refusal(*cli(capsys, "adapters", "convert", str(tmp_path / name), "--model", str(built["base"]),
+                               "-o", str(out / "d.onnx_adapter"))[::2], f"a {name} adapter cannot be served separately",
+                          "build it merged")
+        assert list(out.iterdir()) == []
     _one_line_refusal(*cli(capsys, "adapters", "convert", str(built["peft_a"]), "--model", str(built["baked_a"]),
                            "-o", str(out / "a.onnx_adapter"))[::2], "not a base for separate adapters")
     assert list(out.iterdir()) == []
