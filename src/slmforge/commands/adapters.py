@@ -13,6 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
+from slmforge.errors import InvalidInput
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="{convert,show}")
@@ -39,7 +41,6 @@ def _convert(args: argparse.Namespace) -> int:
     from slmforge.commands import output_file
     from slmforge.contract.folders import carried_template, open_adapter
     from slmforge.data.template import Template
-    from slmforge.errors import InvalidInput
     from slmforge.models.adapter_slots import require_slots
     from slmforge.models.onnx_adapter import SUFFIX
 
@@ -67,8 +68,14 @@ def convert_atomically(adapter_dir: Path, base: Path, out: Path, *, name: str | 
     import shutil
     import tempfile
 
+    from slmforge.contract.folders import open_adapter
     from slmforge.models import onnx_adapter
+    from slmforge.models.torch_model import adapter_method
+    from slmforge.training.methods import separate_adapter_refusal
 
+    refusal = separate_adapter_refusal(adapter_method(open_adapter(adapter_dir)))
+    if refusal:
+        raise InvalidInput(f"{adapter_dir}: {refusal}")
     scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.resolve().parent))
     try:
         written = onnx_adapter.convert(adapter_dir, base, scratch / out.name,
