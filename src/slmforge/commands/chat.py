@@ -2,7 +2,8 @@
 
 Each line read from stdin is a user turn; the reply streams to stdout as it is generated. Works
 interactively and with piped input (`printf 'hi\\nbye\\n' | slmforge chat --model DIR`). Uses the
-folder's chat template (chat_template.jinja / tokenizer_config.json). torch is never imported.
+folder's chat template (chat_template.jinja / tokenizer_config.json). `--adapter FILE` replies with a
+separate `.onnx_adapter` on a base built with adapter slots. torch is never imported.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ END_OF_TURN = "<|end|>"  # Phi-3's end-of-turn token; generation also stops at E
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="onnxruntime-genai model folder (build_onnx output)")
+    parser.add_argument("--adapter", help="an .onnx_adapter file (or a folder holding one) to reply with, on a "
+                                          "base built with adapter slots")
     parser.add_argument("--system", help="a system message to start the conversation with")
     parser.add_argument("--max_new_tokens", type=positive_int, default=256, help="longest reply in tokens (default 256)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from slmforge.models.genai import GenaiModel, require_onnx_folder
+    from slmforge.commands.predict import serving_folder
+    from slmforge.models.genai import GenaiModel
 
-    folder = require_onnx_folder(args.model)
-    model = GenaiModel(folder)
+    folder, adapter = serving_folder(args.model, args.adapter)
+    model = GenaiModel(folder, adapters=[adapter.path] if adapter else [])
     end_id = model.token_id(END_OF_TURN)
     stop_ids = model.eos_token_ids | ({end_id} if end_id is not None else set())
     messages = [{"role": "system", "content": args.system}] if args.system else []

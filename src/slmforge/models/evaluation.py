@@ -91,6 +91,17 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
     }
 
 
+def adapter_record(adapter) -> dict:
+    """What metrics.json says about the separate adapter (an onnx_adapter.AdapterFile) that answered:
+    its name, file, sha256 and size, how it was trained, and the base it was made for."""
+    from slmforge.contract.manifest import digest_file
+
+    meta = adapter.meta
+    return {"name": adapter.name, "file": adapter.path.name, "sha256": digest_file(adapter.path),
+            "size_bytes": adapter.path.stat().st_size, "method": meta.get("method"), "rank": meta.get("rank"),
+            "base_digest": (meta.get("base") or {}).get("digest")}
+
+
 def _perplexity_sums(backend, known: dict, examples: list[tuple[list[int], list[int]]]) -> tuple[float, int]:
     """(summed NLL, token count) over the examples' labelled tokens.
 

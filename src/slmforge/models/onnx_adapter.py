@@ -73,15 +73,12 @@ def peft_parameters(adapter_dir: Path, base: BaseSlots, config: dict) -> dict[st
 
 
 def _refuse_unservable(adapter_dir: Path, config: dict) -> None:
-    """Only what `x·A·B` added to the base computes: plain LoRA (QLoRA's adapter is one)."""
-    from slmforge.training.methods import METHODS
-
-    peft_type = str(config.get("peft_type", "?")).lower()
-    method = METHODS.get("dora" if peft_type == "lora" and config.get("use_dora") else peft_type)
-    if method is None or not method.genai_adapter:
-        name = method.pass_type if method is not None else config.get("peft_type", "unknown")
-        why = method.genai_adapter_why if method is not None else "only LoRA adapters have slots in the base"
-        raise InvalidInput(f"{adapter_dir}: a {name} adapter cannot be served separately: {why}")
+    """Only what `x·A·B` added to the base computes: plain LoRA (QLoRA's adapter is one). The callers
+    give the LoRA family registry's reason first (training.methods.separate_adapter_refusal)."""
+    kind = str(config.get("peft_type", "?"))
+    if kind.upper() != "LORA" or config.get("use_dora"):
+        raise InvalidInput(f"{adapter_dir}: a {'DoRA' if config.get('use_dora') else kind} adapter has no plain "
+                           "low-rank weights to serve separately; build it merged")
     for key in ("rank_pattern", "alpha_pattern"):
         if config.get(key):
             raise InvalidInput(f"{adapter_dir}: {key} (per-module ranks or alphas) is not supported in a separate "

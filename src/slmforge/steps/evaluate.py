@@ -5,6 +5,9 @@ the template's answer), eval.jsonl (tokenized; perplexity over its labelled toke
 template from its manifest. Writes metrics.json (the agreed shape: label, accuracy, n, confusion,
 perplexity, tokens_per_second, size_bytes, model_kind; with --evaluator also `evaluator`, the
 recipe's Olive metrics with their sub-types and goals: models/olive_metrics.py) and slmforge.json.
+With `--adapter` (an export_adapter output: a folder holding one `.onnx_adapter`) the model is the base
+it was made for, answering with the adapter active; metrics.json's `adapter` says which (name, file
+sha256 and size, method, rank, base digest).
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ class Params(StepParams):
 
     model: str | None = param(None, asset="uri_folder", help="model folder: Hugging Face or onnxruntime-genai")
     model_id: str | None = param(None, help="hub id of the model, when no folder is given")
+    adapter: str | None = param(None, asset="uri_folder", help="a separate adapter to evaluate on the model (a base "
+                                "built with adapter slots): the export_adapter output, a folder holding one "
+                                ".onnx_adapter")
     dataset: str = param(asset="uri_folder", help="output of load_data (its manifest carries the template)")
     label: str = param("model", help="name shown in the report (base, merged, onnx)")
     max_samples: int = param(200, ge=1, help="eval rows to answer")
@@ -44,7 +50,7 @@ class Params(StepParams):
     metrics: str = param(asset="uri_folder", output=True, help="metrics folder to write")
 
 
-SPEC = StepSpec("evaluate", Params, version="1", record="evaluation")
+SPEC = StepSpec("evaluate", Params, version="2", record="evaluation")
 
 
 def run(**given) -> dict:
@@ -54,7 +60,7 @@ def run(**given) -> dict:
     max_samples, max_new_tokens = p.max_samples, p.max_new_tokens
     from slmforge.models.backend import load_backend
     from slmforge.models.eval_data import read_dataset_folder
-    from slmforge.models.evaluation import evaluate
+    from slmforge.models.evaluation import adapter_record, evaluate
     from slmforge.models.metrics_table import format_table
 
     started = time.perf_counter()
@@ -65,10 +71,19 @@ def run(**given) -> dict:
         spec = read_json_object(Path(p.evaluator))
         olive_metrics.check_spec(spec, p.evaluator)
         base = folders.read_metrics(p.baseline).get("evaluator") if p.baseline else None
+    adapter = None
+    if p.adapter:
+        from slmforge.models import onnx_adapter
+        from slmforge.models.backend import require_adapter_base
+
+        require_adapter_base(model)
+        adapter = onnx_adapter.open_file(p.adapter)
     rows, examples_raw, template = read_dataset_folder(dataset, max_samples)
-    backend = load_backend(model, model_id)
+    backend = load_backend(model, model_id, [adapter.path] if adapter else [])
     result = evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
-                                 label=label, model_dir=model)
+                      label=label, model_dir=model)
+    if adapter is not None:
+        result["adapter"] = adapter_record(adapter)
     if spec is not None:
         result["evaluator"] = olive_metrics.run_spec(spec, backend, rows, template, result,
                                                      max_new_tokens=max_new_tokens, baseline=base)
@@ -79,8 +94,10 @@ def run(**given) -> dict:
         manifest.write_manifest(
             tmp, step=STEP,
             params={"label": label, "max_samples": max_samples, "max_new_tokens": max_new_tokens,
-                    "model_id": model_id, **folders.template_param(template.text)},
-            inputs={"model": model, "dataset": dataset, "evaluator": p.evaluator, "baseline": p.baseline},
+                    "model_id": model_id, **({"adapter": adapter.name} if adapter else {}),
+                    **folders.template_param(template.text)},
+            inputs={"model": model, "adapter": p.adapter, "dataset": dataset, "evaluator": p.evaluator,
+                    "baseline": p.baseline},
             metrics=result, seconds=time.perf_counter() - started, libraries=libraries,
         )
     print(format_table(result))

@@ -22,6 +22,7 @@ from slmforge.errors import InvalidInput
 from slmforge.models.eval_data import read_dataset_folder
 from slmforge.steps._cli import run_step
 from slmforge.steps.build_onnx import Params as Build
+from slmforge.training.methods import separate_adapter_refusal
 
 STEP = "export_adapter"
 LIBRARIES = ("onnxruntime-genai", "onnxruntime", "torch", "transformers", "peft")
@@ -64,6 +65,9 @@ def run(**given) -> dict:
 
     started = time.perf_counter()
     adapter_path = folders.open_adapter(p.adapter)
+    refusal = separate_adapter_refusal(torch_model.adapter_method(adapter_path))
+    if refusal:
+        raise InvalidInput(f"{adapter_path}: {refusal}")
     base = adapter_slots.require_slots(p.model)
     source = torch_model.base_source(p.source, p.source_id)
     precision = str(((manifest.read_manifest(Path(p.model)) or {}).get("params") or {}).get("precision", "int4"))

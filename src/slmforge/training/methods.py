@@ -133,6 +133,17 @@ def by_pass_type(pass_type: str) -> Method:
     raise KeyError(pass_type)
 
 
+def separate_adapter_refusal(method: str) -> str | None:
+    """Why an adapter of `method` (lora, dora, loha, lokr: models.torch_model.adapter_method) cannot be
+    served beside its base, or None when it can."""
+    entry = METHODS.get(method)
+    if entry is not None and entry.genai_adapter:
+        return None
+    name = entry.pass_type if entry is not None else method
+    why = entry.genai_adapter_why if entry is not None else "only LoRA adapters have slots in the base"
+    return f"a {name} adapter cannot be served separately: {why}"
+
+
 def own_params() -> tuple[str, ...]:
     """Step parameters some method reads beyond SHARED: recorded only for the methods that read them."""
     return tuple(dict.fromkeys(n for m in METHODS.values() for n in m.params if n not in SHARED))
