@@ -20,6 +20,7 @@ from slmforge.registry.rules import default_base_name
 from slmforge.steps import register
 
 from lora_adapter import make_lora_adapter
+from test_separate_adapters import two_runs  # noqa: F401 - a fixture: two recipes fine-tuning one base, run locally
 
 pytestmark = pytest.mark.slow
 
@@ -135,3 +136,19 @@ def test_default_base_name_comes_from_the_base_build(built, tmp_path):
     info = register.run(model=str(built["base"]), adapter=str(built["tones"]), name="tiny-tones", tracking_uri=uri,
                         registration=str(tmp_path / "reg"))
     assert info["base"]["name"] == "phi3-tiny-int4-base"  # the tiny model's folder is phi3-tiny
+
+
+def test_two_recipe_runs_on_one_base_register_one_base_and_two_adapters(two_runs):
+    """The run itself (recipe/graph.py's register step): the base once, each recipe's adapter under it, with
+    the metrics of its own evaluation on the base."""
+    from slmforge.commands.models import nest_adapters
+
+    a, b = two_runs["a"], two_runs["b"]
+    uri = f"sqlite:///{a.out_dir.parent / 'home' / 'registry.db'}"
+    assert a.record["registered"]["name"] == "out-a" and b.record["registered"]["name"] == "out-b"
+    models = {m["name"]: m for m in nest_adapters(mlflow_store.list_models(uri))}
+    assert set(models) == {"phi3-tiny-int4-base"}
+    [base] = models["phi3-tiny-int4-base"]["versions"]
+    assert [(x["name"], x["version"]) for x in base["adapters"]] == [("out-a", "1"), ("out-b", "1")]
+    for run, adapter in zip((a, b), base["adapters"]):
+        assert float(adapter["tags"]["metrics.accuracy"]) == run.record["evaluation"]["onnx"]["accuracy"]
