@@ -35,20 +35,30 @@ def tone_ids(dataset, model_name, task=None, **kwargs):
 '''
 
 
-def _recipe(folder: Path, model: Path, name: str, seed: int) -> Path:
+def _recipe(folder: Path, model: Path, name: str, seed: int, *, rows: bool = False) -> Path:
+    """Token ids from a user_script (no evaluation), or with `rows` text rows: then the adapter's evaluation
+    on the base and its gates run too (no accuracy bound: the tiny model is random)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "user_script.py").write_text(SCRIPT, encoding="utf-8")
     shutil.copy(REPO / "src" / "slmforge" / "data" / "tones.jsonl", folder / "rows.jsonl")
+    data = {"name": "tones", "type": "HuggingfaceContainer", "user_script": "user_script.py",
+            "load_dataset_config": {"data_name": "json", "data_files": "rows.jsonl"},
+            "pre_process_data_config": {"type": "tone_ids"}}
+    if rows:
+        data = {"name": "tones", "type": "HuggingfaceContainer",
+                "load_dataset_config": {"data_name": "json", "data_files": "rows.jsonl"},
+                "pre_process_data_config": {"text_cols": ["phrase", "tone"], "source_max_len": 64,
+                                            "text_template": "### Text: {phrase}\n### The tone is:\n{tone}",
+                                            "corpus_strategy": "line-by-line", "loss_on": "completion"}}
     recipe = {
         "input_model": {"type": "HfModel", "model_path": str(model)},
-        "data_configs": [{"name": "tones", "type": "HuggingfaceContainer", "user_script": "user_script.py",
-                          "load_dataset_config": {"data_name": "json", "data_files": "rows.jsonl"},
-                          "pre_process_data_config": {"type": "tone_ids"}}],
+        "data_configs": [data],
         "passes": {"lora": {"type": "LoRA", "r": 4, "alpha": 8, "train_data_config": "tones",
                             "training_args": {"max_steps": 2, "per_device_train_batch_size": 4, "seed": seed}},
-                   "builder": {"type": "ModelBuilder", "precision": "int4"},
+                   "builder": {"type": "ModelBuilder", "precision": "int4", **({"max_accuracy_drop": 1.0} if rows else {})},
                    "extract": {"type": "ExtractAdapters"}},
         "cache_dir": "cache", "output_dir": "out", "register": {"name": name},
+        "evaluate": {"max_samples": 8, "max_new_tokens": 4},
     }
     path = folder / "recipe.json"
     path.write_text(json.dumps(recipe, indent=1), encoding="utf-8")
@@ -97,11 +107,18 @@ def test_a_submitted_adapter_and_its_base_are_registered_once_per_base(emulator,
     record = json.loads((tmp_path / "job" / "run.json").read_text())
     assert record["adapter"]["path"] == str(tmp_path / "job" / "adapters") and record["adapter"]["name"] == "tiny-tones-a"
 
-    # A second recipe fine-tuning the same base: a second adapter, the same base version (no new one).
-    out = _submit(_recipe(tmp_path / "b", tiny_model_dir, "tiny-tones-b", seed=2), ws)
+    # A second recipe fine-tuning the same base (other data and build gates): a second adapter, carrying its
+    # evaluation on the base, and the same base version (no new one).
+    out = _submit(_recipe(tmp_path / "b", tiny_model_dir, "tiny-tones-b", seed=2, rows=True), ws)
     assert re.search(rf"^registered base {base_name}:{base_version}$", out, re.M), out
-    assert re.search(rf"^registered adapter tiny-tones-b:\S+ on base {base_name}:{base_version}$", out, re.M), out
+    b = re.search(rf"^registered adapter tiny-tones-b:(\S+) on base {base_name}:{base_version}$", out, re.M)
+    assert b, out
     assert [m.version for m in client.models.list(name=base_name)] == [base_version]
+    job_b = client.jobs.get(re.search(r"^submitted (\S+)$", out, re.M).group(1))
+    assert {"model", "adapter", "adapter_metrics"} <= set(job_b.outputs) and "metrics" not in job_b.outputs
+    b_tags = client.models.get("tiny-tones-b", b.group(1)).tags
+    assert b_tags["metrics.label"] == "onnx" and 0.0 <= float(b_tags["metrics.accuracy"]) <= 1.0
+    assert "metrics.accuracy" not in a.tags  # token ids only: nothing evaluated the first adapter
 
     capsys.readouterr()
     assert cli(["models", "--workspace", ws]) == 0
