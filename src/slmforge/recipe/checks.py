@@ -194,8 +194,21 @@ def _check_model_path(loaded: LoadedRecipe) -> Iterator[str]:
 def recipe_notes(loaded: LoadedRecipe) -> list[str]:
     """Every note `validate` and `run` print: the recipe's own (LoadedRecipe.notes, load_kwargs') and how the
     model was read."""
-    hub = hub_id_note(loaded)
-    return [*loaded.notes, *load_kwargs_notes(loaded), *([hub] if hub else [])]
+    hub, extract = hub_id_note(loaded), extract_note(loaded)
+    return [*loaded.notes, *load_kwargs_notes(loaded), *([hub] if hub else []), *([extract] if extract else [])]
+
+
+def extract_note(loaded: LoadedRecipe) -> str | None:
+    """Where a recipe with ExtractAdapters leaves its base and its adapter."""
+    from slmforge.recipe.naming import registered_name
+
+    name = next((n for n, p in loaded.recipe.passes.items() if isinstance(p, ExtractAdaptersPass)), None)
+    if name is None:
+        return None
+    slots = loaded.recipe.passes[name].adapter_slots
+    return (f"passes.{name}: the base is built once with adapter slots ({slots}) and shared by every fine-tune of "
+            f"this model; the adapter goes to {loaded.recipe.engine.output_dir}/adapters/"
+            f"{registered_name(loaded)}.onnx_adapter")
 
 
 def hub_id_note(loaded: LoadedRecipe) -> str | None:
