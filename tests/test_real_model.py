@@ -170,3 +170,44 @@ def test_fp32_onnx_parity_bound_holds_on_the_real_model(tuned, tmp_path):
     print(f"fp32 ONNX vs PyTorch: max abs logit difference {check['max_abs_diff']:.3g}, bound {check['bound']:.3g}")
     assert check["layers"] == 30 and check["positions"] > 150
     assert 0 < check["max_abs_diff"] <= check["bound"] < 0.05
+
+
+def test_a_separate_adapter_on_the_shared_int4_base_answers_as_the_baked_build_and_its_check_fails_when_broken(
+        tuned, smollm2_dir, tmp_path):
+    """Issue 22 on the real model: the int4 base with adapter slots plus the tone adapter as an .onnx_adapter
+    passes the gates of a baked build and scores as the baked build does on 200 held-out rows; the same
+    check fails for an adapter that is not applied (lora_B zero) and for one converted with lora_B doubled."""
+    from safetensors.torch import load_file, save_file
+
+    from slmforge.models import onnx_adapter
+    from slmforge.steps import export_adapter
+
+    merged = _metrics(tuned["merged"], tuned["heldout"], tmp_path / "merged")  # the gates' reference answers
+    base, exported = tmp_path / "base", tmp_path / "exported"
+    assert build_onnx.main(["--model", str(smollm2_dir), "--adapter_slots", "all", "--output", str(base)]) == 0
+    assert export_adapter.main(["--model", str(base), "--adapter", str(tuned["adapter"]), "--source", str(smollm2_dir),
+                                "--name", "tones", "--dataset", str(tuned["heldout"]), "--reference",
+                                str(tmp_path / "merged"), "--check_max_new_tokens", "4", "--output", str(exported)]) == 0
+    check = manifest.read_manifest(exported)["metrics"]["check"]
+    assert check["answers"]["rows"] == 200 and check["answers"]["answer_agreement"] >= 0.85
+    assert evaluate.main(["--model", str(base), "--adapter", str(exported), "--dataset", str(tuned["heldout"]),
+                          "--max_new_tokens", "4", "--metrics", str(tmp_path / "separate")]) == 0
+    separate = json.loads((tmp_path / "separate" / "metrics.json").read_text())
+    baked = _metrics(tuned["int4"], tuned["heldout"], tmp_path / "baked")
+    print(f"held-out accuracy: merged {merged['accuracy']:.3f}, baked int4 {baked['accuracy']:.3f}, separate adapter "
+          f"{separate['accuracy']:.3f}; gate agreement {check['answers']['answer_agreement']:.3f}")
+    assert separate["accuracy"] >= 0.97 * merged["accuracy"] and abs(separate["accuracy"] - baked["accuracy"]) <= 0.02
+
+    eval_data = read_dataset_folder(tuned["heldout"], 200)
+    reference = onnx_check.read_reference(str(tmp_path / "merged"), str(tuned["heldout"]), eval_data, 4)
+    for name, scale in (("not applied", 0.0), ("lora_B doubled", 2.0)):
+        wrong = tmp_path / name.replace(" ", "-")
+        shutil.copytree(tuned["adapter"], wrong)
+        weights = load_file(wrong / "adapter_model.safetensors")
+        save_file({k: (v * scale if "lora_B" in k else v) for k, v in weights.items()}, wrong / "adapter_model.safetensors")
+        file = onnx_adapter.convert(wrong, base, tmp_path / f"{wrong.name}.onnx_adapter").path
+        with pytest.raises(StepFailed, match=r"^the int4 ONNX adapter on its base does not match its source: ") as e:
+            onnx_check.check_against_pytorch(base, str(smollm2_dir), tuned["adapter"], "int4", "cpu",
+                                             eval_data=eval_data, reference_answers=reference, max_new_tokens=4,
+                                             onnx_adapter=file)
+        print(f"adapter {name}: {e.value}")

@@ -196,3 +196,38 @@ def test_what_cannot_be_served_separately_is_refused_by_name(tiny_model_dir, tmp
     done = cli(tmp_path / "home", "validate", str(path))
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_convert_of_the_recipes_peft_adapter_answers_like_the_recipes_adapter(two_runs, tmp_path):
+    """`slmforge adapters convert` (Olive's `convert-adapters`) of the fine-tune's peft folder gives the very
+    tensors the recipe exported, so the same answers through onnxruntime-genai."""
+    from slmforge.models.genai import GenaiModel
+
+    run = two_runs["a"]
+    out = tmp_path / "converted.onnx_adapter"
+    done = cli(tmp_path / "home", "adapters", "convert", str(_step_output(run, "finetune")), "--model",
+               str(run.out_dir / "model"), "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    ours, recipes = onnx_adapter.open_file(out), onnx_adapter.open_file(run.out_dir / "adapters")
+    assert ours.meta["text_template"] == TEMPLATE and ours.meta["shapes"] == recipes.meta["shapes"]
+    mine, theirs = onnx_adapter.feeds(ours), onnx_adapter.feeds(recipes)
+    assert all((mine[k] == theirs[k]).all() for k in theirs)
+    served = GenaiModel(run.out_dir / "model", adapters=[out, recipes.path])  # distinct names: file stems
+    dataset = _step_output(run, "load_data")
+    first = _answers(served, dataset)
+    served.use_adapter(recipes.name)
+    assert _answers(served, dataset)["predictions"] == first["predictions"]
+
+
+def test_a_qlora_adapter_serves_separately_like_lora(tiny_model_dir, tmp_path):
+    """A QLoRA adapter (trained on a 4-bit base) is a LoRA adapter of the full-precision base: on an fp32 base
+    it matches PyTorch base + adapter within the fp32 rounding bound."""
+    from lora_adapter import make_lora_adapter
+
+    from slmforge.steps import build_onnx, export_adapter
+
+    adapter = make_lora_adapter(tiny_model_dir, tmp_path / "qlora", seed=3, quantized=True)
+    build_onnx.run(model=str(tiny_model_dir), precision="fp32", adapter_slots="all", output=str(tmp_path / "fp32"))
+    check = export_adapter.run(model=str(tmp_path / "fp32"), adapter=str(adapter), source=str(tiny_model_dir),
+                               name="q", output=str(tmp_path / "q"))
+    assert 0 < check["max_abs_diff"] <= check["bound"]

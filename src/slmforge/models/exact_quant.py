@@ -93,6 +93,12 @@ def reencode(folder: Path, accuracy_level: int) -> dict[str, int]:
         if weight not in inits or len(inits[weight].dims) != 2:
             new_nodes.append(node)
             continue
+        if ".lora_" in weight:
+            # An adapter's MatMuls stay float: a trained one is off the grid anyway, and the zero skeleton of
+            # a base with adapter slots (adapter_slots.py) would look on it and lose the slots it is built for.
+            new_nodes.append(node)
+            counts["float"] += 1
+            continue
         w = numpy_helper.to_array(inits[weight])  # [K, N]
         k, n = w.shape
         base = weight.removesuffix(".weight")

@@ -72,9 +72,10 @@ def _check_references(loaded: LoadedRecipe) -> Iterator[str]:
 
 def _check_passes(loaded: LoadedRecipe) -> Iterator[str]:
     seen_finetune = seen_merge = seen_build = None
+    separate = any(isinstance(p, ExtractAdaptersPass) for p in loaded.recipe.passes.values())  # the build reads no adapter
     for name, p in loaded.recipe.passes.items():
         where = loaded.where("passes", name)
-        if isinstance(p, ModelBuilderPass) and seen_finetune and not seen_merge:
+        if isinstance(p, ModelBuilderPass) and seen_finetune and not seen_merge and not separate:
             finetune = loaded.recipe.passes[seen_finetune]
             if not by_pass_type(finetune.type).builder_reads_adapter:
                 yield (f"{where}: the ONNX builder reads LoRA adapters only; put a MergeAdapterWeights pass "
@@ -112,8 +113,8 @@ def _check_extract(loaded: LoadedRecipe) -> Iterator[str]:
     if p.adapter_type != "lora":
         refused = by_pass_type(p.adapter_type)
     if refused is not None and not refused.genai_adapter:
-        yield (f"{where}: a {refused.pass_type} adapter cannot be served separately: {refused.genai_adapter_why}; "
-               "drop ExtractAdapters to build it merged")
+        yield (f"{where}: a {refused.pass_type} adapter cannot be served separately: {refused.genai_adapter_why} "
+               "(without ExtractAdapters)")
     elif finetune is None:
         yield f"{where}: ExtractAdapters needs a LoRA or QLoRA pass before it (the adapter it writes out)"
     if any(isinstance(q, MergePass) for q in passes.values()):
@@ -194,8 +195,21 @@ def _check_model_path(loaded: LoadedRecipe) -> Iterator[str]:
 def recipe_notes(loaded: LoadedRecipe) -> list[str]:
     """Every note `validate` and `run` print: the recipe's own (LoadedRecipe.notes, load_kwargs') and how the
     model was read."""
-    hub = hub_id_note(loaded)
-    return [*loaded.notes, *load_kwargs_notes(loaded), *([hub] if hub else [])]
+    hub, extract = hub_id_note(loaded), extract_note(loaded)
+    return [*loaded.notes, *load_kwargs_notes(loaded), *([hub] if hub else []), *([extract] if extract else [])]
+
+
+def extract_note(loaded: LoadedRecipe) -> str | None:
+    """Where a recipe with ExtractAdapters leaves its base and its adapter."""
+    from slmforge.recipe.naming import registered_name
+
+    name = next((n for n, p in loaded.recipe.passes.items() if isinstance(p, ExtractAdaptersPass)), None)
+    if name is None:
+        return None
+    slots = loaded.recipe.passes[name].adapter_slots
+    return (f"passes.{name}: the base is built once with adapter slots ({slots}) and shared by every fine-tune of "
+            f"this model; the adapter goes to {loaded.recipe.engine.output_dir}/adapters/"
+            f"{registered_name(loaded)}.onnx_adapter")
 
 
 def hub_id_note(loaded: LoadedRecipe) -> str | None:

@@ -98,7 +98,9 @@ def predict_command(record: dict[str, Any]) -> str | None:
     model = record.get("model", {})
     if model.get("kind") != "onnx" or not model.get("path"):
         return None
-    return f"slmforge predict --model {shlex.quote(model['path'])} \"I can't wait for the weekend!\""
+    adapter = (record.get("adapter") or {}).get("path")
+    served = f" --adapter {shlex.quote(adapter)}" if adapter else ""
+    return f"slmforge predict --model {shlex.quote(model['path'])}{served} \"I can't wait for the weekend!\""
 
 
 def evaluator_table(evals: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -192,6 +194,8 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
     model = record.get("model", {})
     if model.get("path"):
         rows.append(("model", f"{model['path']} ({model['kind']})"))
+    if (record.get("adapter") or {}).get("path"):
+        rows.append(("adapter", f"{record['adapter']['path']} (.onnx_adapter for that base; the base alone without it)"))
     if record.get("registered"):
         reg = record["registered"]
         rows.append(("registered", f"{reg.get('name')} v{reg.get('version')} (slmforge models)"))
