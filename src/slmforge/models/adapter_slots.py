@@ -112,6 +112,10 @@ def make_inputs(folder: Path, modules: tuple[str, ...]) -> dict:
                     out.shape = ir.Shape([*list(out.shape)[:-1], dims[1]])
     if not slots:
         raise InvalidInput(f"{folder}: the builder wrote no LoRA MatMuls to turn into inputs")
+    # The builder stamps `producer_version` with the git commit of the folder it is installed in (a .venv
+    # inside a checkout gives that checkout's HEAD): the same base would get a new digest with every
+    # commit and refuse every adapter made before. The package version alone says what built it.
+    model.producer_version = str(model.producer_version or "").split("+", 1)[0]
     rewritten = folder / ".with-slots"  # the weights load lazily from model.onnx.data: write beside, then move
     rewritten.mkdir()
     ir.save(model, str(rewritten / "model.onnx"), external_data="model.onnx.data")
