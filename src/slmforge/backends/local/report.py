@@ -131,7 +131,9 @@ def render_markdown(record: dict[str, Any], has_plot: bool) -> str:
         lines.append(f"- model ({model['kind']}): `{model['path']}`")
     if record.get("registered"):
         reg = record["registered"]
-        lines.append(f"- registered: `{reg.get('name')}` version {reg.get('version')} in `{reg.get('tracking_uri')}`")
+        on = (f" (an adapter on the base `{reg['base'].get('name')}` version {reg['base'].get('version')})"
+              if isinstance(reg.get("base"), dict) else "")
+        lines.append(f"- registered: `{reg.get('name')}` version {reg.get('version')}{on} in `{reg.get('tracking_uri')}`")
     if record.get("error"):
         lines.append(f"- error: {record['error']}")
     if data_note(record):
@@ -198,7 +200,8 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("adapter", f"{record['adapter']['path']} (.onnx_adapter for that base; the base alone without it)"))
     if record.get("registered"):
         reg = record["registered"]
-        rows.append(("registered", f"{reg.get('name')} v{reg.get('version')} (slmforge models)"))
+        on = f" on base {reg['base'].get('name')} v{reg['base'].get('version')}" if isinstance(reg.get("base"), dict) else ""
+        rows.append(("registered", f"{reg.get('name')} v{reg.get('version')}{on} (slmforge models)"))
     command = predict_command(record)
     if command:
         rows.append(("try it", command))
