@@ -108,6 +108,17 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     return check
 
 
+def summary(check: dict, precision: str) -> str:
+    """The check in one line, for the step's log."""
+    text = (f"max abs logit difference {check['max_abs_diff']:.3g} (bound {check['bound']:.3g})"
+            if precision == "fp32" else f"logit cosine {check['cosine_mean']:.4f}")
+    answers = check.get("answers")
+    if answers:
+        text += (f"; on {answers['rows']} eval rows: answers agree {answers['answer_agreement']:.3f}, "
+                 f"accuracy {answers['accuracy']:.3f} vs {answers['reference_accuracy']:.3f}")
+    return text
+
+
 def _answers(backend, eval_data, max_new_tokens: int) -> dict:
     from slmforge.models.evaluation import evaluate
 

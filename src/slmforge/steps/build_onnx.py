@@ -125,12 +125,7 @@ def run(**given) -> dict:
                      "build_seconds": round(build_seconds, 3)},
             seconds=time.perf_counter() - started, libraries=LIBRARIES,
         )
-    summary = (f"max abs logit difference {check['max_abs_diff']:.3g} (bound {check['bound']:.3g})"
-               if precision == "fp32" else f"logit cosine {check['cosine_mean']:.4f}")
-    answers = check.get("answers")
-    if answers:
-        summary += (f"; on {answers['rows']} eval rows: answers agree {answers['answer_agreement']:.3f}, "
-                    f"accuracy {answers['accuracy']:.3f} vs {answers['reference_accuracy']:.3f}")
+    summary = onnx_check.summary(check, precision)
     print(f"built {precision} onnxruntime-genai model -> {output}; {summary}")
     return check
 

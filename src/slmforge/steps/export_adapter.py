@@ -70,8 +70,8 @@ def run(**given) -> dict:
         raise InvalidInput(f"{adapter_path}: {refusal}")
     base = adapter_slots.require_slots(p.model)
     source = torch_model.base_source(p.source, p.source_id)
-    precision = str(((manifest.read_manifest(Path(p.model)) or {}).get("params") or {}).get("precision", "int4"))
-    provider = str(((manifest.read_manifest(Path(p.model)) or {}).get("params") or {}).get("execution_provider", "cpu"))
+    built = (manifest.read_manifest(Path(p.model)) or {}).get("params") or {}  # how build_onnx built the base
+    precision, provider = str(built.get("precision", "int4")), str(built.get("execution_provider", "cpu"))
     eval_data = read_dataset_folder(p.dataset, p.check_max_samples) if p.dataset else None
     if p.reference and not p.dataset:
         raise InvalidInput("--reference needs --dataset: the reference's answers are to that dataset's eval rows")
@@ -98,12 +98,7 @@ def run(**given) -> dict:
                      "rank": file.meta["rank"]},
             seconds=time.perf_counter() - started, libraries=LIBRARIES,
         )
-    summary = (f"max abs logit difference {check['max_abs_diff']:.3g} (bound {check['bound']:.3g})"
-               if precision == "fp32" else f"logit cosine {check['cosine_mean']:.4f}")
-    answers = check.get("answers")
-    if answers:
-        summary += (f"; on {answers['rows']} eval rows: answers agree {answers['answer_agreement']:.3f}, "
-                    f"accuracy {answers['accuracy']:.3f} vs {answers['reference_accuracy']:.3f}")
+    summary = onnx_check.summary(check, precision)
     print(f"exported adapter {p.name} for the {precision} base {base.digest[:12]} -> {p.output}; {summary}")
     return check
 
