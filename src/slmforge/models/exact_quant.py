@@ -6,9 +6,8 @@ Requantizing such weights with the builder's int4 methods rounds them a second t
 grid: on the fine-tuned model the best method kept 84 % of the held-out accuracy, the default 44 %
 (bench/results/int4_options.json). onnxruntime's MatMulNBits takes this very shape — 4-bit values
 with a scale and a float zero point per block (zero point = -m/d) — and its 8-bit MatMulNBits and
-GatherBlockQuantized take Q8_0, so the base is re-encoded without loss. The adapter's LoRA MatMuls stay
-float32 beside it (the model is built from base + adapter), even where their weights happen to lie on a
-grid: a base with adapter slots is built with a zero skeleton adapter, and zeros lie on every grid.
+GatherBlockQuantized take Q8_0, so the base is re-encoded without loss. The fine-tuned adapter is
+not on the grid: it stays float32 beside it (the model is built from base + adapter).
 
 `reencode` rewrites an fp32 onnxruntime-genai folder made by the builder: every MatMul weight found
 on a Q4_1 grid becomes 4-bit, one on a Q8_0 grid (the LM head) 8-bit, a tied embedding Gather reads
@@ -17,7 +16,6 @@ the LM head's 8-bit weights; anything else stays as it was.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +75,6 @@ def on_grid(model_folder: str | Path) -> bool:
         return q4_1(f.get_tensor(names[0])) is not None
 
 
-_LORA_WEIGHT = re.compile(r"\.lora_[AB]\.")  # the builder's LoRA MatMul weights (adapter_slots.SLOT_NAME)
-
-
 def reencode(folder: Path, accuracy_level: int) -> dict[str, int]:
     """Rewrite folder/model.onnx (fp32, from the builder) with grid weights in 4/8 bits; counts by kind."""
     import onnx
@@ -98,7 +93,9 @@ def reencode(folder: Path, accuracy_level: int) -> dict[str, int]:
         if weight not in inits or len(inits[weight].dims) != 2:
             new_nodes.append(node)
             continue
-        if _LORA_WEIGHT.search(weight):
+        if ".lora_" in weight:
+            # An adapter's MatMuls stay float: a trained one is off the grid anyway, and the zero skeleton of
+            # a base with adapter slots (adapter_slots.py) would look on it and lose the slots it is built for.
             new_nodes.append(node)
             counts["float"] += 1
             continue
