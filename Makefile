@@ -33,9 +33,11 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 # The real model against Olive 0.13 (installed on first use in .bench-venvs/olive) and HF Trainer:
-# bench/results/*.json and scaling.png, <= 30 min on 2 cores. bench-quick: the tiny model, <= 5 min.
+# bench/results/*.json and scaling.png, <= 30 min on 2 cores; then one int4 base serving two adapters
+# against two baked-in builds (bench/adapters.py, ~15 min). bench-quick: the tiny model, <= 5 min.
 bench: setup
 	$(BIN)/python bench/run.py full
+	$(BIN)/python bench/run.py adapters
 
 bench-quick: setup
 	$(BIN)/python bench/run.py quick

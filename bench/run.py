@@ -30,6 +30,7 @@ BENCHMARKS = {
     "finetune_dtypes": ("finetune_dtypes.py", []),  # on its own: float32 vs bf16 / fp16 (tiny model)
     "inference": ("inference.py", ["--sizes", "tiny"]),
     "e2e": ("e2e.py", ["--rounds", "1"]),
+    "adapters": ("adapters.py", ["--fresh"]),  # one int4 base + two adapters vs two baked builds (~15 min)
 }
 SUITES = {"full": ["e2e_smollm2", "inference_smollm2", "finetune_smollm2", "finetune_profile", "scaling"],
           "quick": ["finetune", "inference", "e2e"]}

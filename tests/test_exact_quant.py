@@ -65,3 +65,35 @@ def test_q8_0_weights_are_re_encoded_exactly_and_others_are_refused():
     restored = ((data.astype(np.float32) - 128) * scales.reshape(16, 2, 1)).reshape(16, 64)
     assert np.array_equal(restored, w)
     assert exact_quant.q8_0(w + 0.3 * d.reshape(16, 2, 1).repeat(32, -1).reshape(16, 64)) is None
+
+
+def test_lora_matmuls_stay_float_even_when_their_weights_lie_on_the_grid(tmp_path):
+    """A base with adapter slots is built with a zero skeleton adapter: zeros lie on every grid, but its
+    LoRA MatMuls must stay float MatMuls for adapter_slots.make_inputs to turn into inputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    w = _q4_1_weights(rng, n=48, k=64).T.copy()  # [K, N], on the Q4_1 grid
+    lora = "model.layers.0.attn.q_proj.lora_{}.MatMul.weight"
+    nodes = [helper.make_node("MatMul", ["x", "model.layers.0.attn.q_proj.MatMul.weight"], ["base"], name="q"),
+             helper.make_node("MatMul", ["x", lora.format("A")], ["a"], name="q/lora_A/MatMul"),
+             helper.make_node("MatMul", ["a", lora.format("B")], ["b"], name="q/lora_B/MatMul"),
+             helper.make_node("Add", ["base", "b"], ["y"], name="q/lora/Add")]
+    inits = [numpy_helper.from_array(w, "model.layers.0.attn.q_proj.MatMul.weight"),
+             numpy_helper.from_array(np.zeros((64, 1), np.float32), lora.format("A")),
+             numpy_helper.from_array(np.zeros((1, 48), np.float32), lora.format("B"))]
+    graph = helper.make_graph(nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "model.onnx"))
+
+    counts = exact_quant.reencode(tmp_path, accuracy_level=1)
+
+    assert (counts["int4"], counts["float"]) == (1, 2)
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert {lora.format("A"), lora.format("B")} <= {i.name for i in model.graph.initializer}
+    assert [n.op_type for n in model.graph.node if n.name.startswith("q/lora_")] == ["MatMul", "MatMul"]
+    x = rng.normal(size=(1, 1, 64)).astype(np.float32)
+    y = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert np.abs(y[0] - x[0] @ w).max() <= 1e-5 * np.abs(x[0] @ w).max()
