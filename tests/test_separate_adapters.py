@@ -56,7 +56,7 @@ def _flat_shape(model: Path, data: str, out: str) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # shared with test_register_adapters: built once per session
 def two_runs(tiny_model_dir, demo_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("separate-adapters")
     rows = demo_data.read_text(encoding="utf-8").splitlines()
