@@ -30,7 +30,7 @@ demo: setup
 	@$(BIN)/slmforge predict --model out/smollm2-tones/model "$(DEMO_PHRASE)"
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 # The real model against Olive 0.13 (installed on first use in .bench-venvs/olive) and HF Trainer:
 # bench/results/*.json and scaling.png, <= 30 min on 2 cores; then one int4 base serving two adapters

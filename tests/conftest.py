@@ -99,3 +99,11 @@ def emulator(tmp_path_factory):
     info = control.start(folder, faults={"rate": 0.0})
     yield folder, Path(info["workspace_file"])
     control.stop(folder)
+
+
+@pytest.fixture(scope="session")
+def two_runs(tiny_model_dir, demo_data, tmp_path_factory) -> dict:
+    """Two ExtractAdapters recipes fine-tuning the tiny model into one cache (tests/adapter_recipes.py)."""
+    from adapter_recipes import run_two_recipes
+
+    return run_two_recipes(tiny_model_dir, demo_data, tmp_path_factory.mktemp("separate-adapters"))

@@ -198,7 +198,7 @@ def test_a_separate_adapter_on_the_shared_int4_base_answers_as_the_baked_build_a
           f"{separate['accuracy']:.3f}; gate agreement {check['answers']['answer_agreement']:.3f}")
     assert separate["accuracy"] >= 0.97 * merged["accuracy"] and abs(separate["accuracy"] - baked["accuracy"]) <= 0.02
 
-    eval_data = read_dataset_folder(tuned["heldout"], 200)
+    eval_data = read_dataset_folder(tuned["heldout"], 60)  # enough rows to fail on, a third of the time
     reference = onnx_check.read_reference(str(tmp_path / "merged"), str(tuned["heldout"]), eval_data, 4)
     for name, scale in (("not applied", 0.0), ("lora_B doubled", 2.0)):
         wrong = tmp_path / name.replace(" ", "-")

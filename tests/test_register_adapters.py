@@ -20,7 +20,6 @@ from slmforge.registry.rules import default_base_name
 from slmforge.steps import register
 
 from lora_adapter import make_lora_adapter
-from test_separate_adapters import two_runs  # noqa: F401 - a fixture: two recipes fine-tuning one base, run locally
 
 pytestmark = pytest.mark.slow
 

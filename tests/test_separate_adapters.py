@@ -14,61 +14,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from local_pipeline import cli, run_slmforge
+from adapter_recipes import TEMPLATE, olive_recipes_shape
+from local_pipeline import cli
 
 from slmforge.contract import manifest
 from slmforge.errors import InvalidInput, StepFailed
 from slmforge.models import adapter_slots, onnx_adapter
-
-TEMPLATE = "### Text: {phrase}\n### The tone is:\n{tone}"
-DATA = {"name": "tones", "type": "HuggingfaceContainer",
-        "load_dataset_config": {"data_name": "json", "data_files": "DATA"},
-        "pre_process_data_config": {"text_cols": ["phrase", "tone"], "text_template": TEMPLATE,
-                                    "corpus_strategy": "line-by-line", "source_max_len": 64, "loss_on": "completion"}}
-TRAIN = {"r": 8, "alpha": 16, "lora_dropout": 0.0, "train_data_config": "tones", "eval_dataset_size": 0.25,
-         "training_args": {"seed": 0, "per_device_train_batch_size": 8, "learning_rate": 0.003, "max_steps": 20}}
-
-
-def _olive_recipes_shape(model: Path, data: str, out: str) -> dict:
-    return {
-        "input_model": {"type": "HfModel", "model_path": str(model)},
-        "data_configs": [{**DATA, "load_dataset_config": {"data_name": "json", "data_files": data}}],
-        "passes": {
-            "l": {"type": "lora", **TRAIN},
-            "c": {"type": "OnnxConversion", "use_dynamo_exporter": True, "save_metadata_for_token_generation": True,
-                  "torch_dtype": "float32"},
-            "o": {"type": "OrtTransformersOptimization", "model_type": "gpt2", "opt_level": 0, "keep_io_types": False},
-            "e": {"type": "extractadapters", "make_inputs": True},
-            "m": {"type": "ModelBuilder", "metadata_only": True, "precision": "int4"},
-        },
-        "cache_dir": "cache", "output_dir": out, "evaluate": {"max_samples": 16, "max_new_tokens": 4},
-    }
-
-
-def _flat_shape(model: Path, data: str, out: str) -> dict:
-    return {
-        "input_model": {"type": "HfModel", "model_path": str(model)},
-        "data_configs": [{**DATA, "load_dataset_config": {"data_name": "json", "data_files": data}}],
-        "passes": {"lora": {"type": "LoRA", **TRAIN, "training_args": {**TRAIN["training_args"], "seed": 1}},
-                   "builder": {"type": "ModelBuilder", "precision": "int4"},
-                   "extract": {"type": "ExtractAdapters"}},
-        "cache_dir": "cache", "output_dir": out, "evaluate": {"max_samples": 16, "max_new_tokens": 4},
-    }
-
-
-@pytest.fixture(scope="session")  # shared with test_register_adapters: built once per session
-def two_runs(tiny_model_dir, demo_data, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("separate-adapters")
-    rows = demo_data.read_text(encoding="utf-8").splitlines()
-    (folder / "tones-a.jsonl").write_text("\n".join(rows[::2]) + "\n", encoding="utf-8")  # other data for each
-    (folder / "tones-b.jsonl").write_text("\n".join(rows[1::2]) + "\n", encoding="utf-8")
-    outcomes = {}
-    for name, shape in (("a", _olive_recipes_shape), ("b", _flat_shape)):
-        recipe = folder / f"recipe-{name}.json"
-        recipe.write_text(json.dumps(shape(tiny_model_dir, f"tones-{name}.jsonl", f"out-{name}")), encoding="utf-8")
-        outcomes[name] = run_slmforge(recipe, folder / "home")
-        assert outcomes[name].rc == 0, outcomes[name].stderr[-3000:]
-    return outcomes
 
 
 def test_two_recipes_share_one_base_and_leave_one_adapter_each(two_runs):
@@ -188,7 +139,7 @@ def test_the_adapter_check_is_exact_at_fp32_and_fails_on_a_wrongly_converted_ada
     (lambda r: r["passes"]["e"].update(pack_inputs=True), "pack_inputs"),
 ])
 def test_what_cannot_be_served_separately_is_refused_by_name(tiny_model_dir, tmp_path, edit, message):
-    recipe = _olive_recipes_shape(tiny_model_dir, "tones.jsonl", "out")
+    recipe = olive_recipes_shape(tiny_model_dir, "tones.jsonl", "out")
     edit(recipe)
     (tmp_path / "tones.jsonl").write_text('{"phrase": "hi", "tone": "joy"}\n', encoding="utf-8")
     path = tmp_path / "recipe.json"
