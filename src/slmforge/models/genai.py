@@ -293,6 +293,7 @@ class PlainOrtModel:
                                             providers=providers)
         self.kv_heads = int(config["num_key_value_heads"])
         self.head_size = int(config["head_size"])
+        self.window_layers = _window_layers(config)
         self.adapter = adapter
         self._feeds: tuple[AdapterFile, dict] | None = None
 
@@ -328,8 +329,19 @@ class PlainOrtModel:
             elif inp.name == "position_ids":
                 feeds[inp.name] = np.broadcast_to(np.arange(width, dtype=np.int64), ids.shape).copy()
             elif inp.name.startswith("past_key_values"):
+                # Empty (the mask says no past), but a sliding-window layer's cache has its window's
+                # capacity: onnxruntime refuses a smaller one (sliding_window_cache, GroupQueryAttention).
                 dtype = np.float16 if "float16" in inp.type else np.float32
-                feeds[inp.name] = np.zeros((len(sequences), self.kv_heads, 0, self.head_size), dtype=dtype)
+                capacity = self.window_layers.get(int(inp.name.split(".")[1]), 0)
+                feeds[inp.name] = np.zeros((len(sequences), self.kv_heads, capacity, self.head_size), dtype=dtype)
             else:
                 raise StepFailed(f"model.onnx has an input slmforge does not know how to feed: {inp.name}")
         return self.session.run(["logits"], feeds)[0].astype(np.float32, copy=False)
+
+
+def _window_layers(decoder: dict) -> dict[int, int]:
+    """{layer: cache capacity} of the sliding-window layers genai_config.json names (onnxruntime-genai 0.18:
+    `sliding_window` with `window_size`, `layers`, `cache_slack`); those layers' caches are window-sized."""
+    window = decoder.get("sliding_window") or {}
+    capacity = int(window.get("window_size", 0)) + int(window.get("cache_slack", 0))
+    return {int(layer): capacity for layer in window.get("layers", [])} if capacity > 0 else {}

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from slmforge.errors import InvalidInput, StepFailed
+from slmforge.models import onnx_builder_compat
 
 # Options that slmforge sets from its own inputs, and where the user should say them instead.
 _OWN_OPTIONS = {
@@ -96,6 +97,7 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
     from slmforge.models.weights_check import check_loadable
 
     check_loadable(source)  # a corrupt file is the user's, named; not "the builder failed"
+    onnx_builder_compat.refuse_unbuildable(source)  # before building: the cause, named
     options = dict(extra)
     if precision in _QUANTIZED:
         algo_config = AUTO_METHOD if algo_config == "auto" else algo_config
@@ -112,7 +114,8 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
     is_folder = Path(source).is_dir()
     model_name, input_path = ("", source) if is_folder else (source, "")
     log = io.StringIO()
-    with tempfile.TemporaryDirectory(prefix="slmforge-builder-cache-") as cache_dir, _quiet(log):
+    with (tempfile.TemporaryDirectory(prefix="slmforge-builder-cache-") as cache_dir, _quiet(log),
+          onnx_builder_compat.transformers5_rope()):
         try:
             kv = builder_parse(model_name, input_path, str(out_dir), precision, execution_provider, cache_dir,
                                [f"{k}={v}" for k, v in options.items()])
