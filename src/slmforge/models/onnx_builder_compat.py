@@ -92,7 +92,10 @@ def refuse_unbuildable(source: str) -> None:
         return  # a hub name: the builder reads it itself
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except ValueError:
+        return  # a model type transformers does not know (remote code): the builder reads it its own way
     config = getattr(config, "text_config", None) or config
     _refuse_head_clash(folder, config)
     _refuse_longrope_width(folder, config)
