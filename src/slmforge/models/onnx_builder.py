@@ -120,6 +120,8 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
             kv = builder_parse(model_name, input_path, str(out_dir), precision, execution_provider, cache_dir,
                                [f"{k}={v}" for k, v in options.items()])
             create_model(model_name, input_path, str(out_dir), precision, execution_provider, cache_dir, **kv)
+        except InvalidInput:  # a compatibility shim's refusal (onnx_builder_compat.py), already one line
+            raise
         except Exception as e:  # the builder raises bare Exception/ValueError/NotImplementedError
             raise StepFailed(f"onnxruntime-genai builder failed ({precision}, {execution_provider}): "
                              f"{type(e).__name__}: {e}") from e
