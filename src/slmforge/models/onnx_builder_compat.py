@@ -29,7 +29,8 @@ def transformers5_rope():
     original_init, original_caches = Gemma3Model.__init__, Gemma3Model.make_rotary_embedding_multi_cache
 
     def init(self, config, *args, **kwargs):
-        self.slmforge_local_rope_factor = flatten_layer_type_rope(config)
+        # Only Gemma-3 itself: Gemma4Model (a subclass) reads the per-layer-type shape on its own.
+        self.slmforge_local_rope_factor = flatten_layer_type_rope(config) if type(self) is Gemma3Model else None
         original_init(self, config, *args, **kwargs)
 
     def multi_cache(self):
