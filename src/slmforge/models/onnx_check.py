@@ -46,8 +46,8 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     """Compare the built model with the PyTorch model it came from; StepFailed when it falls short.
 
     Always, on fixed prompts at every position (logit_check.py): fp32 within a multiple of the
-    PyTorch model's own float32 rounding (measured against float64); other precisions a sanity floor on the logit cosine that
-    a mis-wired head or a broken layer cannot reach. With eval rows (`eval_data`): the built model's
+    PyTorch model's own float32 rounding (measured against float64); other precisions a sanity floor
+    on the logit cosine that a mis-wired head or a broken layer cannot reach. With eval rows (`eval_data`): the built model's
     greedy answers against the source model's, and the accuracy it loses (logit_check.ANSWER_GATES).
     `onnx_adapter`: `folder` is a base with adapter slots and this file the adapter served on it; the
     gates are the same (the study behind it: docs/research/issue-22).

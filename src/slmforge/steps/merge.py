@@ -25,8 +25,8 @@ LIBRARIES = ("torch", "transformers", "peft", "safetensors")
 
 # fp32: merging W + s*B@A only reorders float32 sums: logit_check.fp32_bound is a multiple of the
 # adapter model's own float32 rounding, measured against the same forward in float64. fp16: the
-# saved weights are rounded to 11 significant bits (relative error <= 2^-11 ~ 4.9e-4 per weight); through the layers that moves logits by a few 1e-3 of their
-# scale. That bound is relative to the largest reference logit; a wrong or missing adapter moves
+# saved weights are rounded to 11 significant bits (relative error <= 2^-11 ~ 4.9e-4 per weight);
+# through the layers that moves logits by a few 1e-3 of their scale. That bound is relative to the largest reference logit; a wrong or missing adapter moves
 # logits by O(0.1) of their scale and still fails.
 FP16_RELATIVE_BOUND = 1e-2
 
