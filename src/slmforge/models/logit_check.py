@@ -44,7 +44,10 @@ CHECK_PROMPTS = [
 #     the merge step gives 9.5e-7 against the same old bound): 9.5e-7 / 1.15e-6 (0.83)
 #   fp32 ONNX: base 6.6e-7 / 6.2e-7 (1.07); base + adapter, lora_B std 0.04: 5.4e-7 / 5.2e-7 (1.04),
 #     all projections std 0.4: 2.4e-6 / 3.2e-6 (0.76)
-#   broken: lora_B x2 0.73, a zeroed MLP layer 0.20 (merge) / 0.29 (ONNX), a mis-wired head 1.03 -- all
+#   SmolLM2-135M (30 layers, |logit| <= 38), peft adapters on q/v/o r16: merge, lora_B std 0.005:
+#     1.11e-4 / 1.05e-4 (1.05), std 0.05: 7.6e-5 / 8.4e-5 (0.90); fp32 ONNX of base + the std 0.005
+#     adapter: 1.10e-4 / 1.05e-4 (1.04), bound 1.7e-3 (the old bound there: 8.7e-3)
+#   broken (tiny): lora_B x2 0.73, a zeroed MLP layer 0.20 (merge) / 0.29 (ONNX), a mis-wired head 1.03 -- all
 #     against bounds of ~1e-5.
 # A multiple of 16 leaves 10x room over the largest ratio seen and stays orders of magnitude below a
 # wrong adapter scale, a zeroed layer or a mis-wired head, which move logits by O(0.1) of their scale.

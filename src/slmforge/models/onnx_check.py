@@ -59,11 +59,12 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     token_ids = [reference_model.encode(p) for p in logit_check.CHECK_PROMPTS]
     reference = torch_model.all_logits(reference_model.model, token_ids)
     layers = int(getattr(reference_model.model.config, "num_hidden_layers", 1))
-    # fp32: the bound is a multiple of the PyTorch model's own float32 rounding (against float64).
-    reference64 = torch_model.float64_logits(source, adapter, token_ids) if precision == "fp32" else None
     if eval_data and reference_answers is None:
         reference_answers = _answers(reference_model, eval_data, max_new_tokens)
     del reference_model
+    # fp32: the bound is a multiple of the PyTorch model's own float32 rounding (against float64),
+    # loaded once the float32 model is gone (float64 weights take twice its memory).
+    reference64 = torch_model.float64_logits(source, adapter, token_ids) if precision == "fp32" else None
 
     try:
         served = adapter_file.open_file(onnx_adapter) if onnx_adapter is not None else None

@@ -104,7 +104,8 @@ def all_logits(model, token_ids: list[list[int]]):
 
 def float64_logits(source: str, adapter: str | Path | None, token_ids: list[list[int]]):
     """all_logits of the model at `source` (+ `adapter`) run in float64: the yardstick the fp32 checks
-    measure float32 rounding with (logit_check.fp32_bound). peft keeps the adapter in the base's float64."""
+    measure float32 rounding with (logit_check.fp32_bound). peft keeps the adapter in the base's float64.
+    Twice the float32 model's memory: callers free their float32 model first."""
     model = load_causal_lm(source, "float64")
     if adapter is not None:
         model = with_adapter(model, adapter)
