@@ -13,7 +13,7 @@ TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
 def make_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0, r: int = 8, std: float = 0.05,
-                      quantized: bool = False) -> Path:
+                      quantized: bool = False, targets: list[str] = TARGETS) -> Path:
     """Save a LoRA adapter (optionally trained-on-4-bit style, i.e. a QLoRA adapter) for `base_dir`."""
     import torch
     from peft import LoraConfig, get_peft_model
@@ -28,7 +28,7 @@ def make_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0, r: int = 
             bnb_4bit_compute_dtype=torch.float32), "device_map": "cpu"}
     base = AutoModelForCausalLM.from_pretrained(base_dir, **kwargs)
     torch.manual_seed(seed)  # before get_peft_model: LoRA weights are initialised there
-    model = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=TARGETS))
+    model = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:

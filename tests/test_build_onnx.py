@@ -189,3 +189,39 @@ def test_extra_options_pass_through(tiny_model_dir, int4_dir, tmp_path):
     assert manifest.read_manifest(out)["params"]["extra_options"] == {"nodes_to_exclude": "/lm_head/MatMul"}
     # The excluded LM head stays float32, so the data file is bigger than the all-int4 build's.
     assert (out / "model.onnx.data").stat().st_size > (int4_dir / "model.onnx.data").stat().st_size
+
+
+def test_fp32_check_bound_is_the_references_own_rounding_and_fails_a_miswired_head_and_a_zeroed_layer(
+        tiny_model_dir, fp32_dir, tmp_path):
+    """The fp32 bound is a multiple of PyTorch's float32-vs-float64 distance: the correct build passes it,
+    a head wired to layer 1's input and a model whose layer was zeroed do not (logit_check.fp32_bound)."""
+    import onnx
+    from safetensors.torch import load_file, save_file
+
+    from slmforge.errors import StepFailed
+    from slmforge.models import onnx_check
+
+    check = manifest.read_manifest(fp32_dir)["metrics"]["check"]
+    print(f"fp32 ONNX: max abs diff {check['max_abs_diff']:.3g}, bound {check['bound']:.3g}, "
+          f"PyTorch float32 vs float64 {check['reference_rounding']:.3g}")
+    assert 0 < check["reference_rounding"] and 0 < check["max_abs_diff"] <= check["bound"] <= 1e-4
+
+    miswired = tmp_path / "miswired"
+    shutil.copytree(fp32_dir, miswired)
+    model = onnx.load(str(miswired / "model.onnx"), load_external_data=False)
+    head = next(n for n in model.graph.node if n.name.startswith("/lm_head/"))
+    head.input[0] = next(n.output[0] for n in model.graph.node if n.name.startswith("/model/layers.1/"))
+    onnx.save(model, str(miswired / "model.onnx"))
+    with pytest.raises(StepFailed, match=r"fp32 ONNX model does not match its source: max abs logit difference "
+                                         r".* > .*own float32 rounding") as e:
+        onnx_check.check_against_pytorch(miswired, str(tiny_model_dir), None, "fp32", "cpu")
+    print(f"mis-wired head: {e.value}")
+
+    zeroed = tmp_path / "zeroed-source"
+    shutil.copytree(tiny_model_dir, zeroed)
+    weights = load_file(zeroed / "model.safetensors")
+    weights["model.layers.1.mlp.down_proj.weight"].zero_()
+    save_file(weights, zeroed / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(StepFailed, match=r"max abs logit difference .* > ") as e:
+        onnx_check.check_against_pytorch(fp32_dir, str(zeroed), None, "fp32", "cpu")
+    print(f"zeroed layer: {e.value}")

@@ -45,9 +45,9 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
                           onnx_adapter: Path | None = None) -> dict:
     """Compare the built model with the PyTorch model it came from; StepFailed when it falls short.
 
-    Always, on fixed prompts at every position (logit_check.py): fp32 within a rounding bound that
-    scales with the logits and the depth; other precisions a sanity floor on the logit cosine that
-    a mis-wired head or a broken layer cannot reach. With eval rows (`eval_data`): the built model's
+    Always, on fixed prompts at every position (logit_check.py): fp32 within a multiple of the
+    PyTorch model's own float32 rounding (measured against float64); other precisions a sanity floor
+    on the logit cosine that a mis-wired head or a broken layer cannot reach. With eval rows (`eval_data`): the built model's
     greedy answers against the source model's, and the accuracy it loses (logit_check.ANSWER_GATES).
     `onnx_adapter`: `folder` is a base with adapter slots and this file the adapter served on it; the
     gates are the same (the study behind it: docs/research/issue-22).
@@ -62,6 +62,9 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     if eval_data and reference_answers is None:
         reference_answers = _answers(reference_model, eval_data, max_new_tokens)
     del reference_model
+    # fp32: the bound is a multiple of the PyTorch model's own float32 rounding (against float64),
+    # loaded once the float32 model is gone (float64 weights take twice its memory).
+    reference64 = torch_model.float64_logits(source, adapter, token_ids) if precision == "fp32" else None
 
     try:
         served = adapter_file.open_file(onnx_adapter) if onnx_adapter is not None else None
@@ -78,10 +81,12 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
 
     check = {**result.as_dict(), "precision": precision, "prompts": len(token_ids),
              "tokenizer_matches": tokenizer_matches, "layers": layers}
-    problems = logit_check.failures(result, precision, reference, layers)
     if precision == "fp32":
-        check["bound"] = logit_check.fp32_bound(reference, layers)
+        check["reference_rounding"] = logit_check.rounding_scale(reference, reference64)
+        check["bound"] = logit_check.fp32_bound(reference, check["reference_rounding"])
+        problems = logit_check.fp32_failures(result, check["bound"], check["reference_rounding"])
     else:
+        problems = logit_check.failures(result, precision)
         check["bounds"] = {**logit_check.THRESHOLDS[precision], "min_decisive_positions": logit_check.MIN_DECISIVE,
                            "decisive_margin_std": logit_check.DECISIVE_MARGIN}
         check["argmax_gated"] = result.decisive_positions >= logit_check.MIN_DECISIVE

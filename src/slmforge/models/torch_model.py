@@ -90,15 +90,26 @@ def with_adapter(base, adapter: str | Path):
 
 
 def all_logits(model, token_ids: list[list[int]]):
-    """Float32 logits at every position, one numpy array [seq, vocab] per sequence."""
+    """Logits at every position, one numpy array [seq, vocab] per sequence (float64 for a float64 model,
+    else float32)."""
     import torch
 
     out = []
     with torch.inference_mode(), few_threads_for(model):
         for ids in token_ids:
             logits = model(torch.tensor([ids])).logits[0]
-            out.append(logits.float().numpy())
+            out.append(logits.numpy() if logits.dtype == torch.float64 else logits.float().numpy())
     return out
+
+
+def float64_logits(source: str, adapter: str | Path | None, token_ids: list[list[int]]):
+    """all_logits of the model at `source` (+ `adapter`) run in float64: the yardstick the fp32 checks
+    measure float32 rounding with (logit_check.fp32_bound). peft keeps the adapter in the base's float64.
+    Twice the float32 model's memory: callers free their float32 model first."""
+    model = load_causal_lm(source, "float64")
+    if adapter is not None:
+        model = with_adapter(model, adapter)
+    return all_logits(model, token_ids)
 
 
 # Below this many parameters a forward pass is too little work to split across threads: the

@@ -23,10 +23,10 @@ from slmforge.steps._cli import run_step
 STEP = "merge"
 LIBRARIES = ("torch", "transformers", "peft", "safetensors")
 
-# fp32: merging W + s*B@A only reorders float32 sums: logit_check.fp32_bound scales the bound with
-# the logits and the depth. fp16: the saved weights are rounded to 11 significant bits (relative
-# error <= 2^-11 ~ 4.9e-4 per weight); through the layers that moves logits by a few 1e-3 of their
-# scale. That bound is relative to the largest reference logit; a wrong or missing adapter moves
+# fp32: merging W + s*B@A only reorders float32 sums: logit_check.fp32_bound is a multiple of the
+# adapter model's own float32 rounding, measured against the same forward in float64. fp16: the
+# saved weights are rounded to 11 significant bits (relative error <= 2^-11 ~ 4.9e-4 per weight);
+# through the layers that moves logits by a few 1e-3 of their scale. That bound is relative to the largest reference logit; a wrong or missing adapter moves
 # logits by O(0.1) of their scale and still fails.
 FP16_RELATIVE_BOUND = 1e-2
 
@@ -36,7 +36,7 @@ class Params(StepParams):
     """Merge adapter into base
 
     Merge a PEFT adapter into its full-precision base model and check the merged logits against the
-    adapter model's (fails above 1e-4 at fp32).
+    adapter model's (at fp32: within a multiple of the adapter model's own float32 rounding).
     """
 
     model: str | None = param(None, asset="uri_folder", help="base model folder (Hugging Face format)")
@@ -79,7 +79,8 @@ def merge_into(source: str, adapter: Path, out_dir: Path, torch_dtype: str = "fl
     """Merge `adapter` into the base at `source`, save to `out_dir`, check it; return the check.
 
     The check compares with the logits of base + `adapter` on logit_check.CHECK_PROMPTS, or with
-    `reference` when given (tests pass another adapter's logits to show the check fails)."""
+    `reference` when given (tests pass another adapter's logits to show the check fails); the fp32
+    bound comes from base + `adapter` run in float64 (the reference's own rounding)."""
     import torch
 
     from slmforge.models import logit_check, torch_model
@@ -87,19 +88,24 @@ def merge_into(source: str, adapter: Path, out_dir: Path, torch_dtype: str = "fl
     tokenizer = torch_model.load_tokenizer(source)
     token_ids = [list(tokenizer(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
     peft_model = torch_model.with_adapter(torch_model.load_causal_lm(source, "float32"), adapter)
-    # Reference first: merge_and_unload() rewrites the base weights in place.
-    if reference is None:
-        reference = torch_model.all_logits(peft_model, token_ids)
+    # Adapter model first: merge_and_unload() rewrites the base weights in place.
+    adapter_model = torch_model.all_logits(peft_model, token_ids)
     merged = peft_model.merge_and_unload()
     merged.to(getattr(torch, torch_dtype)).save_pretrained(out_dir)
     del merged, peft_model
     torch_model.load_tokenizer(source).save_pretrained(out_dir)  # fresh: no padding block
+    rounding = None
+    if torch_dtype == "float32":  # the adapter model's own float32 rounding sizes the bound
+        rounding = logit_check.rounding_scale(adapter_model, torch_model.float64_logits(source, adapter, token_ids))
 
-    return check_merged(reference, token_ids, out_dir, torch_dtype)
+    return check_merged(adapter_model if reference is None else reference, token_ids, out_dir, torch_dtype, rounding)
 
 
-def check_merged(reference: list, token_ids: list[list[int]], folder: Path, torch_dtype: str = "float32") -> dict:
-    """Reload the merged model from `folder` in float32 and compare it with the adapter model's logits."""
+def check_merged(reference: list, token_ids: list[list[int]], folder: Path, torch_dtype: str = "float32",
+                 rounding: float | None = None) -> dict:
+    """Reload the merged model from `folder` in float32 and compare it with the adapter model's logits.
+
+    float32: `rounding` (logit_check.rounding_scale of the adapter model) is required; it sizes the bound."""
     from slmforge.models import logit_check, torch_model
 
     # What was written is checked, reloaded in float32 (fp16 weights are compared as stored).
@@ -107,14 +113,18 @@ def check_merged(reference: list, token_ids: list[list[int]], folder: Path, torc
     layers = int(getattr(reloaded.config, "num_hidden_layers", 1))
     result = logit_check.compare(reference, torch_model.all_logits(reloaded, token_ids))
     scale = max(float(abs(r).max()) for r in reference)
-    bound = (logit_check.fp32_bound(reference, layers) if torch_dtype == "float32"
-             else FP16_RELATIVE_BOUND * max(scale, 1.0))
-    check = {**result.as_dict(), "bound": bound, "prompts": len(token_ids), "layers": layers,
+    if torch_dtype == "float32":
+        bound = logit_check.fp32_bound(reference, rounding)
+        measured = {"reference_rounding": rounding}
+        cause = f"the adapter model's own float32 rounding, against float64: {rounding:.3g}"
+    else:
+        bound, measured = FP16_RELATIVE_BOUND * max(scale, 1.0), {}
+        cause = f"logits up to {scale:.3g}"
+    check = {**result.as_dict(), "bound": bound, **measured, "prompts": len(token_ids), "layers": layers,
              "max_abs_logit": round(scale, 4)}
     if not result.max_abs_diff <= bound:
         raise StepFailed(f"merged model does not reproduce the adapter model: max abs logit difference "
-                         f"{result.max_abs_diff:.3g} > {bound:.3g} ({torch_dtype}, {layers} layers, "
-                         f"logits up to {scale:.3g})")
+                         f"{result.max_abs_diff:.3g} > {bound:.3g} ({torch_dtype}, {layers} layers, {cause})")
     return check
 
 
