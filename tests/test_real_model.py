@@ -61,10 +61,22 @@ def _metrics(model: Path, dataset: Path, out: Path) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_the_real_model_learns_and_int4_keeps_it_on_rows_it_never_saw(tuned, smollm2_dir, tmp_path):
+@pytest.fixture(scope="module")
+def heldout(tuned, tmp_path_factory) -> dict[str, Path]:
+    """The merged and the baked int4 model evaluated once on the 200 held-out rows (evaluate outputs)."""
+    root = tmp_path_factory.mktemp("heldout-metrics")
+    for name in ("merged", "int4"):
+        _metrics(tuned[name], tuned["heldout"], root / name)
+    return {"merged": root / "merged", "int4": root / "int4"}
+
+
+def _read(folder: Path) -> dict:
+    return json.loads((folder / "metrics.json").read_text())
+
+
+def test_the_real_model_learns_and_int4_keeps_it_on_rows_it_never_saw(tuned, heldout, smollm2_dir, tmp_path):
     base = _metrics(smollm2_dir, tuned["heldout"], tmp_path / "base")
-    merged = _metrics(tuned["merged"], tuned["heldout"], tmp_path / "merged")
-    int4 = _metrics(tuned["int4"], tuned["heldout"], tmp_path / "int4")
+    merged, int4 = _read(heldout["merged"]), _read(heldout["int4"])
     print(f"held-out accuracy: base {base['accuracy']:.3f}, merged {merged['accuracy']:.3f}, "
           f"int4 {int4['accuracy']:.3f} (majority {merged['majority_baseline']:.3f}, n {merged['n']})")
     assert merged["n"] == int4["n"] == 200 and merged["majority_baseline"] == 0.25
@@ -173,7 +185,7 @@ def test_fp32_onnx_parity_bound_holds_on_the_real_model(tuned, tmp_path):
 
 
 def test_a_separate_adapter_on_the_shared_int4_base_answers_as_the_baked_build_and_its_check_fails_when_broken(
-        tuned, smollm2_dir, tmp_path):
+        tuned, heldout, smollm2_dir, tmp_path):
     """Issue 22 on the real model: the int4 base with adapter slots plus the tone adapter as an .onnx_adapter
     passes the gates of a baked build and scores as the baked build does on 200 held-out rows; the same
     check fails for an adapter that is not applied (lora_B zero) and for one converted with lora_B doubled."""
@@ -182,24 +194,24 @@ def test_a_separate_adapter_on_the_shared_int4_base_answers_as_the_baked_build_a
     from slmforge.models import onnx_adapter
     from slmforge.steps import export_adapter
 
-    merged = _metrics(tuned["merged"], tuned["heldout"], tmp_path / "merged")  # the gates' reference answers
+    merged = _read(heldout["merged"])  # the gates' reference answers
     base, exported = tmp_path / "base", tmp_path / "exported"
     assert build_onnx.main(["--model", str(smollm2_dir), "--adapter_slots", "all", "--output", str(base)]) == 0
     assert export_adapter.main(["--model", str(base), "--adapter", str(tuned["adapter"]), "--source", str(smollm2_dir),
                                 "--name", "tones", "--dataset", str(tuned["heldout"]), "--reference",
-                                str(tmp_path / "merged"), "--check_max_new_tokens", "4", "--output", str(exported)]) == 0
+                                str(heldout["merged"]), "--check_max_new_tokens", "4", "--output", str(exported)]) == 0
     check = manifest.read_manifest(exported)["metrics"]["check"]
     assert check["answers"]["rows"] == 200 and check["answers"]["answer_agreement"] >= 0.85
     assert evaluate.main(["--model", str(base), "--adapter", str(exported), "--dataset", str(tuned["heldout"]),
                           "--max_new_tokens", "4", "--metrics", str(tmp_path / "separate")]) == 0
     separate = json.loads((tmp_path / "separate" / "metrics.json").read_text())
-    baked = _metrics(tuned["int4"], tuned["heldout"], tmp_path / "baked")
+    baked = _read(heldout["int4"])
     print(f"held-out accuracy: merged {merged['accuracy']:.3f}, baked int4 {baked['accuracy']:.3f}, separate adapter "
           f"{separate['accuracy']:.3f}; gate agreement {check['answers']['answer_agreement']:.3f}")
     assert separate["accuracy"] >= 0.97 * merged["accuracy"] and abs(separate["accuracy"] - baked["accuracy"]) <= 0.02
 
     eval_data = read_dataset_folder(tuned["heldout"], 60)  # enough rows to fail on, a third of the time
-    reference = onnx_check.read_reference(str(tmp_path / "merged"), str(tuned["heldout"]), eval_data, 4)
+    reference = onnx_check.read_reference(str(heldout["merged"]), str(tuned["heldout"]), eval_data, 4)
     for name, scale in (("not applied", 0.0), ("lora_B doubled", 2.0)):
         wrong = tmp_path / name.replace(" ", "-")
         shutil.copytree(tuned["adapter"], wrong)
