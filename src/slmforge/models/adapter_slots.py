@@ -152,11 +152,6 @@ class BaseSlots:
     def dtype(self, name: str) -> str:
         return self.slots[name]["dtype"]
 
-    def fixed_shape(self, name: str) -> tuple[int, int, int]:
-        """(rows, cols, rank_axis) of a slot: the axis that is the rank is symbolic."""
-        rows, cols = self.slots[name]["shape"]
-        return (rows, cols, 1) if isinstance(cols, str) else (rows, cols, 0)
-
 
 def read_slots(folder: str | Path) -> BaseSlots | None:
     """The base's slots, or None when `folder` is a model without them (a baked or plain build)."""

@@ -113,7 +113,6 @@ def _split_fused(module: str, ab: str, w, sizes: dict[str, int]) -> dict[str, An
 
 
 def _check_shapes(adapter_dir: Path, params: dict, base: BaseSlots) -> None:
-    ranks = set()
     for name, arr in params.items():
         want = base.slots[name]["shape"]
         rank_axis = 0 if isinstance(want[0], str) else 1
@@ -121,7 +120,6 @@ def _check_shapes(adapter_dir: Path, params: dict, base: BaseSlots) -> None:
         if arr.ndim != 2 or arr.shape[fixed_axis] != want[fixed_axis]:
             raise InvalidInput(f"{adapter_dir}: {name} is {list(arr.shape)} but the base {base.folder} expects "
                                f"{want[fixed_axis]} on axis {fixed_axis}: it was trained on another model")
-        ranks.add(int(arr.shape[rank_axis]))
     if not params:
         raise InvalidInput(f"{adapter_dir}: the adapter holds no LoRA weights")
 
