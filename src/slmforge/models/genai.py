@@ -100,6 +100,12 @@ class GenaiModel:
         self.tokenizer.update_options(add_special_tokens="true")
         self.bos_token_id = int(self.tokenizer.bos_token_id)
         self.context_length = int(config.get("context_length", 2048))
+        # Sliding-window layers (Gemma-2/3, Mistral, Phi-3-mini-4k): og 0.18 sizes their caches
+        # min(max_length, window + slack), and onnxruntime refuses a cache smaller than the window
+        # ("KV cache capacity (39) must be at least local_window_size (127)"): generations ask for at least
+        # the window. And the windowed kernel takes no right padding ("seqlens_k[0] = 23 is too small for
+        # sequence_length 35"): batches hold prompts of one length, as many rows as a window-long cache allows.
+        self.window = max(_window_layers(config.get("decoder", {})).values(), default=0)
         eos = config.get("eos_token_id", [])
         eos = eos if isinstance(eos, list) else [eos]
         self.eos_token_ids = set(eos)
@@ -162,12 +168,13 @@ class GenaiModel:
         if len(prompt_ids) >= self.context_length:
             raise InvalidInput(f"the input is {len(prompt_ids)} tokens; the model's context is {self.context_length}")
         params = og.GeneratorParams(self.model)
-        max_length = min(self.context_length, len(prompt_ids) + max_new_tokens)
-        params.set_search_options(do_sample=False, max_length=max_length)
+        params.set_search_options(do_sample=False, max_length=self._max_length(len(prompt_ids) + max_new_tokens))
         generator = self._generator(params)
         generator.append_tokens(prompt_ids)
         decoder = self.tokenizer.create_stream()
-        while not generator.is_done():
+        for _ in range(max_new_tokens):
+            if generator.is_done():
+                return
             generator.generate_next_token()
             token = int(generator.get_next_tokens()[0])
             piece = decoder.decode(token)
@@ -205,12 +212,12 @@ class GenaiModel:
         """(argmax, log p(next token)) at the requested positions of each sequence, batched (numpy)."""
         import numpy as np
 
-        from slmforge.models.verified_greedy import length_batches, log_softmax_at
+        from slmforge.models.verified_greedy import log_softmax_at
 
         if self._logits is None:
             self._logits = PlainOrtModel(self.folder, adapter=self.adapters.get(self.active) if self.active else None)
         results: list = [None] * len(requests)
-        for batch in length_batches([len(ids) for ids, _ in requests], self.TOKEN_BUDGET):
+        for batch in self._batches([len(ids) for ids, _ in requests]):
             logits = self._logits.batch_logits([requests[i][0] for i in batch])
             for row, i in enumerate(batch):
                 seq, positions = requests[i]
@@ -225,9 +232,9 @@ class GenaiModel:
         tokens as one prompt at a time; left padding is not). While a row follows its expected
         answer, the logits of each step give that token's log-probability for the perplexity.
         """
-        from slmforge.models.verified_greedy import finished, length_batches, log_softmax_at
+        from slmforge.models.verified_greedy import finished, log_softmax_at
 
-        for indices in length_batches([len(r.prompt) for r in requests], self.TOKEN_BUDGET):
+        for indices in self._batches([len(r.prompt) for r in requests]):
             chunk = [requests[i] for i in indices]
             generator = self._batch_generator([r.prompt for r in chunk], max_new_tokens)
             for r in chunk:
@@ -253,6 +260,17 @@ class GenaiModel:
                 if not live or generator.is_done():
                     break
 
+    def _batches(self, lengths: list[int]) -> list[list[int]]:
+        from slmforge.models.verified_greedy import length_batches
+
+        if not self.window:
+            return length_batches(lengths, self.TOKEN_BUDGET)
+        return length_batches(lengths, self.TOKEN_BUDGET, max_rows=max(1, min(32, self.TOKEN_BUDGET // self.window)),
+                              same_length=True)
+
+    def _max_length(self, needed: int) -> int:
+        return min(self.context_length, max(needed, self.window))
+
     def _batch_generator(self, prefixes: list[list[int]], max_new_tokens: int):
         import numpy as np
 
@@ -265,7 +283,8 @@ class GenaiModel:
         for row, prefix in enumerate(prefixes):
             batch[row, :len(prefix)] = prefix
         params = og.GeneratorParams(self.model)
-        params.set_search_options(do_sample=False, max_length=width + max_new_tokens, batch_size=len(prefixes))
+        params.set_search_options(do_sample=False, max_length=self._max_length(width + max_new_tokens),
+                                  batch_size=len(prefixes))
         generator = self._generator(params)
         generator.append_tokens(batch)
         return generator

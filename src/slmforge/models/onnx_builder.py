@@ -115,7 +115,7 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
     model_name, input_path = ("", source) if is_folder else (source, "")
     log = io.StringIO()
     with (tempfile.TemporaryDirectory(prefix="slmforge-builder-cache-") as cache_dir, _quiet(log),
-          onnx_builder_compat.transformers5_rope()):
+          onnx_builder_compat.builder_shims()):
         try:
             kv = builder_parse(model_name, input_path, str(out_dir), precision, execution_provider, cache_dir,
                                [f"{k}={v}" for k, v in options.items()])

@@ -1,7 +1,9 @@
 """What onnxruntime-genai 0.18.0's builder needs that our transformers pin (5.24) no longer gives it,
 and the models it would build wrong or not at all, refused before building with the cause named.
 
-Upstream-shaped: each shim gives the builder the config shape it reads (transformers 4's), nothing else.
+Upstream-shaped: each shim gives the builder the config shape it reads (transformers 4's) or the graph
+transformers computes, nothing else; each was found by a tiny model of its family failing the fp32 parity
+check (tests/test_families.py) and is proven by it passing.
 """
 
 from __future__ import annotations
@@ -9,6 +11,83 @@ from __future__ import annotations
 import contextlib
 
 from slmforge.errors import InvalidInput
+
+# Model types whose transformers 5 attention windows every layer when config.sliding_window is set, without
+# a config.layer_types (Mistral v0.1: 4096; Phi-3-mini-4k: 2047 of a 4096 context).
+UNIFORM_WINDOW_MODEL_TYPES = ("mistral", "phi3")
+# transformers' OlmoLayerNorm: a LayerNorm without parameters, eps fixed at 1e-5 (no config key).
+OLMO_LAYERNORM_EPS = 1e-5
+
+
+@contextlib.contextmanager
+def builder_shims():
+    """Every shim below, in place while the builder runs (the builder's classes, patched and restored)."""
+    from onnxruntime_genai.models import builder
+
+    # builder.py's own classes: its folder is on sys.path, so `builders.gemma` there is another module
+    # object than onnxruntime_genai.models.builders.gemma.
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(transformers5_rope())
+        stack.enter_context(_wrapped(builder.Model, "__init__", _config_fixes))
+        stack.enter_context(_wrapped(builder.SmolLM3Model, "make_attention", _nope_layers_without_rope))
+        stack.enter_context(_wrapped(builder.OLMoModel, "__init__", _olmo_layernorm))
+        yield
+
+
+@contextlib.contextmanager
+def _wrapped(cls, name: str, make):
+    original = getattr(cls, name)
+    setattr(cls, name, make(original))
+    try:
+        yield
+    finally:
+        setattr(cls, name, original)
+
+
+def _config_fixes(original_init):
+    def init(self, config, *args, **kwargs):
+        uniform_sliding_window(config)
+        original_init(self, config, *args, **kwargs)
+    return init
+
+
+def uniform_sliding_window(config) -> None:
+    """Mistral and Phi-3 window every layer when `sliding_window` is set (transformers' mask function reads
+    config.sliding_window); 0.18.0 windows only the layers config.layer_types calls sliding_attention
+    (Model.is_local), and these configs have none: it dropped the window, so past it the ONNX model
+    attended to tokens PyTorch masks (tiny Mistral, window 8: max abs logit difference 1.85). A window
+    at least the context long changes nothing and is left alone (no window-sized cache of that size)."""
+    window = getattr(config, "sliding_window", None)
+    if (getattr(config, "model_type", None) in UNIFORM_WINDOW_MODEL_TYPES
+            and getattr(config, "layer_types", None) is None and isinstance(window, int)
+            and 0 < window < getattr(config, "max_position_embeddings", 0)):
+        config.layer_types = ["sliding_attention"] * config.num_hidden_layers
+
+
+def _olmo_layernorm(original_init):
+    """OLMo normalises with a LayerNorm without parameters (mean removed, eps 1e-5, transformers'
+    OlmoLayerNorm); 0.18.0's OLMoModel gives it unit weights and zero biases but keeps the base's
+    SimplifiedLayerNormalization (RMS norm, no mean removed) and eps 1e-6 (tiny OLMo: max abs logit
+    difference 0.055)."""
+    def init(self, config, *args, **kwargs):
+        original_init(self, config, *args, **kwargs)
+        self.layernorm_attrs.update(simple=False, epsilon=OLMO_LAYERNORM_EPS)
+    return init
+
+
+def _nope_layers_without_rope(original_make_attention):
+    """SmolLM3's NoPE layers (no_rope_layers[i] == 0): 0.18.0's SmolLM3Model turns off the rope fused into
+    GroupQueryAttention there, and the base then adds a separate RotaryEmbedding on q and k, reading a
+    `position_ids` input that GQA models do not have (KeyError: 'position_ids'). transformers applies no
+    rope at all on those layers: the layer is built without rope."""
+    def make_attention(self, layer_id, attention, root_input, **kwargs):
+        rope = self.attention_attrs["rope"]
+        self.attention_attrs["rope"] = rope and bool(self.no_rope_layers[layer_id])
+        try:
+            return original_make_attention(self, layer_id, attention, root_input, **kwargs)
+        finally:
+            self.attention_attrs["rope"] = rope
+    return make_attention
 
 
 @contextlib.contextmanager
@@ -23,8 +102,6 @@ def transformers5_rope():
     so the local caches are made with the sliding layers' factor."""
     from onnxruntime_genai.models import builder
 
-    # builder.py's own class: its folder is on sys.path, so `builders.gemma` there is another module
-    # object than onnxruntime_genai.models.builders.gemma.
     Gemma3Model = builder.Gemma3Model
     original_init, original_caches = Gemma3Model.__init__, Gemma3Model.make_rotary_embedding_multi_cache
 
@@ -85,6 +162,7 @@ def refuse_unbuildable(source: str) -> None:
       becomes the head (the int4 check then sees a logit cosine near 0.45).
     - LongRoPE with partial rotary: onnxruntime's GroupQueryAttention needs the rotary half-width to be
       a multiple of 8 ("cos_cache dimension 1 must be <= head_size / 2 and a multiple of 8").
+    - clip_qkv (OLMo 1.7+): the builder does not clamp the projections transformers clamps.
     """
     from pathlib import Path
 
@@ -100,6 +178,7 @@ def refuse_unbuildable(source: str) -> None:
     config = getattr(config, "text_config", None) or config
     _refuse_head_clash(folder, config)
     _refuse_longrope_width(folder, config)
+    _refuse_clip_qkv(folder, config)
 
 
 def _widths(config) -> dict[str, int]:
@@ -145,3 +224,12 @@ def _refuse_longrope_width(folder, config) -> None:
             f"{folder / 'config.json'}: LongRoPE with partial_rotary_factor {factor} on head_dim {head} gives a "
             f"rotary half-width of {half}; onnxruntime needs a multiple of 8 (cos_cache dimension 1): choose "
             "partial_rotary_factor so that head_dim × partial_rotary_factor / 2 is a multiple of 8")
+
+
+def _refuse_clip_qkv(folder, config) -> None:
+    clip = getattr(config, "clip_qkv", None)
+    if clip is not None:
+        raise InvalidInput(
+            f"{folder / 'config.json'}: clip_qkv {clip}: transformers clamps the query, key and value projections "
+            "to that range, and onnxruntime-genai 0.18's builder does not (the ONNX model would differ wherever "
+            "a projection exceeds it); only models with clip_qkv null can be built")

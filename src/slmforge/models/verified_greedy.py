@@ -103,14 +103,16 @@ def log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray,
     return rows.argmax(-1), rows[np.arange(len(rows)), targets] - log_z
 
 
-def length_batches(lengths: list[int], token_budget: int, max_rows: int = 32) -> list[list[int]]:
-    """Indices grouped by similar length: each padded batch holds <= token_budget tokens and
-    <= max_rows rows (og's generator takes at most 32)."""
+def length_batches(lengths: list[int], token_budget: int, max_rows: int = 32,
+                   same_length: bool = False) -> list[list[int]]:
+    """Indices grouped by similar length (`same_length`: equal): each padded batch holds <= token_budget
+    tokens and <= max_rows rows (og's generator takes at most 32)."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
-        if current and ((len(current) + 1) * lengths[i] > token_budget or len(current) == max_rows):
+        if current and ((len(current) + 1) * lengths[i] > token_budget or len(current) == max_rows
+                        or (same_length and lengths[i] != lengths[current[-1]])):
             batches.append(current)
             current = []
         current.append(i)
