@@ -155,3 +155,12 @@ def test_olmo_clip_qkv_is_refused_before_building(tiny_model_dir, tmp_path):
     with pytest.raises(InvalidInput, match=r"clip_qkv 8.0: transformers clamps the query, key and value"):
         build_onnx.run(model=str(model), precision="fp32", output=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_int4_on_a_width_the_block_does_not_divide_is_refused_before_building(tiny_model_dir, tmp_path):
+    # The builder's quantizer: "cannot reshape array of size 224 into shape (64,newaxis)"; int8 builds it.
+    model = FAMILIES["llama3.2"].with_features(intermediate_size=200).save(tmp_path / "odd", tiny_model_dir)
+    with pytest.raises(InvalidInput, match=r"intermediate_size 200 \(the input width of model.layers.0.mlp.down_proj\) "
+                                           r"is not a multiple of int4_block_size 32"):
+        build_onnx.run(model=str(model), precision="int4", output=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from slmforge.errors import InvalidInput, StepFailed
-from slmforge.models import onnx_builder_compat
+from slmforge.models import onnx_builder_compat, onnx_builder_refusals
 
 # Options that slmforge sets from its own inputs, and where the user should say them instead.
 _OWN_OPTIONS = {
@@ -97,7 +97,7 @@ def build(*, source: str, out_dir: Path, precision: str, execution_provider: str
     from slmforge.models.weights_check import check_loadable
 
     check_loadable(source)  # a corrupt file is the user's, named; not "the builder failed"
-    onnx_builder_compat.refuse_unbuildable(source)  # before building: the cause, named
+    onnx_builder_refusals.refuse_unbuildable(source, precision, block_size)  # before building: the cause, named
     options = dict(extra)
     if precision in _QUANTIZED:
         algo_config = AUTO_METHOD if algo_config == "auto" else algo_config
@@ -143,8 +143,15 @@ def _lora_node_names(source: str) -> list[str]:
 def _quiet(log: io.StringIO):
     """Keep the builder's prints, progress bars and per-node INFO logs out of the step log."""
     logging.disable(logging.INFO)
+    # With tied embeddings the int4 quantizer reads a graph whose embedding already points at the LM head's
+    # quantized weights ("... cannot be found in any scope. The model is invalid but we will still create a
+    # new input"): onnx_ir's warning, through handlers that write past the redirect; the built model is checked.
+    serde = logging.getLogger("onnx_ir.serde")
+    level = serde.level
+    serde.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             yield
     finally:
         logging.disable(logging.NOTSET)
+        serde.setLevel(level)
