@@ -164,3 +164,28 @@ def test_int4_on_a_width_the_block_does_not_divide_is_refused_before_building(ti
                                            r"is not a multiple of int4_block_size 32"):
         build_onnx.run(model=str(model), precision="int4", output=str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_validate_names_a_model_the_builder_cannot_build_before_any_step_runs(tiny_model_dir, demo_data, tmp_path):
+    from local_pipeline import cli, write_recipe
+
+    model = FAMILIES["olmo"].with_features(clip_qkv=8.0).save(tmp_path / "olmo", tiny_model_dir)
+    recipe = write_recipe(tmp_path / "recipe", model, demo_data)
+    proc = cli(tmp_path / "home", "validate", str(recipe))
+    assert proc.returncode == 2 and "clip_qkv 8.0: transformers clamps" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "recipe" / "cache").exists()
+
+
+def test_validate_names_an_int4_block_the_widths_do_not_allow(tiny_model_dir, demo_data, tmp_path):
+    from local_pipeline import cli, write_recipe
+
+    model = FAMILIES["llama3.2"].with_features(intermediate_size=200).save(tmp_path / "odd", tiny_model_dir)
+    recipe = write_recipe(tmp_path / "recipe", model, demo_data)
+    proc = cli(tmp_path / "home", "validate", str(recipe))
+    assert proc.returncode == 2, proc.stdout
+    assert "intermediate_size 200 (the input width of model.layers.0.mlp.down_proj) is not a multiple of " \
+           "int4_block_size 32" in proc.stderr
+    fp16 = write_recipe(tmp_path / "fp16", model, demo_data,
+                        edit=lambda r: r["passes"]["builder"]["config"].update(precision="fp16"))
+    assert cli(tmp_path / "home", "validate", str(fp16)).returncode == 0

@@ -32,14 +32,48 @@ def refuse_unbuildable(source: str, precision: str, block_size: int) -> None:
     except ValueError:
         return  # a model type transformers does not know (remote code): the builder reads it its own way
     config = getattr(config, "text_config", None) or config
+    # Every Linear of the model itself (on the meta device), where transformers can make it.
+    _refuse(folder, config, precision, block_size, _linear_layers(config) or _config_linears(config))
+
+
+def refuse_from_config_json(folder, precision: str, block_size: int) -> None:
+    """The same refusals from config.json alone, without torch or transformers (`slmforge validate`): the
+    Linears are those of the usual decoder layout (q/k/v/o, gate/up/down, Phi-3's fused ones, the head)."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(folder) / "config.json"
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # named by the other input checks, or by the builder
+    config = SimpleNamespace(**{**values, **(values.get("text_config") or {})})
+    _refuse(Path(folder), config, precision, block_size, _config_linears(config))
+
+
+def _refuse(folder, config, precision: str, block_size: int, linears: dict) -> None:
     _refuse_longrope_width(folder, config)
     _refuse_clip_qkv(folder, config)
-    linears = _linear_layers(config)
-    if linears is None:
-        return  # not a causal LM transformers can make from its config: the builder loads it its own way
     _refuse_head_clash(folder, config, linears)
     if precision == "int4":
         _refuse_int4_block(folder, config, linears, block_size)
+
+
+def _config_linears(config) -> dict:
+    """{name: (in, out, is the head)} of layer 0's Linears and the head, as the usual decoder lays them out."""
+    w = _widths(config)
+    h, i, q, kv = w["hidden_size"], w["intermediate_size"], w["num_attention_heads × head_dim"], \
+        w["num_key_value_heads × head_dim"]
+    attention, mlp = "model.layers.0.self_attn.", "model.layers.0.mlp."
+    if getattr(config, "model_type", None) == "phi3":
+        layers = {attention + "qkv_proj": (h, q + 2 * kv), mlp + "gate_up_proj": (h, 2 * i)}
+    else:
+        layers = {attention + "q_proj": (h, q), attention + "k_proj": (h, kv), attention + "v_proj": (h, kv),
+                  mlp + "gate_proj": (h, i), mlp + "up_proj": (h, i)}
+    layers.update({attention + "o_proj": (q, h), mlp + "down_proj": (i, h)})
+    return {**{n: (a, b, False) for n, (a, b) in layers.items()},
+            "lm_head": (h, int(getattr(config, "vocab_size", 0) or 0), True)}
 
 
 def _widths(config) -> dict[str, int]:
@@ -61,7 +95,7 @@ def _linear_layers(config) -> dict | None:
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
-    except ValueError:
+    except (ValueError, KeyError, TypeError):
         return None
     head = model.get_output_embeddings()
     return {name: (m.in_features, m.out_features, m is head) for name, m in model.named_modules()

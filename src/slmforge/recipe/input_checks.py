@@ -25,6 +25,7 @@ from slmforge.data.template import Template
 from slmforge.errors import InvalidInput
 from slmforge.models.folder_check import module_names, tensor_names, unknown_targets
 from slmforge.models.model_folder import resolve_hf_folder, resolve_tokenizer_folder
+from slmforge.models.onnx_builder_refusals import refuse_from_config_json
 from slmforge.recipe.checks import data_config_path, resolve_path
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.schema import FinetunePass
@@ -35,7 +36,8 @@ MAX_TOKENIZED_ROWS = 10_000  # ~0.5 s with a fast tokenizer on 2 cores (1464 row
 
 def check_inputs(loaded: LoadedRecipe, graph) -> None:
     """Raise InvalidInput (every problem, each on its own line) when the graph's inputs cannot work."""
-    problems = [f"{loaded.path}: {p}" for p in (*_check_rows(loaded, graph), *_check_targets(loaded, graph))]
+    problems = [f"{loaded.path}: {p}" for p in (*_check_rows(loaded, graph), *_check_targets(loaded, graph),
+                                                 *_check_buildable(graph))]
     if problems:
         raise InvalidInput(problems[0], problems)
 
@@ -138,6 +140,27 @@ def _eval_size_where(loaded: LoadedRecipe) -> str:
             key = "eval_dataset_size" if p.eval_dataset_size is not None else "train_data_config"
             return loaded.where("passes", name, key)
     return "evaluate"
+
+
+def _check_buildable(graph) -> Iterator[str]:
+    """A model the ONNX builder would build wrong or not at all, named before the fine-tune spends its time
+    (models/onnx_builder_refusals.py; build_onnx checks the model itself again)."""
+    if "build_onnx" not in graph.names():
+        return
+    build = graph.step("build_onnx")
+    source = next((step.inputs.get("model") for step in (graph.step(n) for n in ("finetune", "build_onnx")
+                                                             if n in graph.names())
+                   if step.inputs.get("model") is not None and step.inputs["model"].kind == "path"), None)
+    if source is None:
+        return  # a hub model: the builder reads it
+    try:
+        folder = resolve_hf_folder(Path(source.value))
+    except InvalidInput:
+        return  # not a model folder: checks.py names it
+    try:
+        refuse_from_config_json(folder, build.params["precision"], build.params["int4_block_size"])
+    except InvalidInput as e:
+        yield str(e)
 
 
 def _check_targets(loaded: LoadedRecipe, graph) -> Iterator[str]:
