@@ -9,6 +9,7 @@ a zeroed layer (merge), a mis-wired LM head (fp32 ONNX). Seconds per family.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -81,8 +82,8 @@ def test_family_through_lora_merge_fp32_int4_evaluate_and_a_separate_adapter(fam
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_checks_pass_a_large_adapter_and_fail_broken_models(family, tiny_model_dir, tmp_path):
     """lora_B std 0.4 on every linear layer: ten times what the Cookbook-shaped fine-tune gives
-    (test_fp32_bounds.py), past lr 1e-2 for a few hundred steps. Its merge passes; lora_B doubled, a zeroed
-    layer and an LM head wired to layer 1's input fail."""
+    (test_fp32_bounds.py), past lr 1e-2 for a few hundred steps. Its merge and its merged model's fp32 build
+    pass; lora_B doubled, a zeroed layer and an LM head wired to layer 1's input fail."""
     import onnx
     from safetensors.torch import load_file, save_file
 
@@ -99,7 +100,7 @@ def test_family_checks_pass_a_large_adapter_and_fail_broken_models(family, tiny_
     shutil.copytree(adapter, doubled)
     weights = load_file(doubled / "adapter_model.safetensors")
     save_file({k: v * 2 if "lora_B" in k else v for k, v in weights.items()}, doubled / "adapter_model.safetensors")
-    with pytest.raises(StepFailed, match="does not reproduce the adapter model"):
+    with pytest.raises(StepFailed, match="does not reproduce the adapter model") as doubled_failed:
         merge.merge_into(str(model), doubled, tmp_path / "out-doubled", reference=reference)
 
     zeroed = tmp_path / "zeroed"
@@ -107,17 +108,24 @@ def test_family_checks_pass_a_large_adapter_and_fail_broken_models(family, tiny_
     weights = load_file(zeroed / "model.safetensors")
     weights[next(k for k in weights if k.startswith("model.layers.1.mlp.down_proj"))].zero_()
     save_file(weights, zeroed / "model.safetensors", metadata={"format": "pt"})
-    with pytest.raises(StepFailed, match="does not reproduce the adapter model"):
+    with pytest.raises(StepFailed, match="does not reproduce the adapter model") as zeroed_failed:
         merge.merge_into(str(zeroed), adapter, tmp_path / "out-zeroed", reference=reference)
 
     fp32 = tmp_path / "fp32"
-    build_onnx.run(model=str(model), precision="fp32", output=str(fp32))
+    build_onnx.run(model=str(tmp_path / "merged"), precision="fp32", output=str(fp32))
+    built = _check(fp32)
+    assert built["max_abs_diff"] <= built["bound"]
+    print(f"{family}, lora_B std 0.4: merge {check['max_abs_diff']:.3g} <= {check['bound']:.3g}, "
+          f"fp32 {built['max_abs_diff']:.3g} <= {built['bound']:.3g}")
     graph = onnx.load(str(fp32 / "model.onnx"), load_external_data=False)
     head = next(n for n in graph.graph.node if n.name.startswith("/lm_head/"))
     head.input[0] = next(n.output[0] for n in graph.graph.node if n.name.startswith("/model/layers.1/"))
     onnx.save(graph, str(fp32 / "model.onnx"))
-    with pytest.raises(StepFailed, match="fp32 ONNX model does not match its source"):
-        onnx_check.check_against_pytorch(fp32, str(model), None, "fp32", "cpu")
+    with pytest.raises(StepFailed, match="fp32 ONNX model does not match its source") as head_failed:
+        onnx_check.check_against_pytorch(fp32, str(tmp_path / "merged"), None, "fp32", "cpu")
+    for case, failed in (("lora_B x2", doubled_failed), ("zeroed layer", zeroed_failed), ("head", head_failed)):
+        figure = re.search(r"difference (\S+ > \S+)", str(failed.value)).group(1)
+        print(f"{family}, {case}: {figure}")
 
 
 def _adapter_logits(model: Path, adapter: Path) -> list:
