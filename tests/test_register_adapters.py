@@ -144,10 +144,10 @@ def test_two_recipe_runs_on_one_base_register_one_base_and_two_adapters(two_runs
 
     a, b = two_runs["a"], two_runs["b"]
     uri = f"sqlite:///{a.out_dir.parent / 'home' / 'registry.db'}"
-    assert a.record["registered"]["name"] == "out-a" and b.record["registered"]["name"] == "out-b"
+    assert a.record["registered"]["name"] == "recipe-a" and b.record["registered"]["name"] == "recipe-b"  # the recipes' stems
     models = {m["name"]: m for m in nest_adapters(mlflow_store.list_models(uri))}
     assert set(models) == {"phi3-tiny-int4-base"}
     [base] = models["phi3-tiny-int4-base"]["versions"]
-    assert [(x["name"], x["version"]) for x in base["adapters"]] == [("out-a", "1"), ("out-b", "1")]
+    assert [(x["name"], x["version"]) for x in base["adapters"]] == [("recipe-a", "1"), ("recipe-b", "1")]
     for run, adapter in zip((a, b), base["adapters"]):
         assert float(adapter["tags"]["metrics.accuracy"]) == run.record["evaluation"]["onnx"]["accuracy"]

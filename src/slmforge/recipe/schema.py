@@ -164,6 +164,10 @@ class RegisterConfig(Strict):
     registry: str | None = Field(None, description="Azure ML registry instead of the workspace")
     format: Literal["custom_model", "mlflow_model"] = "custom_model"
     tracking_uri: str | None = Field(None, description=f"local MLflow registry (default: {DEFAULT_TRACKING_URI_TEXT})")
+    local_registry: Literal["user", "project"] = Field(
+        "user", description="without tracking_uri: 'user' registers in the one registry of this user "
+        f"({DEFAULT_TRACKING_URI_TEXT}); 'project' in .slmforge/registry/ beside the recipe, which `slmforge "
+        "models` and models:/ URIs read when run from the recipe's folder")
     enabled: bool = True
 
 
