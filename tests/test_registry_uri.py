@@ -5,6 +5,7 @@ registry; the run's "try it" line from the recipe's own eval data."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from slmforge.recipe.checks import recipe_notes
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
 from slmforge.registry import model_uri
-from slmforge.registry.rules import PROJECT_REGISTRY, project_tracking_uri
+from slmforge.registry.rules import PROJECT_REGISTRY, project_tracking_uri, tracking_uri_here
 from slmforge.steps import register
 
 from local_pipeline import warm_pipeline, write_recipe
@@ -75,7 +76,8 @@ def test_evaluate_takes_a_registered_model_and_labels_it_by_name(in_warm_home, c
 
 
 @pytest.mark.parametrize("uri, says", [
-    ("models:/tiny-tones/999", r"tiny-tones has no version '999' in sqlite:///\S+; its versions: (\d+, )*\d+ \(or latest\)$"),
+    ("models:/tiny-tones/999",
+     r"tiny-tones has no version '999' in sqlite:///\S+; its versions: (\d+, )*\d+ \(or latest\)$"),
     ("models:/tiny-tones@prod", r"tiny-tones has no alias 'prod' in \S+; its aliases: @current \(v\d+\), @latest"),
     ("models:/nothing@current", r"no model 'nothing' in the registry \S+ \(registered: [^)]*tiny-tones"),
     ("models:/tiny-tones", r"not a registered model URI; use models:/NAME/VERSION or models:/NAME@ALIAS$"),
@@ -86,7 +88,7 @@ def test_an_unknown_uri_is_one_line_naming_what_exists(in_warm_home, capsys, uri
         assert code == 2 and out == ""
         [line] = err.strip().splitlines()
         assert line.startswith(f"slmforge: error: {uri}: ")
-        assert __import__("re").search(says, line), line
+        assert re.search(says, line), line
 
 
 def test_the_default_registered_name_is_the_recipe_files_stem(tmp_path, tiny_model_dir, demo_data):
@@ -96,8 +98,15 @@ def test_the_default_registered_name_is_the_recipe_files_stem(tmp_path, tiny_mod
     assert graph.step("register").params["name"] == "my-intents"  # not the output folder's name, "out"
 
 
+def _registry_copy(warm, db: Path) -> str:
+    """A copy of the warm run's registry.db (made by MLflow already: no schema migration to wait for)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(warm.home / "registry.db", db)
+    return f"sqlite:///{db.resolve()}"
+
+
 def test_registering_the_same_model_again_says_reused(warm, tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'r.db'}"
+    uri = _registry_copy(warm, tmp_path / "r.db")
     model = warm.cold.out_dir / "model"
     first = register.run(model=model, name="m", registration=tmp_path / "a", tracking_uri=uri, recipe_digest="d")
     assert "registered m version 1" in capsys.readouterr().out and first["reused"] is False
@@ -110,8 +119,8 @@ def test_registering_the_same_model_again_says_reused(warm, tmp_path, capsys):
         "m v2 (slmforge models)"
 
 
-def test_a_recipe_model_path_names_a_registered_model_in_the_project_registry(tmp_path, tiny_model_dir, demo_data,
-                                                                               monkeypatch):
+def test_a_recipe_model_path_names_a_registered_model_in_the_project_registry(warm, tmp_path, tiny_model_dir,
+                                                                               demo_data, monkeypatch):
     """`register.local_registry: project`: the registry beside the recipe, where a models:/ model_path is read,
     the run registers, and the CLI looks when run from that folder."""
     monkeypatch.setenv("SLMFORGE_HOME", str(tmp_path / "user-home"))
@@ -119,6 +128,7 @@ def test_a_recipe_model_path_names_a_registered_model_in_the_project_registry(tm
     shutil.copytree(tiny_model_dir, base)
     manifest.write_manifest(base, step="pretrained", params={})
     project = project_tracking_uri(tmp_path / "proj")
+    assert _registry_copy(warm, tmp_path / "proj" / PROJECT_REGISTRY) == project
     register.run(model=base, name="tiny-base", registration=tmp_path / "reg", tracking_uri=project)
 
     def edit(r):
@@ -133,8 +143,6 @@ def test_a_recipe_model_path_names_a_registered_model_in_the_project_registry(tm
     assert register.SPEC.local_params(loaded) == {"tracking_uri": project}
     assert (tmp_path / "proj" / PROJECT_REGISTRY).is_file() and not (tmp_path / "user-home" / "registry.db").exists()
     monkeypatch.chdir(tmp_path / "proj")
-    from slmforge.registry.rules import tracking_uri_here
-
     assert tracking_uri_here() == project
 
     def bad(r):

@@ -3,8 +3,6 @@ input model resolved there), its Azure ML host system."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from slmforge.contract.files import json_digest
 from slmforge.errors import InvalidInput
 from slmforge.recipe.loaded import LoadedRecipe
@@ -51,7 +49,8 @@ def registered_input_note(loaded: LoadedRecipe) -> str | None:
     given = (loaded.canonical.get("input_model") or {}).get("model_path")
     if not is_model_uri(given) or given == loaded.recipe.input_model.model_path:
         return None
-    return f"{loaded.where('input_model', 'model_path')}: {given} read from the registry: {loaded.recipe.input_model.model_path}"
+    where = loaded.where("input_model", "model_path")
+    return f"{where}: {given} read from the registry: {loaded.recipe.input_model.model_path}"
 
 
 def host_system(loaded: LoadedRecipe) -> AzureMLSystem | None:

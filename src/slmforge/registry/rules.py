@@ -24,7 +24,8 @@ from slmforge.resources import slmforge_home
 ASSET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
 _ASSET_NAME = re.compile(ASSET_NAME_PATTERN)
 DEFAULT_TRACKING_URI_TEXT = "sqlite:///$SLMFORGE_HOME/registry.db, SLMFORGE_HOME defaulting to ~/.slmforge"
-HERE_TRACKING_URI_TEXT = f"./.slmforge/registry/registry.db when there (a project registry), else {DEFAULT_TRACKING_URI_TEXT}"
+HERE_TRACKING_URI_TEXT = ("./.slmforge/registry/registry.db when there (a project registry), else "
+                          f"{DEFAULT_TRACKING_URI_TEXT}")
 
 
 PROJECT_REGISTRY = Path(".slmforge") / "registry" / "registry.db"  # under the recipe's folder

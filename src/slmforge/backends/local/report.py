@@ -162,7 +162,8 @@ def render_markdown(record: dict[str, Any], has_plot: bool) -> str:
         reg = record["registered"]
         on = (f" (an adapter on the base `{reg['base'].get('name')}` version {reg['base'].get('version')})"
               if isinstance(reg.get("base"), dict) else "")
-        how = f"reused version {reg.get('version')} (same model)" if reg.get("reused") else f"version {reg.get('version')}"
+        how = f"{'reused ' if reg.get('reused') else ''}version {reg.get('version')}"
+        how += " (same model)" if reg.get("reused") else ""
         lines.append(f"- registered: `{reg.get('name')}` {how}{on} in `{reg.get('tracking_uri')}`")
     if record.get("error"):
         lines.append(f"- error: {record['error']}")
