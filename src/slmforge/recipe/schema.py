@@ -160,7 +160,7 @@ class EvaluateConfig(create_model("EvaluateFields", __base__=Strict,
 class RegisterConfig(Strict):
     """slmforge's own block: where the final model is registered."""
 
-    name: str | None = Field(None, pattern=ASSET_NAME_PATTERN, description="model name")
+    name: str | None = Field(None, pattern=ASSET_NAME_PATTERN, description="model name (default: the recipe file's name)")
     registry: str | None = Field(None, description="Azure ML registry instead of the workspace")
     format: Literal["custom_model", "mlflow_model"] = "custom_model"
     tracking_uri: str | None = Field(None, description=f"local MLflow registry (default: {DEFAULT_TRACKING_URI_TEXT})")
