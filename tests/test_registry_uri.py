@@ -114,9 +114,9 @@ def test_registering_the_same_model_again_says_reused(warm, tmp_path, capsys):
     assert "reused (same model) m version 1" in capsys.readouterr().out and again["reused"] is True
     assert manifest.read_manifest(tmp_path / "b")["metrics"]["reused"] is True
     rows = dict(summary_rows({"registered": {"name": "m", "version": "1", "reused": True}}))
-    assert rows["registered"] == "m reused v1 (same model) (slmforge models)"
+    assert rows["registered"] == "m reused v1 (same model): models:/m@current"
     assert dict(summary_rows({"registered": {"name": "m", "version": "2", "reused": False}}))["registered"] == \
-        "m v2 (slmforge models)"
+        "m v2: models:/m@current"
 
 
 def test_a_recipe_model_path_names_a_registered_model_in_the_project_registry(warm, tmp_path, tiny_model_dir,

@@ -233,7 +233,8 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
         reg = record["registered"]
         on = f" on base {reg['base'].get('name')} v{reg['base'].get('version')}" if isinstance(reg.get("base"), dict) else ""
         how = f"reused v{reg.get('version')} (same model)" if reg.get("reused") else f"v{reg.get('version')}"
-        rows.append(("registered", f"{reg.get('name')} {how}{on} (slmforge models)"))
+        uri = f"models:/{reg.get('name')}@{reg.get('alias') or 'current'}"  # predict/chat/evaluate --model take it
+        rows.append(("registered", f"{reg.get('name')} {how}{on}: {uri}"))
     command = predict_command(record)
     if command:
         rows.append(("try it", command))
