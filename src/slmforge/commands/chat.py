@@ -18,7 +18,8 @@ END_OF_TURN = "<|end|>"  # Phi-3's end-of-turn token; generation also stops at E
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="onnxruntime-genai model folder (build_onnx output)")
+    parser.add_argument("--model", required=True, help="onnxruntime-genai model folder (build_onnx output), or a "
+                                                       "registered one: models:/NAME/VERSION, models:/NAME@ALIAS")
     parser.add_argument("--adapter", help="an .onnx_adapter file (or a folder holding one) to reply with, on a "
                                           "base built with adapter slots")
     parser.add_argument("--system", help="a system message to start the conversation with")

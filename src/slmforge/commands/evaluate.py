@@ -19,7 +19,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model folder: onnxruntime-genai or Hugging Face")
+    parser.add_argument("--model", required=True, help="model folder: onnxruntime-genai or Hugging Face; or a "
+                                                       "registered one: models:/NAME/VERSION, models:/NAME@ALIAS")
     parser.add_argument("--data", required=True, help="data file (.json/.jsonl/.csv/.parquet) or a load_data output folder")
     parser.add_argument("--template", help="text template, e.g. '### Text: {phrase}\\n### The tone is:\\n{tone}' "
                                            "(default: the one in the model folder's slmforge.json)")
@@ -38,13 +39,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slmforge.commands import model_argument
     from slmforge.contract.folders import is_onnx_folder
     from slmforge.errors import InvalidInput
     from slmforge.models.backend import load_backend, require_adapter_base
     from slmforge.models.metrics_table import format_table
     from slmforge.models.model_folder import resolve_hf_folder
 
-    model, data = Path(args.model), Path(args.data)
+    folder, registered_adapter, registered_label = model_argument(args.model)
+    model, data = Path(folder), Path(args.data)
+    args.adapter = args.adapter or ([registered_adapter] if registered_adapter else [])
     if not model.is_dir():
         raise InvalidInput(f"--model {model}: no such folder")
     if not is_onnx_folder(model):
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         twice = next((n for n in names if names.count(n) > 1), None)
         if twice is not None:
             raise InvalidInput(f"--adapter: two adapters are named {twice!r}; each result is named by its adapter")
-    label = args.label or model.name
+    label = args.label or registered_label or model.name
     inputs = _Inputs(args, model, data)
     for adapter in adapters or [None]:
         inputs.rows(adapter)  # a missing template or a broken row is said before the model loads

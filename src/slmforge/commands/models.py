@@ -12,7 +12,7 @@ from typing import Any
 from slmforge.registry.rules import (
     BASE_NAME_TAG,
     BASE_VERSION_TAG,
-    DEFAULT_TRACKING_URI_TEXT,
+    HERE_TRACKING_URI_TEXT,
     KIND_TAG,
     accuracy_tag,
 )
@@ -20,7 +20,7 @@ from slmforge.registry.rules import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="only this model")
-    parser.add_argument("--tracking-uri", help=f"local MLflow registry (default: {DEFAULT_TRACKING_URI_TEXT})")
+    parser.add_argument("--tracking-uri", help=f"local MLflow registry (default: {HERE_TRACKING_URI_TEXT})")
     parser.add_argument("--workspace", metavar="CONFIG",
                         help="list an Azure ML workspace's models instead (config.json or the emulator's file)")
     parser.add_argument("--registry", help="with --workspace: an Azure ML registry instead of the workspace")
@@ -31,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
     if args.workspace or args.registry:
         return _workspace(args)
     from slmforge.registry.mlflow_store import list_models
-    from slmforge.registry.rules import default_tracking_uri
+    from slmforge.registry.rules import tracking_uri_here
 
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = args.tracking_uri or tracking_uri_here()
     models = nest_adapters(list_models(uri))
     models = [m for m in models if not args.name or args.name in
               {m["name"], *(a["name"] for v in m["versions"] for a in v.get("adapters", []))}]

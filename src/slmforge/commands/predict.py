@@ -1,5 +1,7 @@
 """`slmforge predict --model DIR TEXT`: the model's answer for one input, with onnxruntime-genai only.
 
+DIR is a model folder or a registered model: `models:/NAME/VERSION`, `models:/NAME@ALIAS` (e.g. `@current`).
+
 TEXT fills the template's input field (`--template`, else the one in the adapter's sidecar, else the one
 carried in the folder's slmforge.json); a template with several input fields takes TEXT as a JSON object.
 `--adapter FILE` answers with a separate `.onnx_adapter` on a base built with adapter slots (without it
@@ -17,7 +19,8 @@ from slmforge.commands import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="onnxruntime-genai model folder (build_onnx output)")
+    parser.add_argument("--model", required=True, help="onnxruntime-genai model folder (build_onnx output), or a "
+                                                       "registered one: models:/NAME/VERSION, models:/NAME@ALIAS")
     parser.add_argument("text", help="the input, e.g. a phrase; a JSON object for multi-field templates")
     parser.add_argument("--adapter", help="an .onnx_adapter file (or a folder holding one) to answer with, on a "
                                           "base built with adapter slots")
@@ -48,8 +51,13 @@ def run(args: argparse.Namespace) -> int:
 
 def serving_folder(model: str, adapter: str | None):
     """(the og folder, the opened adapter or None) of predict and chat: a folder that is no base for the
-    adapter (a Hugging Face folder, a plain or baked build) is said before og loads anything."""
+    adapter (a Hugging Face folder, a plain or baked build) is said before og loads anything. `model` may be
+    a models:/ URI (a registered adapter answers on its base unless --adapter names another)."""
+    from slmforge.commands import model_argument
     from slmforge.models.genai import require_onnx_folder
+
+    model, registered_adapter, _ = model_argument(model)
+    adapter = adapter or registered_adapter
 
     if adapter is None:
         return require_onnx_folder(model), None

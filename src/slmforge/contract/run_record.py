@@ -15,7 +15,7 @@ RUN_JSON = "run.json"
 AML_RUN_STATUS = {"Completed": "succeeded", "Failed": "failed", "Canceled": "canceled", "NotResponding": "failed"}
 AML_STEP_STATUS = {"Completed": "ran", "Failed": "failed", "Canceled": "skipped", "NotResponding": "failed"}
 EVALUATION_KEYS = ("label", "accuracy", "n", "majority_baseline", "perplexity", "tokens_per_second", "size_bytes",
-                   "model_kind", "confusion", "evaluator")
+                   "model_kind", "confusion", "evaluator", "example")
 
 
 def run_record(*, status: str, recipe: str | None, recipe_digest: str | None, steps: list[dict[str, Any]],

@@ -33,7 +33,7 @@ class StepSpec:
     # SDK registers the final model after the job, backends/aml/models.py).
     local_only: bool = False
     # Hooks the local backend calls; each None when the step needs nothing of the kind.
-    # local_params(recipe): values it adds to the step's parameters on this machine (a default that
+    # local_params(loaded recipe): values it adds to the step's parameters on this machine (a default that
     # depends on the machine, e.g. register's local tracking URI).
     local_params: Callable[[Any], dict[str, Any]] | None = None
     # preflight(params, where): a check before any step runs; raises errors.InvalidInput naming `where`.

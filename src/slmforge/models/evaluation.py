@@ -88,7 +88,18 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
         "size_bytes": folder_size(model_dir) if model_dir else None,
         "answer_field": field,
         "max_new_tokens": max_new_tokens,
+        "example": example_input(rows[0], template) if rows else None,
     }
+
+
+def example_input(row: dict, template: Template) -> dict:
+    """One evaluated row as `slmforge predict` takes it (the run summary's "try it"): the text of the
+    template's one input field, else a JSON object of its input fields; with the answer expected."""
+    import json
+
+    inputs = [f for f in dict.fromkeys(template.fields) if f != template.answer_field]
+    text = str(row[inputs[0]]) if len(inputs) == 1 else json.dumps({f: row[f] for f in inputs}, ensure_ascii=False)
+    return {"text": text, "expected": expected_answer(row, template)}
 
 
 def adapter_record(adapter) -> dict:

@@ -195,8 +195,11 @@ def _check_model_path(loaded: LoadedRecipe) -> Iterator[str]:
 def recipe_notes(loaded: LoadedRecipe) -> list[str]:
     """Every note `validate` and `run` print: the recipe's own (LoadedRecipe.notes, load_kwargs') and how the
     model was read."""
-    hub, extract = hub_id_note(loaded), extract_note(loaded)
-    return [*loaded.notes, *load_kwargs_notes(loaded), *([hub] if hub else []), *([extract] if extract else [])]
+    from slmforge.recipe.naming import registered_input_note
+
+    hub, extract, registered = hub_id_note(loaded), extract_note(loaded), registered_input_note(loaded)
+    return [*loaded.notes, *load_kwargs_notes(loaded), *([hub] if hub else []), *([extract] if extract else []),
+            *([registered] if registered else [])]
 
 
 def extract_note(loaded: LoadedRecipe) -> str | None:

@@ -17,6 +17,7 @@ from slmforge.errors import InvalidInput
 from slmforge.recipe.checks import check_recipe
 from slmforge.recipe.generations import Normalised, canonical_name, did_you_mean, dotted, normalise, old_spellings
 from slmforge.recipe.loaded import LoadedRecipe
+from slmforge.recipe.naming import resolve_registered_input
 from slmforge.recipe.schema import Recipe
 
 MAX_VALUES = 100_000  # values in a recipe after YAML aliases are expanded; real recipes have hundreds
@@ -100,6 +101,7 @@ def load_recipe(path: str | Path, *, check_files: bool = True) -> LoadedRecipe:
     if problems:
         raise InvalidInput(problems[0], problems) from None
     loaded = LoadedRecipe(recipe=recipe, path=path, raw=raw, normalised=norm)
+    resolve_registered_input(loaded)  # a models:/ input model: its registered folder, before anything reads it
     problems = [f"{path}: {p}" for p in check_recipe(loaded, check_files=check_files)]
     if problems:
         raise InvalidInput(problems[0], problems)

@@ -160,10 +160,14 @@ class EvaluateConfig(create_model("EvaluateFields", __base__=Strict,
 class RegisterConfig(Strict):
     """slmforge's own block: where the final model is registered."""
 
-    name: str | None = Field(None, pattern=ASSET_NAME_PATTERN, description="model name")
+    name: str | None = Field(None, pattern=ASSET_NAME_PATTERN, description="model name (default: the recipe file's name)")
     registry: str | None = Field(None, description="Azure ML registry instead of the workspace")
     format: Literal["custom_model", "mlflow_model"] = "custom_model"
     tracking_uri: str | None = Field(None, description=f"local MLflow registry (default: {DEFAULT_TRACKING_URI_TEXT})")
+    local_registry: Literal["user", "project"] = Field(
+        "user", description="without tracking_uri: 'user' registers in the one registry of this user "
+        f"({DEFAULT_TRACKING_URI_TEXT}); 'project' in .slmforge/registry/ beside the recipe, which `slmforge "
+        "models` and models:/ URIs read when run from the recipe's folder")
     enabled: bool = True
 
 

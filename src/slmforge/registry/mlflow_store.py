@@ -109,12 +109,13 @@ def register_version(uri: str, model: Path, name: str, tags: dict[str, str],
     `tags`' (this very model from this very recipe), else a new one. Idempotent: a run killed after
     creating the version (before the alias or the registration file) left that version behind, and
     registering again reuses it. A shared base matches on its model digest alone: every recipe
-    fine-tuning that model reuses its one version."""
+    fine-tuning that model reuses its one version. Returns (the version, whether it was reused)."""
     with registry_errors(uri):
         client = client_for(uri)
-        version = _same_version(client, name, tags, same) or _new_version(client, uri, model, name, tags)
+        reused = _same_version(client, name, tags, same)
+        version = reused or _new_version(client, uri, model, name, tags)
         client.set_registered_model_alias(name, ALIAS, version.version)
-    return version
+    return version, reused is not None
 
 
 def _same_version(client, name: str, tags: dict[str, str], same: tuple[str, ...]):

@@ -3,7 +3,9 @@
 Names and versions follow Azure ML's asset rules, so a model registered locally can be registered
 in a workspace under the same name: letters, digits, `-`, `_` and `.`, starting with a letter or
 digit, at most 255 characters (so never a path separator). The local registry (MLflow on SQLite)
-is `$SLMFORGE_HOME/registry.db`, SLMFORGE_HOME defaulting to ~/.slmforge.
+is `$SLMFORGE_HOME/registry.db`, SLMFORGE_HOME defaulting to ~/.slmforge, one per user; a recipe with
+`register.local_registry: project` keeps its own in `<recipe folder>/.slmforge/registry/`, which the
+CLI (`models`, `models:/` URIs) reads when run from that folder.
 
 One tag scheme for both registries (local MLflow and Azure ML): `slmforge.*` for where a version
 came from, `metrics.*` for its last evaluation: its figures (`metrics.accuracy`), and the recipe's
@@ -13,6 +15,7 @@ evaluator metrics under Olive's joint key `metrics.<metric>-<sub_type>` (`metric
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from slmforge.errors import InvalidInput
@@ -21,10 +24,35 @@ from slmforge.resources import slmforge_home
 ASSET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
 _ASSET_NAME = re.compile(ASSET_NAME_PATTERN)
 DEFAULT_TRACKING_URI_TEXT = "sqlite:///$SLMFORGE_HOME/registry.db, SLMFORGE_HOME defaulting to ~/.slmforge"
+HERE_TRACKING_URI_TEXT = ("./.slmforge/registry/registry.db when there (a project registry), else "
+                          f"{DEFAULT_TRACKING_URI_TEXT}")
+
+
+PROJECT_REGISTRY = Path(".slmforge") / "registry" / "registry.db"  # under the recipe's folder
 
 
 def default_tracking_uri() -> str:
     return f"sqlite:///{slmforge_home() / 'registry.db'}"
+
+
+def project_tracking_uri(folder: Path) -> str:
+    """The project-local registry of a recipe in `folder` (`register.local_registry: project`)."""
+    return f"sqlite:///{(folder / PROJECT_REGISTRY).resolve()}"
+
+
+def recipe_tracking_uri(register: Any, folder: Path) -> str:
+    """The local registry of a recipe in `folder` (its `register` block): `tracking_uri`, else the project
+    registry with `local_registry: project`, else the user's."""
+    if register.tracking_uri:
+        return register.tracking_uri
+    return project_tracking_uri(folder) if register.local_registry == "project" else default_tracking_uri()
+
+
+def tracking_uri_here() -> str:
+    """The registry the CLI reads when none is named: the current folder's project registry if one
+    exists, else the user's."""
+    project = Path.cwd() / PROJECT_REGISTRY
+    return project_tracking_uri(Path.cwd()) if project.is_file() else default_tracking_uri()
 
 
 def check_asset_name(value: str, what: str = "model name") -> str:

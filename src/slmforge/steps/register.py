@@ -42,6 +42,7 @@ from slmforge.registry.rules import (
     check_asset_name,
     default_base_name,
     default_tracking_uri,
+    recipe_tracking_uri,
     version_tags,
 )
 from slmforge.steps._cli import run_step
@@ -71,9 +72,10 @@ class Params(StepParams):
     registration: str = param(asset="uri_folder", output=True, help="folder to write registration.json to")
 
 
-def _local_params(recipe: Any) -> dict[str, Any]:
-    """On this machine the registry is the recipe's `register.tracking_uri`, else the local default."""
-    return {"tracking_uri": recipe.register_.tracking_uri or default_tracking_uri()}
+def _local_params(loaded: Any) -> dict[str, Any]:
+    """On this machine the registry is the recipe's (registry/rules.py recipe_tracking_uri: `register.tracking_uri`,
+    the project's with `register.local_registry: project`, else the user's)."""
+    return {"tracking_uri": recipe_tracking_uri(loaded.recipe.register_, loaded.base_dir)}
 
 
 def _preflight(params: dict[str, Any], where: str) -> None:
@@ -111,18 +113,20 @@ def run(**given) -> dict[str, Any]:
     if adapter is not None:
         base_name, base_tags = _base_tags(model, found, p.base_name, folders.read_metrics(metrics) if metrics else None,
                                           origin)
-        version = register_version(uri, model, base_name, base_tags, same=(MODEL_DIGEST_TAG, KIND_TAG))
-        base = {"name": base_name, "version": str(version.version), "source": version.source, "tags": base_tags}
-        print(f"registered base {base_name} version {version.version} (alias {ALIAS}) in {uri}")
+        version, base_reused = register_version(uri, model, base_name, base_tags, same=(MODEL_DIGEST_TAG, KIND_TAG))
+        base = {"name": base_name, "version": str(version.version), "source": version.source, "tags": base_tags,
+                "reused": base_reused}
+        print(f"{_done(base_reused)} base {base_name} version {version.version} (alias {ALIAS}) in {uri}")
         tags = _adapter_tags(adapter, model, base, recipe_digest, origin,
                              folders.read_metrics(adapter_metrics) if adapter_metrics else None)
-        version = register_version(uri, adapter, name, tags)
+        version, reused = register_version(uri, adapter, name, tags)
     else:
         tags = version_tags(folders.read_metrics(metrics) if metrics else None, recipe_digest=recipe_digest,
                             model_digest=str(found.get("outputs_digest")), **origin)
-        version = register_version(uri, model, name, tags)
+        version, reused = register_version(uri, model, name, tags)
+    # reused: an earlier registration of this very model (same digests) is the version; none was made.
     info = {"name": name, "version": str(version.version), "alias": ALIAS, "tracking_uri": uri,
-            "source": version.source, "run_id": version.run_id, "tags": tags}
+            "source": version.source, "run_id": version.run_id, "tags": tags, "reused": reused}
     if base is not None:
         info["base"] = base
     with manifest.atomic_output(registration) as tmp:
@@ -132,11 +136,15 @@ def run(**given) -> dict[str, Any]:
                                                              "base_name": base["name"] if base else None},
                                 inputs={"model": model, "metrics": metrics, "adapter": adapter,
                                         "adapter_metrics": adapter_metrics},
-                                metrics={"name": name, "version": str(version.version),
+                                metrics={"name": name, "version": str(version.version), "reused": reused,
                                          **({"base": {k: base[k] for k in ("name", "version")}} if base else {})},
                                 seconds=time.monotonic() - started, libraries=("mlflow",))
-    print(f"registered {'adapter ' if base else ''}{name} version {version.version} (alias {ALIAS}) in {uri}")
+    print(f"{_done(reused)} {'adapter ' if base else ''}{name} version {version.version} (alias {ALIAS}) in {uri}")
     return info
+
+
+def _done(reused: bool) -> str:
+    return "reused (same model)" if reused else "registered"
 
 
 def _finished(folder: Path, what: str) -> Path:

@@ -93,6 +93,8 @@ def local_run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepR
     reg = next((r for r in done if catalog.spec(r.component).record == "registration"), None)
     if reg is not None:
         registered = {k: reg.metrics.get(k) for k in ("name", "version")}
+        # No new version this run: register found this very model registered (same digests), or was cached.
+        registered["reused"] = bool(reg.metrics.get("reused")) or reg.status == "cached"
         if isinstance(reg.metrics.get("base"), dict):  # an adapter, registered on its shared base
             registered["base"] = reg.metrics["base"]
         registration = Path(reg.outputs.get("registration", "")) / "registration.json"

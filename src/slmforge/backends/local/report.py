@@ -95,12 +95,41 @@ def plot_loss(history: list[dict[str, float]], path: Path) -> bool:
 
 
 def predict_command(record: dict[str, Any]) -> str | None:
+    """`slmforge predict` on the final model with the first row the run evaluated (the recipe's own eval data,
+    `example` of an evaluation), callable as written: `slmforge` when it is on PATH, else its path."""
     model = record.get("model", {})
     if model.get("kind") != "onnx" or not model.get("path"):
         return None
     adapter = (record.get("adapter") or {}).get("path")
     served = f" --adapter {shlex.quote(adapter)}" if adapter else ""
-    return f"slmforge predict --model {shlex.quote(model['path'])}{served} \"I can't wait for the weekend!\""
+    example = next((m["example"] for _, m in evaluations(record) if (m or {}).get("example")), None)
+    text = _shell_text(example["text"]) if example else "TEXT"
+    expected = f"   # a held-out row; expected: {example['expected']}" if example else ""
+    return f"{cli_command()} predict --model {shlex.quote(model['path'])}{served} {text}{expected}"
+
+
+def _shell_text(text: str) -> str:
+    """`text` as one shell word, in double quotes when that needs no escape (an apostrophe reads better)."""
+    return f'"{text}"' if not any(c in text for c in '"$`\\!\n') else shlex.quote(text)
+
+
+def cli_command() -> str:
+    """How to call slmforge from here: `slmforge` when PATH finds this installation's, else the script
+    beside this Python (`.venv/bin/slmforge` after `make demo`, relative when under the current folder)."""
+    import os
+    import shutil
+    import sys
+
+    script = Path(sys.executable).parent / "slmforge"
+    found = shutil.which("slmforge")
+    if found is not None and (not script.is_file() or os.path.samefile(found, script)):
+        return "slmforge"
+    if not script.is_file():
+        return "slmforge"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(script))
 
 
 def evaluator_table(evals: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -133,7 +162,9 @@ def render_markdown(record: dict[str, Any], has_plot: bool) -> str:
         reg = record["registered"]
         on = (f" (an adapter on the base `{reg['base'].get('name')}` version {reg['base'].get('version')})"
               if isinstance(reg.get("base"), dict) else "")
-        lines.append(f"- registered: `{reg.get('name')}` version {reg.get('version')}{on} in `{reg.get('tracking_uri')}`")
+        how = f"{'reused ' if reg.get('reused') else ''}version {reg.get('version')}"
+        how += " (same model)" if reg.get("reused") else ""
+        lines.append(f"- registered: `{reg.get('name')}` {how}{on} in `{reg.get('tracking_uri')}`")
     if record.get("error"):
         lines.append(f"- error: {record['error']}")
     if data_note(record):
@@ -201,7 +232,9 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
     if record.get("registered"):
         reg = record["registered"]
         on = f" on base {reg['base'].get('name')} v{reg['base'].get('version')}" if isinstance(reg.get("base"), dict) else ""
-        rows.append(("registered", f"{reg.get('name')} v{reg.get('version')}{on} (slmforge models)"))
+        how = f"reused v{reg.get('version')} (same model)" if reg.get("reused") else f"v{reg.get('version')}"
+        uri = f"models:/{reg.get('name')}@{reg.get('alias') or 'current'}"  # predict/chat/evaluate --model take it
+        rows.append(("registered", f"{reg.get('name')} {how}{on}: {uri}"))
     command = predict_command(record)
     if command:
         rows.append(("try it", command))
@@ -238,3 +271,9 @@ def print_summary(record: dict[str, Any], out: TextIO, *, rich: bool) -> None:
     for what, value in rows:
         print(f"{what:>16}: {value}", file=out)
     out.flush()
+
+
+if __name__ == "__main__":  # `make demo`: the try-it command of a run.json, to print and run
+    import sys
+
+    print(predict_command(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))) or "")

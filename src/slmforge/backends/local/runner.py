@@ -101,7 +101,7 @@ def check_runnable(graph: StepGraph) -> None:
 def extra_params(loaded: LoadedRecipe, step: Step) -> dict[str, Any]:
     """Values the local backend adds to a step (StepSpec.local_params, e.g. a local registry)."""
     hook = catalog.spec(step.component).local_params
-    return hook(loaded.recipe) if hook is not None else {}
+    return hook(loaded) if hook is not None else {}
 
 
 class LocalRunner:
