@@ -169,6 +169,7 @@ def test_the_command_is_written_as_it_can_be_called(monkeypatch, tmp_path):
     if not script.is_file():
         pytest.skip(f"no slmforge script beside {sys.executable}")
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # a folder the script is not under: its absolute path
     assert cli_command() == str(script)
     monkeypatch.chdir(script.parent.parent)
     assert cli_command() == f"{script.parent.name}/slmforge"
