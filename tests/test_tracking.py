@@ -14,7 +14,7 @@ import pytest
 from slmforge.backends.local import display as display_module
 from slmforge.backends.local.display import Display
 from slmforge.contract.progress import PREFIX, render
-from slmforge.training.tracking import flatten
+from slmforge.training.tracking import flatten, tensorboard_missing
 
 from local_pipeline import run_slmforge, warm_pipeline, write_recipe
 
@@ -82,7 +82,8 @@ def test_a_cached_rerun_is_tracked_with_its_steps_tagged_cached(warm, tmp_path):
 
 def test_report_to_none_tracks_nothing(tmp_path, tiny_model_dir, demo_data, monkeypatch):
     """What `slmforge run` calls once the run is done, on a recipe saying none (a list, as HF writes it)."""
-    from slmforge.backends.local.tracking import targets, track
+    from slmforge.backends.local.tracking import preflight, targets, track
+    from slmforge.errors import InvalidInput
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.loader import load_recipe
 
@@ -96,7 +97,11 @@ def test_report_to_none_tracks_nothing(tmp_path, tiny_model_dir, demo_data, monk
     assert not (tmp_path / "home").exists()  # no store made, nothing written
     recipe = write_recipe(tmp_path, tiny_model_dir, demo_data, edit=lambda r: r["passes"]["lora"]["config"][
         "training_args"].update(report_to=["azure_ml", "tensorboard"]))
-    assert targets(load_recipe(recipe)) == {"mlflow", "tensorboard"}  # azure_ml: MLflow (the job's, in a job)
+    loaded = load_recipe(recipe)
+    assert targets(loaded) == {"mlflow", "tensorboard"}  # azure_ml: MLflow (the job's, in a job)
+    if tensorboard_missing():  # refused before any work where it cannot be written
+        with pytest.raises(InvalidInput, match=r"report_to tensorboard needs the tensorboard package"):
+            preflight(loaded)
 
 
 @pytest.mark.slow
@@ -133,8 +138,9 @@ def test_plain_progress_lines_carry_loss_and_eta_each_tenth_and_at_the_end(tmp_p
 
 
 def test_logs_show_progress_events_as_text():
-    text = ("finetune: loading\n" + PREFIX + '{"done":10,"total":40,"unit":"steps","loss":1.25,'
-            '"tokens_per_second":4321.5,"eta_seconds":75}\n' + PREFIX + '{"done":3,"total":64,"unit":"eval sequences"}\n'
+    text = ("finetune: loading\n"
+            + PREFIX + '{"done":10,"total":40,"unit":"steps","loss":1.25,"tokens_per_second":4321.5,"eta_seconds":75}\n'
+            + PREFIX + '{"done":3,"total":64,"unit":"eval sequences"}\n'
             + PREFIX + '{"done": 11, "tot\n')
     assert render(text).splitlines() == [
         "finetune: loading", "progress: 10/40 steps (25%)  loss 1.2500  4,322 tokens/s  ETA 1:15",

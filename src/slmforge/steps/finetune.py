@@ -128,9 +128,9 @@ def run(*, progress: bool = True, **given) -> dict | None:
                   f"sequences (max_eval_samples {p.max_eval_samples})", file=sys.stderr, flush=True)
         autocast = getattr(torch, p.autocast_dtype()) if p.autocast_dtype() else None
         job = tracking.JobLogger() if dist.rank == 0 and tracking.JobLogger.wanted() else None
+        printer = _progress_printer(job, shown=progress) if (progress or job) and dist.rank == 0 else None
         result = train(peft_model, data, p, dist, checkpoints=Path(checkpoints) if checkpoints else None,
-                       run_fingerprint=run_print, autocast_dtype=autocast,
-                       progress=_progress_printer(job, shown=progress) if (progress or job) and dist.rank == 0 else None)
+                       run_fingerprint=run_print, autocast_dtype=autocast, progress=printer)
         if dist.rank != 0:
             return None
         base_name = base_model_name(model, model_id)
