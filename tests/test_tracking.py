@@ -153,3 +153,24 @@ def test_recipe_params_never_carry_a_secret():
                       "passes": {"lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]}}})
     assert params == {"input_model.model_path": "m", "input_model.hf_token": "True", "passes.lora.r": "8",
                       "passes.lora.target_modules": "['q_proj', 'v_proj']"}
+
+
+@pytest.mark.slow
+def test_inside_a_tracked_job_the_finetune_logs_into_the_run_it_is_given(warm, monkeypatch):
+    """Azure ML gives a job MLFLOW_TRACKING_URI and MLFLOW_RUN_ID: the loop's logger writes each logged step there."""
+    from slmforge.training.tracking import JobLogger
+
+    client = _client(warm.home)
+    job_run = client.create_run(client.get_experiment_by_name("recipe").experiment_id).info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{warm.home / 'registry.db'}")
+    monkeypatch.setenv("MLFLOW_RUN_ID", job_run)
+    assert JobLogger.wanted()
+    job = JobLogger()
+    for step, loss in ((5, 2.0), (10, 1.5)):
+        job.step(step, loss, 1e-3, 900.0)
+    assert job.finish({"r": 8, "hf_token": "x"}, {"eval_loss": 1.4, "loss_history": []}, [{"step": 10, "loss": 1.4}]) \
+        == job_run
+    run = client.get_run(job_run)
+    assert [(m.step, m.value) for m in client.get_metric_history(job_run, "loss")] == [(5, 2.0), (10, 1.5)]
+    assert run.data.params == {"r": "8"} and run.data.metrics["eval_loss"] == 1.4
+    assert len(client.get_metric_history(job_run, "tokens_per_second")) == 2

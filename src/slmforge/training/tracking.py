@@ -1,7 +1,7 @@
 """Experiment tracking: the one place metrics are written to MLflow (and TensorBoard).
 
 Two callers, one vocabulary of metric names:
-- the fine-tune loop (steps/finetune.py), inside a tracked job: Azure ML gives a job
+- the fine-tune loop (steps/finetune.py), where MLflow is pointed at: Azure ML gives a job
   MLFLOW_TRACKING_URI and MLFLOW_RUN_ID, and `JobLogger` writes each logged step's `loss`,
   `learning_rate` and `tokens_per_second` into that run as it trains, then the eval loss and the summary;
 - the local runner (backends/local/tracking.py), after a run: `log_run_tree` writes one parent run
@@ -176,19 +176,24 @@ def tensorboard_missing() -> str | None:
 
 
 class JobLogger:
-    """Inside a job that MLflow tracks (MLFLOW_TRACKING_URI and MLFLOW_RUN_ID set, as Azure ML sets them):
-    each logged step's loss, learning rate and tokens/s go into that run while it trains."""
+    """When MLflow is pointed at (MLFLOW_TRACKING_URI): each logged step's loss, learning rate and tokens/s
+    go into the run MLFLOW_RUN_ID names (an Azure ML job's own run: Azure ML sets both), else into a new
+    run `finetune` (a step run by hand), while it trains."""
 
     def __init__(self) -> None:
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
-        self.run_id = os.environ["MLFLOW_RUN_ID"]
+        self.run_id, self.owned = os.environ.get("MLFLOW_RUN_ID"), False
+        if not self.run_id:
+            run = self.client.create_run(_experiment(self.client), tags={"mlflow.runName": "finetune"})
+            self.run_id = run.info.run_id
+            self.owned = True
 
     @staticmethod
     def wanted() -> bool:
-        return bool(os.environ.get("MLFLOW_TRACKING_URI") and os.environ.get("MLFLOW_RUN_ID"))
+        return bool(os.environ.get("MLFLOW_TRACKING_URI"))
 
     def step(self, step: int, loss: float, learning_rate: float | None, tokens_per_second: float) -> None:
         facts = {"loss": loss, "learning_rate": learning_rate, "tokens_per_second": tokens_per_second}
@@ -197,4 +202,15 @@ class JobLogger:
     def finish(self, params: dict[str, Any], metrics: dict[str, Any], eval_history: list[dict]) -> str:
         """The step's params, its eval loss curve and its summary figures; returns the run id."""
         _log(self.client, self.run_id, flatten(params), scalars(metrics), history_points([], eval_history))
+        if self.owned:
+            self.client.set_terminated(self.run_id, "FINISHED")
         return self.run_id
+
+
+def _experiment(client) -> str:
+    """MLflow's own environment variables name the experiment; else its default one."""
+    if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        return os.environ["MLFLOW_EXPERIMENT_ID"]
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+    found = client.get_experiment_by_name(name) if name else None
+    return found.experiment_id if found is not None else (client.create_experiment(name) if name else "0")
