@@ -150,6 +150,20 @@ def warm_pipeline(tmp_path_factory, tiny_model_dir: Path, demo_data: Path) -> Wa
     return WarmPipeline(folder, recipe, folder / "cache", home, tiny_model_dir, folder / "tones.jsonl", cold)
 
 
+def tracked_run(home: Path, stdout: str):
+    """The MLflow run a tracked `slmforge run` named in its summary, and its step runs by step name."""
+    import re
+
+    from slmforge.registry.mlflow_store import client_for
+
+    found = re.search(r"tracked: MLflow run (\w+) \(experiment [^)]+\): mlflow ui --backend-store-uri (\S+)", stdout)
+    assert found, stdout
+    client = client_for(found.group(2))
+    run = client.get_run(found.group(1))
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    return client, run, {r.data.tags["slmforge.step"]: r for r in children}
+
+
 def cache_entries(cache: Path, component: str) -> list[Path]:
     folder = cache / component
     return sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []

@@ -1,4 +1,5 @@
-"""Runs tracked in MLflow (one run per slmforge run, a nested run per step, report_to honoured) and a
+"""Runs tracked in MLflow (one run per slmforge run, a nested run per step, report_to honoured; a cached
+rerun: test_local_run's rerun test) and a
 console that shows the training (progress lines with loss, tokens/s and ETA without a terminal; progress
 events as text in `slmforge logs`). The MLflow checks read the session's warm pipeline run (tracked)."""
 
@@ -16,7 +17,7 @@ from slmforge.backends.local.display import Display
 from slmforge.contract.progress import PREFIX, render
 from slmforge.training.tracking import flatten, tensorboard_missing
 
-from local_pipeline import run_slmforge, warm_pipeline, write_recipe
+from local_pipeline import tracked_run, warm_pipeline, write_recipe
 
 STEPS = ["load_data", "evaluate_base", "finetune", "merge", "evaluate_merged", "build_onnx", "evaluate_onnx",
          "register"]
@@ -33,22 +34,11 @@ def _client(home):
     return client_for(f"sqlite:///{home / 'registry.db'}")
 
 
-def _tracked_run_id(stdout: str) -> str:
-    found = re.search(r"tracked: MLflow run (\w+) \(experiment recipe\): mlflow ui --backend-store-uri (\S+)", stdout)
-    assert found, stdout
-    return found.group(1)
-
-
-def _children(client, run):
-    runs = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-    return {r.data.tags["slmforge.step"]: r for r in runs}
-
-
 @pytest.mark.slow
 def test_a_run_is_one_mlflow_run_with_params_loss_history_evaluation_and_step_runs(warm):
-    record, client = warm.cold.record, _client(warm.home)
+    record = warm.cold.record
     assert f"mlflow ui --backend-store-uri sqlite:///{warm.home / 'registry.db'}" in warm.cold.stdout
-    run = client.get_run(_tracked_run_id(warm.cold.stdout))
+    client, run, steps = tracked_run(warm.home, warm.cold.stdout)
     assert run.info.status == "FINISHED" and run.data.tags["slmforge.run_id"] == record["run_id"]
     params = run.data.params
     assert params["recipe_digest"] == record["recipe_digest"] and params["passes.lora.r"] == "8"
@@ -60,24 +50,11 @@ def test_a_run_is_one_mlflow_run_with_params_loss_history_evaluation_and_step_ru
         assert run.data.metrics[f"{label}.accuracy"] == pytest.approx(m["accuracy"])
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"report.md", "loss.png", "run.json"}
 
-    steps = _children(client, run)
     assert sorted(steps) == sorted(STEPS)
     assert {s.data.tags["cached"] for s in steps.values()} == {"false"}
     finetune = steps["finetune"]
     assert len(client.get_metric_history(finetune.info.run_id, "loss")) == 8
     assert finetune.data.params["r"] == "8" and finetune.data.metrics["tokens_per_second"] > 0
-
-
-@pytest.mark.slow
-def test_a_cached_rerun_is_tracked_with_its_steps_tagged_cached(warm, tmp_path):
-    recipe, _ = warm.fork(tmp_path)
-    again = run_slmforge(recipe, warm.home, track=True)
-    assert again.rc == 0, again.stderr
-    client = _client(warm.home)
-    run = client.get_run(_tracked_run_id(again.stdout))
-    steps = _children(client, run)
-    assert sorted(steps) == sorted(STEPS) and {s.data.tags["cached"] for s in steps.values()} == {"true"}
-    assert len(client.get_metric_history(run.info.run_id, "loss")) == 8  # the curve, from the cached manifest
 
 
 def test_report_to_none_tracks_nothing(tmp_path, tiny_model_dir, demo_data, monkeypatch):

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.backends.local.runner import LocalRunner, output_dir
     from slmforge.backends.local.shipped_model import ensure_shipped_model
     from slmforge.backends.local.tracking import preflight as tracking_preflight
-    from slmforge.backends.local.tracking import track
+    from slmforge.backends.local.tracking import previous_record, track, track_finished
     from slmforge.errors import StepFailed, as_user_error
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.checks import recipe_notes
@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                          display=Display(graph.names(), out=console, live=live))
     out = output_dir(loaded)
     runner.preflight()
+    previous = previous_record(out)
     stage = start(loaded, graph, out)
     runner.logs_dir = stage.path / "logs"
     kept = f"{out} keeps the last good run's outputs; this run's record and logs: {stage.path}"
@@ -108,9 +109,7 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(known, StepFailed):
             raise StepFailed(f"{known}; {kept}") from e
         raise
-    tracked = track(loaded, graph, list(runner.results.values()), record, out)
-    if tracked:
-        record["tracking"] = tracked
+    track_finished(loaded, graph, list(runner.results.values()), record, out, previous)
     print_summary(record, console, rich=live)
     if os.environ.get("SLMFORGE_PRINT_RUN_JSON"):
         print(json.dumps(record), file=console)

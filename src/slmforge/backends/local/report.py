@@ -208,7 +208,8 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
     tracked = record.get("tracking") or {}
     if tracked.get("mlflow"):
         m = tracked["mlflow"]
-        rows.append(("tracked", f"MLflow run {m['run_id']} (experiment {m['experiment']}): {m['ui']}"))
+        again = "; nothing ran: the run this one repeats" if tracked.get("repeated") else ""
+        rows.append(("tracked", f"MLflow run {m['run_id']} (experiment {m['experiment']}{again}): {m['ui']}"))
     if tracked.get("tensorboard"):
         rows.append(("tensorboard", tracked["tensorboard"]["ui"]))
     return rows

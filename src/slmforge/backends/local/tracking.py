@@ -4,16 +4,24 @@ MLflow: one run per slmforge run in slmforge's own store (the register step's tr
 `register.tracking_uri`, else `$SLMFORGE_HOME/registry.db`), in the experiment named after the recipe file;
 a nested run per step, cached ones included (tag `cached`). The MLflow writing itself is
 training/tracking.py's, shared with the fine-tune step inside an Azure ML job.
+
+A rerun in which nothing ran (every step cached, the same recipe digest) repeats the run before it:
+it names that run's MLflow run instead of writing an identical one, so it stays as fast as a cached
+rerun was (importing mlflow and opening its store alone take 2-3 s, docs/pitfalls.md).
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 from typing import Any
 
+from slmforge.backends.local import staging
+from slmforge.backends.local.cache import locked
 from slmforge.backends.local.runner import StepResult, extra_params
 from slmforge.contract import manifest
+from slmforge.contract.run_record import RUN_JSON
 from slmforge.errors import InvalidInput
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.step_graph import StepGraph
@@ -91,3 +99,26 @@ def _step_run(r: StepResult) -> tracking.StepRun:
     return tracking.StepRun(r.name, r.status, params=found.get("params") or {}, metrics=tracking.scalars(r.metrics),
                             points=points, seconds=r.seconds)
 
+
+def previous_record(out_dir: Path) -> dict[str, Any] | None:
+    """The run.json of the last good run in output_dir (None: none, or unreadable)."""
+    try:
+        return json.loads((out_dir / RUN_JSON).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def track_finished(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], record: dict[str, Any],
+                   out_dir: Path, previous: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A succeeded run (its outputs swapped into `out_dir`): tracked, or the repeat of the run before it;
+    what was tracked goes into `record` and its run.json."""
+    before = (previous or {}).get("tracking")
+    repeat = (before and previous.get("recipe_digest") == record["recipe_digest"]
+              and all(r.status == "cached" for r in results if r.status != "skipped")
+              and set(before) - {"repeated"} == targets(loaded))
+    info = {**before, "repeated": True} if repeat else track(loaded, graph, results, record, out_dir)
+    if info:
+        record["tracking"] = info
+        with locked(out_dir / staging.LOCK):
+            staging.write_record(out_dir / RUN_JSON, record)
+    return info
