@@ -115,7 +115,8 @@ def track_finished(loaded: LoadedRecipe, graph: StepGraph, results: list[StepRes
     before = (previous or {}).get("tracking")
     repeat = (before and previous.get("recipe_digest") == record["recipe_digest"]
               and all(r.status == "cached" for r in results if r.status != "skipped")
-              and set(before) - {"repeated"} == targets(loaded))
+              and set(before) - {"repeated"} == targets(loaded) == {"mlflow"})  # tensorboard's files are in logs/,
+    # which each run replaces: written again
     info = {**before, "repeated": True} if repeat else track(loaded, graph, results, record, out_dir)
     if info:
         record["tracking"] = info
