@@ -34,6 +34,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Runs track themselves in MLflow by default; a test run does only where it checks that (local_pipeline's
+# track=True): the store's first use costs seconds.
+os.environ.setdefault("SLMFORGE_REPORT_TO", "none")
 
 
 @pytest.fixture(scope="session")

@@ -82,19 +82,24 @@ class RunOutcome:
         return {s["name"]: s["status"] for s in self.record["steps"]}
 
 
-def env_for(home: Path) -> dict[str, str]:
-    return dict(os.environ, SLMFORGE_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-                PYTHONUNBUFFERED="1", MLFLOW_DISABLE_TELEMETRY="true")
+def env_for(home: Path, track: bool = False) -> dict[str, str]:
+    """The environment of a `slmforge` process; `track`: with slmforge's default report_to (MLflow), not
+    conftest's SLMFORGE_REPORT_TO=none."""
+    env = dict(os.environ, SLMFORGE_HOME=str(home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               PYTHONUNBUFFERED="1", MLFLOW_DISABLE_TELEMETRY="true")
+    if track:
+        env.pop("SLMFORGE_REPORT_TO", None)
+    return env
 
 
-def start_run(recipe: Path, home: Path, *extra: str) -> subprocess.Popen:
+def start_run(recipe: Path, home: Path, *extra: str, track: bool = False) -> subprocess.Popen:
     return subprocess.Popen([*SLMFORGE, "run", str(recipe), "--plain", *extra], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env_for(home), cwd=recipe.parent)
+                            stderr=subprocess.PIPE, text=True, env=env_for(home, track), cwd=recipe.parent)
 
 
-def run_slmforge(recipe: Path, home: Path, *extra: str, timeout: float = 600) -> RunOutcome:
+def run_slmforge(recipe: Path, home: Path, *extra: str, timeout: float = 600, track: bool = False) -> RunOutcome:
     started = time.monotonic()
-    proc = start_run(recipe, home, *extra)
+    proc = start_run(recipe, home, *extra, track=track)
     stdout, stderr = proc.communicate(timeout=timeout)
     raw = json.loads(recipe.read_text())
     out_dir = recipe.parent / (raw.get("output_dir") or raw["engine"]["output_dir"])  # flat or Cookbook shape
@@ -138,11 +143,25 @@ def warm_pipeline(tmp_path_factory, tiny_model_dir: Path, demo_data: Path) -> Wa
             cold = RunOutcome(data["rc"], data["stdout"], data["stderr"], data["seconds"], Path(data["out_dir"]))
         else:
             recipe = write_recipe(folder, tiny_model_dir, demo_data)
-            cold = run_slmforge(recipe, home)
+            cold = run_slmforge(recipe, home, track=True)  # tracked: test_tracking reads its MLflow run
             saved.write_text(json.dumps({"rc": cold.rc, "stdout": cold.stdout, "stderr": cold.stderr,
                                          "seconds": cold.seconds, "out_dir": str(cold.out_dir)}))
     assert cold.rc == 0, f"the warm pipeline's cold run failed:\n{cold.stdout}\n{cold.stderr}"
     return WarmPipeline(folder, recipe, folder / "cache", home, tiny_model_dir, folder / "tones.jsonl", cold)
+
+
+def tracked_run(home: Path, stdout: str):
+    """The MLflow run a tracked `slmforge run` named in its summary, and its step runs by step name."""
+    import re
+
+    from slmforge.registry.mlflow_store import client_for
+
+    found = re.search(r"tracked: MLflow run (\w+) \(experiment [^)]+\): mlflow ui --backend-store-uri (\S+)", stdout)
+    assert found, stdout
+    client = client_for(found.group(2))
+    run = client.get_run(found.group(1))
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    return client, run, {r.data.tags["slmforge.step"]: r for r in children}
 
 
 def cache_entries(cache: Path, component: str) -> list[Path]:

@@ -17,6 +17,7 @@ import re
 import pytest
 
 from slmforge.cli import main as cli
+from slmforge.contract.progress import PREFIX, render
 from slmforge.emulator import control
 
 from aml_demo import demo_aml_tree
@@ -81,7 +82,9 @@ def test_logs_of_a_finished_step_print_its_stored_log(demo_job, capsys):
     printed = capsys.readouterr().out
     # what the step wrote, as the emulator kept it on its side
     kept = (demo_job["state"] / "runs" / job / "logs" / "finetune.txt").read_text()
-    assert kept.strip() and printed.strip().splitlines() == kept.strip().splitlines()  # (progress bars use \r)
+    # (progress bars use \r) its progress events as text, every other line as it is
+    assert kept.strip() and printed.strip().splitlines() == render(kept).strip().splitlines()
+    assert PREFIX in kept and PREFIX not in printed and re.search(r"^progress: \d+/\d+ steps .*loss \d", printed, re.M)
 
     assert cli(["logs", job, "--workspace", ws]) == 0  # the whole finished job: every step's log
     headers = re.findall(r"^===== (\S+) \((\w+)\) =====$", capsys.readouterr().out, re.M)

@@ -77,7 +77,7 @@ def test_loss_goes_down_and_the_adapter_loads(tmp_path, tiny_model_dir, dataset,
 
     import mlflow
 
-    history = mlflow.MlflowClient().get_metric_history(m["mlflow_run_id"], "train_loss")
+    history = mlflow.MlflowClient().get_metric_history(m["mlflow_run_id"], "loss")
     assert [(h.step, h.value) for h in history] == [(e["step"], e["loss"]) for e in c["loss_history"]]
 
 

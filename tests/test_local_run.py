@@ -14,7 +14,7 @@ from slmforge.contract import manifest, render
 from slmforge.recipe.graph import build_graph
 from slmforge.recipe.loader import load_recipe
 
-from local_pipeline import run_slmforge, warm_pipeline, write_recipe
+from local_pipeline import run_slmforge, tracked_run, warm_pipeline, write_recipe
 
 STEPS = ["load_data", "evaluate_base", "finetune", "merge", "evaluate_merged", "build_onnx", "evaluate_onnx",
          "register"]
@@ -66,9 +66,13 @@ def test_summary_is_printed_with_the_predict_line(warm):
 
 
 def test_rerun_reuses_everything_and_shows_original_times(warm):
-    again = run_slmforge(warm.recipe, warm.home)
+    again = run_slmforge(warm.recipe, warm.home, track=True)
     assert again.rc == 0, again.stderr
     assert set(again.statuses().values()) == {"cached"}
+    # nothing ran: it names the MLflow run it repeats (the cold run's) instead of writing the same one again
+    client, run, _ = tracked_run(warm.home, again.stdout)
+    assert run.info.run_id == tracked_run(warm.home, warm.cold.stdout)[1].info.run_id
+    assert "nothing ran: the run this one repeats" in again.stdout and again.record["tracking"]["repeated"] is True
     cold_seconds = {s["name"]: s["seconds"] for s in warm.cold.record["steps"]}
     for s in again.record["steps"]:
         assert s["seconds"] == pytest.approx(cold_seconds[s["name"]], abs=1e-3)
@@ -79,11 +83,15 @@ def test_rerun_reuses_everything_and_shows_original_times(warm):
 
 def test_isolated_subprocess_gives_the_same_argv_and_outputs(warm, tmp_path):
     recipe, cache = warm.fork(tmp_path)
-    isolated = run_slmforge(recipe, warm.home, "--isolate", "--force", "load_data")
+    isolated = run_slmforge(recipe, warm.home, "--isolate", "--force", "load_data", track=True)
     assert isolated.rc == 0, isolated.stderr
     assert isolated.statuses()["load_data"] == "ran"
     # Same argv → same bytes → every later step is a cache hit.
     assert {k for k, v in isolated.statuses().items() if v == "ran"} == {"load_data"}
+    # tracked as a run of its own, its cached steps there too, tagged so, the loss curve from the cached manifest
+    client, run, steps = tracked_run(warm.home, isolated.stdout)
+    assert {n: s.data.tags["cached"] for n, s in steps.items()} == {n: str(n != "load_data").lower() for n in STEPS}
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 8
     cold_log = Path(next(s["log"] for s in warm.cold.record["steps"] if s["name"] == "load_data"))
     isolated_log = Path(next(s["log"] for s in isolated.record["steps"] if s["name"] == "load_data"))
     cold_argv = cold_log.read_text().splitlines()[0]

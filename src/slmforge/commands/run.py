@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.backends.local.report import print_summary
     from slmforge.backends.local.runner import LocalRunner, output_dir
     from slmforge.backends.local.shipped_model import ensure_shipped_model
+    from slmforge.backends.local.tracking import preflight as tracking_preflight
+    from slmforge.backends.local.tracking import previous_record, track, track_finished
     from slmforge.errors import StepFailed, as_user_error
     from slmforge.recipe.graph import build_graph
     from slmforge.recipe.checks import recipe_notes
@@ -70,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_recipe(recipe)
     graph = build_graph(loaded)
     check_inputs(loaded, graph)  # what `validate` checks: the rows and the model's modules, before any step
+    tracking_preflight(loaded)
     forced = set(args.force or [])
     # Olive's `clean_cache: true` means "start from an empty cache": rebuild every step.
     force: bool | set[str] = True if "*" in forced or loaded.recipe.engine.clean_cache else forced
@@ -82,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
                          display=Display(graph.names(), out=console, live=live))
     out = output_dir(loaded)
     runner.preflight()
+    previous = previous_record(out)
     stage = start(loaded, graph, out)
     runner.logs_dir = stage.path / "logs"
     kept = f"{out} keeps the last good run's outputs; this run's record and logs: {stage.path}"
@@ -99,12 +103,26 @@ def run(args: argparse.Namespace) -> int:
         if stage.swapped:
             raise
         known = as_user_error(e)
-        fail(loaded, graph, list(runner.results.values()), stage, started=started,
-             error=str(known) if known is not None else f"{type(e).__name__}: {e}")
+        failed = fail(loaded, graph, list(runner.results.values()), stage, started=started,
+                      error=str(known) if known is not None else f"{type(e).__name__}: {e}")
+        _track_failed(track, loaded, graph, list(runner.results.values()), failed, stage.path, console)
         if isinstance(known, StepFailed):
             raise StepFailed(f"{known}; {kept}") from e
         raise
+    track_finished(loaded, graph, list(runner.results.values()), record, out, previous)
     print_summary(record, console, rich=live)
     if os.environ.get("SLMFORGE_PRINT_RUN_JSON"):
         print(json.dumps(record), file=console)
     return 0
+
+
+def _track_failed(track, loaded, graph, results, record, folder, console) -> None:
+    """A failed run is tracked too (status FAILED); a tracking error then is said, never in place of the run's."""
+    from slmforge.errors import as_user_error
+
+    try:
+        track(loaded, graph, results, record, folder)
+    except Exception as e:  # noqa: BLE001 - the run's own error follows; this one is printed, not lost
+        known = as_user_error(e)
+        print(f"[slmforge] note: the failed run was not tracked: {known or f'{type(e).__name__}: {e}'}",
+              file=console, flush=True)

@@ -15,12 +15,9 @@ from pydantic import Field, ValidationInfo, create_model, field_validator, model
 
 from slmforge.contract.params import pydantic_fields
 from slmforge.recipe.base import Strict, olive_choice, refuse_text
-from slmforge.training import hf_args
+from slmforge.training import hf_args, tracking
 from slmforge.training.args import EVAL_STRATEGIES, STEP_COUNTS, TrainArgs, args_problem
 
-# transformers' report_to values (integrations.INTEGRATION_TO_CALLBACK, plus "all" and "none").
-REPORT_TO = ("none", "all", "azure_ml", "mlflow", "tensorboard", "wandb", "comet_ml", "neptune", "clearml",
-             "codecarbon", "dagshub", "dvclive", "flyte", "swanlab", "trackio", "kubeflow")
 SAMPLING = ("random", "group_by_length")
 _OTHER = {name: (Any, Field(None, description=f"{rule.kind}: {rule.reason}"))
           for name, rule in hf_args.TABLE.items() if rule.kind != hf_args.HONOURED}
@@ -39,7 +36,8 @@ class TrainingArgs(create_model("TrainArgsFields", __base__=Strict,
     train_sampling_strategy: str | None = Field(None, description="'group_by_length' sets group_by_length")
     resume_from_checkpoint: bool | str | None = Field(
         None, description="true or false: slmforge resumes from its newest matching checkpoint anyway")
-    report_to: str | list[str] | None = Field(None, description=hf_args.TABLE["report_to"].reason)
+    report_to: str | list[str] | None = Field(None, description=tracking.REPORT_TO_HELP,
+                                              examples=["mlflow", ["mlflow", "tensorboard"], "none"])
 
     @model_validator(mode="before")
     @classmethod
@@ -72,10 +70,7 @@ class TrainingArgs(create_model("TrainArgsFields", __base__=Strict,
     @field_validator("report_to")
     @classmethod
     def _report_to(cls, value: Any) -> Any:
-        for name in [value] if isinstance(value, str) else value or []:
-            if name not in REPORT_TO:
-                raise ValueError(f"report_to {name!r} is not a transformers integration; expected one of "
-                                 f"{', '.join(REPORT_TO)}")
+        tracking.report_names(value)  # ValueError naming the allowed ones
         return value
 
     @model_validator(mode="after")

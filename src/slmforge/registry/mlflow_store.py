@@ -88,16 +88,17 @@ def registry_errors(uri: str) -> Iterator[None]:
         raise StepFailed(f"the model registry {uri} cannot be used: {first[:300]}") from None
 
 
-def _experiment_id(client, uri: str) -> str:
-    found = client.get_experiment_by_name(EXPERIMENT)
+def experiment_id(client, uri: str, name: str = EXPERIMENT) -> str:
+    """The id of experiment `name`, made on first use (a SQLite store keeps its artifacts beside the database)."""
+    found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     db = sqlite_path(uri)
     location = (db.parent / "artifacts").resolve().as_uri() if db is not None else None
     try:
-        return client.create_experiment(EXPERIMENT, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location)
     except Exception:  # another run created it meanwhile
-        found = client.get_experiment_by_name(EXPERIMENT)
+        found = client.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
@@ -141,7 +142,7 @@ def _source_present(source: str) -> bool:
 def _new_version(client, uri: str, model: Path, name: str, tags: dict[str, str]):
     from mlflow.exceptions import MlflowException
 
-    run_ = client.create_run(_experiment_id(client, uri), tags={"mlflow.runName": f"register-{name}", **tags})
+    run_ = client.create_run(experiment_id(client, uri), tags={"mlflow.runName": f"register-{name}", **tags})
     try:
         client.log_artifacts(run_.info.run_id, str(model), "model")
     except Exception as e:

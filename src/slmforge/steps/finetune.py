@@ -127,9 +127,10 @@ def run(*, progress: bool = True, **given) -> dict | None:
             print(f"finetune: the eval loss is computed over the first {scored} of {len(data.eval)} held-out "
                   f"sequences (max_eval_samples {p.max_eval_samples})", file=sys.stderr, flush=True)
         autocast = getattr(torch, p.autocast_dtype()) if p.autocast_dtype() else None
+        job = tracking.JobLogger() if dist.rank == 0 and tracking.JobLogger.wanted() else None
+        printer = _progress_printer(job, shown=progress) if (progress or job) and dist.rank == 0 else None
         result = train(peft_model, data, p, dist, checkpoints=Path(checkpoints) if checkpoints else None,
-                       run_fingerprint=run_print, autocast_dtype=autocast,
-                       progress=_progress_printer() if progress and dist.rank == 0 else None)
+                       run_fingerprint=run_print, autocast_dtype=autocast, progress=printer)
         if dist.rank != 0:
             return None
         base_name = base_model_name(model, model_id)
@@ -149,8 +150,7 @@ def run(*, progress: bool = True, **given) -> dict | None:
             metrics["best_step"], metrics["best_eval_loss"] = result.best_step, result.best_metric
         if torch.cuda.is_available():
             metrics["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        run_id = tracking.log_run(params, {k: v for k, v in metrics.items() if not isinstance(v, list)},
-                                  result.loss_history, result.eval_history)
+        run_id = job.finish(params, metrics, result.eval_history) if job is not None else None
         data_params = data.manifest.get("params", {})
         with manifest.atomic_output(adapter) as out:
             config = peft_model.peft_config["default"]
@@ -203,14 +203,21 @@ def _init_distributed() -> tuple[Dist, bool]:
     return Dist(rank=tdist.get_rank(), world=tdist.get_world_size(), device=device), owns
 
 
-def _progress_printer():
-    """A progress event, then step, loss, tokens/s and ETA on stderr (one updating line on a terminal)."""
+def _progress_printer(job: tracking.JobLogger | None = None, shown: bool = True):
+    """Per logged step: a progress event with the loss, tokens/s and ETA (the local display and `slmforge
+    logs` show it), the same as a line on stderr (one updating line on a terminal), and inside a tracked
+    job the loss, learning rate and tokens/s into its MLflow run."""
     tty = sys.stderr.isatty()
 
-    def show(step: int, total: int, loss: float, tokens_per_s: float, eta_s: float) -> None:
-        progress.emit(step, total, "steps")
+    def show(step: int, total: int, loss: float, tokens_per_s: float, eta_s: float,
+             learning_rate: float | None = None) -> None:
+        if job is not None:
+            job.step(step, loss, learning_rate, tokens_per_s)
+        if not shown:
+            return
+        progress.emit(step, total, "steps", loss=loss, tokens_per_second=tokens_per_s, eta_seconds=eta_s)
         line = (f"finetune: step {step}/{total}  loss {loss:.4f}  {tokens_per_s:,.0f} tokens/s  "
-                f"ETA {int(eta_s) // 60}:{int(eta_s) % 60:02d}")
+                f"ETA {progress.fmt_eta(eta_s)}")
         if tty:
             print("\r" + line, end="\n" if step == total else "", file=sys.stderr, flush=True)
         else:

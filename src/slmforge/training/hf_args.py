@@ -94,7 +94,8 @@ RECIPE_SIDE = ("data_seed", "evaluation_strategy", "activation_checkpointing", "
 _SPEED = "a speed or memory setting of the HF Trainer; slmforge's own loop computes the same result"
 _LOADER = "slmforge packs its batches in-process (training/data.py); there is no DataLoader"
 _HUB = "slmforge does not push to the Hugging Face Hub; it registers the model in Azure ML or MLflow"
-_TRACK = "tracking is its own issue: slmforge logs to MLflow when MLFLOW_TRACKING_URI is set"
+_TRACK = ("slmforge tracks each run itself (report_to: MLflow by default, one run named after the recipe file, "
+          "a nested run per step)")
 _EVAL = "slmforge computes the eval loss in its own loop (training/loop.py)"
 _SHARD = "slmforge trains with DDP under torchrun (multi-GPU: components/finetune.yml); it has no sharding"
 _LOG = "slmforge records the loss every logging_steps in the adapter's manifest and prints its own progress"
@@ -113,7 +114,8 @@ TABLE: dict[str, Rule] = {
     "train_sampling_strategy": _h("'group_by_length' sets group_by_length; 'random' is the default"),
     "resume_from_checkpoint": _h("true or false: slmforge resumes from its newest matching checkpoint "
                                  "anyway, and a resumed run ends with the adapter an uninterrupted one writes"),
-    "report_to": _h(_TRACK),
+    "report_to": _h("mlflow (the default), azure_ml, tensorboard, all or none: slmforge honours each "
+                     "(training/tracking.py); other integrations are refused"),
     # ---- ignored: no meaning in slmforge
     "output_dir": _i("slmforge owns its outputs: the step's adapter and checkpoints folders"),
     "overwrite_output_dir": _i("slmforge owns its outputs; a new run never writes over an old one"),

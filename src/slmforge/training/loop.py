@@ -192,7 +192,7 @@ def train(model, data: DatasetFolder, args: TrainArgs, dist: Dist, *, checkpoint
             if progress:
                 elapsed = time.perf_counter() - loop_started - side_seconds
                 progress(step, total, result.loss_history[-1]["loss"], result.tokens / max(elapsed, 1e-9),
-                         elapsed / (step - start) * (total - step))
+                         elapsed / (step - start) * (total - step), result.loss_history[-1]["learning_rate"])
         side_started = time.perf_counter()
         crossed_epoch = step * accum // plan.batches_per_epoch > (step - 1) * accum // plan.batches_per_epoch
         if data.eval and step < total and (

@@ -4,16 +4,20 @@
 run id and nothing else. So a finished step's log is read from run history: the run details list
 its log files (`user_logs/std_log.txt` on the common runtime, `azureml-logs/*.txt` before it) as
 SAS URLs, which the SDK's own request pipeline downloads. The emulator answers the same way.
+Stored or followed, a step's progress events (`##slmforge-progress {...}`) are shown as text
+(contract/progress.py `render`: step, loss, tokens/s, ETA).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 from typing import TYPE_CHECKING, TextIO
 
 from slmforge.backends.aml.jobs import TERMINAL, child_jobs, find_step, get_job, node_name, status_text
 from slmforge.backends.aml.workspace import as_step_failed, one_line
+from slmforge.contract.progress import render
 from slmforge.errors import StepFailed
 
 if TYPE_CHECKING:
@@ -98,16 +102,44 @@ def _write(out: TextIO, texts: dict[str, str]) -> None:
     for log_name, text in texts.items():
         if len(texts) > 1:
             out.write(f"--- {log_name}\n")
+        text = render(text)
         out.write(text if text.endswith("\n") or not text else text + "\n")
     out.flush()
+
+
+class _Rendered:
+    """A stdout stand-in for the SDK's log streaming: whole lines go on rendered (progress events as text)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out, self.pending = out, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        whole, newline, self.pending = self.pending.rpartition("\n")
+        if newline:
+            self.out.write(render(whole + newline))
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.pending:
+            self.out.write(render(self.pending))
+            self.pending = ""
+        self.out.flush()
 
 
 def _stream(ml_client: "MLClient", target: str) -> None:
     from azure.ai.ml.exceptions import JobException
 
+    rendered = _Rendered(sys.stdout)
     try:
-        ml_client.jobs.stream(target)
+        with contextlib.redirect_stdout(rendered):  # the SDK writes the logs to sys.stdout
+            ml_client.jobs.stream(target)
     except JobException as e:  # the SDK raises it when the job it followed failed
         raise StepFailed(f"job {target}: {one_line(e)}") from None
     except Exception as e:  # noqa: BLE001 - reported as one line
         raise as_step_failed(e, f"reading logs of {target}") from None
+    finally:
+        rendered.close()

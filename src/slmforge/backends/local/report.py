@@ -238,6 +238,13 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
     command = predict_command(record)
     if command:
         rows.append(("try it", command))
+    tracked = record.get("tracking") or {}
+    if tracked.get("mlflow"):
+        m = tracked["mlflow"]
+        again = "; nothing ran: the run this one repeats" if tracked.get("repeated") else ""
+        rows.append(("tracked", f"MLflow run {m['run_id']} (experiment {m['experiment']}{again}): {m['ui']}"))
+    if tracked.get("tensorboard"):
+        rows.append(("tensorboard", tracked["tensorboard"]["ui"]))
     return rows
 
 
