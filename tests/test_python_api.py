@@ -94,11 +94,12 @@ def test_model_card_in_the_model_folder(warm, tmp_path):
     assert f"- base model: `{warm.model_dir}`" in card
     data = json.loads((Path(record["steps"][0]["output"]) / "slmforge.json").read_text())["inputs"]["data"]
     assert f"(sha256 `{data['digest'][:16]}`)" in card
-    for label in ("base", "merged", "onnx"):
-        assert f"| {label} | {record['evaluation'][label]['accuracy']:.3f} | {record['evaluation'][label]['n']} |" in card
+    for label, m in record["evaluation"].items():
+        assert f"| {label} | {m['accuracy']:.3f} | {m['n']} |" in card
     assert '"train_data_config": "tones"' in card  # the recipe as written
     # the card's onnxruntime-genai snippet runs as it is
     snippet = card.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "### The tone is:" in snippet  # the prompt in the template the model was trained with
     done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 

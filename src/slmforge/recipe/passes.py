@@ -140,8 +140,10 @@ class ModelBuilderPass(create_model("ModelBuilderFields", __base__=Strict, type=
 _NOT_SEPARATE = "a base with adapter slots keeps every adapter as optional inputs, served by onnxruntime-genai's Adapters"
 
 
-class ExtractAdaptersPass(create_model("ExtractAdaptersFields", __base__=Strict, type=(Literal["ExtractAdapters"], Field(
-                                       description="Olive's pass type: keep the adapter separate from the base")),
+_EXTRACT_TYPE = (Literal["ExtractAdapters"], Field(description="Olive's pass type: keep the adapter separate from the base"))
+
+
+class ExtractAdaptersPass(create_model("ExtractAdaptersFields", __base__=Strict, type=_EXTRACT_TYPE,
                                        **pydantic_fields(build_onnx.Params, only=("adapter_slots",), recipe={
                                            "adapter_slots": {"default": "all"}}))):
     """Olive's ExtractAdapters: the model is built as a base whose LoRA weights are inputs (build_onnx with

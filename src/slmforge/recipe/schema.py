@@ -45,7 +45,8 @@ class HfModel(Strict):
     type: Literal["HfModel"] = Field(description="Olive's model type: a Hugging Face model")
     model_path: AzureMLRegistryModel | str = Field(
         description="the base model: a local folder (relative to the recipe file), a Hugging Face hub id, or an "
-        "Azure ML registry model", examples=["../.slmforge/models/smollm2-135m-instruct", "microsoft/Phi-3-mini-4k-instruct"])
+        "Azure ML registry model",
+        examples=["../.slmforge/models/smollm2-135m-instruct", "microsoft/Phi-3-mini-4k-instruct"])
     task: str = Field("text-generation", description="text-generation (Olive: text-generation-with-past); "
                       "another task is refused beside a fine-tune pass (recipe/load_kwargs.py)")
     load_kwargs: dict[str, Any] | None = Field(

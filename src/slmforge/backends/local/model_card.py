@@ -1,8 +1,8 @@
 """The model card: README.md in the output's model folder (base model, data, recipe, metrics, how to load it).
 
 Written by every successful run from its run.json record. The card is not part of the model's content:
-the output folder's model is compared with the cache's without it (outputs.same_model), so writing it
-never makes a rerun copy the model again.
+the folder still matches its manifest with the card set aside (manifest.content_matches), so writing it
+never makes a rerun copy the model again, nor the folder look edited.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from slmforge.contract import manifest
 from slmforge.contract.files import write_atomic
 from slmforge.recipe.loaded import LoadedRecipe
 
-CARD = "README.md"
+CARD = manifest.CARD
 _FIGURES = (("accuracy", "accuracy", 3), ("n", "rows", 0), ("perplexity", "perplexity", 2),
             ("tokens_per_second", "tokens/s", 0))
 

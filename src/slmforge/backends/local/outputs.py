@@ -19,7 +19,7 @@ from typing import Any
 
 from slmforge.backends.local import staging
 from slmforge.backends.local.cache import DigestMemo, locked
-from slmforge.backends.local.model_card import CARD, write_card
+from slmforge.backends.local.model_card import write_card
 from slmforge.backends.local.runner import StepResult
 from slmforge.contract import manifest
 from slmforge.contract.ownership import claim
@@ -44,12 +44,8 @@ def same_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> bool
     have = (manifest.read_manifest(dest) or {}).get("outputs_digest")
     if have != wanted or not dest.is_dir():
         return False
-    file_digest = memo.file_digest if memo is not None else manifest.digest_file
-    if not (dest / CARD).is_file():
-        return manifest.digest_path(dest, file_digest=file_digest) == wanted
-    aside = (manifest.MANIFEST, CARD)
-    return (manifest.digest_path(dest, exclude=aside, file_digest=file_digest)
-            == manifest.digest_path(source, exclude=aside, file_digest=file_digest))
+    return manifest.content_matches(dest, wanted, file_digest=memo.file_digest if memo is not None else
+                                    manifest.digest_file)
 
 
 def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None:
