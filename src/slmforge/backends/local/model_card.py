@@ -65,10 +65,17 @@ def _data_lines(record: dict[str, Any]) -> list[str]:
         found = manifest.read_manifest(step["output"]) if step.get("output") else None
         if found and "source_digest" in found:  # the folder load_data wrote
             roles = {"data": "training data", "eval_data": "eval data"}
-            files = [f"{roles[role]}: `{Path(v['path']).name}` (sha256 `{v['digest'][:16]}`)"
-                     for role, v in (found.get("inputs") or {}).items() if role in roles]
+            files = [f"{roles[role]}: {_source(v)} (sha256 `{str(v.get('digest'))[:16]}`)"
+                     for role, v in (found.get("inputs") or {}).items() if role in roles and isinstance(v, dict)]
             return files + [f"tokenized dataset: digest `{str(found.get('outputs_digest'))[:16]}`"]
     return []
+
+
+def _source(record: dict[str, Any]) -> str:
+    """A data input as the manifest records it: a file (its path), or a hub dataset (its name and commit)."""
+    if record.get("path"):
+        return f"`{Path(record['path']).name}`"
+    return f"hub dataset `{record.get('hub')}` at commit `{str(record.get('revision'))[:12]}`"
 
 
 def _usage(kind: str, model_dir: Path, prompt: str) -> list[str]:
