@@ -16,7 +16,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "slmforge"
 # Top floor first. A module may import from its own package and from any package below its own.
-FLOORS = ["__main__", "commands", "cli", "backends", "emulator", "recipe", "steps", "training", "models", "data",
+FLOORS = ["__main__", "api", "commands", "cli", "backends", "emulator", "recipe", "steps", "training", "models", "data",
           "registry", "contract", "resources", "secrets", "errors", "__init__"]
 MAX_LINES = 400
 RUNNERS = ("backends", "emulator")  # floors that read steps' facts from steps.catalog, never a step's name

@@ -52,7 +52,8 @@ def test_the_output_model_is_a_copy_so_editing_it_never_edits_the_cache(warm, tm
     assert first.rc == 0, first.stderr
     model = tmp_path / "out" / "model"
     [entry] = cache_entries(cache, "build_onnx")
-    for file in (p for p in model.rglob("*") if p.is_file()):
+    assert (model / "README.md").is_file()  # the run's model card: written there, never in the cache
+    for file in (p for p in model.rglob("*") if p.is_file() and p.name != "README.md"):
         cached = entry / "model" / file.relative_to(model)
         assert file.stat().st_nlink == 1 and file.stat().st_ino != cached.stat().st_ino, file
     config = model / "genai_config.json"

@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tiny-model": ("tiny_model", "build the deterministic tiny Phi-3 used by tests and the demo"),
     "cache": ("cache", "list or clean the local step cache"),
     "emulator": ("emulator", "start, stop or inspect the offline Azure ML workspace emulator"),
+    "completion": ("completion", "print a shell completion script: eval \"$(slmforge completion bash)\" (or zsh)"),
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Iterator
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,11 +40,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from slmforge.models.metrics_table import format_table
+
+    for i, metrics in enumerate(evaluations(args)):  # each printed as soon as it is scored
+        print(json.dumps(metrics, sort_keys=True) if args.json else ("\n" if i else "") + format_table(metrics))
+    return 0
+
+
+def evaluations(args: argparse.Namespace) -> Iterator[dict]:
+    """The metrics of the model alone, or of each --adapter on it (`slmforge evaluate`, `slmforge.evaluate`)."""
     from slmforge.commands import model_argument
     from slmforge.contract.folders import is_onnx_folder
     from slmforge.errors import InvalidInput
     from slmforge.models.backend import load_backend, require_adapter_base
-    from slmforge.models.metrics_table import format_table
     from slmforge.models.model_folder import resolve_hf_folder
 
     folder, registered_adapter, registered_label = model_argument(args.model)
@@ -70,10 +79,8 @@ def run(args: argparse.Namespace) -> int:
     for adapter in adapters or [None]:
         inputs.rows(adapter)  # a missing template or a broken row is said before the model loads
     backend = load_backend(model, None, [a.path for a in adapters])
-    for i, adapter in enumerate(adapters or [None]):
-        metrics = _evaluate_one(backend, inputs, adapter, label, args.max_new_tokens)
-        print(json.dumps(metrics, sort_keys=True) if args.json else ("\n" if i else "") + format_table(metrics))
-    return 0
+    for adapter in adapters or [None]:
+        yield _evaluate_one(backend, inputs, adapter, label, args.max_new_tokens)
 
 
 class _Inputs:

@@ -45,21 +45,15 @@ def terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(args: argparse.Namespace) -> int:
+def offline_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from slmforge.backends.local.display import Display
-    from slmforge.backends.local.outputs import fail, finish, start
-    from slmforge.backends.local.report import print_summary
-    from slmforge.backends.local.runner import LocalRunner, output_dir
+
+
+def run(args: argparse.Namespace) -> int:
+    offline_env()
     from slmforge.backends.local.shipped_model import ensure_shipped_model
-    from slmforge.backends.local.tracking import preflight as tracking_preflight
-    from slmforge.backends.local.tracking import previous_record, track, track_finished
-    from slmforge.errors import StepFailed, as_user_error
-    from slmforge.recipe.graph import build_graph
-    from slmforge.recipe.checks import recipe_notes
-    from slmforge.recipe.input_checks import check_inputs
     from slmforge.recipe.loader import load_recipe
 
     if args.recipe is None and args.force and args.force[-1].endswith((".json", ".yml", ".yaml")):
@@ -69,19 +63,36 @@ def run(args: argparse.Namespace) -> int:
     slmforge_home()  # a file there is refused before any work
     recipe = find_recipe(args.recipe or DEFAULT_RECIPE)
     ensure_shipped_model(recipe)
-    loaded = load_recipe(recipe)
+    run_loaded(load_recipe(recipe), force=args.force, isolate=args.isolate, plain=args.plain)
+    return 0
+
+
+def run_loaded(loaded, *, force: list[str] | None = None, isolate: bool = False, plain: bool = False) -> dict:
+    """Run a loaded recipe (`slmforge run` and the Python API's `slmforge.run`); return its run.json record."""
+    offline_env()
+    from slmforge.backends.local.display import Display
+    from slmforge.backends.local.outputs import fail, finish, start
+    from slmforge.backends.local.report import print_summary
+    from slmforge.backends.local.runner import LocalRunner, output_dir
+    from slmforge.backends.local.tracking import preflight as tracking_preflight
+    from slmforge.backends.local.tracking import previous_record, track, track_finished
+    from slmforge.errors import StepFailed, as_user_error
+    from slmforge.recipe.checks import recipe_notes
+    from slmforge.recipe.graph import build_graph
+    from slmforge.recipe.input_checks import check_inputs
+
     graph = build_graph(loaded)
     check_inputs(loaded, graph)  # what `validate` checks: the rows and the model's modules, before any step
     tracking_preflight(loaded)
-    forced = set(args.force or [])
+    forced = set(force or [])
     # Olive's `clean_cache: true` means "start from an empty cache": rebuild every step.
-    force: bool | set[str] = True if "*" in forced or loaded.recipe.engine.clean_cache else forced
+    force_steps: bool | set[str] = True if "*" in forced or loaded.recipe.engine.clean_cache else forced
     console = _console()
     for note in recipe_notes(loaded):  # valid Olive keys slmforge reads differently: said, never dropped silently
         print(f"[slmforge] note: {note}", file=console, flush=True)
-    live = bool(console.isatty()) and not args.plain
+    live = bool(console.isatty()) and not plain
     started = time.time()
-    runner = LocalRunner(loaded, graph, force=force, isolate=args.isolate,
+    runner = LocalRunner(loaded, graph, force=force_steps, isolate=isolate,
                          display=Display(graph.names(), out=console, live=live))
     out = output_dir(loaded)
     runner.preflight()
@@ -113,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     print_summary(record, console, rich=live)
     if os.environ.get("SLMFORGE_PRINT_RUN_JSON"):
         print(json.dumps(record), file=console)
-    return 0
+    return record
 
 
 def _track_failed(track, loaded, graph, results, record, folder, console) -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator
 from slmforge.contract.files import write_atomic
 
 MANIFEST = "slmforge.json"
+CARD = "README.md"  # the model card a run writes into its output's model folder, after the manifest
 _CHUNK = 1 << 20
 
 
@@ -107,7 +108,17 @@ def is_finished(folder: str | Path, *, verify: bool = True) -> bool:
     manifest = read_manifest(folder)
     if manifest is None:
         return False
-    return not verify or manifest.get("outputs_digest") == digest_path(folder)
+    return not verify or content_matches(folder, manifest.get("outputs_digest"))
+
+
+def content_matches(folder: str | Path, wanted: str | None, *,
+                    file_digest: Callable[[Path], str] = digest_file) -> bool:
+    """True when the folder's files have the digest `wanted`: whole, or with a model card (CARD) written into
+    it set aside (backends/local/model_card.py), so the card never makes a model look edited."""
+    if digest_path(folder, file_digest=file_digest) == wanted:
+        return True
+    return (Path(folder) / CARD).is_file() and digest_path(
+        folder, exclude=(MANIFEST, CARD), file_digest=file_digest) == wanted
 
 
 @contextlib.contextmanager

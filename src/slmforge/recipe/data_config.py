@@ -23,9 +23,11 @@ class LoadDatasetConfig(Strict):
                            "Hub dataset id such as 'tatsu-lab/alpaca'")
     data_files: str | Annotated[list[str], Field(min_length=1, max_length=1)] | AzureMLDatastoreFiles | None = Field(
         None, description="local path or datastore file (or a list of one path, as `olive finetune` writes); "
-                          "required with a file format, left out with a hub dataset")
+                          "required with a file format, left out with a hub dataset",
+        examples=["../src/slmforge/data/tones-train.jsonl"])
     split: str = Field("train", description="split to read, or a slice of it: 'train[:4096]', 'train[:10%]' (a hub "
-                       "dataset without a split reads 'validation', as in Olive)")
+                       "dataset without a split reads 'validation', as in Olive)",
+                       examples=["train[:10%]"])
     subset: str | None = Field(None, description="hub dataset: the configuration (subset) to read")
     data_dir: str | None = Field(None, description="hub dataset: the folder of the repository to read")
     revision: str | None = Field(None, description="hub dataset: branch, tag or commit (default: main)")
@@ -88,9 +90,9 @@ class PreProcessConfig(Strict):
     text_cols: list[str] | str | None = Field(None, description="columns the template reads (default: its placeholders)")
     strategy: Literal["join", "line-by-line"] = Field("join", description="the Cookbook: corpus_strategy")
     max_seq_len: int = Field(1024, gt=0, description="tokens per training example (the Cookbook: source_max_len)")
-    pad_to_max_len: bool = False
+    pad_to_max_len: bool = Field(False, description="pad every example to max_seq_len (padding is not learned)")
     add_special_tokens: Literal[True] = Field(True, description="the tokenizer's special tokens (e.g. <s>) are added")
-    use_attention_mask: bool = True
+    use_attention_mask: bool = Field(True, description="give the model an attention mask (false: all ones)")
     loss_on: Literal["all", "completion"] = Field(
         "all", description="slmforge: 'completion': loss only on the text after the template's last placeholder"
     )
@@ -195,14 +197,16 @@ def _slmforge_or_user(own: tuple[str, ...]):
 
 
 class DataConfig(Strict):
-    name: str = Field(min_length=1)
-    type: Literal["HuggingfaceContainer"] = "HuggingfaceContainer"
+    name: str = Field(min_length=1, description="the name passes and evaluate refer to", examples=["tones"])
+    type: Literal["HuggingfaceContainer"] = Field("HuggingfaceContainer", description="Olive's data container: "
+                                                  "the one slmforge reads")
     user_script: str | None = Field(None, description="Python file whose functions the components' 'type' name "
                                     "(relative to script_dir, else to the recipe file)")
     script_dir: str | None = Field(None, description="folder put first on sys.path while user_script runs")
     load_dataset_config: Annotated[Union[Annotated[LoadDatasetConfig, Tag("own")],
                                          Annotated[UserLoadDataset, Tag("user")]],
-                                   _slmforge_or_user(("huggingface_dataset",))]
+                                   _slmforge_or_user(("huggingface_dataset",))] = Field(
+        description="where the rows come from: a local file, a datastore file or a hub dataset (or a user function)")
     pre_process_data_config: Annotated[Union[Annotated[PreProcessConfig, Tag("own")],
                                              Annotated[UserPreProcess, Tag("user")]],
                                        _slmforge_or_user(("text_generation_huggingface_pre_process",

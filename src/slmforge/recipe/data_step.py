@@ -9,7 +9,7 @@ from slmforge.errors import InvalidInput
 from slmforge.recipe import evaluators
 from slmforge.recipe.checks import data_config_path, resolve_path
 from slmforge.recipe.loaded import LoadedRecipe
-from slmforge.recipe.schema import DataConfig, FinetunePass, Recipe
+from slmforge.recipe.schema import DataConfig, FinetunePass, LoadDatasetConfig, Recipe
 from slmforge.recipe.step_graph import ModelSource, Ref, Scalar, Step
 from slmforge.recipe.user_script import EVAL_CLASH, data_spec, script_inputs
 
@@ -49,6 +49,7 @@ def hub_source(loaded: LoadedRecipe, dc: DataConfig) -> HubSource:
 
 
 DEFAULT_EVAL_SHARE = 0.1  # rows held out for the evaluate steps when the recipe names no eval data
+EVAL_ONLY_SHARE = 0.2  # the rows scored when nothing is trained (an evaluate-only recipe)
 
 
 def _finetune_pass(recipe: Recipe) -> tuple[str, FinetunePass] | None:
@@ -101,7 +102,7 @@ def load_data_step(loaded: LoadedRecipe, source: ModelSource, steps: list[Step])
     if finetune is not None:
         _held_out(loaded, finetune[1], dc, eval_name, bool(user), inputs, params, hub)
     else:
-        params["eval_dataset_size"] = 0.2
+        params["eval_dataset_size"] = EVAL_ONLY_SHARE
         params["data_seed"] = 42
     if hub:  # the pinned commits are in the file, so a moved revision changes the step's cache key
         inputs["hub_data"] = Ref("text", json.dumps(hub, indent=2, ensure_ascii=False), "hub_data.json")
@@ -140,3 +141,29 @@ def _held_out(loaded: LoadedRecipe, cfg: FinetunePass, dc: DataConfig, eval_name
         params["eval_dataset_size"] = (cfg.eval_dataset_size if cfg.eval_dataset_size is not None
                                        else DEFAULT_EVAL_SHARE)
     params["data_seed"] = cfg.training_args.data_seed if cfg.training_args.data_seed is not None else cfg.training_args.seed
+
+
+def scored_rows(loaded: LoadedRecipe) -> dict[str, Scalar] | None:
+    """Which rows the evaluate steps score, for run.json and the report: the data config, the split read, and
+    `held_out` (the share of the training rows held out of training) or `separate` (a data config of its own)."""
+    recipe = loaded.recipe
+    finetune = _finetune_pass(recipe)
+    dc, eval_name = _data_configs(loaded, finetune)
+    if dc is None:
+        return None
+    scored = _data_config(recipe, eval_name) if eval_name is not None else dc
+    assert scored is not None
+    ldc = scored.load_dataset_config
+    if not isinstance(ldc, LoadDatasetConfig):
+        split = None  # a user_script function reads the rows
+    elif ldc.is_hub:
+        split = ldc.split if "split" in ldc.model_fields_set else "validation"
+    else:
+        split = ldc.split if eval_name is None else "train"  # a separate eval file is read whole (sources.py)
+    found: dict[str, Scalar] = {"data_config": scored.name, **({"split": split} if split else {})}
+    if eval_name is not None:
+        found["separate"] = True
+    else:
+        size = finetune[1].eval_dataset_size if finetune is not None else EVAL_ONLY_SHARE
+        found["held_out"] = size if size is not None else DEFAULT_EVAL_SHARE
+    return found

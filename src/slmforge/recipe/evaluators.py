@@ -49,8 +49,9 @@ _REFUSED_USER_CONFIG = {
 
 
 class Goal(Strict):
-    type: Literal[GOAL_TYPES]  # type: ignore[valid-type]
-    value: float
+    type: Literal[GOAL_TYPES] = Field(description="threshold: an absolute bound; max-degradation, "  # type: ignore[valid-type]
+                                      "min-improvement and their percent- forms: against the input model")
+    value: float = Field(description="the bound, in the metric's unit (percent for the percent- goals)")
 
     @model_validator(mode="after")
     def _nonnegative(self) -> "Goal":
@@ -60,11 +61,14 @@ class Goal(Strict):
 
 
 class SubMetric(Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="the sub-type: accuracy_score, f1_score, precision, recall, "
+                      "perplexity; latency avg, p50, p90, ...; throughput", examples=["accuracy_score"])
     priority: int = Field(-1, description="Olive's rank for search; recorded")
     higher_is_better: bool | None = Field(None, description="default: latency and perplexity lower, others higher")
-    goal: Goal | None = None
-    metric_config: dict[str, Any] | None = None
+    goal: Goal | None = Field(None, description="the value the model should reach (judged in the report; a goal "
+                              "never fails a run)")
+    metric_config: dict[str, Any] | None = Field(None, description="accuracy: task, num_classes, average; latency: "
+                                                 "warmup_num, repeat_test_num, sleep_num")
 
 
 class MetricUserConfig(Strict):
@@ -96,11 +100,14 @@ class AccuracyConfig(Strict):
 
 
 class Metric(Strict):
-    name: str = Field(min_length=1)
-    type: Literal["accuracy", "latency", "throughput", "custom"]
-    backend: Literal["torch_metrics"] = "torch_metrics"
-    sub_types: list[SubMetric] = Field(min_length=1)
-    user_config: MetricUserConfig | None = None
+    name: str = Field(min_length=1, description="the metric's name in the report", examples=["accuracy"])
+    type: Literal["accuracy", "latency", "throughput", "custom"] = Field(description="what is measured (custom is "
+                                                                         "refused)")
+    backend: Literal["torch_metrics"] = Field("torch_metrics", description="torch_metrics, the one slmforge computes")
+    sub_types: list[SubMetric] = Field(min_length=1, description="the figures of this metric, each with an "
+                                       "optional goal")
+    user_config: MetricUserConfig | None = Field(None, description="Olive's session switches (io_bind, "
+                                                 "shared_kv_buffer); the rest are refused by name")
     data_config: str | None = Field(None, description="the data config whose held-out rows are scored")
 
     @model_validator(mode="before")
@@ -174,10 +181,10 @@ def _check_goal_range(sub: SubMetric, i: int) -> None:
 
 
 class Evaluator(Strict):
-    name: str | None = None
+    name: str | None = Field(None, description="the evaluator's name (inline in engine.evaluator)")
     type: Literal[EVALUATOR_TYPES] | None = Field(  # type: ignore[valid-type]
         None, description="Olive's framework evaluators; the model's own by default")
-    metrics: list[Metric] = Field(default_factory=list)
+    metrics: list[Metric] = Field(default_factory=list, description="the metrics every evaluate step computes")
 
     @model_validator(mode="before")
     @classmethod

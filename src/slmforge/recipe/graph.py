@@ -15,7 +15,7 @@ from slmforge.models.model_folder import is_local_model
 from slmforge.recipe import evaluators
 from slmforge.recipe.builder_options import extra_options
 from slmforge.recipe.checks import resolve_path
-from slmforge.recipe.data_step import load_data_step
+from slmforge.recipe.data_step import load_data_step, scored_rows
 from slmforge.recipe.load_kwargs import finetune_dtype
 from slmforge.recipe.loaded import LoadedRecipe
 from slmforge.recipe.naming import recipe_digest, registered_name
@@ -74,7 +74,7 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
     if recipe.register_.enabled:
         steps.append(_register(loaded, chain.final, final_metrics, adapter, adapter_metrics))
     return StepGraph(steps=steps, final=chain.final, recipe_digest=recipe_digest(loaded), final_metrics=final_metrics,
-                     adapter=adapter, adapter_metrics=adapter_metrics)
+                     adapter=adapter, adapter_metrics=adapter_metrics, scored=scored_rows(loaded) if rows else None)
 
 
 # ---- the passes, in the recipe's order

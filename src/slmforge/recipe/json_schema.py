@@ -30,11 +30,13 @@ def recipe_schema() -> dict[str, Any]:
     for section, names in (("recipe", (None,)), *_SECTION_DEFS.items()):
         for name in names:
             _add_spellings(section, schema, original, name)
-    cookbook_model = _container("PyTorchModel", (), (), original, "HfModel")
-    cookbook_model["properties"]["type"] = {"const": "PyTorchModel", "type": "string"}
+    cookbook_model = _container("PyTorchModel", (), (), original, "HfModel", "")
+    cookbook_model["properties"]["type"] = {"const": "PyTorchModel", "type": "string",
+                                            "description": "Olive's model type: a PyTorch model"}
     cookbook_model.update(required=["type", "config"], description="the Cookbook's and Olive < 0.7's input model")
     defs["PyTorchModel"] = cookbook_model
-    schema["properties"]["input_model"] = {"anyOf": [{"$ref": "#/$defs/HfModel"}, {"$ref": "#/$defs/PyTorchModel"}]}
+    schema["properties"]["input_model"] = {"anyOf": [{"$ref": "#/$defs/HfModel"}, {"$ref": "#/$defs/PyTorchModel"}],
+                                           "description": Recipe.model_fields["input_model"].description}
     return schema
 
 
@@ -86,15 +88,25 @@ def _renamed(section: str, target: Path, original: dict, def_name: str | None) -
     return props
 
 
-def _container(section: str, old: Path, target: Path, original: dict, def_name: str | None) -> dict[str, Any]:
+def _container(section: str, old: Path, target: Path, original: dict, def_name: str | None,
+               description: str) -> dict[str, Any]:
     """The object a level at raw path `old` is: the keys of `target`, old spellings, nested levels."""
     node = _node(original, def_name, target) or {}
     props = {k: copy.deepcopy(v) for k, v in node.get("properties", {}).items() if k != "type" or not old}
     props.update(_renamed(section, target, original, def_name))
     for a in _aliases(section):
         if a.level and a.old[:-1] == old and len(a.old) > len(old) and a.old != a.new:
-            props[a.old[-1]] = _container(section, a.old, a.new, original, def_name)
-    return {"type": "object", "properties": props, "additionalProperties": False}
+            props[a.old[-1]] = _container(section, a.old, a.new, original, def_name, _level_text(a))
+    return {"type": "object", "properties": props, "additionalProperties": False, "description": description}
+
+
+def _level_text(a: Alias) -> str:
+    """What an older layout's wrapping level is, for its description."""
+    era = a.era or "Olive"
+    if a.holder:
+        return f"{era}: holds the data components' levels"
+    inside = ".".join(a.new) or "this object"
+    return f"{era}: a level holding the keys of {inside}"
 
 
 def _add_spellings(section: str, live: dict, original: dict, def_name: str | None) -> None:
@@ -109,7 +121,7 @@ def _add_spellings(section: str, live: dict, original: dict, def_name: str | Non
         where = _node(live, def_name, parent)  # the section itself, or a canonical object in it
         if where is None:
             continue
-        where["properties"][a.old[-1]] = _container(section, a.old, a.new, original, def_name)
+        where["properties"][a.old[-1]] = _container(section, a.old, a.new, original, def_name, _level_text(a))
         # The keys may be inside the level instead: only the tag and the name stay required.
         where["required"] = [k for k in where.get("required", []) if k in ("type", "name")]
         if not where["required"]:

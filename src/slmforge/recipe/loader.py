@@ -87,11 +87,12 @@ def _check_values(path: Path, data: Any) -> None:
             raise InvalidInput(f"{path}: {dotted(where) or '(top level)'}: holds a NUL byte")
 
 
-def load_recipe(path: str | Path, *, check_files: bool = True) -> LoadedRecipe:
-    """Parse and fully validate a recipe; raise InvalidInput listing every problem."""
+def load_recipe(path: str | Path, *, check_files: bool = True, raw: dict[str, Any] | None = None) -> LoadedRecipe:
+    """Parse and fully validate a recipe; raise InvalidInput listing every problem. `raw`: the recipe's
+    content as given (the Python API's overrides applied), read instead of the file at `path`."""
 
     path = Path(path).expanduser().resolve()
-    raw = read_raw(path)
+    raw = read_raw(path) if raw is None else raw
     norm = normalise(raw)  # any Olive generation -> the canonical shape
     problems = [f"{path}: {dotted(p)}: {m}" for p, m in norm.problems]
     try:

@@ -33,7 +33,8 @@ def dtype_name(dtype: str) -> str:
 
 # Keys whose recipe shape is not the step's (the step takes target_modules comma-separated).
 _RECIPE_SHAPED = {"target_modules": (list[str] | None, Field(None, description="default: every attention and MLP "
-                                                                                "projection"))}
+                                                                                "projection",
+                                                              examples=[["q_proj", "v_proj", "o_proj"]]))}
 
 
 def _step_fields(names) -> dict[str, tuple[Any, Any]]:
@@ -48,9 +49,11 @@ class FinetunePass(create_model("_FamilyKeys", __base__=Strict, type=(str, ...),
     """Keys every LoRA-family pass shares (Olive 0.13's LoRA); each member adds its own."""
 
     train_data_config: str = Field(description="name of a data config")
-    eval_data_config: str | None = None
+    eval_data_config: str | None = Field(None, description="name of a data config evaluated on instead of rows held "
+                                         "out of the training data")
     eval_dataset_size: float | None = Field(None, gt=0, description="slmforge: fraction (<1) or row count held out")
-    training_args: TrainingArgs = Field(default_factory=TrainingArgs)
+    training_args: TrainingArgs = Field(default_factory=TrainingArgs, description="the training loop's arguments "
+                                        "(Hugging Face TrainingArguments names)")
 
 
 def _rule(rule):
@@ -75,7 +78,8 @@ def pass_model(m: Method) -> type[FinetunePass]:
     if m.refuses:
         validators["_refuses"] = model_validator(mode="after")(refuse)
     return create_model(f"{m.pass_type}Pass", __base__=FinetunePass, __doc__=m.summary, __validators__=validators,
-                        type=(Literal[m.pass_type], ...), **_step_fields(n for n in m.params if n not in SHARED))
+                        type=(Literal[m.pass_type], Field(description=f"Olive's pass type: {m.summary}")),
+                        **_step_fields(n for n in m.params if n not in SHARED))
 
 
 FINETUNE_PASSES: dict[str, type[FinetunePass]] = {m.pass_type: pass_model(m) for m in METHODS.values()}
@@ -92,7 +96,8 @@ def finetune_step_params(p: FinetunePass) -> dict[str, Any]:
     return params
 
 
-class MergePass(create_model("MergeFields", __base__=Strict, type=(Literal["MergeAdapterWeights"], ...),
+class MergePass(create_model("MergeFields", __base__=Strict, type=(Literal["MergeAdapterWeights"], Field(
+                             description="Olive's pass type: merge the adapter into the base")),
                              **pydantic_fields(merge.Params, only=("torch_dtype",), aliases=OLIVE_DTYPES))):
     """Olive's MergeAdapterWeights: the merge step's parameters (steps/merge.py), Olive's fp16/fp32 spellings too."""
 
@@ -110,7 +115,8 @@ _BUILDER_RECIPE = {
 }
 
 
-class ModelBuilderPass(create_model("ModelBuilderFields", __base__=Strict, type=(Literal["ModelBuilder"], ...),
+class ModelBuilderPass(create_model("ModelBuilderFields", __base__=Strict, type=(Literal["ModelBuilder"], Field(
+                                    description="Olive's pass type: build an onnxruntime-genai model")),
                                     **pydantic_fields(build_onnx.Params, only=_BUILDER_PARAMS,
                                                       recipe=_BUILDER_RECIPE))):
     """Olive's ModelBuilder: the build_onnx step's parameters (steps/build_onnx.py), then builder keys passed on."""
@@ -134,7 +140,10 @@ class ModelBuilderPass(create_model("ModelBuilderFields", __base__=Strict, type=
 _NOT_SEPARATE = "a base with adapter slots keeps every adapter as optional inputs, served by onnxruntime-genai's Adapters"
 
 
-class ExtractAdaptersPass(create_model("ExtractAdaptersFields", __base__=Strict, type=(Literal["ExtractAdapters"], ...),
+_EXTRACT_TYPE = (Literal["ExtractAdapters"], Field(description="Olive's pass type: keep the adapter separate from the base"))
+
+
+class ExtractAdaptersPass(create_model("ExtractAdaptersFields", __base__=Strict, type=_EXTRACT_TYPE,
                                        **pydantic_fields(build_onnx.Params, only=("adapter_slots",), recipe={
                                            "adapter_slots": {"default": "all"}}))):
     """Olive's ExtractAdapters: the model is built as a base whose LoRA weights are inputs (build_onnx with

@@ -74,6 +74,8 @@ class StepGraph:
     # evaluation of that base with it active. None without ExtractAdapters.
     adapter: tuple[str, str] | None = None
     adapter_metrics: tuple[str, str] | None = None
+    # Which rows the evaluate steps score (data_step.scored_rows): data_config, split, held_out or separate.
+    scored: dict[str, Scalar] | None = None
 
     def step(self, name: str) -> Step:
         for s in self.steps:

@@ -19,6 +19,7 @@ from typing import Any
 
 from slmforge.backends.local import staging
 from slmforge.backends.local.cache import DigestMemo, locked
+from slmforge.backends.local.model_card import write_card
 from slmforge.backends.local.runner import StepResult
 from slmforge.contract import manifest
 from slmforge.contract.ownership import claim
@@ -38,13 +39,13 @@ def model_kind(component: str) -> str:
 
 
 def same_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> bool:
-    """True when `dest` already holds `source`'s model, unchanged."""
+    """True when `dest` already holds `source`'s model, unchanged (the model card written into it aside)."""
     wanted = (manifest.read_manifest(source) or {}).get("outputs_digest")
     have = (manifest.read_manifest(dest) or {}).get("outputs_digest")
     if have != wanted or not dest.is_dir():
         return False
-    digest = memo.digest_path if memo is not None else manifest.digest_path
-    return digest(dest) == wanted
+    return manifest.content_matches(dest, wanted, file_digest=memo.file_digest if memo is not None else
+                                    manifest.digest_file)
 
 
 def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None:
@@ -107,7 +108,15 @@ def local_run_record(loaded: LoadedRecipe, graph: StepGraph, results: list[StepR
                              "kind": model_kind(by_name[final_step].component)},
                       **({"adapter": {"path": str(model_dir.parent / ADAPTERS) if model_dir else None,
                                       "step": graph.adapter[0], "output": graph.adapter[1]}} if graph.adapter else {}),
-                      registered=registered, error=error, **extra)
+                      registered=registered, error=error,
+                      **({"scored": _scored(graph, evaluation)} if graph.scored else {}),
+                      **extra)
+
+
+def _scored(graph: StepGraph, evaluation: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The rows the evaluations scored: the recipe's data config and split, and how many (the evaluations' n)."""
+    counts = [m["n"] for m in evaluation.values() if m.get("n") is not None]
+    return {**(graph.scored or {}), **({"rows": max(counts)} if counts else {})}
 
 
 def _step_record(r: StepResult) -> dict[str, Any]:
@@ -155,6 +164,7 @@ def finish(loaded: LoadedRecipe, graph: StepGraph, results: list[StepResult], st
             if step.get("log") and Path(step["log"]).parent == stage.path / LOGS:
                 step["log"] = str(out_dir / LOGS / Path(step["log"]).name)
         write_report(record, stage.path / REPORT)
+        write_card(stage.path / MODEL if (stage.path / MODEL).is_dir() else out_dir / MODEL, record, loaded)
         staging.write_record(stage.path / RUN_JSON, record)
         (stage.path / LOGS).mkdir(exist_ok=True)
         names = [MODEL, ADAPTERS, LOGS, LOSS_PNG, plot_stamp, REPORT, RUN_JSON]

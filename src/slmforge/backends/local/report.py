@@ -56,6 +56,22 @@ def data_note(record: dict[str, Any]) -> str | None:
     return None
 
 
+def scored_text(record: dict[str, Any]) -> str | None:
+    """Which rows the evaluations scored (run.json's `scored`): how many, of which data config and split."""
+    scored = record.get("scored")
+    if not scored:
+        return None
+    rows = f"{scored['rows']} rows" if scored.get("rows") is not None else "rows"
+    split = f", split '{scored['split']}'" if scored.get("split") else ""
+    if scored.get("separate"):
+        how = "a data config of its own, not trained on"
+    else:
+        size = scored.get("held_out")
+        share = f"{size:.0%}" if isinstance(size, float) and size < 1 else f"{size} rows"
+        how = f"a seeded {share} held out of training"
+    return f"{rows} of data config '{scored['data_config']}'{split} ({how})"
+
+
 def evaluations(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     found = record.get("evaluation", {})
     ordered = [k for k in _EVAL_ORDER if k in found] + sorted(k for k in found if k not in _EVAL_ORDER)
@@ -169,6 +185,8 @@ def render_markdown(record: dict[str, Any], has_plot: bool) -> str:
         lines.append(f"- error: {record['error']}")
     if data_note(record):
         lines.append(f"- data: {data_note(record)}")
+    if scored_text(record):
+        lines.append(f"- scored: {scored_text(record)}")
     lines += ["", "## Steps", "", "| step | status | time | cache key | log |", "|---|---|---|---|---|"]
     for s in record["steps"]:
         time_text = fmt_seconds(s.get("seconds")) + (" (original)" if s["status"] == "cached" else "")
@@ -212,6 +230,8 @@ def summary_rows(record: dict[str, Any]) -> list[tuple[str, str]]:
         last = scored[-1][1]
         majority = f", majority class {last['majority_baseline']:.3f}" if last.get("majority_baseline") is not None else ""
         rows.append(("accuracy", f"{chain} on {last.get('n')} held-out rows{majority}"))
+    if scored_text(record):
+        rows.append(("scored", scored_text(record)))
     goals = [s["goal"]["met"] for m in evals.values() for metric in (m.get("evaluator") or {}).get("metrics", [])
              for s in metric["sub_types"] if s.get("goal")]
     if goals:
