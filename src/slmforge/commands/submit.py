@@ -55,7 +55,18 @@ def run(args: argparse.Namespace) -> int:
         registry_client = resolve_ml_client(args.workspace, loaded.recipe.azureml_client,
                                             registry_name=registry) if registry else None
         print_registered(register_job_model(ml_client, job.name, registry=registry, registry_client=registry_client))
+    print_job_summary(ml_client, job.name)
     return 0
+
+
+def print_job_summary(ml_client, name: str) -> None:
+    """The closing summary a local run prints (its renderer): steps, times, the evaluation table."""
+    import sys
+
+    from slmforge.backends.aml.jobs import get_job, job_record
+    from slmforge.backends.local.report import print_summary
+
+    print_summary(job_record(ml_client, get_job(ml_client, name)), sys.stdout, rich=sys.stdout.isatty())
 
 
 def print_registered(models: list, where: str = "") -> None:
