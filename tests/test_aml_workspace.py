@@ -31,3 +31,16 @@ def test_a_failed_sign_in_is_one_line_naming_az_login_not_the_credential_chain()
     for way in ("az login", "--workspace", "azureml_client", "SLMFORGE_WORKSPACE"):
         assert way in message, (way, message)
 
+
+
+def test_a_jobs_azureml_tracking_uri_becomes_plain_mlflow_rest():
+    """What azureml-mlflow (not installable beside our pins) does with a job's MLFLOW_TRACKING_URI."""
+    from slmforge.contract.aml_tracking import rest_tracking_uri, use_job_tracking
+
+    scope = "/subscriptions/s/resourceGroups/g/providers/Microsoft.MachineLearningServices/workspaces/w"
+    env = {"MLFLOW_TRACKING_URI": f"azureml://eastus.api.azureml.ms/mlflow/v1.0{scope}"}
+    assert use_job_tracking(env) is True
+    assert env["MLFLOW_TRACKING_URI"] == f"https://eastus.api.azureml.ms/mlflow/v2.0{scope}"
+    local = {"MLFLOW_TRACKING_URI": "sqlite:///mlflow.db"}
+    assert use_job_tracking(local) is False and local["MLFLOW_TRACKING_URI"] == "sqlite:///mlflow.db"
+    assert rest_tracking_uri("https://host/x") == "https://host/x"

@@ -83,6 +83,31 @@ def test_clean_never_touches_folders_slmforge_did_not_make(tmp_path):
     assert (thesis / "t.tex").read_text() == "hi" and not partial.root.exists()
 
 
+def test_identical_result_files_of_two_entries_become_one_read_only_file(tmp_path):
+    from slmforge.backends.local.cache import share_identical
+
+    cache = Cache(tmp_path)
+    memo = cache.memo
+    blob, other = os.urandom(8192), os.urandom(8192)
+    first, second, changed = (tmp_path / "merge" / (c * 64) / "model" for c in "abc")
+    for folder, data in ((first, blob), (second, blob), (changed, other)):
+        folder.mkdir(parents=True)
+        (folder / "w.bin").write_bytes(data)
+    memo.file_digest(first / "w.bin")
+    memo.file_digest(changed / "w.bin")
+    (changed / "w.bin").write_bytes(blob)  # now equal to blob, but the memo remembers the old content
+    assert share_identical([second], tmp_path, memo) == 8192
+    assert (second / "w.bin").stat().st_ino == (first / "w.bin").stat().st_ino
+    assert (second / "w.bin").read_bytes() == blob and not (first / "w.bin").stat().st_mode & 0o222
+    (first / "w.bin").chmod(0o644)
+    (first / "w.bin").write_bytes(other)  # an edit behind the memo's back (root ignores read-only)
+    third = tmp_path / "merge" / ("d" * 64) / "model"
+    third.mkdir(parents=True)
+    (third / "w.bin").write_bytes(blob)
+    share_identical([third], tmp_path, memo)  # the edited file is re-digested, never linked to
+    assert (third / "w.bin").read_bytes() == blob
+
+
 def test_digest_memo_matches_manifest_and_sees_same_size_rewrites(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()

@@ -198,9 +198,11 @@ def share_identical(folders: list[Path], root: Path, memo: DigestMemo) -> int:
     The shared files are made read-only: an edit in place would change every entry holding them."""
     prefix = str(root.absolute()) + os.sep
     inside = [str(f.absolute()) + os.sep for f in folders]
+    work = f"{os.sep}{WORK}{os.sep}"  # resumable state is rewritten in place: never a link target
     held: dict[str, str] = {}
     for path, (_, digest) in list(memo.data.items()):
-        if path.startswith(prefix) and not any(path.startswith(f) for f in inside) and os.path.isfile(path):
+        if path.startswith(prefix) and work not in path[len(prefix):] and not any(path.startswith(f) for f in inside) \
+                and os.path.isfile(path):
             held.setdefault(digest, path)
     saved = 0
     for folder in folders:
@@ -212,7 +214,12 @@ def share_identical(folders: list[Path], root: Path, memo: DigestMemo) -> int:
             if other is None:
                 held[digest] = str(file.absolute())
                 continue
-            if os.path.samefile(other, file) or not link_into(Path(other), file):
+            if os.path.samefile(other, file):
+                continue
+            if memo.file_digest(Path(other)) != digest:  # changed since it was digested: never link to it
+                held[digest] = str(file.absolute())
+                continue
+            if not link_into(Path(other), file):
                 continue
             saved += file.stat().st_size
             memo.file_digest(file)  # its signature is now the shared inode's
