@@ -1,7 +1,8 @@
 """`slmforge submit RECIPE`: run the recipe on Azure ML (or the emulator) as a pipeline job.
 
 Prints the job name and studio URL. With --wait (the default) it follows the job step by step,
-exits 1 naming the failed step, and registers the final model when the job completes.
+exits 1 naming the failed step, registers the final model when the job completes, and ends with the
+summary a local run prints (steps, times, the evaluation table: the steps' figures from their MLflow runs).
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ class Executor:
         experiment = props.get("experimentName") or "Default"
         mlflow_api.open_run(self.emu, run_id, experiment=experiment, name=node,
                             tags={"azureml.pipelinerunid": job, "azureml.nodeid": node})
-        return {"MLFLOW_TRACKING_URI": f"azureml://127.0.0.1:{self.emu.config.port}/mlflow/v1.0{self.emu.ws_id}",
+        return {"MLFLOW_TRACKING_URI": self.emu.mlflow_tracking_uri,
                 "MLFLOW_TRACKING_TOKEN": secrets.token_urlsafe(24), "MLFLOW_RUN_ID": run_id,
                 "MLFLOW_EXPERIMENT_ID": mlflow_api.experiment_id(self.emu, experiment),
                 "MLFLOW_EXPERIMENT_NAME": experiment,
