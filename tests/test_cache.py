@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 from slmforge.backends.local.cache import ENTRY, Cache, DigestMemo, cache_key, locked
 from slmforge.contract import manifest
 
-from local_pipeline import cache_entries, cli, run_slmforge, start_run, warm_pipeline, write_recipe
+from local_pipeline import SLMFORGE, cache_entries, cli, env_for, run_slmforge, start_run, warm_pipeline, write_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +81,31 @@ def test_clean_never_touches_folders_slmforge_did_not_make(tmp_path):
     partial.work.mkdir(parents=True)
     assert cache.clean(everything=True)[0] == 1
     assert (thesis / "t.tex").read_text() == "hi" and not partial.root.exists()
+
+
+def test_identical_result_files_of_two_entries_become_one_read_only_file(tmp_path):
+    from slmforge.backends.local.cache import share_identical
+
+    cache = Cache(tmp_path)
+    memo = cache.memo
+    blob, other = os.urandom(8192), os.urandom(8192)
+    first, second, changed = (tmp_path / "merge" / (c * 64) / "model" for c in "abc")
+    for folder, data in ((first, blob), (second, blob), (changed, other)):
+        folder.mkdir(parents=True)
+        (folder / "w.bin").write_bytes(data)
+    memo.file_digest(first / "w.bin")
+    memo.file_digest(changed / "w.bin")
+    (changed / "w.bin").write_bytes(blob)  # now equal to blob, but the memo remembers the old content
+    assert share_identical([second], tmp_path, memo) == 8192
+    assert (second / "w.bin").stat().st_ino == (first / "w.bin").stat().st_ino
+    assert (second / "w.bin").read_bytes() == blob and not (first / "w.bin").stat().st_mode & 0o222
+    (first / "w.bin").chmod(0o644)
+    (first / "w.bin").write_bytes(other)  # an edit behind the memo's back (root ignores read-only)
+    third = tmp_path / "merge" / ("d" * 64) / "model"
+    third.mkdir(parents=True)
+    (third / "w.bin").write_bytes(blob)
+    share_identical([third], tmp_path, memo)  # the edited file is re-digested, never linked to
+    assert (third / "w.bin").read_bytes() == blob
 
 
 def test_digest_memo_matches_manifest_and_sees_same_size_rewrites(tmp_path):
@@ -232,3 +258,47 @@ def test_cache_ls_and_clean_commands(warm, tmp_path):
     assert cli(warm.home, "cache", "clean", "--cache-dir", str(cache), "--older-than", "1h").stdout.startswith("removed 0")
     assert cli(warm.home, "cache", "clean", "--cache-dir", str(cache), "--all").stdout.startswith("removed 8")
     assert cli(warm.home, "cache", "clean", "--older-than", "soon").returncode == 2
+
+
+def test_the_output_model_and_identical_cache_files_are_links_not_copies(warm):
+    """Issue 24: out/model holds the cache's files (one inode, read-only), not a second full copy."""
+    [entry] = cache_entries(warm.cache, "build_onnx")
+    model = warm.cold.out_dir / "model"
+    big = [p for p in model.rglob("*") if p.is_file() and p.stat().st_size >= 4096 and p.name != manifest.MANIFEST]
+    assert big and any(p.name == "model.onnx.data" or p.suffix == ".onnx" for p in big), big
+    for file in big:
+        cached = entry / "model" / file.relative_to(model)
+        assert file.stat().st_ino == cached.stat().st_ino and file.stat().st_nlink > 1, file
+        assert not file.stat().st_mode & 0o222, f"{file}: a shared file must be read-only"
+    # identical files of two entries (the tokenizer the merge and the build both carry) are one file
+    [merged] = cache_entries(warm.cache, "merge")
+    merged_inodes = {p.stat().st_ino for p in merged.rglob("*") if p.is_file()}
+    assert any(p.stat().st_ino in merged_inodes for p in (entry / "model").rglob("*") if p.is_file())
+    listing = subprocess.run([*SLMFORGE, "cache", "ls", "--cache-dir", str(warm.cache)], capture_output=True,
+                             text=True, env=env_for(warm.home), timeout=120)
+    assert listing.returncode == 0 and "on disk" in listing.stdout, listing
+
+
+def test_cache_ls_from_the_recipe_folder_finds_the_recipe_cache(warm, tmp_path):
+    """The recipe's cache_dir, resolved from its folder, not ./.slmforge/cache (which said "empty")."""
+    recipe, cache = warm.fork(tmp_path / "project")
+    (tmp_path / "project" / "notes.json").write_text('{"not": "a recipe"}')
+    (tmp_path / "project" / ".slmforge" / "cache").mkdir(parents=True)  # an empty default cache beside it
+    listing = subprocess.run([*SLMFORGE, "cache", "ls"], capture_output=True, text=True, env=env_for(warm.home),
+                             cwd=recipe.parent, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert "8 entries" in listing.stdout and str(cache) in listing.stdout, listing.stdout
+
+
+def test_cache_clean_keep_last_keeps_each_steps_most_recent_entries(warm, tmp_path):
+    _, cache = warm.fork(tmp_path)
+    [merge] = cache_entries(cache, "merge")
+    older = cache / "merge" / ("e" * 64)  # an earlier run's merge: the same files, used a day ago
+    shutil.copytree(merge, older)
+    day_ago = time.time() - 86400
+    os.utime(older / ENTRY, (day_ago, day_ago))
+    assert cli(warm.home, "cache", "clean", "--cache-dir", str(cache), "--keep-last", "-1").returncode == 2
+    cleaned = cli(warm.home, "cache", "clean", "--cache-dir", str(cache), "--keep-last", "1")
+    assert cleaned.stdout.startswith("removed 1 entry"), cleaned
+    assert not older.exists() and merge.is_dir()
+    assert cli(warm.home, "cache", "clean", "--cache-dir", str(cache), "--keep-last", "0").stdout.startswith("removed 8")

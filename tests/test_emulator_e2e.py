@@ -50,7 +50,7 @@ def demo_job(emulator, tiny_model_dir, tmp_path_factory) -> dict:
     job = re.search(r"^submitted (\S+)$", out, re.M).group(1)
     name, version = re.search(r"^registered model (\S+):(\S+)$", out, re.M).groups()
     assert re.search(rf"^{job}: Completed$", out, re.M), out
-    return {"job": job, "name": name, "version": version, "recipe": recipe, "ws": str(ws), "state": state}
+    return {"job": job, "name": name, "version": version, "recipe": recipe, "ws": str(ws), "state": state, "out": out}
 
 
 def test_demo_model_downloads_and_predicts(demo_job, tmp_path, capsys):
@@ -71,6 +71,11 @@ def test_demo_model_downloads_and_predicts(demo_job, tmp_path, capsys):
                            "evaluate_onnx")}
     assert record["model"]["name"] == "phi3-tiny-tones" and record["model"]["path"] == str(model)
     assert 0.0 <= record["evaluation"]["onnx"]["accuracy"] <= 1.0 and record["model"]["kind"] == "onnx"
+    # complete (issue 24): the recipe submitted, the job's and each step's wall time, every evaluation
+    assert record["recipe"] == str(demo_job["recipe"]) and record["seconds"] > 0
+    assert all(s["seconds"] > 0 for s in record["steps"]), record["steps"]
+    assert set(record["evaluation"]) == {"base", "merged", "onnx"}
+    assert "tokens_per_second" in next(s for s in record["steps"] if s["name"] == "finetune")["metrics"]
     capsys.readouterr()
     assert cli(["predict", "--model", str(model), "I can't believe how wonderful the fair was!"]) == 0
     assert capsys.readouterr().out.strip()
@@ -131,3 +136,50 @@ def test_resubmission_uploads_no_code(demo_job, capsys):
     assert control.admin(state, "GET", "counters").get("start_pending_upload", 0) == uploads
     for job in submitted:
         assert cli(["cancel", job, "--workspace", ws]) == 0
+
+
+def test_submit_wait_ends_with_the_local_runs_summary(demo_job):
+    """The closing summary a local run prints (its renderer), after the registration line."""
+    out = demo_job["out"]
+    summary = out[out.index("registered model"):]
+    assert re.search(r"^slmforge run succeeded in ", summary, re.M), out
+    assert re.search(r"^ +accuracy: base \d\.\d{3} -> merged \d\.\d{3} -> onnx \d\.\d{3} on \d+ held-out rows",
+                     summary, re.M), summary
+    assert re.search(r"^  finetune +ran ", summary, re.M), summary
+
+
+def test_status_shows_each_steps_metrics_from_its_mlflow_run(demo_job, capsys):
+    job, ws = demo_job["job"], demo_job["ws"]
+    assert cli(["status", job, "--workspace", ws]) == 0
+    lines = {m.group(1): m.group(2) for m in re.finditer(r"^  (\w+) +Completed +(.*)$", capsys.readouterr().out, re.M)}
+    assert "tokens_per_second" in lines["finetune"] and "accuracy" in lines["evaluate_onnx"], lines
+    assert cli(["status", job, "--workspace", ws, "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["metrics"]
+    assert 0.0 <= metrics["evaluate_merged"]["accuracy"] <= 1.0 and metrics["finetune"]["tokens_per_second"] > 0
+
+
+def test_step_metrics_are_readable_through_mlflow_and_the_studio_link_answers(demo_job, monkeypatch):
+    """The workspace's tracking URI, as plain MLflow reads it (contract/aml_tracking.py): the fine-tune's
+    loss curve is in its step's run; the job's studio link is studio-shaped and answers."""
+    import requests
+    from mlflow import MlflowClient
+
+    from slmforge.backends.aml.jobs import find_step, get_job, studio_url
+    from slmforge.contract.aml_tracking import rest_tracking_uri
+    from slmforge.emulator.client import ml_client
+
+    ml = ml_client(demo_job["ws"])
+    uri = rest_tracking_uri(ml.workspaces.get(ml.workspace_name).mlflow_tracking_uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "any")  # the emulator takes any bearer
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(demo_job["state"] / "tls" / "cert.pem"))
+    run_id = find_step(ml, demo_job["job"], "finetune").name
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run_id).info.run_id == run_id
+    loss = client.get_metric_history(run_id, "loss") or client.get_metric_history(run_id, "train_loss")
+    assert len(loss) > 1 and len({p.step for p in loss}) == len(loss), loss
+
+    url = studio_url(get_job(ml, demo_job["job"]))
+    assert re.match(rf"^https://127\.0\.0\.1:\d+/runs/{demo_job['job']}\?wsid=/subscriptions/[^&]+"
+                    rf"/workspaces/[^&]+&tid=[0-9a-f-]+$", url), url
+    page = requests.get(url, verify=str(demo_job["state"] / "tls" / "cert.pem"), timeout=10)
+    assert page.status_code == 200 and demo_job["job"] in page.text and "finetune" in page.text

@@ -45,26 +45,27 @@ def _untrained(warm, tmp_path):
     return recipe, cache
 
 
-def test_the_output_model_is_a_copy_so_editing_it_never_edits_the_cache(warm, tmp_path):
-    """#7: out/model was hard-linked into the cache; an edit there rewrote the cache entry."""
+def test_an_edit_of_the_linked_output_model_is_caught_and_undone_by_the_next_run(warm, tmp_path):
+    """#7 then issue 24: out/model shares the cache's files (no second copy) read-only; an edit anyway (root
+    can) is never served from the cache: the next run finds the entry corrupt, rebuilds it, puts the model back."""
     recipe, cache = warm.fork(tmp_path)
     first = run_slmforge(recipe, warm.home)
     assert first.rc == 0, first.stderr
     model = tmp_path / "out" / "model"
     [entry] = cache_entries(cache, "build_onnx")
     assert (model / "README.md").is_file()  # the run's model card: written there, never in the cache
-    for file in (p for p in model.rglob("*") if p.is_file() and p.name != "README.md"):
-        cached = entry / "model" / file.relative_to(model)
-        assert file.stat().st_nlink == 1 and file.stat().st_ino != cached.stat().st_ino, file
-    config = model / "genai_config.json"
-    cached_config = (entry / "model" / "genai_config.json").read_text()
-    config.write_text(config.read_text().replace('"top_k"', '"top_k_edited"'))
-    assert (entry / "model" / "genai_config.json").read_text() == cached_config
+    assert not (entry / "model" / "README.md").exists()
+    data = next(p for p in model.rglob("*") if p.is_file() and p.stat().st_size >= 4096)
+    assert data.stat().st_ino == (entry / "model" / data.relative_to(model)).stat().st_ino
+    assert not data.stat().st_mode & 0o222  # read-only: a user's editor refuses (root's does not)
+    original = data.read_bytes()
+    data.write_bytes(original[:-8] + b"edited!!")
 
     again = run_slmforge(recipe, warm.home)
     assert again.rc == 0, again.stderr
-    assert set(again.statuses().values()) == {"cached"} and "corrupt" not in again.stdout
-    assert config.read_text() == cached_config  # the run put its own model back
+    assert "build_onnx" in {n for n, st in again.statuses().items() if st == "ran"} and "corrupt" in again.stdout
+    assert data.read_bytes() == original  # the run put its own model back
+    assert manifest.content_matches(model, manifest.read_manifest(model)["outputs_digest"])
 
 
 def _good_run(warm, tmp_path):

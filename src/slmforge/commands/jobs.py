@@ -39,14 +39,21 @@ def _run(args: argparse.Namespace) -> int:
         output_folder(args.output, "-o")  # before any service call
     ml_client = resolve_ml_client(args.workspace)
     if args.command == "status":
+        from slmforge.backends.aml.run_metrics import metrics_text, step_runs
+
         current = aml_jobs.follow(ml_client, args.job) if args.wait else aml_jobs.state(ml_client, args.job)
+        logged = step_runs(ml_client, current.runs)  # what each step logged to its MLflow run so far
         if args.json:
             print(json.dumps({"job": current.name, "status": current.status, "steps": current.steps,
+                              "metrics": {step: run.metrics for step, run in logged.items()},
                               "studio_url": current.studio_url}, indent=2))
-        elif not args.wait:
-            print(f"{current.name}: {current.status}")
+        else:
+            if not args.wait:
+                print(f"{current.name}: {current.status}")
             for step, status in current.steps.items():
-                print(f"  {step:<16} {status}")
+                if not args.wait or step in logged:
+                    figures = f"  {metrics_text(logged[step].metrics)}" if step in logged else ""
+                    print(f"  {step:<16} {status:<10}{figures}".rstrip())
         if current.done:
             aml_jobs.raise_if_failed(current, aml_logs.failure_cause(ml_client, current))
         return 0

@@ -1,7 +1,8 @@
 """`slmforge submit RECIPE`: run the recipe on Azure ML (or the emulator) as a pipeline job.
 
 Prints the job name and studio URL. With --wait (the default) it follows the job step by step,
-exits 1 naming the failed step, and registers the final model when the job completes.
+exits 1 naming the failed step, registers the final model when the job completes, and ends with the
+summary a local run prints (steps, times, the evaluation table: the steps' figures from their MLflow runs).
 """
 
 from __future__ import annotations
@@ -55,7 +56,18 @@ def run(args: argparse.Namespace) -> int:
         registry_client = resolve_ml_client(args.workspace, loaded.recipe.azureml_client,
                                             registry_name=registry) if registry else None
         print_registered(register_job_model(ml_client, job.name, registry=registry, registry_client=registry_client))
+    print_job_summary(ml_client, job.name)
     return 0
+
+
+def print_job_summary(ml_client, name: str) -> None:
+    """The closing summary a local run prints (its renderer): steps, times, the evaluation table."""
+    import sys
+
+    from slmforge.backends.aml.jobs import get_job, job_record
+    from slmforge.backends.local.report import print_summary
+
+    print_summary(job_record(ml_client, get_job(ml_client, name)), sys.stdout, rich=sys.stdout.isatty())
 
 
 def print_registered(models: list, where: str = "") -> None:

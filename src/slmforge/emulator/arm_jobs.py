@@ -8,15 +8,17 @@ from slmforge.emulator.arm_assets import system_data
 from slmforge.emulator.context import Emulator, now_iso
 from slmforge.emulator.jobstate import JOBS, TERMINAL, find_node, get_job, update_job
 from slmforge.emulator.routing import WS, Reply, Request, error, not_found, route
+from slmforge.emulator.studio import studio_url
 
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
 
 
 def job_reply(emu: Emulator, doc: dict) -> dict:
     body = dict(doc)
+    body.pop("runTimes", None)
     props = dict(body["properties"])
     props["services"] = {"Studio": {"jobServiceType": "Studio", "status": None,
-                                    "endpoint": f"{emu.base_url}/studio/jobs/{doc['name']}"}}
+                                    "endpoint": studio_url(emu, doc["name"])}}
     body["properties"] = props
     return body
 

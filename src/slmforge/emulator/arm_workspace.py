@@ -38,7 +38,7 @@ def workspace_body(emu: Emulator) -> dict:
             "keyVault": f"{arm}/Microsoft.KeyVault/vaults/{c.keyvault}",
             "applicationInsights": f"{arm}/Microsoft.Insights/components/emulator",
             "discoveryUrl": f"{emu.base_url}/discovery",
-            "mlFlowTrackingUri": f"azureml://127.0.0.1:{c.port}/mlflow/v1.0{emu.ws_id}",
+            "mlFlowTrackingUri": emu.mlflow_tracking_uri,
             "provisioningState": "Succeeded", "hbiWorkspace": False, "publicNetworkAccess": "Enabled",
             "v1LegacyMode": False, "enableDataIsolation": False, "storageHnsEnabled": False,
         },

@@ -77,6 +77,11 @@ class Emulator:
                 f"/providers/Microsoft.MachineLearningServices/workspaces/{c.workspace}")
 
     @property
+    def mlflow_tracking_uri(self) -> str:
+        """The workspace's `mlFlowTrackingUri`, as Azure ML writes it (and hands jobs as MLFLOW_TRACKING_URI)."""
+        return f"azureml://127.0.0.1:{self.config.port}/mlflow/v1.0{self.ws_id}"
+
+    @property
     def storage_endpoint(self) -> str:
         """What the SDK appends to `<account>.blob.`: resolved to 127.0.0.1 by client.py."""
         return f"core.localhost:{self.config.azurite_port}"

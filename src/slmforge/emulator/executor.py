@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmforge.emulator import azurite, jobstate
+from slmforge.emulator import azurite, jobstate, mlflow_api
 from slmforge.emulator.context import Emulator, now_iso
 from slmforge.emulator.environments import environment_problem
 from slmforge.emulator.materialize import code_snapshot, fetch, upload_output
@@ -194,6 +195,7 @@ class Executor:
         if argv and Path(argv[0]).name in ("python", "python3"):
             argv[0] = sys.executable
         env = self._environment(job, spec, comp_spec, code, run_id)
+        env.update(self._tracking(job, run_id, node, props))
         jobstate.put_node(emu, job, node, status="Running", startTimeUtc=now_iso())
         try:
             with open(log_path, "wb") as log_file:
@@ -216,6 +218,7 @@ class Executor:
                 self._current = None
             emu.revoke_msi(run_id)
             self._upload_log(run_id, log_path)
+        mlflow_api.close_run(emu, run_id, "FINISHED" if rc == 0 else "KILLED" if rc < 0 else "FAILED")
         if job in self._canceled or self._stopping:
             raise Canceled()
         if rc != 0:
@@ -227,6 +230,18 @@ class Executor:
             uploaded[out_name] = upload_output(emu, src, path)
             self._bind_pipeline_output(job, spec, out_name, uploaded[out_name])
         jobstate.put_node(emu, job, node, status="Completed", endTimeUtc=now_iso(), outputs=uploaded)
+
+    def _tracking(self, job: str, run_id: str, node: str, props: dict) -> dict[str, str]:
+        """What Azure ML gives a job for MLflow: the workspace's tracking URI, a token, the node's own run (its
+        id is the node's run id) and experiment; plus, here only, the emulator's certificate for plain MLflow."""
+        experiment = props.get("experimentName") or "Default"
+        mlflow_api.open_run(self.emu, run_id, experiment=experiment, name=node,
+                            tags={"azureml.pipelinerunid": job, "azureml.nodeid": node})
+        return {"MLFLOW_TRACKING_URI": self.emu.mlflow_tracking_uri,
+                "MLFLOW_TRACKING_TOKEN": secrets.token_urlsafe(24), "MLFLOW_RUN_ID": run_id,
+                "MLFLOW_EXPERIMENT_ID": mlflow_api.experiment_id(self.emu, experiment),
+                "MLFLOW_EXPERIMENT_NAME": experiment,
+                "MLFLOW_TRACKING_SERVER_CERT_PATH": str(self.emu.ca_file)}
 
     def _upload_log(self, run_id: str, log_path: Path) -> None:
         if log_path.is_file():

@@ -38,6 +38,11 @@ def update_job(emu: Emulator, name: str, **props: Any) -> dict:
             raise KeyError(name)
         doc["properties"].update(props)
         doc["systemData"]["lastModifiedAt"] = now_iso()
+        times = doc.setdefault("runTimes", {})  # run history's start and end (not part of the ARM body)
+        if props.get("status") == "Running":
+            times.setdefault("startTimeUtc", now_iso())
+        elif props.get("status") in TERMINAL:
+            times["endTimeUtc"] = now_iso()
         emu.store.put(JOBS, name, doc)
         return doc
 

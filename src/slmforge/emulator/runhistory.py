@@ -59,7 +59,8 @@ def details(emu: Emulator, req: Request, sub, rg, ws, run) -> Reply:
         job = get_job(emu, run)
         if job is None:
             return not_found(f"run '{run}'")
-        return Reply(200, {"runId": run, "status": job["properties"]["status"], "logFiles": {}})
+        return Reply(200, {"runId": run, "status": job["properties"]["status"], "logFiles": {},
+                           **job.get("runTimes", {})})
     logs = {}
     if node.get("startTimeUtc"):
         sas = azurite.container_sas(azurite.DATASTORE_CONTAINER, write=False)

@@ -12,7 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 # Importing the route modules registers their routes.
-from slmforge.emulator import admin, arm_assets, arm_jobs, arm_workspace, keyvault, registry, runhistory  # noqa: F401
+from slmforge.emulator import (  # noqa: F401
+    admin, arm_assets, arm_jobs, arm_workspace, keyvault, mlflow_api, registry, runhistory, studio)
 from slmforge.emulator.context import Emulator
 from slmforge.emulator.routing import Reply, Request, error, router
 

@@ -54,7 +54,10 @@ def run_step(step: str, params: type, argv: list[str] | None, work: Callable[[di
 
 def run_main(step: str, body: Callable[[], None]) -> int:
     """Run a step body; report a failure as one line naming the step, and return the exit code."""
+    from slmforge.contract.aml_tracking import use_job_tracking
+
     try:
+        use_job_tracking()  # in an Azure ML job: its MLflow run history through plain MLflow
         body()
     except Exception as e:  # noqa: BLE001 - errors.report translates or names it on one line
         return report(e, prefix=f"slmforge {step}")

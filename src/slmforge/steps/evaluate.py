@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmforge.contract import folders, manifest
+from slmforge.contract.aml_tracking import log_job_metrics
 from slmforge.contract.files import read_json_object
 from slmforge.contract.params import StepParams, make, param
 from slmforge.contract.step import StepSpec
@@ -101,6 +102,9 @@ def run(**given) -> dict:
             metrics=result, seconds=time.perf_counter() - started, libraries=libraries,
         )
     print(format_table(result))
+    # Inside a tracked job (Azure ML): the figures into the step's MLflow run, so studio and `status` show them.
+    # (Plain MlflowClient for now; the fine-tune's tracking.JobLogger could take this over.)
+    log_job_metrics(result, {"label": label, "model_kind": result.get("model_kind")})
     return result
 
 

@@ -23,10 +23,13 @@ from slmforge.backends.aml.pipeline import (
     ADAPTER_OUTPUT,
     FINAL_OUTPUT,
     METRICS_OUTPUT,
+    RECIPE_JOB_TAG,
     compile_pipeline,
     validate_pipeline,
 )
 from slmforge.backends.aml.retry import is_transient
+from slmforge.backends.aml.run_metrics import evaluations as logged_evaluations
+from slmforge.backends.aml.run_metrics import step_runs
 from slmforge.backends.aml.workspace import as_step_failed
 from slmforge.contract import folders
 from slmforge.contract.files import write_atomic
@@ -50,6 +53,7 @@ class JobState:
     status: str
     steps: dict[str, str] = field(default_factory=dict)  # node name -> status
     studio_url: str | None = None
+    runs: dict[str, str] = field(default_factory=dict)  # node name -> its run id (its MLflow run)
 
     @property
     def done(self) -> bool:
@@ -119,8 +123,10 @@ def status_text(status: Any) -> str:
 
 def state(ml_client: "MLClient", name: str) -> JobState:
     job = get_job(ml_client, name)
-    steps = {node_name(c): status_text(c.status) for c in child_jobs(ml_client, name)}
-    return JobState(name=job.name, status=status_text(job.status), steps=steps, studio_url=studio_url(job))
+    children = child_jobs(ml_client, name)
+    steps = {node_name(c): status_text(c.status) for c in children}
+    return JobState(name=job.name, status=status_text(job.status), steps=steps, studio_url=studio_url(job),
+                    runs={node_name(c): c.name for c in children})
 
 
 def follow(ml_client: "MLClient", name: str, *, echo: Callable[[str], None] = print,
@@ -189,16 +195,29 @@ def job_record(ml_client: "MLClient", job: "Job", *, model_dir: Path | None = No
         extra["adapter"] = {"path": str(adapter_dir) if adapter_dir else None, "output": ADAPTER_OUTPUT,
                             "name": getattr(adapter_output, "name", None),
                             "version": getattr(adapter_output, "version", None)}
-    steps = [{"name": node_name(c), "status": aml_step_status(status_text(c.status)), "job_status": status_text(c.status)}
-             for c in child_jobs(ml_client, job.name)]
+    children = child_jobs(ml_client, job.name)
+    logged = step_runs(ml_client, {node_name(c): c.name for c in children})
+    steps = [{"name": node_name(c), "status": aml_step_status(status_text(c.status)), "job_status": status_text(c.status),
+              "seconds": run_seconds(ml_client, c.name), "run_id": c.name,
+              "metrics": logged[node_name(c)].metrics if node_name(c) in logged else {}} for c in children]
+    # every evaluation the steps logged (base, merged, ...); the final model's from its metrics.json wins
+    evaluation = {**{label: evaluation_entry(m) for label, m in logged_evaluations(logged).items()}, **evaluation}
     return run_record(
-        status=aml_run_status(status_text(job.status)), recipe=None, recipe_digest=tags.get(RECIPE_DIGEST_TAG),
+        status=aml_run_status(status_text(job.status)), recipe=tags.get(RECIPE_JOB_TAG),
+        recipe_digest=tags.get(RECIPE_DIGEST_TAG), seconds=run_seconds(ml_client, job.name),
         steps=steps, evaluation=evaluation,
         model={"path": str(model_dir) if model_dir else None, "step": tags.get("slmforge.final_step"),
                "output": FINAL_OUTPUT, "kind": (metrics or {}).get("model_kind"),
                "name": getattr(output, "name", None), "version": getattr(output, "version", None)},
         job={"name": job.name, "status": status_text(job.status), "experiment": job.experiment_name,
              "display_name": job.display_name, "studio_url": studio_url(job), "tags": tags}, **extra)
+
+
+def run_seconds(ml_client: "MLClient", run_id: str) -> float | None:
+    """How long a run (the pipeline job, or one step) ran, from run history's start and end times."""
+    details = ml_client.jobs._runs_operations.get_run_details(run_id)  # private, as logs.py reads log files
+    start, end = getattr(details, "start_time_utc", None), getattr(details, "end_time_utc", None)
+    return (end - start).total_seconds() if start and end else None
 
 
 def job_metrics(ml_client: "MLClient", job: "Job", output: str = METRICS_OUTPUT) -> dict[str, Any] | None:

@@ -36,8 +36,16 @@ WORKSPACE_KEYS = ("subscription_id", "resource_group", "workspace_name")
 EMULATOR_KIND = "slmforge-emulator"  # slmforge.emulator.workspace_file.KIND (not imported: it pulls the server in)
 EMULATOR_FILE = "workspace.json"
 PROBE_TIMEOUT_S = 3.0
+WORKSPACE_ENV = "SLMFORGE_WORKSPACE"
+# The ways to name a workspace, said wherever one is missing or cannot be signed in to.
+WAYS = ("--workspace CONFIG (an Azure ML config.json, or the emulator's workspace file), the recipe's "
+        f"azureml_client, or {WORKSPACE_ENV}=CONFIG (default: ./config.json)")
+SIGN_IN = ("sign in with `az login` (or set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET for a "
+           "service principal)")
+EMULATOR_HINT = "offline: `slmforge emulator start`, then --workspace with the workspace file it prints"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _endpoint: str | None = None  # the workspace endpoint this process talks to (for error messages)
+_workspace: str | None = None  # which workspace, and where it was named (for error messages)
 
 
 def read_workspace_file(path: str | Path) -> dict[str, Any]:
@@ -110,15 +118,18 @@ def ml_client_from_workspace_file(path: str | Path, *, registry_name: str | None
         probe(data.get("endpoint"), hint=f"is the emulator running? (`slmforge emulator status --dir {folder}`)")
         return emulator_client.ml_client(Path(path), registry_name=registry_name, retry_policy=retry_policy())
     return _ml_client(data["subscription_id"], data["resource_group"], data["workspace_name"],
-                      registry_name=registry_name)
+                      registry_name=registry_name, named_by=str(path))
 
 
 def _ml_client(subscription: str, resource_group: str, workspace: str, *, registry_name: str | None = None,
-               overrides: "AzureMLClient | None" = None) -> "MLClient":
+               overrides: "AzureMLClient | None" = None, named_by: str = "") -> "MLClient":
     from azure.ai.ml import MLClient
 
+    global _workspace
     settings = client_settings(overrides)
     _remember_endpoint("https://management.azure.com")
+    _workspace = f"{registry_name or workspace} (subscription {subscription}, resource group {resource_group}" \
+                 f"{', from ' + named_by if named_by else ''})"
     if registry_name:
         return MLClient(default_credential(), subscription, resource_group, registry_name=registry_name, **settings)
     return MLClient(default_credential(), subscription, resource_group, workspace, **settings)
@@ -134,12 +145,11 @@ def resolve_ml_client(workspace_file: str | Path | None, recipe_client: "AzureML
         return ml_client_from_workspace_file(workspace_file, registry_name=registry_name)
     if recipe_client is not None:
         return _ml_client(recipe_client.subscription_id, recipe_client.resource_group, recipe_client.workspace_name,
-                          registry_name=registry_name, overrides=recipe_client)
-    env_file = os.environ.get("SLMFORGE_WORKSPACE")
+                          registry_name=registry_name, overrides=recipe_client, named_by="the recipe's azureml_client")
+    env_file = os.environ.get(WORKSPACE_ENV)
     default = Path(env_file) if env_file else Path.cwd() / "config.json"
     if not default.is_file():
-        raise InvalidInput("no workspace: pass --workspace CONFIG (an Azure ML config.json or the emulator's "
-                           "workspace file), set azureml_client in the recipe, or put config.json here")
+        raise InvalidInput(f"no workspace ({default} not found): give one with {WAYS}; {SIGN_IN}; {EMULATOR_HINT}")
     return ml_client_from_workspace_file(default, registry_name=registry_name)
 
 
@@ -186,10 +196,24 @@ def retry_refused(error: BaseException) -> StepFailed:
                       f"{error.elapsed:.1f} s ({RETRY_SECONDS_ENV} sets the budget)")
 
 
+def not_signed_in(error: BaseException) -> StepFailed | None:
+    """No credential for a real workspace (DefaultAzureCredential found none): one line saying how to give one."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    if _find(error, (ClientAuthenticationError,)) is None:
+        return None
+    where = f"workspace {_workspace}" if _workspace else "the Azure ML workspace"
+    return StepFailed(f"no Azure credential for {where}: {SIGN_IN}; name the workspace with {WAYS}; "
+                      f"{EMULATOR_HINT}")
+
+
 def as_step_failed(error: BaseException, what: str) -> StepFailed:
-    """An SDK error as one line: the unreachable endpoint, a refused Retry-After, else `what: <first line>`."""
+    """An SDK error as one line: no credential, the unreachable endpoint, a refused Retry-After, else
+    `what: <first line>`."""
     from slmforge.backends.aml.retry import RetryAfterBeyondBudget
 
+    if (unsigned := not_signed_in(error)) is not None:
+        return unsigned
     refused = _find(error, (RetryAfterBeyondBudget,))
     if refused is not None:
         return retry_refused(refused)
@@ -205,9 +229,9 @@ def service_errors() -> Iterator[None]:
     except (SlmforgeError, BrokenPipeError):  # a bare BrokenPipeError is our stdout's reader gone (the SDK wraps its own)
         raise
     except Exception as e:  # noqa: BLE001 - connection failures and service answers are translated
-        from azure.core.exceptions import HttpResponseError
+        from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 
-        if isinstance(e, HttpResponseError) or connection_failure(e) is not None:
+        if isinstance(e, (HttpResponseError, ClientAuthenticationError)) or connection_failure(e) is not None:
             raise as_step_failed(e, f"the workspace answered {getattr(e, 'status_code', None)}") from None
         raise
 

@@ -12,6 +12,11 @@ waits, then finds the first run's result.
 
 `cache_dir/digests.json` remembers file digests by (size, mtime, inode), so a cached rerun does
 not re-read a multi-GB model to key or verify it; any write to a file changes its signature.
+
+Identical files are stored once: a finished entry's result files that another entry already holds
+(same digest) become hard links to it, read-only like every shared file (`share_identical`), and the
+run's output folder links the final model the same way (outputs.py). An edit of a shared file (root
+ignores the read-only bit) changes its signature: the entry is found corrupt and rebuilt, never served.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from slmforge.contract import manifest
-from slmforge.contract.files import folder_size, json_digest, write_atomic
+from slmforge.contract.files import json_digest, write_atomic
 from slmforge.steps.catalog import STEPS
 
 ENTRY = "entry.json"
@@ -108,8 +113,10 @@ class Entry:
                 return "corrupt"
         return "hit"
 
-    def finish(self, *, step: str, outputs: list[str], seconds: float, extra: dict[str, Any]) -> dict[str, Any]:
-        """Record a completed step; outputs must already be finished folders."""
+    def finish(self, *, step: str, outputs: list[str], seconds: float, extra: dict[str, Any],
+               memo: "DigestMemo | None" = None) -> dict[str, Any]:
+        """Record a completed step; outputs must already be finished folders. With the cache's `memo`, its
+        result files that the cache already holds become links to those (`share_identical`)."""
         digests = {}
         for name in outputs:
             if name in self.work_outputs:
@@ -118,6 +125,9 @@ class Entry:
             if found is None or not manifest.is_finished(self.output(name)):
                 raise FileNotFoundError(f"output '{name}' was not written (no {manifest.MANIFEST} in {self.output(name)})")
             digests[name] = found["outputs_digest"]
+        if memo is not None:
+            share_identical([self.output(n) for n in outputs if n not in self.work_outputs], self.root.parent.parent,
+                            memo)
         meta = {"step": step, "component": self.component, "key": self.key, "seconds": round(seconds, 3),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "outputs": digests, **extra}
         write_atomic(self.root / ENTRY, json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -176,6 +186,70 @@ class DigestMemo:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps(self.data))
         self.dirty = False
+
+
+SHARE_MIN_BYTES = 4096  # smaller files are not worth a link (and an inode's bookkeeping)
+READ_ONLY = 0o444
+
+
+def share_identical(folders: list[Path], root: Path, memo: DigestMemo) -> int:
+    """Replace each file of `folders` that a file elsewhere under `root` (the cache) already holds, byte for byte,
+    by a hard link to it; return the bytes saved. Candidates are the files `memo` has digested under `root`.
+    The shared files are made read-only: an edit in place would change every entry holding them."""
+    prefix = str(root.absolute()) + os.sep
+    inside = [str(f.absolute()) + os.sep for f in folders]
+    work = f"{os.sep}{WORK}{os.sep}"  # resumable state is rewritten in place: never a link target
+    held: dict[str, str] = {}
+    for path, (_, digest) in list(memo.data.items()):
+        if path.startswith(prefix) and work not in path[len(prefix):] and not any(path.startswith(f) for f in inside) \
+                and os.path.isfile(path):
+            held.setdefault(digest, path)
+    saved = 0
+    for folder in folders:
+        for file in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
+            if file.stat().st_size < SHARE_MIN_BYTES or file.name == manifest.MANIFEST:
+                continue
+            digest = memo.file_digest(file)
+            other = held.get(digest)
+            if other is None:
+                held[digest] = str(file.absolute())
+                continue
+            if os.path.samefile(other, file):
+                continue
+            if memo.file_digest(Path(other)) != digest:  # changed since it was digested: never link to it
+                held[digest] = str(file.absolute())
+                continue
+            if not link_into(Path(other), file):
+                continue
+            saved += file.stat().st_size
+            memo.file_digest(file)  # its signature is now the shared inode's
+    return saved
+
+
+def link_into(source: Path, target: Path) -> bool:
+    """Make `target` a read-only hard link to `source` in one rename; False where the filesystem cannot."""
+    tmp = target.parent / f".{target.name}.link-{os.getpid()}"
+    try:
+        os.chmod(source, READ_ONLY)
+        os.link(source, tmp)
+    except OSError:  # another filesystem, no hard links there, or too many links
+        tmp.unlink(missing_ok=True)
+        return False
+    os.replace(tmp, target)
+    return True
+
+
+def keep_last(entries: list[tuple[Entry, dict[str, Any] | None]], n: int) -> list[Entry]:
+    """Finished entries beyond the `n` most recently used of each step (a run uses one entry per step)."""
+    by_step: dict[str, list[Entry]] = {}
+    for entry, meta in entries:
+        if meta is not None:
+            by_step.setdefault(f"{entry.component}/{meta.get('step', '')}", []).append(entry)
+    old = []
+    for found in by_step.values():
+        found.sort(key=lambda e: (e.root / ENTRY).stat().st_mtime, reverse=True)
+        old += found[n:]
+    return old
 
 
 @dataclass(frozen=True)
@@ -245,8 +319,10 @@ class Cache:
                 found.append((entry, entry.meta()))
         return found
 
-    def clean(self, *, everything: bool = False, older_than_s: float | None = None) -> tuple[int, int]:
-        """Remove unfinished entries (and, as asked, all or old ones). Returns (removed, bytes freed).
+    def clean(self, *, everything: bool = False, older_than_s: float | None = None,
+              keep_last_n: int | None = None) -> tuple[int, int]:
+        """Remove unfinished entries (and, as asked, all, old ones, or all but each step's last `keep_last_n`).
+        Returns (removed, bytes freed: a file another entry still links is not counted).
 
         Entries in use by a running step (locked) are skipped.
         """
@@ -256,8 +332,10 @@ class Cache:
             raise InvalidInput(f"{self.root}: not an slmforge cache (no {MARKER}); refusing to remove anything in it")
         removed = freed = 0
         now = time.time()
-        for entry, meta in self.entries():
-            if meta is not None and not everything:
+        entries = self.entries()
+        beyond = {e.root for e in keep_last(entries, keep_last_n)} if keep_last_n is not None else set()
+        for entry, meta in entries:
+            if meta is not None and not everything and entry.root not in beyond:
                 if older_than_s is None:
                     continue
                 if now - (entry.root / ENTRY).stat().st_mtime < older_than_s:
@@ -265,7 +343,7 @@ class Cache:
             with locked(entry.lock_path, blocking=False) as got:
                 if not got:
                     continue
-                size = folder_size(entry.root)
+                size = sum(p.stat().st_size for p in entry.root.rglob("*") if p.is_file() and p.stat().st_nlink == 1)
                 entry.remove()
                 entry.lock_path.unlink(missing_ok=True)
                 removed += 1

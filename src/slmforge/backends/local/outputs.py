@@ -2,9 +2,11 @@
 
 The run builds them in its own folder, output_dir/runs/<run-id>/ (staging.py), and swaps them in
 only when it succeeds: a failed, interrupted or killed rerun leaves the last good model and its
-record whole, and its own record and logs in runs/<run-id>/. model/ is copied from the
-cache as reflinks where the filesystem can: never hard links, so editing the output never edits the
-cache. output_dir is a folder slmforge made (its `.slmforge` marker) or an empty one.
+record whole, and its own record and logs in runs/<run-id>/. model/ holds the cache's files, never a
+second full copy where the filesystem allows: hard links (read-only, like every file the cache shares;
+an edit in place, which root can still make, shows as a corrupt entry that the next run rebuilds and
+puts back), else copy-on-write clones, else copies (another filesystem). output_dir is a folder
+slmforge made (its `.slmforge` marker) or an empty one.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from slmforge.backends.local import staging
-from slmforge.backends.local.cache import DigestMemo, locked
+from slmforge.backends.local.cache import READ_ONLY, SHARE_MIN_BYTES, DigestMemo, locked
 from slmforge.backends.local.model_card import write_card
 from slmforge.backends.local.runner import StepResult
 from slmforge.contract import manifest
@@ -49,8 +51,7 @@ def same_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> bool
 
 
 def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None:
-    """Place the final model at `dest` as its own copy (hard links would let an edit of the output
-    rewrite the cache entry and every other output folder), atomically."""
+    """Place the final model at `dest`, atomically: its files linked to the cache's (`share_file`)."""
     if same_model(source, dest, memo):
         return  # already there, unchanged
     with manifest.atomic_output(dest) as tmp:
@@ -60,7 +61,20 @@ def copy_model(source: Path, dest: Path, memo: DigestMemo | None = None) -> None
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            clone_or_copy(file, target)
+            share_file(file, target)
+
+
+def share_file(source: Path, target: Path) -> None:
+    """`target` as a read-only hard link to `source` (one inode, no second copy); where the filesystem
+    cannot link (another filesystem), a clone or copy. The manifest is copied: each folder has its own."""
+    if source.name != manifest.MANIFEST and source.stat().st_size >= SHARE_MIN_BYTES:
+        try:
+            os.chmod(source, READ_ONLY)
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    clone_or_copy(source, target)
 
 
 _FICLONE = 0x40049409  # linux/fs.h: share extents copy-on-write (btrfs, xfs, overlayfs on them)

@@ -257,7 +257,8 @@ class LocalRunner:
             error = changed
         elif rc == 0:
             try:
-                entry.finish(step=step.name, outputs=outputs, seconds=seconds, extra={"argv": prepared.argv})
+                entry.finish(step=step.name, outputs=outputs, seconds=seconds, extra={"argv": prepared.argv},
+                             memo=self.cache.memo)
             except FileNotFoundError as e:
                 error = f"the step exited 0 but {e}"
         else:
