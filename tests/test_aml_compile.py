@@ -128,7 +128,8 @@ def test_cookbook_rest_body_has_registry_model_datastore_output_and_keyvault_nam
     digest = build_graph(load_recipe(COOKBOOK_AML)).recipe_digest
     assert body["settings"]["default_compute"] == "gpu-cluster"
     assert body["settings"]["default_datastore"] == "workspaceblobstore"
-    assert body["outputs"]["model"] == {"assetName": "phi3-finetuned", "assetVersion": digest[:12],
+    # No register.name: the recipe file's name (issue 24), not the output folder's (phi3-finetuned).
+    assert body["outputs"]["model"] == {"assetName": "cookbook-aml", "assetVersion": digest[:12],
                                         "jobOutputType": "custom_model"}
     assert body["outputs"]["metrics"]["jobOutputType"] == "uri_folder"
     jobs = body["jobs"]

@@ -45,10 +45,11 @@ def test_submit_sends_the_compiled_pipeline(emulator, ml_client, capsys):
     name = submit_detached(str(emulator[1]), capsys)
     job = ml_client.jobs.get(name)
     digest = build_graph(load_recipe(COOKBOOK_AML)).recipe_digest
-    assert job.outputs["model"].name == "phi3-finetuned"
+    assert job.outputs["model"].name == "cookbook-aml"  # the recipe file's name (issue 24)
     assert job.outputs["model"].version == digest[:12]
     assert job.tags["slmforge.recipe_digest"] == digest
-    assert job.experiment_name == "phi3-finetuned"
+    assert job.experiment_name == "cookbook-aml"
+    assert job.tags["slmforge.recipe"] == COOKBOOK_AML.name
     assert set(job.jobs) == {"load_data", "finetune", "merge", "evaluate_merged", "build_onnx", "evaluate_onnx"}
 
 

@@ -38,7 +38,9 @@ METRICS_OUTPUT = "metrics"  # the final model's evaluation (StepGraph.final_metr
 # evaluation of base + adapter are two more outputs, and the job's tags name the base apart.
 ADAPTER_OUTPUT, ADAPTER_METRICS_OUTPUT = "adapter", "adapter_metrics"
 BASE_NAME_JOB_TAG = "slmforge.base_name"
-RECIPE_JOB_TAG = "slmforge.recipe"  # the recipe file submitted (run.json's `recipe`, as a local run records it)
+# The recipe file submitted, by its name: run.json's `recipe` after download (a local path would tie the
+# compiled folder to this machine).
+RECIPE_JOB_TAG = "slmforge.recipe"
 PIPELINE_FILE = "pipeline.yml"
 CODE_DIR, BUILD_DIR = "code", "docker"  # snapshots beside pipeline.yml (compile -o)
 
@@ -129,7 +131,7 @@ def compile_pipeline(loaded: "LoadedRecipe", files_dir: Path, *, compute: str | 
     out = job.outputs[ADAPTER_OUTPUT if graph.adapter else FINAL_OUTPUT]
     out.name, out.version = name, ver
     job.experiment_name = experiment or _node_safe(name)
-    job.tags = {"slmforge.recipe_digest": graph.recipe_digest, RECIPE_JOB_TAG: str(loaded.path),
+    job.tags = {"slmforge.recipe_digest": graph.recipe_digest, RECIPE_JOB_TAG: loaded.path.name,
                 "slmforge.model": f"{name}:{ver}",
                 "slmforge.final_step": graph.final[0], "slmforge.register_format": loaded.recipe.register_.format}
     if graph.adapter:
