@@ -73,9 +73,12 @@ class RunOutcome:
     stderr: str
     seconds: float
     out_dir: Path
+    snapshot: dict | None = None  # run.json as the run left it (the warm run's: later reruns replace out/)
 
     @property
     def record(self) -> dict:
+        if self.snapshot is not None:
+            return self.snapshot
         return json.loads((self.out_dir / "run.json").read_text(encoding="utf-8"))
 
     def statuses(self) -> dict[str, str]:
@@ -140,14 +143,28 @@ def warm_pipeline(tmp_path_factory, tiny_model_dir: Path, demo_data: Path) -> Wa
         saved = base / "outcome.json"
         if saved.is_file():
             data = json.loads(saved.read_text())
-            cold = RunOutcome(data["rc"], data["stdout"], data["stderr"], data["seconds"], Path(data["out_dir"]))
+            cold = RunOutcome(data["rc"], data["stdout"], data["stderr"], data["seconds"], Path(data["out_dir"]),
+                              data["record"])
         else:
             recipe = write_recipe(folder, tiny_model_dir, demo_data)
             cold = run_slmforge(recipe, home, track=True)  # tracked: test_tracking reads its MLflow run
+            cold.snapshot = _frozen(cold, base / "cold-logs") if cold.rc == 0 else None
             saved.write_text(json.dumps({"rc": cold.rc, "stdout": cold.stdout, "stderr": cold.stderr,
-                                         "seconds": cold.seconds, "out_dir": str(cold.out_dir)}))
+                                         "seconds": cold.seconds, "out_dir": str(cold.out_dir),
+                                         "record": cold.snapshot}))
     assert cold.rc == 0, f"the warm pipeline's cold run failed:\n{cold.stdout}\n{cold.stderr}"
     return WarmPipeline(folder, recipe, folder / "cache", home, tiny_model_dir, folder / "tones.jsonl", cold)
+
+
+def _frozen(outcome: RunOutcome, logs: Path) -> dict:
+    """The run's record with its step logs copied to `logs`: a later rerun of the same recipe (test_local_run)
+    replaces out/run.json and out/logs/, and the tests reading the cold run read these."""
+    record = outcome.record
+    shutil.copytree(outcome.out_dir / "logs", logs)
+    for step in record["steps"]:
+        if step.get("log"):
+            step["log"] = str(logs / Path(step["log"]).name)
+    return record
 
 
 def tracked_run(home: Path, stdout: str):

@@ -84,10 +84,11 @@ def test_the_readme_s_three_shapes_are_one_recipe(tmp_path, demo_data, tiny_mode
     assert [kind for kind, _ in blocks] == ["json", "yaml", "json"]
     folder = _place(tmp_path, demo_data, tiny_model_dir, names=[])
     graphs = []
-    for i, (kind, text) in enumerate(blocks):
-        path = folder / f"shape{i}.{kind}"
+    for kind, text in blocks:
+        path = folder / f"recipe.{kind}"  # one file name: without register.name the model is named after it
         path.write_text(text)
         graphs.append(_graph(path))
+        path.unlink()
     assert graphs[0] == graphs[1] == graphs[2]
 
 

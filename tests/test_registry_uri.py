@@ -35,8 +35,16 @@ def warm(tmp_path_factory, tiny_model_dir, demo_data):
 
 @pytest.fixture
 def in_warm_home(warm, tmp_path, monkeypatch):
-    """The CLI run in an empty folder with the warm run's registry as the user's."""
-    monkeypatch.setenv("SLMFORGE_HOME", str(warm.home))
+    """The CLI run in an empty folder with a copy of the warm run's registry as the user's, its `current`
+    alias on the warm run's version (other tests register more versions of tiny-tones in the shared one)."""
+    from slmforge.registry.mlflow_store import client_for
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(warm.home / "registry.db", home / "registry.db")  # the versions' files stay where they are
+    client_for(f"sqlite:///{home / 'registry.db'}").set_registered_model_alias(
+        "tiny-tones", "current", str(warm.cold.record["registered"]["version"]))
+    monkeypatch.setenv("SLMFORGE_HOME", str(home))
     monkeypatch.chdir(tmp_path)
     return warm
 

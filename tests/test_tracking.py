@@ -9,6 +9,7 @@ import io
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -85,8 +86,9 @@ def test_report_to_none_tracks_nothing(tmp_path, tiny_model_dir, demo_data, monk
 def test_without_a_terminal_the_run_prints_progress_lines(warm):
     lines = [ln for ln in warm.cold.stdout.splitlines() if ln.startswith("[slmforge] finetune ")]
     assert any(re.search(r"\d+/\d+ (steps|eval sequences) \(\d+%\)", ln) for ln in lines), lines
-    events = [json.loads(ln[len(PREFIX):]) for ln in (warm.cold.out_dir / "logs" / "finetune.log").read_text()
-              .splitlines() if ln.startswith(PREFIX) and '"steps"' in ln]
+    log = Path(next(s["log"] for s in warm.cold.record["steps"] if s["name"] == "finetune"))  # the cold run's own
+    events = [json.loads(ln[len(PREFIX):]) for ln in log.read_text().splitlines()
+              if ln.startswith(PREFIX) and '"steps"' in ln]
     assert len(events) == 8 and all({"loss", "tokens_per_second", "eta_seconds"} <= set(e) for e in events)
 
 

@@ -23,9 +23,17 @@ def run(args: argparse.Namespace) -> int:
     from slmforge.errors import InvalidInput
     from slmforge.recipe.generations import to_current
     from slmforge.recipe.loader import load_recipe
+    from slmforge.recipe.naming import registered_name
 
     loaded = load_recipe(args.recipe, check_files=False)  # a recipe moves before its files do
-    text = json.dumps(to_current(loaded.canonical), indent=2, ensure_ascii=False) + "\n"
+    canonical = dict(loaded.canonical)
+    register = dict(canonical.get("register") or {})
+    if loaded.recipe.register_.enabled and not register.get("name"):
+        # The name it registers under came from its file's name: written out, so the migrated file (named
+        # otherwise) registers the same model.
+        canonical["register"] = {**register, "name": registered_name(loaded)}
+    current = to_current(canonical)
+    text = json.dumps(current, indent=2, ensure_ascii=False) + "\n"
     if not args.output:
         print(text, end="")
         return 0

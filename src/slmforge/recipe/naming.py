@@ -13,8 +13,10 @@ from slmforge.registry.rules import recipe_tracking_uri
 
 def recipe_digest(loaded: LoadedRecipe) -> str:
     # Of the validated recipe: one recipe written in two Olive generations (or with its defaults
-    # written out, or another description) is one recipe.
+    # written out, or another description) is one recipe. The name it registers under is part of it,
+    # given or taken from the file's name (so `migrate`, which writes that name out, keeps the digest).
     meaning = loaded.recipe.model_dump(mode="json", by_alias=True, exclude={"schema_", "description"})
+    meaning["register"]["name"] = registered_name(loaded)
     return json_digest(meaning)
 
 
