@@ -42,6 +42,17 @@ def make_lora_adapter(base_dir: Path, out_dir: Path, *, seed: int = 0, r: int = 
     return Path(out_dir)
 
 
+def adapter_logits(base_dir: Path, adapter: Path) -> list:
+    """Logits of base + adapter (peft, float32) at every position of logit_check.CHECK_PROMPTS: what the merge
+    check compares a merged model with (merge.merge_into's `reference`)."""
+    from slmforge.models import logit_check, torch_model
+
+    tokenizer = torch_model.load_tokenizer(str(base_dir))
+    token_ids = [list(tokenizer(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
+    model = torch_model.with_adapter(torch_model.load_causal_lm(str(base_dir)), adapter)
+    return torch_model.all_logits(model, token_ids)
+
+
 def tone_dataset(root, tokenizer_dir, seed_data, *, max_samples: int, max_seq_len: int):
     """A load_data folder of the seed data's first rows: loss on the tone only, 10% held out."""
     import json

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from families import FAMILIES
-from lora_adapter import make_lora_adapter
+from lora_adapter import adapter_logits, make_lora_adapter
 
 from slmforge.contract import manifest
 from slmforge.errors import InvalidInput, StepFailed
@@ -94,7 +94,7 @@ def test_family_checks_pass_a_large_adapter_and_fail_broken_models(family, tiny_
     adapter = make_lora_adapter(model, tmp_path / "adapter", seed=3, r=16, std=0.4, targets=spec.targets)
     check = merge.merge_into(str(model), adapter, tmp_path / "merged")
     assert check["max_abs_diff"] <= check["bound"]
-    reference = _adapter_logits(model, adapter)
+    reference = adapter_logits(model, adapter)
 
     doubled = tmp_path / "doubled"
     shutil.copytree(adapter, doubled)
@@ -126,14 +126,6 @@ def test_family_checks_pass_a_large_adapter_and_fail_broken_models(family, tiny_
     for case, failed in (("lora_B x2", doubled_failed), ("zeroed layer", zeroed_failed), ("head", head_failed)):
         figure = re.search(r"difference (\S+ > \S+)", str(failed.value)).group(1)
         print(f"{family}, {case}: {figure}")
-
-
-def _adapter_logits(model: Path, adapter: Path) -> list:
-    from slmforge.models import logit_check, torch_model
-
-    tokenizer = torch_model.load_tokenizer(str(model))
-    token_ids = [list(tokenizer(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
-    return torch_model.all_logits(torch_model.with_adapter(torch_model.load_causal_lm(str(model)), adapter), token_ids)
 
 
 def test_lm_head_clash_is_refused_before_building(tiny_model_dir, tmp_path, capsys):

@@ -13,7 +13,7 @@ import pytest
 from slmforge.errors import StepFailed
 from slmforge.steps import merge
 
-from lora_adapter import make_lora_adapter
+from lora_adapter import adapter_logits, make_lora_adapter
 
 # lora_B std: 0.04 is what the Cookbook-shaped fine-tune gives (tiny Phi-3, LoRA on qkv_proj + o_proj, r 16,
 # lr 0.003, 200 steps on the seed data: lora_B std 0.039, measured; that run takes 2 minutes here, so the
@@ -22,14 +22,6 @@ from lora_adapter import make_lora_adapter
 CASES = {"cookbook-shaped (qkv_proj+o_proj, B std 0.04)": (["qkv_proj", "o_proj"], 0.04),
          "all linear layers, B std 0.01": (None, 0.01),
          "all linear layers, B std 0.4": (None, 0.4)}
-
-
-def _reference(base, adapter):
-    from slmforge.models import logit_check, torch_model
-
-    token_ids = [list(torch_model.load_tokenizer(str(base))(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
-    model = torch_model.with_adapter(torch_model.load_causal_lm(str(base)), adapter)
-    return torch_model.all_logits(model, token_ids)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -48,7 +40,7 @@ def test_wrong_scale_and_zeroed_layer_fail_the_merge_check(tiny_model_dir, tmp_p
 
     adapter = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3, r=16, std=0.04,
                                 targets=["qkv_proj", "o_proj"])
-    reference = _reference(tiny_model_dir, adapter)
+    reference = adapter_logits(tiny_model_dir, adapter)
 
     wrong = tmp_path / "wrong-scale"
     shutil.copytree(adapter, wrong)

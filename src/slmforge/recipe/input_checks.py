@@ -148,10 +148,9 @@ def _check_buildable(graph) -> Iterator[str]:
     if "build_onnx" not in graph.names():
         return
     build = graph.step("build_onnx")
-    source = next((step.inputs.get("model") for step in (graph.step(n) for n in ("finetune", "build_onnx")
-                                                             if n in graph.names())
-                   if step.inputs.get("model") is not None and step.inputs["model"].kind == "path"), None)
-    if source is None:
+    first = graph.step("finetune") if "finetune" in graph.names() else build  # the step reading the input model
+    source = first.inputs.get("model")
+    if source is None or source.kind != "path":
         return  # a hub model: the builder reads it
     try:
         folder = resolve_hf_folder(Path(source.value))
