@@ -1,6 +1,6 @@
 """End to end on the real model: one Olive 0.13 flat recipe, run by `olive run` and by `slmforge run`.
 
-    python bench/e2e_smollm2.py [--fresh N] [--cached N] [--steps N] [--no-olive]
+    python bench/e2e_smollm2.py [--fresh N] [--cached N] [--steps N] [--no-olive] [--no-eval-off]
 
 The recipe is bench/recipes/smollm2-tones-olive013.json (LoRA q/v/o r16 alpha 32, batch 8, 40 steps ->
 merge -> ModelBuilder int4 on SmolLM2-135M-Instruct, trained on the seed data, the 200 held-out rows
@@ -12,7 +12,10 @@ Both int4 models are then scored by the same code (`slmforge evaluate`, onnxrunt
 200 held-out rows neither tool trained on. Olive's exit code is not trusted (it exits 0 when a pass
 fails): a run counts only when it wrote a genai model. Olive runs from its own venv
 (bench/olive_venv.py); slmforge does more work in its graph (evaluates the merged and int4 models on
-its eval split, registers in the local MLflow registry) and it is all in its wall time.
+its eval split, registers in the local MLflow registry) and it is all in its wall time. A third side,
+`slmforge-eval-off`, runs the same recipe with `evaluate: {"enabled": false}` (no evaluate steps, no answer
+gates; the merge and ONNX logit checks stay), as Olive runs a recipe without an evaluator: the price of
+the evaluation is the difference of the two slmforge columns.
 """
 
 from __future__ import annotations
@@ -32,7 +35,10 @@ WORK = harness.REPO / ".slmforge" / "bench" / "e2e-smollm2"
 TARGETS = {"fresh_ratio_max": 0.5, "cached_ratio_max": 0.05, "accuracy_points_over_olive_min": 10}
 
 
-def materialize(folder: Path, steps: int | None) -> Path:
+EVAL_OFF = "slmforge-eval-off"
+
+
+def materialize(folder: Path, steps: int | None, evaluate: bool = True) -> Path:
     """The recipe with absolute model and data paths; cache and output stay relative (inside folder)."""
     recipe = json.loads(RECIPE.read_text())
     recipe["input_model"]["model_path"] = str(harness.SMOLLM2)
@@ -41,6 +47,8 @@ def materialize(folder: Path, steps: int | None) -> Path:
         dc["load_dataset_config"]["data_files"] = str(data[dc["name"]])
     if steps:
         recipe["passes"]["lora"]["training_args"]["max_steps"] = steps
+    if not evaluate:
+        recipe["evaluate"] = {"enabled": False}
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.json"
     path.write_text(json.dumps(recipe, indent=2))
@@ -49,7 +57,7 @@ def materialize(folder: Path, steps: int | None) -> Path:
 
 def final_model(tool: str, folder: Path) -> Path | None:
     """The int4 genai folder the run wrote, or None (then the run failed, whatever its exit code)."""
-    if tool == "slmforge":
+    if tool.startswith("slmforge"):
         run = folder / "out" / "run.json"
         if not run.is_file() or json.loads(run.read_text()).get("status") != "succeeded":
             return None
@@ -58,7 +66,7 @@ def final_model(tool: str, folder: Path) -> Path | None:
 
 
 def run_tool(tool: str, folder: Path, phase: str, olive: Path | None) -> dict:
-    argv = ([sys.executable, "-m", "slmforge", "run", "recipe.json", "--plain"] if tool == "slmforge"
+    argv = ([sys.executable, "-m", "slmforge", "run", "recipe.json", "--plain"] if tool.startswith("slmforge")
             else [str(olive), "run", "--config", "recipe.json"])
     r = harness.run_measured(argv, cwd=folder, env=harness.child_env(), log=folder / f"{phase}.log", timeout=2400)
     model = final_model(tool, folder)
@@ -83,17 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cached", type=int, default=3, help="fully cached reruns of each tool (alternating)")
     p.add_argument("--steps", type=int, help="override the recipe's max_steps (both tools)")
     p.add_argument("--no-olive", action="store_true")
+    p.add_argument("--no-eval-off", action="store_true", help=f"leave out the {EVAL_OFF} side")
     a = p.parse_args(argv)
     result = harness.Result("e2e_smollm2")
     olive, olive_error = (None, "skipped (--no-olive)") if a.no_olive else olive_venv.ensure()
-    tools = ["slmforge"] + (["olive"] if olive else [])
+    tools = ["slmforge"] + ([] if a.no_eval_off else [EVAL_OFF]) + (["olive"] if olive else [])
     shutil.rmtree(WORK, ignore_errors=True)
     last: dict[str, Path] = {}
 
     def fresh(tool: str):
         def side(rep: int) -> dict:
             folder = WORK / f"{tool}-{rep}"
-            materialize(folder, a.steps)
+            materialize(folder, a.steps, evaluate=tool != EVAL_OFF)
             last[tool] = folder
             return run_tool(tool, folder, "fresh", olive)
         return side
@@ -104,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     fresh_runs = harness.alternate({t: fresh(t) for t in tools}, a.fresh, "fresh")
     good = {t for t in tools if fresh_runs[t][-1]["ok"]}
     cached_runs = harness.alternate({t: cached(t) for t in tools if t in good}, a.cached, "cached")
-    accuracy = {t: score(final_model(t, last[t])) for t in good}
+    # The eval-off side builds the same model (same recipe, same seed; only checks differ): compared, not rescored.
+    accuracy = {t: score(final_model(t, last[t])) for t in good if t != EVAL_OFF}
+    same_model = (harness.same_files(final_model("slmforge", last["slmforge"]), final_model(EVAL_OFF, last[EVAL_OFF]))
+                  if {"slmforge", EVAL_OFF} <= good else None)
     for t, acc in accuracy.items():
         print(f"{t} int4 held-out accuracy: {acc}", flush=True)
 
@@ -115,10 +127,14 @@ def main(argv: list[str] | None = None) -> int:
         if "olive" in med:
             out["wall_ratio"] = harness.ratio(med["slmforge"].get("wall_seconds"), med["olive"].get("wall_seconds"))
             out["peak_rss_ratio"] = harness.ratio(med["slmforge"].get("peak_rss_mb"), med["olive"].get("peak_rss_mb"))
+            if EVAL_OFF in med:
+                out["eval_off_wall_ratio"] = harness.ratio(med[EVAL_OFF].get("wall_seconds"),
+                                                           med["olive"].get("wall_seconds"))
         return out
 
     summary = {"fresh": summary_of(fresh_runs), "cached": summary_of(cached_runs),
-               "heldout_accuracy_int4": {t: v.get("accuracy") for t, v in accuracy.items()}}
+               "heldout_accuracy_int4": {t: v.get("accuracy") for t, v in accuracy.items()},
+               "eval_off_same_model": same_model}
     acc = summary["heldout_accuracy_int4"]
     if acc.get("slmforge") is not None and acc.get("olive") is not None:
         summary["accuracy_points_over_olive"] = round(100 * (acc["slmforge"] - acc["olive"]), 1)

@@ -42,18 +42,19 @@ def matmul_peak_gflops(threads: int, n: int = 1024, seconds: float = 2.0) -> flo
     return round(max(rates), 1)  # the least disturbed window: a peak, not a typical rate
 
 
-def tokenized(work: Path, max_len: int = 64) -> Path:
+def tokenized(work: Path, max_len: int = 64, loss_on: str = "completion") -> Path:
     from slmforge.steps import load_data
 
     spec = work / "spec.json"
     spec.write_text('{"text_cols": ["phrase", "tone"], "text_template": %s}' % __import__("json").dumps(harness.TEMPLATE))
     out = work / "dataset"
     load_data.run(data=str(harness.SEED_DATA), spec=spec, tokenizer=harness.SMOLLM2, dataset=out,
-                  strategy="line-by-line", loss_on="completion", max_seq_len=max_len)
+                  strategy="line-by-line", loss_on=loss_on, max_seq_len=max_len)
     return out
 
 
-def profile(dataset: Path, steps: int, batch: int, method: str, threads: int) -> dict:
+def profile(dataset: Path, steps: int, batch: int, method: str, threads: int, target_modules: str | None = None,
+            lora_dropout: float = 0.05) -> dict:
     import torch
 
     from slmforge.training.data import BatchPlan, attention_cost, count_tokens, pack_batch, read_dataset
@@ -66,7 +67,8 @@ def profile(dataset: Path, steps: int, batch: int, method: str, threads: int) ->
     data = read_dataset(dataset)
     # The finetune step's own defaults, with the benchmark's adapter settings (bench/finetune.py's TRAIN)
     spec = adapter_spec(make(Params, {"model": str(harness.SMOLLM2), "dataset": str(dataset), "adapter": "unused",
-                                   "method": method, "r": 16, "alpha": 32.0, "lora_dropout": 0.05}))
+                                   "method": method, "r": 16, "alpha": 32.0, "lora_dropout": lora_dropout,
+                                   **({"target_modules": target_modules} if target_modules else {})}))
     model = load_model(harness.SMOLLM2, None, spec, "cpu", seed=0)
     config = model.get_base_model().config
     embedding = config.vocab_size * config.hidden_size
@@ -113,7 +115,8 @@ def profile(dataset: Path, steps: int, batch: int, method: str, threads: int) ->
     total = sum(sum(v) for v in phases.values())
     step_seconds = total / steps
     tps = sum(tokens) / total
-    return {"method": method, "steps": steps, "batch": batch, "threads": threads,
+    return {"method": method, "steps": steps, "batch": batch, "threads": threads, "lora_dropout": lora_dropout,
+            "target_modules": target_modules or "all-linear",
             "tokens_per_step": round(statistics.mean(tokens), 1), "step_seconds": round(step_seconds, 3),
             "tokens_per_second": round(tps, 1), "non_embedding_params_millions": round(non_embedding / 1e6, 1),
             "used_gflops": round(4 * non_embedding * tps / 1e9, 1),
@@ -129,12 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--methods", default="lora")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--target-modules", help="comma list (default: every linear layer)")
+    p.add_argument("--lora-dropout", type=float, default=0.05)
+    p.add_argument("--loss-on", default="completion", choices=("completion", "all"),
+                   help="labels on the answer only, or on the whole text (a recipe without loss_on)")
+    p.add_argument("--out", help="result file (default bench/results/finetune_profile.json)")
     a = p.parse_args(argv)
-    result = harness.Result("finetune_profile")
+    result = harness.Result("finetune_profile", Path(a.out) if a.out else None)
     peak_before = matmul_peak_gflops(a.threads)
     with tempfile.TemporaryDirectory(prefix="slmforge-bench-prof-") as tmp:
-        dataset = Path(a.dataset) if a.dataset else tokenized(Path(tmp))
-        runs = [profile(dataset, a.steps, a.batch, m, a.threads) for m in a.methods.split(",")]
+        dataset = Path(a.dataset) if a.dataset else tokenized(Path(tmp), loss_on=a.loss_on)
+        runs = [profile(dataset, a.steps, a.batch, m, a.threads, a.target_modules, a.lora_dropout)
+                for m in a.methods.split(",")]
     peak_after = matmul_peak_gflops(a.threads)
     peak = max(peak_before, peak_after)
     for r in runs:

@@ -116,6 +116,20 @@ def alternate(sides: dict[str, Callable[[int], dict]], reps: int, label: str = "
     return runs
 
 
+def same_files(a: Path | None, b: Path | None, skip: tuple[str, ...] = ("slmforge.json",)) -> bool | None:
+    """Whether two model folders hold the same files with the same bytes (their manifests aside: they
+    record how each was checked); None when either is missing."""
+    if a is None or b is None:
+        return None
+
+    def files(folder: Path) -> dict[str, bytes]:
+        import hashlib
+
+        return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).digest()
+                for f in sorted(folder.rglob("*")) if f.is_file() and f.name not in skip}
+    return files(a) == files(b)
+
+
 def medians(runs: list[dict]) -> dict:
     """The median of every numeric field over the runs that have it."""
     keys = [k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]

@@ -89,6 +89,26 @@ def test_graph_leaves_out_steps_the_recipe_does_not_ask_for(cookbook_dir):
     assert "metrics" not in graph.step("register").inputs
 
 
+def test_evaluate_enabled_false_runs_no_evaluation_and_no_answer_gates(cookbook_dir, capsys):
+    """Issue 25: a run as Olive runs a recipe without an evaluator, so bench/e2e_smollm2.py can price the checks."""
+    recipe = json.loads((cookbook_dir / "olive-config.json").read_text())
+    full = build_graph(load_recipe(cookbook_dir / "olive-config.json"))
+    assert "evaluate_onnx" in full.names() and "dataset" in full.step("build_onnx").inputs
+    recipe["evaluate"] = {"enabled": False}
+    path = cookbook_dir / "no-eval.json"
+    path.write_text(json.dumps(recipe))
+    graph = build_graph(load_recipe(path))
+    assert [n for n in graph.names() if n.startswith("evaluate")] == []
+    assert "dataset" not in graph.step("build_onnx").inputs and "metrics" not in graph.step("register").inputs
+    assert graph.names() == [n for n in full.names() if not n.startswith("evaluate")]
+
+    recipe.setdefault("engine", {})["evaluate_input_model"] = True  # asks for an evaluation: one line, exit 2
+    path.write_text(json.dumps(recipe))
+    capsys.readouterr()
+    assert main(["validate", str(path)]) == 2
+    assert "evaluate.enabled: false, but engine.evaluate_input_model is true" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- mistakes
 
 def _set(path: str, value):

@@ -13,6 +13,7 @@ from typing import Iterator
 from slmforge.errors import InvalidInput
 from slmforge.models.folder_check import model_folder_problem
 from slmforge.models.model_folder import is_local_model
+from slmforge.recipe.evaluators import active as active_evaluator
 from slmforge.recipe.evaluators import check_evaluators
 from slmforge.recipe.limits import check_limits
 from slmforge.recipe.load_kwargs import check_load_kwargs, load_kwargs_notes
@@ -64,6 +65,12 @@ def _check_references(loaded: LoadedRecipe) -> Iterator[str]:
     if r.evaluate.data_config is not None and r.evaluate.data_config not in names:
         ref = r.evaluate.data_config
         yield f"evaluate.data_config: no data config named '{ref}'{_hint(ref, names)}"
+    if not r.evaluate.enabled:
+        evaluator = active_evaluator(r)
+        if evaluator is not None:
+            yield f"evaluate.enabled: false, but the engine names an evaluator '{evaluator[0]}' (drop one)"
+        if r.engine.evaluate_input_model:
+            yield "evaluate.enabled: false, but engine.evaluate_input_model is true (drop one)"
     for field in ("host", "target"):
         ref = getattr(r.engine, field)
         if ref is not None and ref not in r.systems:

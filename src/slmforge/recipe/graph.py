@@ -48,8 +48,9 @@ def build_graph(loaded: LoadedRecipe) -> StepGraph:
     source = model_source(loaded)
     steps: list[Step] = []
     dc = load_data_step(loaded, source, steps)
-    # A user_script pre-process gives token ids, not rows: nothing to answer, so no evaluate steps or answer gates.
-    rows = dc is not None and "pre_process_data" not in dc.user_components
+    # A user_script pre-process gives token ids, not rows: nothing to answer, so no evaluate steps or answer gates;
+    # nor with evaluate.enabled false.
+    rows = dc is not None and "pre_process_data" not in dc.user_components and recipe.evaluate.enabled
     chain = _Chain(*source.inputs())
     extract = next((p for p in recipe.passes.values() if isinstance(p, ExtractAdaptersPass)), None)
     # Olive evaluates the input model when a goal is relative to it.

@@ -173,6 +173,9 @@ class EvaluateConfig(create_model("EvaluateFields", __base__=Strict,
         None, description="the data config whose rows are scored: a separate one is scored whole; left out (or "
         "the training one), the rows held out of training are scored (the fine-tune's eval_data_config, else "
         "eval_dataset_size of the training rows), never rows trained on", examples=["heldout"])
+    enabled: bool = Field(True, description="false: no evaluate steps and no answer gates on eval rows (the merge "
+                          "and ONNX logit checks stay), as Olive runs a recipe without an evaluator; the registered "
+                          "model then carries no evaluation")
 
 
 class RegisterConfig(Strict):

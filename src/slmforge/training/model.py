@@ -79,9 +79,14 @@ def load_model(model_dir: str | Path | None, model_id: str | None, spec: Adapter
         config = METHODS[spec.method].peft_config(spec)  # the registry entry's
         torch.manual_seed(seed)  # get_peft_model draws the LoRA A matrices: seeded after it, runs differ
         try:
-            return get_peft_model(model, config)
+            peft_model = get_peft_model(model, config)
         except ValueError as e:
             raise InvalidInput(f"target_modules {spec.target_modules}: {str(e).splitlines()[0]}") from None
+    if torch.device(device).type == "cpu":
+        from slmforge.training import dropout
+
+        dropout.install(peft_model)  # the same Bernoulli masks, drawn cheaper (training/dropout.py)
+    return peft_model
 
 
 def make_optimizer(name: str, params, *, lr: float, betas: tuple[float, float], eps: float,
