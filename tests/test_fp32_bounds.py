@@ -61,7 +61,7 @@ def test_wrong_scale_and_zeroed_layer_fail_the_merge_check(tiny_model_dir, tmp_p
     print(f"zeroed layer: {e.value}")
 
 
-def test_float64_reference_run_layer_by_layer_is_the_whole_model_in_float64(tiny_model_dir, tmp_path):
+def test_float64_reference_run_layer_by_layer_is_the_whole_model_in_float64(tiny_model_dir, tmp_path, monkeypatch):
     """The yardstick keeps one decoder layer in float64 at a time: bit for bit what the model loaded whole
     in float64 computes, peft adapter included."""
     import numpy as np
@@ -72,5 +72,9 @@ def test_float64_reference_run_layer_by_layer_is_the_whole_model_in_float64(tiny
     token_ids = [list(torch_model.load_tokenizer(str(tiny_model_dir))(p)["input_ids"]) for p in logit_check.CHECK_PROMPTS]
     whole = torch_model.all_logits(torch_model.with_adapter(torch_model.load_causal_lm(str(tiny_model_dir), "float64"),
                                                             adapter), token_ids)
+    monkeypatch.setattr(torch_model, "WHOLE_FLOAT64_BYTES", 0)  # the tiny model is small: force layer by layer
     layerwise = torch_model.float64_logits(str(tiny_model_dir), adapter, token_ids)
     assert all(a.dtype == np.float64 and np.array_equal(a, b) for a, b in zip(layerwise, whole))
+    monkeypatch.undo()
+    cast_whole = torch_model.float64_logits(str(tiny_model_dir), adapter, token_ids)
+    assert all(a.dtype == np.float64 and np.array_equal(a, b) for a, b in zip(cast_whole, whole))

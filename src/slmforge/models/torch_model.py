@@ -108,12 +108,22 @@ def float64_logits(source: str, adapter: str | Path | None, token_ids: list[list
 
     The float32 model is loaded and each module is cast to float64 only while it runs (float32 -> float64
     -> float32 is exact), so the pass computes what the whole model loaded in float64 computes, at the
-    float32 model's memory plus one module's float64 copy (Phi-3-mini: 15 GB, not 30)."""
+    float32 model's memory plus one module's float64 copy (Phi-3-mini: 15 GB, not 30). A model whose
+    float64 copy is small (WHOLE_FLOAT64_BYTES) is cast whole once instead: casting each layer there and
+    back for every prompt was most of SmolLM2's merge check (the same logits, bit for bit)."""
+    import torch
+
     model = load_causal_lm(source, "float32")
     if adapter is not None:
         model = with_adapter(model, adapter)
+    if sum(p.numel() for p in model.parameters()) * 8 <= WHOLE_FLOAT64_BYTES:
+        return all_logits(model.to(torch.float64), token_ids)
     with _float64_while_running(model):
         return all_logits(model, token_ids)
+
+
+# A float64 copy this small is made whole (SmolLM2-135M: 1.1 GB); above it, one layer at a time.
+WHOLE_FLOAT64_BYTES = 2 * 1024**3
 
 
 @contextlib.contextmanager
