@@ -137,6 +137,51 @@ def test_changed_data_content_at_the_same_path_reruns_from_load_data(warm, tmp_p
     assert ran(outcome) == set(outcome.statuses())  # everything depends on the data
 
 
+def test_edited_training_rows_leave_the_base_evaluation_cached_and_edited_eval_rows_do_not(tmp_path, tiny_model_dir,
+                                                                                              demo_data, monkeypatch):
+    """Issue 25 #2: evaluate_base reads only the eval part of the dataset (StepSpec.eval_inputs), so it is keyed by
+    that part (folders.eval_digest): a new training row reruns load_data and finetune, not the base's evaluation."""
+    import slmforge
+
+    rows = demo_data.read_text().splitlines()
+    train, held = tmp_path / "tones.jsonl", tmp_path / "heldout.jsonl"
+    held.write_text("\n".join(rows[:8]) + "\n")
+    train.write_text("\n".join(rows[8:]) + "\n")
+
+    def separate(recipe):  # eval rows from their own data config; LoRA only: load_data, evaluate_base, finetune
+        heldout = json.loads(json.dumps(recipe["data_configs"][0]))
+        heldout["name"], heldout["load_dataset_config"]["data_files"] = "heldout", held.name
+        recipe["data_configs"].append(heldout)
+        recipe["evaluate"].update(data_config="heldout", max_samples=8)
+        lora = recipe["passes"]["lora"]["config"]
+        del lora["eval_dataset_size"], recipe["passes"]["merge"], recipe["passes"]["builder"]
+        lora["training_args"].update(max_steps=2, save_steps=2, logging_steps=1)
+        recipe["register"] = {"enabled": False}
+
+    def statuses(result) -> dict[str, str]:
+        return {s["name"]: s["status"] for s in result.record["steps"]}
+
+    def edit_first_row(path):
+        lines = path.read_text().splitlines()
+        row = json.loads(lines[0])
+        row["phrase"] += " Really."
+        path.write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
+
+    monkeypatch.setenv("SLMFORGE_HOME", str(tmp_path / "home"))
+    recipe = write_recipe(tmp_path, tiny_model_dir, train, edit=separate)
+    first = slmforge.run(recipe)  # in this process: three runs of a subprocess each cost seconds of imports
+    assert statuses(first) == {"load_data": "ran", "evaluate_base": "ran", "finetune": "ran"}
+
+    edit_first_row(train)
+    second = slmforge.run(recipe)
+    assert statuses(second) == {"load_data": "ran", "evaluate_base": "cached", "finetune": "ran"}
+    assert second.metrics["base"] == first.metrics["base"]
+
+    edit_first_row(held)
+    third = slmforge.run(recipe)
+    assert statuses(third) == {"load_data": "ran", "evaluate_base": "ran", "finetune": "ran"}
+
+
 def test_changed_precision_reruns_only_the_build_and_later(warm, tmp_path):
     def to_fp32(r):
         r["passes"]["builder"]["config"]["precision"] = "fp32"
