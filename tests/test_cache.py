@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from slmforge.backends.local.cache import ENTRY, Cache, DigestMemo, cache_key, locked
-from slmforge.contract import manifest
+from slmforge.contract import folders, manifest
 
 from local_pipeline import SLMFORGE, cache_entries, cli, env_for, run_slmforge, start_run, warm_pipeline, write_recipe
 
@@ -45,6 +45,16 @@ def test_key_depends_on_every_part_and_not_on_order():
     for field, value in (("step", "b"), ("version", "2"), ("command", "y"), ("params", {"p": 1, "q": 3}),
                          ("inputs", {"data": "d2"})):
         assert cache_key({**material, field: value}) != cache_key(material), field
+
+
+def test_a_step_that_reads_only_the_eval_part_is_keyed_by_it_else_by_the_whole_folder():
+    from slmforge.backends.local.runner import _input_digest
+    from slmforge.steps import catalog
+
+    assert catalog.spec("evaluate").eval_inputs == ("dataset",) and catalog.spec("finetune").eval_inputs == ()
+    found = {"outputs_digest": "whole", folders.EVAL_DIGEST: "eval part"}
+    assert _input_digest(found, eval_only=True) == "eval part" and _input_digest(found, eval_only=False) == "whole"
+    assert _input_digest({"outputs_digest": "whole"}, eval_only=True) == "whole"  # a folder by an older slmforge
 
 
 def test_clean_removes_unfinished_entries_and_keeps_finished_ones(tmp_path):
@@ -176,6 +186,11 @@ def test_edited_training_rows_leave_the_base_evaluation_cached_and_edited_eval_r
     second = slmforge.run(recipe)
     assert statuses(second) == {"load_data": "ran", "evaluate_base": "cached", "finetune": "ran"}
     assert second.metrics["base"] == first.metrics["base"]
+    # the reused evaluation read the first run's dataset folder, and stands for the second's (build_onnx's --reference)
+    outputs = {s["name"]: Path(s["output"]) for s in second.record["steps"]}
+    evaluation, dataset = folders.find_evaluation(outputs["evaluate_base"]), folders.open_dataset(outputs["load_data"])
+    assert dataset.manifest[folders.EVAL_DIGEST] == dataset.eval_digest()
+    assert evaluation.dataset_digest != manifest.digest_path(dataset.path) and evaluation.evaluated(dataset)
 
     edit_first_row(held)
     third = slmforge.run(recipe)

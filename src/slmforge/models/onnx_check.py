@@ -29,7 +29,7 @@ def read_reference(reference: str, dataset: str, eval_data, max_new_tokens: int)
     if not isinstance(metrics.get("predictions"), list) or not isinstance(metrics.get("first_answer_tokens"), list):
         raise InvalidInput(f"--reference {folder}: not an evaluate output (no metrics.json with predictions)")
     if not found.evaluated(folders.open_dataset(dataset)):
-        raise InvalidInput(f"--reference {folder}: it evaluated other eval rows than --dataset {dataset}'s")
+        raise InvalidInput(f"--reference {folder}: it evaluated another dataset (other eval rows or template) than --dataset {dataset}")
     if metrics.get("max_new_tokens") != max_new_tokens or len(metrics["predictions"]) < len(rows):
         raise InvalidInput(f"--reference {folder}: it answered {len(metrics['predictions'])} rows with "
                            f"{metrics.get('max_new_tokens')} new tokens; the gates need {len(rows)} with {max_new_tokens}")
