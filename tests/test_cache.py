@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from slmforge.backends.local.cache import ENTRY, Cache, DigestMemo, cache_key, locked
-from slmforge.contract import manifest
+from slmforge.contract import folders, manifest
 
 from local_pipeline import SLMFORGE, cache_entries, cli, env_for, run_slmforge, start_run, warm_pipeline, write_recipe
 
@@ -45,6 +45,16 @@ def test_key_depends_on_every_part_and_not_on_order():
     for field, value in (("step", "b"), ("version", "2"), ("command", "y"), ("params", {"p": 1, "q": 3}),
                          ("inputs", {"data": "d2"})):
         assert cache_key({**material, field: value}) != cache_key(material), field
+
+
+def test_a_step_that_reads_only_the_eval_part_is_keyed_by_it_else_by_the_whole_folder():
+    from slmforge.backends.local.runner import _input_digest
+    from slmforge.steps import catalog
+
+    assert catalog.spec("evaluate").eval_inputs == ("dataset",) and catalog.spec("finetune").eval_inputs == ()
+    found = {"outputs_digest": "whole", folders.EVAL_DIGEST: "eval part"}
+    assert _input_digest(found, eval_only=True) == "eval part" and _input_digest(found, eval_only=False) == "whole"
+    assert _input_digest({"outputs_digest": "whole"}, eval_only=True) == "whole"  # a folder by an older slmforge
 
 
 def test_clean_removes_unfinished_entries_and_keeps_finished_ones(tmp_path):
@@ -135,6 +145,56 @@ def test_changed_data_content_at_the_same_path_reruns_from_load_data(warm, tmp_p
     outcome = run_slmforge(recipe, warm.home)
     assert outcome.rc == 0, outcome.stderr
     assert ran(outcome) == set(outcome.statuses())  # everything depends on the data
+
+
+def test_edited_training_rows_leave_the_base_evaluation_cached_and_edited_eval_rows_do_not(tmp_path, tiny_model_dir,
+                                                                                              demo_data, monkeypatch):
+    """Issue 25 #2: evaluate_base reads only the eval part of the dataset (StepSpec.eval_inputs), so it is keyed by
+    that part (folders.eval_digest): a new training row reruns load_data and finetune, not the base's evaluation."""
+    import slmforge
+
+    rows = demo_data.read_text().splitlines()
+    train, held = tmp_path / "tones.jsonl", tmp_path / "heldout.jsonl"
+    held.write_text("\n".join(rows[:8]) + "\n")
+    train.write_text("\n".join(rows[8:]) + "\n")
+
+    def separate(recipe):  # eval rows from their own data config; LoRA only: load_data, evaluate_base, finetune
+        heldout = json.loads(json.dumps(recipe["data_configs"][0]))
+        heldout["name"], heldout["load_dataset_config"]["data_files"] = "heldout", held.name
+        recipe["data_configs"].append(heldout)
+        recipe["evaluate"].update(data_config="heldout", max_samples=8)
+        lora = recipe["passes"]["lora"]["config"]
+        del lora["eval_dataset_size"], recipe["passes"]["merge"], recipe["passes"]["builder"]
+        lora["training_args"].update(max_steps=2, save_steps=2, logging_steps=1)
+        recipe["register"] = {"enabled": False}
+
+    def statuses(result) -> dict[str, str]:
+        return {s["name"]: s["status"] for s in result.record["steps"]}
+
+    def edit_first_row(path):
+        lines = path.read_text().splitlines()
+        row = json.loads(lines[0])
+        row["phrase"] += " Really."
+        path.write_text("\n".join([json.dumps(row)] + lines[1:]) + "\n")
+
+    monkeypatch.setenv("SLMFORGE_HOME", str(tmp_path / "home"))
+    recipe = write_recipe(tmp_path, tiny_model_dir, train, edit=separate)
+    first = slmforge.run(recipe)  # in this process: three runs of a subprocess each cost seconds of imports
+    assert statuses(first) == {"load_data": "ran", "evaluate_base": "ran", "finetune": "ran"}
+
+    edit_first_row(train)
+    second = slmforge.run(recipe)
+    assert statuses(second) == {"load_data": "ran", "evaluate_base": "cached", "finetune": "ran"}
+    assert second.metrics["base"] == first.metrics["base"]
+    # the reused evaluation read the first run's dataset folder, and stands for the second's (build_onnx's --reference)
+    outputs = {s["name"]: Path(s["output"]) for s in second.record["steps"]}
+    evaluation, dataset = folders.find_evaluation(outputs["evaluate_base"]), folders.open_dataset(outputs["load_data"])
+    assert dataset.manifest[folders.EVAL_DIGEST] == dataset.eval_digest()
+    assert evaluation.dataset_digest != manifest.digest_path(dataset.path) and evaluation.evaluated(dataset)
+
+    edit_first_row(held)
+    third = slmforge.run(recipe)
+    assert statuses(third) == {"load_data": "ran", "evaluate_base": "ran", "finetune": "ran"}
 
 
 def test_changed_precision_reruns_only_the_build_and_later(warm, tmp_path):

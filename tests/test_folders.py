@@ -152,3 +152,34 @@ def test_metrics_written_by_the_contract_read_back_with_the_dataset_they_evaluat
     assert folders.read_metrics(out) == {"accuracy": 0.5, "n": 2}
     found = folders.find_evaluation(out)
     assert found.metrics["n"] == 2 and found.dataset_digest == manifest.digest_path(dataset)
+
+
+def test_an_evaluation_stands_for_a_dataset_with_the_same_eval_part_only(tmp_path):
+    """Issue 25 #2: the local cache reuses an evaluation when only the training rows changed, so the check that
+    an evaluation is of this dataset (build_onnx's --reference) compares the eval part (folders.eval_digest)."""
+    from slmforge.models.onnx_check import read_reference
+
+    def evaluation(out: Path, dataset: Path, recorded: bool) -> Path:
+        with manifest.atomic_output(out) as tmp:
+            folders.write_metrics(tmp, {"predictions": ["y"], "first_answer_tokens": [1], "max_new_tokens": 4})
+            extra = {folders.DATASET_EVAL_DIGEST: folders.open_dataset(dataset).eval_digest()} if recorded else None
+            manifest.write_manifest(tmp, step=evaluate.STEP, params={}, inputs={"dataset": dataset}, extra=extra)
+        return out
+
+    dataset = _dataset(tmp_path / "ds")
+    new_training = _dataset(tmp_path / "train-edited", train=(SEQUENCE,))
+    variants = {"eval row": _dataset(tmp_path / "row-edited", rows=({"q": "x", "a": "z"},)),
+                "eval sequence": _dataset(tmp_path / "seq-edited", eval_=({**SEQUENCE, "input_ids": [5, 6, 8]},)),
+                "template": _dataset(tmp_path / "template-edited", template="Q: {q}\nAnswer: {a}")}
+    reference = evaluation(tmp_path / "metrics", dataset, recorded=True)
+    found = folders.find_evaluation(reference)
+    assert found.evaluated(folders.open_dataset(dataset)) and found.evaluated(folders.open_dataset(new_training))
+    for what, other in variants.items():
+        assert not found.evaluated(folders.open_dataset(other)), what
+    eval_data = read_dataset_folder(new_training, 1)
+    assert read_reference(str(reference), str(new_training), eval_data, 4)["predictions"] == ["y"]
+    with pytest.raises(InvalidInput, match="it evaluated another dataset"):
+        read_reference(str(reference), str(variants["eval row"]), read_dataset_folder(variants["eval row"], 1), 4)
+    # one by an older slmforge (no eval digest recorded): only the very same dataset folder
+    older = folders.find_evaluation(evaluation(tmp_path / "older", dataset, recorded=False))
+    assert older.evaluated(folders.open_dataset(dataset)) and not older.evaluated(folders.open_dataset(new_training))

@@ -18,6 +18,7 @@ columns, padding, perplexity) stays where it is and reads the folder through the
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 GENAI_CONFIG = "genai_config.json"
 METRICS = "metrics.json"
 TEMPLATE = "text_template"  # under the manifest's params
+# The dataset manifest's digest of its eval part (`eval_digest`); an evaluation's manifest records the one it read.
+EVAL_DIGEST, DATASET_EVAL_DIGEST = "eval_digest", "dataset_eval_digest"
 _MAX_DEPTH = 4  # adapter -> dataset is 1 hop; merged/onnx -> adapter -> dataset is 2
 
 
@@ -105,6 +108,10 @@ class Dataset:
                 raise InvalidInput(f"{path}: line {number} needs input_ids and labels of equal length")
         return records
 
+    def eval_digest(self) -> str:
+        """The digest of its eval part as the files are now (`eval_digest`), whatever the manifest says."""
+        return eval_digest(self.path, self.params.get(TEMPLATE))
+
     def held_out_rows(self, limit: int | None = None) -> list[dict]:
         """The raw held-out rows (eval_rows.jsonl), first `limit`; none is an error."""
         path = self.file(EVAL_ROWS)
@@ -112,6 +119,20 @@ class Dataset:
         if not rows:
             raise InvalidInput(f"{path}: no held-out rows to evaluate on")
         return rows
+
+
+def eval_digest(folder: str | Path, template: str | None) -> str:
+    """The digest of exactly what a reader of a dataset's eval part reads (models/eval_data.py
+    `read_dataset_folder`: evaluate, build_onnx's gates): eval_rows.jsonl, eval.jsonl (tokenized, so the
+    tokenizer, max_seq_len and packing count) and the text template; not train.jsonl. load_data records it
+    in its manifest (EVAL_DIGEST); the local cache keys such a reader's dataset input by it
+    (StepSpec.eval_inputs), so editing only the training rows does not rerun an evaluation."""
+    folder, h = Path(folder), hashlib.sha256()
+    for name in (EVAL_ROWS, EVAL):
+        path = folder / name
+        h.update(name.encode() + b"\0" + (manifest.digest_file(path) if path.is_file() else "-").encode() + b"\n")
+    h.update(TEMPLATE.encode() + b"\0" + (template or "").encode())
+    return h.hexdigest()
 
 
 def open_dataset(folder: str | Path) -> Dataset:
@@ -194,6 +215,15 @@ class Evaluation:
     def dataset_digest(self) -> str | None:
         """The digest of the dataset folder it evaluated."""
         return ((self.manifest.get("inputs") or {}).get("dataset") or {}).get("digest")
+
+    def evaluated(self, dataset: Dataset) -> bool:
+        """Whether it evaluated the eval part of `dataset` as it is now: the same eval rows, sequences and
+        template (an evaluation the local cache reused after only the training rows changed counts).
+        One by an older slmforge, which recorded no eval digest: the same dataset folder, by digest."""
+        recorded = self.manifest.get(DATASET_EVAL_DIGEST)
+        if recorded is not None:
+            return recorded == dataset.eval_digest()
+        return self.dataset_digest == manifest.digest_path(dataset.path)
 
 
 def write_metrics(out: str | Path, metrics: dict[str, Any]) -> None:

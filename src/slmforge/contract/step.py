@@ -29,6 +29,9 @@ class StepSpec:
     work_outputs: tuple[str, ...] = ()
     # What the run record takes from its result: an evaluation of a model (its metrics), or the registration.
     record: Literal["evaluation", "registration"] | None = None
+    # Dataset inputs it reads only the eval part of (folders.eval_digest: eval rows, eval sequences, template):
+    # the local cache keys them by that part, so editing only the training rows does not rerun it.
+    eval_inputs: tuple[str, ...] = ()
     # Runs on this machine only: on Azure ML the pipeline's named outputs stand in for it (register: the
     # SDK registers the final model after the job, backends/aml/models.py).
     local_only: bool = False
@@ -57,3 +60,6 @@ class StepSpec:
         outputs = {output_name(f) for f in dataclasses.fields(self.params)} - {None}
         unknown = sorted(set(self.work_outputs) - outputs)
         assert not unknown, f"{self.name}: work_outputs {unknown} are not outputs of its Params"
+        inputs = {f.name for f in dataclasses.fields(self.params) if f.metadata.get("asset") and not output_name(f)}
+        unknown = sorted(set(self.eval_inputs) - inputs)
+        assert not unknown, f"{self.name}: eval_inputs {unknown} are not folder inputs of its Params"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from slmforge.contract import folders, manifest
+from slmforge.contract import folders
 from slmforge.errors import InvalidInput, SlmforgeError, StepFailed
 from slmforge.models.answers import expected_answer
 
@@ -20,16 +20,18 @@ from slmforge.models.answers import expected_answer
 def read_reference(reference: str, dataset: str, eval_data, max_new_tokens: int) -> dict:
     """The source model's answers to the gates' eval rows, from its evaluate step's metrics.json.
 
-    Only an evaluation of this very dataset (by digest), answering at least those rows with the
-    gates' answer length, stands in for answering them again here."""
+    Only an evaluation of this dataset's eval part (rows, sequences, template: by digest; the training rows
+    may differ), answering at least those rows with the gates' answer length, stands in for answering them
+    again here."""
     rows, _, template = eval_data
     folder = Path(reference)
     found = folders.find_evaluation(folder)
     metrics = found.metrics if found is not None else {}
     if not isinstance(metrics.get("predictions"), list) or not isinstance(metrics.get("first_answer_tokens"), list):
         raise InvalidInput(f"--reference {folder}: not an evaluate output (no metrics.json with predictions)")
-    if found.dataset_digest != manifest.digest_path(Path(dataset)):
-        raise InvalidInput(f"--reference {folder}: it evaluated another dataset than --dataset {dataset}")
+    if not found.evaluated(folders.open_dataset(dataset)):
+        raise InvalidInput(f"--reference {folder}: it evaluated another dataset (other eval rows or template) "
+                           f"than --dataset {dataset}")
     if metrics.get("max_new_tokens") != max_new_tokens or len(metrics["predictions"]) < len(rows):
         raise InvalidInput(f"--reference {folder}: it answered {len(metrics['predictions'])} rows with "
                            f"{metrics.get('max_new_tokens')} new tokens; the gates need {len(rows)} with {max_new_tokens}")

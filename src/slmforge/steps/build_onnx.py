@@ -73,7 +73,7 @@ class Params(StepParams):
     output: str = param(asset="custom_model", output="model", help="onnxruntime-genai model folder to write")
 
 
-SPEC = StepSpec("build_onnx", Params, version="3", model_kind="onnx")
+SPEC = StepSpec("build_onnx", Params, version="3", model_kind="onnx", eval_inputs=("dataset",))
 
 
 def run(**given) -> dict:

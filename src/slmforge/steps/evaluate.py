@@ -51,7 +51,7 @@ class Params(StepParams):
     metrics: str = param(asset="uri_folder", output=True, help="metrics folder to write")
 
 
-SPEC = StepSpec("evaluate", Params, version="2", record="evaluation")
+SPEC = StepSpec("evaluate", Params, version="2", record="evaluation", eval_inputs=("dataset",))
 
 
 def run(**given) -> dict:
@@ -100,6 +100,7 @@ def run(**given) -> dict:
             inputs={"model": model, "adapter": p.adapter, "dataset": dataset, "evaluator": p.evaluator,
                     "baseline": p.baseline},
             metrics=result, seconds=time.perf_counter() - started, libraries=libraries,
+            extra={folders.DATASET_EVAL_DIGEST: folders.open_dataset(dataset).eval_digest()},
         )
     print(format_table(result))
     # Inside a tracked job (Azure ML): the figures into the step's MLflow run, so studio and `status` show them.

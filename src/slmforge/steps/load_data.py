@@ -148,7 +148,8 @@ def _write_folder(p: Params, seqs: dict, eval_rows: list, metrics: dict, params:
             out, step=folders.DATASET_STEP, params=params, metrics=metrics, seconds=time.perf_counter() - started,
             libraries=("transformers", "tokenizers"),
             extra={"inputs": inputs, "tokenizer": tokenizer_info,
-                   "source_digest": inputs["data" if "data" in inputs else "user_script"]["digest"]})
+                   "source_digest": inputs["data" if "data" in inputs else "user_script"]["digest"],
+                   folders.EVAL_DIGEST: folders.eval_digest(out, params.get(folders.TEMPLATE))})
 
 
 def _input_digests(p: Params) -> dict:

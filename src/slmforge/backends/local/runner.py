@@ -128,13 +128,14 @@ class LocalRunner:
         digests: dict[str, str] = {}
         texts: dict[str, str] = {}
         pending_texts: dict[str, Ref] = {}
+        eval_only = catalog.spec(step.component).eval_inputs
         for name, ref in step.inputs.items():
             if ref.kind == "step":
                 upstream = self.results[ref.value]
                 if ref.output not in upstream.outputs:
                     raise StepFailed(f"step '{step.name}' needs {ref.describe()}, which has not been produced")
                 values[name] = upstream.outputs[ref.output]
-                digests[name] = manifest.read_manifest(values[name])["outputs_digest"]
+                digests[name] = _input_digest(manifest.read_manifest(values[name]), name in eval_only)
             elif ref.kind == "path":
                 values[name] = ref.value
                 digests[name] = self.cache.memo.digest_path(ref.value)
@@ -298,6 +299,13 @@ class LocalRunner:
             result.metrics.update(found.get("metrics") or {})
             if (folder / folders.METRICS).is_file():  # an evaluation: its figures
                 result.metrics.update(folders.read_metrics(folder))
+
+
+def _input_digest(found: dict[str, Any], eval_only: bool) -> str:
+    """What keys an upstream folder: its whole content, or for a step that reads only its eval part
+    (StepSpec.eval_inputs) the digest of that part load_data recorded (folders.eval_digest), so a new
+    training row leaves the step cached; a folder without one (an older slmforge's) by its whole content."""
+    return (found.get(folders.EVAL_DIGEST) if eval_only else None) or found["outputs_digest"]
 
 
 def _free(entry: Entry) -> bool:
