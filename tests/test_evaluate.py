@@ -200,6 +200,7 @@ def test_an_onnx_evaluation_takes_the_answers_its_build_gates_gave(folders, tmp_
     reused = _evaluate_step(gated, folders["dataset"], tmp_path / "m-reused", "onnx")  # 40 rows, 4 new tokens
     fresh = _evaluate_step(plain, folders["dataset"], tmp_path / "m-fresh", "onnx")
     assert reused["answers_from"] == "build_onnx gate" and "answers_from" not in fresh
+    assert reused["generation_seconds"] == round(manifest.read_manifest(gated)[gate_answers.KEY]["seconds"], 3) > 0
     timings = {"generation_seconds", "evaluation_seconds", "tokens_per_second", "answers_from", "size_bytes"}
     assert {k: v for k, v in reused.items() if k not in timings} == {k: v for k, v in fresh.items() if k not in timings}
     assert reused["perplexity"] == fresh["perplexity"] and reused["predictions"] == fresh["predictions"]

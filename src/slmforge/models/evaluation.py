@@ -22,14 +22,15 @@ OTHER = "(other)"
 
 def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tuple[list[int], list[int]]],
              max_new_tokens: int = 8, label: str = "model", model_dir: str | Path | None = None,
-             recorded=None, answered: list | None = None) -> dict:
+             recorded=None, answered=None) -> dict:
     """Metrics in the agreed metrics.json shape (plus a few extra fields, per-row predictions among them).
 
     All rows are answered at once by the backend's batched greedy decoding (verified_greedy.py);
     perplexity reuses the log-probabilities seen on the way and scores only what is left.
     `recorded` (a gate_answers.Recorded): the answers a build gate gave to these very requests, taken
-    instead of answering again when they match (`answers_from` says so). `answered`: a list the
-    answered requests are appended to (the build gate records them).
+    instead of answering again when they match (`answers_from` says so; generation_seconds and
+    tokens_per_second are then the gate's). `answered` (a gate_answers.Answered): filled with the
+    answered requests and their seconds (the build gate records them).
     """
     from slmforge.models.verified_greedy import Request
 
@@ -47,9 +48,9 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
     reused = recorded is not None and recorded.fill(requests)
     if requests and not reused:
         backend.answers(requests, max_new_tokens)
+    answer_seconds = recorded.seconds if reused else time.perf_counter() - started
     if answered is not None:
-        answered.extend(requests)
-    answer_seconds = time.perf_counter() - started
+        answered.requests, answered.seconds = requests, answer_seconds
     nll_sum, nll_count = _perplexity_sums(backend, by_sequence, examples)
 
     classes = {expected_answer(r, template) for r in rows}

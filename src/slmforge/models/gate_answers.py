@@ -6,7 +6,8 @@ backend, rows, batches and max_new_tokens. `record` keeps, per row, the greedy t
 of the expected tokens seen on the way and whether decoding left the expected answer; `read` finds them
 again for an evaluation, and `Recorded.fill` hands them over only when the evaluation would send the very
 same requests. The evaluation then scores the rest (perplexity) as before: metrics.json is the one a fresh
-evaluation writes, timings aside, with `answers_from` saying where the answers came from.
+evaluation writes, with `answers_from` saying where the answers came from; its speed figures
+(generation_seconds, tokens_per_second) are those the gate measured answering the same rows.
 
 Kept in the folder's manifest (slmforge.json) under KEY, outside its `metrics`: the record describes what
 the step computed, not the model's files (their digest, the model card and the registry stay as they were),
@@ -23,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from slmforge.contract import manifest
@@ -31,13 +32,22 @@ from slmforge.contract import manifest
 KEY = "gate_answers"
 
 
-def record(requests, dataset: str | Path, max_new_tokens: int) -> dict:
-    """What build_onnx writes under KEY: the gate's answered requests (verified_greedy.Request) and what
-    identifies them (the dataset's digest, the requests' digest, their count, max_new_tokens)."""
-    return {"dataset_digest": _dataset_digest(dataset), "rows": len(requests), "max_new_tokens": max_new_tokens,
-            "requests_digest": _requests_digest(requests), "runtime": _runtime(),
-            "answers": [{"tokens": r.tokens, "logprobs": {str(k): v for k, v in sorted(r.logprobs.items())},
-                         "continued": r.continued} for r in requests]}
+@dataclass
+class Answered:
+    """The gate's answered eval rows (verified_greedy.Request) and the seconds answering them took;
+    evaluation.evaluate fills it in, build_onnx writes its `record` under KEY."""
+
+    requests: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def record(self, dataset: str | Path, max_new_tokens: int) -> dict:
+        """The answers and what identifies them: the dataset's digest, the requests' digest, their count,
+        max_new_tokens and the runtime; with the answering seconds (the evaluation's speed figures)."""
+        return {"dataset_digest": _dataset_digest(dataset), "rows": len(self.requests),
+                "max_new_tokens": max_new_tokens, "requests_digest": _requests_digest(self.requests),
+                "runtime": _runtime(), "seconds": self.seconds,
+                "answers": [{"tokens": r.tokens, "logprobs": {str(k): v for k, v in sorted(r.logprobs.items())},
+                             "continued": r.continued} for r in self.requests]}
 
 
 @dataclass(frozen=True)
@@ -46,6 +56,11 @@ class Recorded:
 
     found: dict
     source: str = "build_onnx gate"  # metrics.json's `answers_from` when the answers came from here
+
+    @property
+    def seconds(self) -> float:
+        """How long the gate took to answer (generation_seconds and tokens_per_second come from it)."""
+        return float(self.found["seconds"])
 
     def fill(self, requests) -> bool:
         """Fill `requests` (verified_greedy.Request) from the record when they are the very requests the gate
@@ -69,6 +84,8 @@ def read(model: str | Path | None, dataset: str | Path, max_new_tokens: int) -> 
     if kept.get("dataset_digest") is None or kept.get("dataset_digest") != _dataset_digest(dataset):
         return None
     if not isinstance(kept.get("answers"), list) or len(kept["answers"]) != kept.get("rows"):
+        return None
+    if not isinstance(kept.get("seconds"), (int, float)):
         return None
     if kept.get("runtime") != _runtime():
         return None

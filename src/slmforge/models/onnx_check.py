@@ -42,7 +42,7 @@ def read_reference(reference: str, dataset: str, eval_data, max_new_tokens: int)
 def check_against_pytorch(folder: Path, source: str, adapter: Path | None, precision: str,
                           execution_provider: str, *, eval_data=None, reference_answers: dict | None = None,
                           max_accuracy_drop: float | None = None, max_new_tokens: int = 8,
-                          onnx_adapter: Path | None = None, answered: list | None = None) -> dict:
+                          onnx_adapter: Path | None = None, answered=None) -> dict:
     """Compare the built model with the PyTorch model it came from; StepFailed when it falls short.
 
     Always, on fixed prompts at every position (logit_check.py): fp32 within a multiple of the
@@ -51,8 +51,7 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     greedy answers against the source model's, and the accuracy it loses (logit_check.ANSWER_GATES).
     `onnx_adapter`: `folder` is a base with adapter slots and this file the adapter served on it; the
     gates are the same (the study behind it: docs/research/issue-22).
-    `answered`: a list the built model's answered eval rows (verified_greedy.Request) are appended to,
-    for gate_answers.record.
+    `answered` (a gate_answers.Answered): filled with the built model's answers to the eval rows.
     """
     from slmforge.models import genai, logit_check, torch_model
     from slmforge.models import onnx_adapter as adapter_file
@@ -127,7 +126,7 @@ def summary(check: dict, precision: str) -> str:
     return text
 
 
-def _answers(backend, eval_data, max_new_tokens: int, answered: list | None = None) -> dict:
+def _answers(backend, eval_data, max_new_tokens: int, answered=None) -> dict:
     from slmforge.models.evaluation import evaluate
 
     rows, examples, template = eval_data

@@ -106,7 +106,7 @@ def run(**given) -> dict:
                                       p.int4_accuracy_level, p.int4_algo_config, p.int4_is_symmetric, extra, adapter_path,
                                       slots)
         build_seconds = time.perf_counter() - build_started
-        answered: list = []  # the built model's answers to the gate rows, kept for its evaluation
+        answered = gate_answers.Answered()  # the built model's answers to the gate rows, kept for its evaluation
         check = onnx_check.check_against_pytorch(
             tmp, source, adapter_path, precision, execution_provider, eval_data=eval_data,
             reference_answers=reference_answers, max_accuracy_drop=max_accuracy_drop,
@@ -125,8 +125,7 @@ def run(**given) -> dict:
             metrics={"check": check, "size_bytes": folder_size(tmp), "builder_options": builder_options,
                      "build_seconds": round(build_seconds, 3)},
             seconds=time.perf_counter() - started, libraries=LIBRARIES,
-            extra={gate_answers.KEY: gate_answers.record(answered, dataset, p.check_max_new_tokens)}
-            if answered else None,
+            extra={gate_answers.KEY: answered.record(dataset, p.check_max_new_tokens)} if answered.requests else None,
         )
     summary = onnx_check.summary(check, precision)
     print(f"built {precision} onnxruntime-genai model -> {output}; {summary}")
