@@ -187,8 +187,8 @@ def test_an_onnx_evaluation_takes_the_answers_its_build_gates_gave(folders, tmp_
     from slmforge.models import gate_answers
 
     gated, plain = tmp_path / "gated", tmp_path / "plain"
-    assert build_onnx.main(["--model", str(folders["merged"]), "--precision", "int4", "--dataset", str(folders["dataset"]),
-                            "--check_max_samples", "40", "--check_max_new_tokens", "4", "--max_accuracy_drop", "1.0",
+    assert build_onnx.main(["--model", str(folders["merged"]), "--precision", "int4",
+                            "--dataset", str(folders["dataset"]), "--check_max_samples", "40", "--check_max_new_tokens", "4", "--max_accuracy_drop", "1.0",
                             "--output", str(gated)]) == 0
     found = manifest.read_manifest(gated)
     assert found[gate_answers.KEY]["rows"] == 40 and "gate_answers" not in found["metrics"]
