@@ -176,3 +176,48 @@ def test_a_whole_row_perplexity_is_read_from_the_answering_pass(folders):
     assert metrics["perplexity_tokens"] == count
     assert metrics["perplexity"] == pytest.approx(math.exp(-sum(sum(v.values()) for v in separate.values()) / count),
                                                   rel=1e-5)
+
+
+def test_an_onnx_evaluation_takes_the_answers_its_build_gates_gave(folders, tmp_path):
+    """build_onnx's gates answer the eval rows with the built model the way evaluate does; evaluate takes
+    those answers for the very same requests (rows, max_new_tokens, dataset): the metrics a fresh
+    evaluation gives, timings aside, and it says so. Anything else is answered afresh."""
+    import shutil
+
+    from slmforge.models import gate_answers
+
+    gated, plain = tmp_path / "gated", tmp_path / "plain"
+    assert build_onnx.main(["--model", str(folders["merged"]), "--precision", "int4",
+                            "--dataset", str(folders["dataset"]), "--check_max_samples", "40", "--check_max_new_tokens", "4", "--max_accuracy_drop", "1.0",
+                            "--output", str(gated)]) == 0
+    found = manifest.read_manifest(gated)
+    assert found[gate_answers.KEY]["rows"] == 40 and "gate_answers" not in found["metrics"]
+    shutil.copytree(gated, plain)  # the same model without the record: evaluated the way it was before
+    del found[gate_answers.KEY]
+    (plain / manifest.MANIFEST).write_text(json.dumps(found))
+    assert manifest.is_finished(plain)
+
+    reused = _evaluate_step(gated, folders["dataset"], tmp_path / "m-reused", "onnx")  # 40 rows, 4 new tokens
+    fresh = _evaluate_step(plain, folders["dataset"], tmp_path / "m-fresh", "onnx")
+    assert reused["answers_from"] == "build_onnx gate" and "answers_from" not in fresh
+    assert reused["generation_seconds"] == round(manifest.read_manifest(gated)[gate_answers.KEY]["seconds"], 3) > 0
+    timings = {"generation_seconds", "evaluation_seconds", "tokens_per_second", "answers_from", "size_bytes"}
+    assert {k: v for k, v in reused.items() if k not in timings} == {k: v for k, v in fresh.items() if k not in timings}
+    assert reused["perplexity"] == fresh["perplexity"] and reused["predictions"] == fresh["predictions"]
+    assert reused["size_bytes"] - fresh["size_bytes"] == ((gated / manifest.MANIFEST).stat().st_size
+                                                          - (plain / manifest.MANIFEST).stat().st_size)
+
+    other = tmp_path / "other-dataset"  # the same rows in another order: another dataset
+    shutil.copytree(folders["dataset"], other)
+    rows = (other / "eval_rows.jsonl").read_text().splitlines(keepends=True)
+    (other / "eval_rows.jsonl").write_text("".join(rows[1:] + rows[:1]))
+    found = manifest.read_manifest(other)
+    (other / manifest.MANIFEST).write_text(json.dumps({**found, "outputs_digest": manifest.digest_path(other)}))
+    assert manifest.is_finished(other)
+    for dataset, rows, new_tokens in ((other, 40, 4), (folders["dataset"], 40, 3), (folders["dataset"], 41, 4),
+                                      (folders["dataset"], 39, 4)):
+        out = tmp_path / f"m-{rows}-{new_tokens}-{dataset.name}"
+        assert evaluate.main(["--model", str(gated), "--dataset", str(dataset), "--max_samples", str(rows),
+                              "--max_new_tokens", str(new_tokens), "--metrics", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert "answers_from" not in metrics and metrics["n"] == rows, (dataset, rows, new_tokens)

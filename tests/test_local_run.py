@@ -48,6 +48,14 @@ def test_run_json_holds_the_evaluation_before_and_after(warm):
     assert evaluation["onnx"]["size_bytes"] < evaluation["merged"]["size_bytes"]  # int4 is smaller
 
 
+def test_the_onnx_evaluation_takes_the_answers_of_the_build_gates(warm):
+    """The graph gives build_onnx's gates the evaluation's rows and answer length, so evaluate_onnx takes
+    their answers (models/gate_answers.py) rather than answering the same rows again."""
+    steps = {s["name"]: s for s in warm.cold.record["steps"]}
+    metrics = json.loads((Path(steps["evaluate_onnx"]["output"]) / "metrics.json").read_text())
+    assert metrics["answers_from"] == "build_onnx gate" and metrics["n"] > 0
+
+
 def test_report_has_steps_evaluation_and_loss_curve(warm):
     report = (warm.cold.out_dir / "report.md").read_text()
     for name in STEPS:

@@ -21,11 +21,16 @@ OTHER = "(other)"
 
 
 def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tuple[list[int], list[int]]],
-             max_new_tokens: int = 8, label: str = "model", model_dir: str | Path | None = None) -> dict:
+             max_new_tokens: int = 8, label: str = "model", model_dir: str | Path | None = None,
+             recorded=None, answered=None) -> dict:
     """Metrics in the agreed metrics.json shape (plus a few extra fields, per-row predictions among them).
 
     All rows are answered at once by the backend's batched greedy decoding (verified_greedy.py);
     perplexity reuses the log-probabilities seen on the way and scores only what is left.
+    `recorded` (a gate_answers.Recorded): the answers a build gate gave to these very requests, taken
+    instead of answering again when they match (`answers_from` says so; generation_seconds and
+    tokens_per_second are then the gate's). `answered` (a gate_answers.Answered): filled with the
+    answered requests and their seconds (the build gate records them).
     """
     from slmforge.models.verified_greedy import Request
 
@@ -40,9 +45,12 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
         request = by_sequence.get(tuple(ids))
         if request is not None:
             request.score_also = tuple(_labelled_positions(labels))
-    if requests:
+    reused = recorded is not None and recorded.fill(requests)
+    if requests and not reused:
         backend.answers(requests, max_new_tokens)
-    answer_seconds = time.perf_counter() - started
+    answer_seconds = recorded.seconds if reused else time.perf_counter() - started
+    if answered is not None:
+        answered.requests, answered.seconds = requests, answer_seconds
     nll_sum, nll_count = _perplexity_sums(backend, by_sequence, examples)
 
     classes = {expected_answer(r, template) for r in rows}
@@ -89,6 +97,7 @@ def evaluate(backend, rows: list[dict], template: Template, *, examples: list[tu
         "answer_field": field,
         "max_new_tokens": max_new_tokens,
         "example": example_input(rows[0], template) if rows else None,
+        **({"answers_from": recorded.source} if reused else {}),
     }
 
 

@@ -49,6 +49,11 @@ def read_genai_config(folder: Path) -> dict:
     return config["model"]
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity), og's thread count unless the folder sets one."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _config_with_threads(og, folder: Path, decoder: dict):
     """og's config for `folder`, running on every core this process may use.
 
@@ -62,8 +67,7 @@ def _config_with_threads(og, folder: Path, decoder: dict):
     options = decoder.get("session_options", {})
     overlay = {}
     if "intra_op_num_threads" not in options:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        overlay["intra_op_num_threads"] = threads
+        overlay["intra_op_num_threads"] = usable_cores()
     if "log_severity_level" not in options and (folder / SLOTS_FILE).is_file():
         overlay["log_severity_level"] = 3
     if overlay:

@@ -44,7 +44,7 @@ def read_reference(reference: str, dataset: str, eval_data, max_new_tokens: int)
 def check_against_pytorch(folder: Path, source: str, adapter: Path | None, precision: str,
                           execution_provider: str, *, eval_data=None, reference_answers: dict | None = None,
                           max_accuracy_drop: float | None = None, max_new_tokens: int = 8,
-                          onnx_adapter: Path | None = None) -> dict:
+                          onnx_adapter: Path | None = None, answered=None) -> dict:
     """Compare the built model with the PyTorch model it came from; StepFailed when it falls short.
 
     Always, on fixed prompts at every position (logit_check.py): fp32 within a multiple of the
@@ -53,6 +53,7 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
     greedy answers against the source model's, and the accuracy it loses (logit_check.ANSWER_GATES).
     `onnx_adapter`: `folder` is a base with adapter slots and this file the adapter served on it; the
     gates are the same (the study behind it: docs/research/issue-22).
+    `answered` (a gate_answers.Answered): filled with the built model's answers to the eval rows.
     """
     from slmforge.models import genai, logit_check, torch_model
     from slmforge.models import onnx_adapter as adapter_file
@@ -102,7 +103,8 @@ def check_against_pytorch(folder: Path, source: str, adapter: Path | None, preci
             # that differ but are as often right are then fine. The logit checks still catch a broken graph.
             gate = dataclasses.replace(gate, max_accuracy_drop=max_accuracy_drop, min_answer_agreement=0.0,
                                        min_first_token_agreement=0.0)
-        answers = logit_check.answer_comparison(reference_answers, _answers(og_model, eval_data, max_new_tokens))
+        answers = logit_check.answer_comparison(reference_answers,
+                                                _answers(og_model, eval_data, max_new_tokens, answered))
         check["answers"] = {**answers, "gate": dataclasses.asdict(gate)}
         answer_problems = logit_check.answer_failures(answers, gate)
         if answer_problems:
@@ -126,8 +128,9 @@ def summary(check: dict, precision: str) -> str:
     return text
 
 
-def _answers(backend, eval_data, max_new_tokens: int) -> dict:
+def _answers(backend, eval_data, max_new_tokens: int, answered=None) -> dict:
     from slmforge.models.evaluation import evaluate
 
     rows, examples, template = eval_data
-    return evaluate(backend, rows, template, examples=[], max_new_tokens=max_new_tokens, label="check")
+    return evaluate(backend, rows, template, examples=[], max_new_tokens=max_new_tokens, label="check",
+                    answered=answered)

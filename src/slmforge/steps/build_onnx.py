@@ -81,7 +81,7 @@ def run(**given) -> dict:
     p = make(Params, given)
     output, model, model_id, adapter, precision, dataset = p.output, p.model, p.model_id, p.adapter, p.precision, p.dataset
     execution_provider, max_accuracy_drop = p.execution_provider, p.max_accuracy_drop
-    from slmforge.models import onnx_builder, onnx_check, torch_model
+    from slmforge.models import gate_answers, onnx_builder, onnx_check, torch_model
 
     started = time.perf_counter()
     source = torch_model.base_source(model, model_id)
@@ -106,10 +106,11 @@ def run(**given) -> dict:
                                       p.int4_accuracy_level, p.int4_algo_config, p.int4_is_symmetric, extra, adapter_path,
                                       slots)
         build_seconds = time.perf_counter() - build_started
+        answered = gate_answers.Answered()  # the built model's answers to the gate rows, kept for its evaluation
         check = onnx_check.check_against_pytorch(
             tmp, source, adapter_path, precision, execution_provider, eval_data=eval_data,
             reference_answers=reference_answers, max_accuracy_drop=max_accuracy_drop,
-            max_new_tokens=p.check_max_new_tokens)
+            max_new_tokens=p.check_max_new_tokens, answered=answered)
         template = folders.carried_template(adapter_path or model) if (adapter_path or model) else None
         params = {"model_id": model_id, "precision": precision, "execution_provider": execution_provider,
                   "int4_block_size": p.int4_block_size, "int4_accuracy_level": p.int4_accuracy_level,
@@ -124,6 +125,7 @@ def run(**given) -> dict:
             metrics={"check": check, "size_bytes": folder_size(tmp), "builder_options": builder_options,
                      "build_seconds": round(build_seconds, 3)},
             seconds=time.perf_counter() - started, libraries=LIBRARIES,
+            extra={gate_answers.KEY: answered.record(dataset, p.check_max_new_tokens)} if answered.requests else None,
         )
     summary = onnx_check.summary(check, precision)
     print(f"built {precision} onnxruntime-genai model -> {output}; {summary}")

@@ -8,6 +8,8 @@ recipe's Olive metrics with their sub-types and goals: models/olive_metrics.py) 
 With `--adapter` (an export_adapter output: a folder holding one `.onnx_adapter`) the model is the base
 it was made for, answering with the adapter active; metrics.json's `adapter` says which (name, file
 sha256 and size, method, rank, base digest).
+A build_onnx output whose answer gates answered these very rows (same dataset, rows and max_new_tokens;
+models/gate_answers.py) lends its answers instead of answering again: the same metrics, `answers_from` says so.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ def run(**given) -> dict:
     p = make(Params, given)
     dataset, metrics, model, model_id, label = p.dataset, p.metrics, p.model, p.model_id, p.label
     max_samples, max_new_tokens = p.max_samples, p.max_new_tokens
+    from slmforge.models import gate_answers
     from slmforge.models.backend import load_backend
     from slmforge.models.eval_data import read_dataset_folder
     from slmforge.models.evaluation import adapter_record, evaluate
@@ -81,8 +84,10 @@ def run(**given) -> dict:
         adapter = onnx_adapter.open_file(p.adapter)
     rows, examples_raw, template = read_dataset_folder(dataset, max_samples)
     backend = load_backend(model, model_id, [adapter.path] if adapter else [])
+    # An ONNX folder's build gates may have answered these very rows already (gate_answers.py).
+    recorded = None if adapter else gate_answers.read(model, dataset, max_new_tokens)
     result = evaluate(backend, rows, template, examples=examples_raw, max_new_tokens=max_new_tokens,
-                      label=label, model_dir=model)
+                      label=label, model_dir=model, recorded=recorded)
     if adapter is not None:
         result["adapter"] = adapter_record(adapter)
     if spec is not None:
