@@ -89,17 +89,26 @@ def with_adapter(base, adapter: str | Path):
         raise InvalidInput(f"{adapter}: the adapter does not fit the base model: {e}") from e
 
 
-def all_logits(model, token_ids: list[list[int]]):
+def all_logits(model, token_ids: list[list[int]], *, packed: bool = False):
     """Logits at every position, one numpy array [seq, vocab] per sequence (float64 for a float64 model,
-    else float32)."""
+    else float32). One forward per sequence, as a user's prompt runs; `packed`: all sequences in one row,
+    each restarting its position_ids at 0, which transformers masks as separate sequences (as training's
+    packed batches, training/data.py): one forward of many tokens instead of many of a few."""
     import torch
 
-    out = []
+    def as_numpy(logits):
+        return logits.numpy() if logits.dtype == torch.float64 else logits.float().numpy()
+
     with torch.inference_mode(), few_threads_for(model):
-        for ids in token_ids:
-            logits = model(torch.tensor([ids])).logits[0]
-            out.append(logits.numpy() if logits.dtype == torch.float64 else logits.float().numpy())
-    return out
+        if not packed:
+            return [as_numpy(model(torch.tensor([ids])).logits[0]) for ids in token_ids]
+        ids = torch.tensor([[t for seq in token_ids for t in seq]])
+        positions = torch.tensor([[p for seq in token_ids for p in range(len(seq))]])
+        logits = as_numpy(model(input_ids=ids, position_ids=positions, use_cache=False).logits[0])
+    starts = [0]
+    for seq in token_ids:
+        starts.append(starts[-1] + len(seq))
+    return [logits[a:b] for a, b in zip(starts, starts[1:])]
 
 
 def float64_logits(source: str, adapter: str | Path | None, token_ids: list[list[int]]):
@@ -109,17 +118,19 @@ def float64_logits(source: str, adapter: str | Path | None, token_ids: list[list
     The float32 model is loaded and each module is cast to float64 only while it runs (float32 -> float64
     -> float32 is exact), so the pass computes what the whole model loaded in float64 computes, at the
     float32 model's memory plus one module's float64 copy (Phi-3-mini: 15 GB, not 30). A model whose
-    float64 copy is small (WHOLE_FLOAT64_BYTES) is cast whole once instead: casting each layer there and
-    back for every prompt was most of SmolLM2's merge check (the same logits, bit for bit)."""
+    float64 copy is small (WHOLE_FLOAT64_BYTES) is cast whole once instead (the same logits, bit for bit).
+    The prompts run packed, one forward: float64 matmuls of a dozen rows ran at a fraction of the CPU's
+    rate, and this pass was most of SmolLM2's merge check; packing moves its logits by float64 rounding
+    (1e-16 relative), far below the float32 rounding it measures."""
     import torch
 
     model = load_causal_lm(source, "float32")
     if adapter is not None:
         model = with_adapter(model, adapter)
     if sum(p.numel() for p in model.parameters()) * 8 <= WHOLE_FLOAT64_BYTES:
-        return all_logits(model.to(torch.float64), token_ids)
+        return all_logits(model.to(torch.float64), token_ids, packed=True)
     with _float64_while_running(model):
-        return all_logits(model, token_ids)
+        return all_logits(model, token_ids, packed=True)
 
 
 # A float64 copy this small is made whole (SmolLM2-135M: 1.1 GB); above it, one layer at a time.
