@@ -38,7 +38,7 @@ TARGETS = {"fresh_ratio_max": 0.5, "cached_ratio_max": 0.05, "accuracy_points_ov
 EVAL_OFF = "slmforge-eval-off"
 
 
-def materialize(folder: Path, steps: int | None, evaluate: bool = True) -> Path:
+def materialize(folder: Path, steps: int | None, evaluate: bool = True, torch_dtype: str | None = None) -> Path:
     """The recipe with absolute model and data paths; cache and output stay relative (inside folder)."""
     recipe = json.loads(RECIPE.read_text())
     recipe["input_model"]["model_path"] = str(harness.SMOLLM2)
@@ -49,6 +49,8 @@ def materialize(folder: Path, steps: int | None, evaluate: bool = True) -> Path:
         recipe["passes"]["lora"]["training_args"]["max_steps"] = steps
     if not evaluate:
         recipe["evaluate"] = {"enabled": False}
+    if torch_dtype:
+        recipe["passes"]["lora"]["torch_dtype"] = torch_dtype
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "recipe.json"
     path.write_text(json.dumps(recipe, indent=2))
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="override the recipe's max_steps (both tools)")
     p.add_argument("--no-olive", action="store_true")
     p.add_argument("--no-eval-off", action="store_true", help=f"leave out the {EVAL_OFF} side")
+    p.add_argument("--olive-torch-dtype", help="set Olive's LoRA torch_dtype (its default bf16 is emulated, ~40x "
+                   "slower than float32, on a CPU without AVX512-BF16): the recipe edited in Olive's favour")
     a = p.parse_args(argv)
     result = harness.Result("e2e_smollm2")
     olive, olive_error = (None, "skipped (--no-olive)") if a.no_olive else olive_venv.ensure()
@@ -102,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     def fresh(tool: str):
         def side(rep: int) -> dict:
             folder = WORK / f"{tool}-{rep}"
-            materialize(folder, a.steps, evaluate=tool != EVAL_OFF)
+            materialize(folder, a.steps, evaluate=tool != EVAL_OFF,
+                        torch_dtype=a.olive_torch_dtype if tool == "olive" else None)
             last[tool] = folder
             return run_tool(tool, folder, "fresh", olive)
         return side
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         what="one Olive 0.13 flat recipe (bench/recipes/smollm2-tones-olive013.json) run by olive run and by "
              "slmforge run on SmolLM2-135M-Instruct: wall, peak RSS (wait4 of the tool's process), held-out "
              "accuracy of both int4 models on the same 200 rows scored by the same code",
-        recipe=json.loads(RECIPE.read_text()), steps_override=a.steps,
+        recipe=json.loads(RECIPE.read_text()), steps_override=a.steps, olive_torch_dtype=a.olive_torch_dtype,
         olive=olive_venv.PINS, olive_error=olive_error,
         notes=["Olive's LoRA trains in bf16 by default (torch_dtype), ~2.5x slower than fp32 on this CPU; the "
                "recipe does not set it, as a user's would not; slmforge trains in fp32",

@@ -116,9 +116,9 @@ def alternate(sides: dict[str, Callable[[int], dict]], reps: int, label: str = "
     return runs
 
 
-def same_files(a: Path | None, b: Path | None, skip: tuple[str, ...] = ("slmforge.json",)) -> bool | None:
-    """Whether two model folders hold the same files with the same bytes (their manifests aside: they
-    record how each was checked); None when either is missing."""
+def same_files(a: Path | None, b: Path | None, skip: tuple[str, ...] = ("slmforge.json", "README.md")) -> bool | None:
+    """Whether two model folders hold the same files with the same bytes (their manifests and model cards
+    aside: they record how each was checked and evaluated); None when either is missing."""
     if a is None or b is None:
         return None
 
@@ -147,8 +147,17 @@ def ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
 
 def machine() -> dict:
     return {"cpus": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)), "platform": platform.platform(),
-            "python": platform.python_version(), "cpu_model": _cpu_model(),
+            "python": platform.python_version(), "cpu_model": _cpu_model(), "cpu_vector_flags": _vector_flags(),
             "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+
+
+def _vector_flags() -> list[str]:
+    """The CPU's SIMD extensions that decide matmul speed (bf16 without avx512_bf16 is emulated, slowly)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted(f for f in flags.split(":", 1)[1].split() if f.startswith(("avx", "amx", "fma")))
 
 
 def _cpu_model() -> str | None:

@@ -123,15 +123,19 @@ def _rewire_lm_head(folder: Path, out: Path) -> None:
     onnx.save(model, str(out / "model.onnx"))
 
 
-def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, smollm2_dir, tmp_path):
+def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, heldout, smollm2_dir, tmp_path):
     eval_data = read_dataset_folder(tuned["heldout"], 200)
     check = manifest.read_manifest(tuned["int4"])["metrics"]["check"]
     assert check["answers"]["answer_agreement"] >= 0.85
+    # The gates' reference answers: the merged model's evaluation (base + adapter is the same function: the
+    # merge check), as the pipeline hands them to build_onnx, rather than answering the 200 rows twice more.
+    reference = onnx_check.read_reference(str(heldout["merged"]), str(tuned["heldout"]), eval_data, 4)
 
     miswired = tmp_path / "miswired"
     _rewire_lm_head(tuned["int4"], miswired)
     with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: mean logit cosine") as e:
-        onnx_check.check_against_pytorch(miswired, str(tuned["merged"]), None, "int4", "cpu", eval_data=eval_data)
+        onnx_check.check_against_pytorch(miswired, str(tuned["merged"]), None, "int4", "cpu", eval_data=eval_data,
+                                         reference_answers=reference, max_new_tokens=4)
     print(f"mis-wired head: {e.value}")
 
     # A layer zeroed in the base the builder reads (slmforge's int4 path: base + adapter), checked
@@ -148,7 +152,8 @@ def test_build_check_fails_on_a_miswired_head_and_a_zeroed_layer(tuned, smollm2_
     how = build_onnx.build_model(str(zeroed_base), zeroed, "int4", "cpu", 32, 4, "auto", True, {}, tuned["adapter"])
     assert how["method"].startswith("exact")
     with pytest.raises(StepFailed, match=r"^the int4 ONNX model does not match its source: ") as e:
-        onnx_check.check_against_pytorch(zeroed, str(smollm2_dir), tuned["adapter"], "int4", "cpu", eval_data=eval_data)
+        onnx_check.check_against_pytorch(zeroed, str(smollm2_dir), tuned["adapter"], "int4", "cpu", eval_data=eval_data,
+                                         reference_answers=reference, max_new_tokens=4)
     print(f"zeroed layer: {e.value}")
 
 
