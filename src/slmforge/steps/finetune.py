@@ -132,6 +132,7 @@ def run(*, progress: bool = True, **given) -> dict | None:
         result = train(peft_model, data, p, dist, checkpoints=Path(checkpoints) if checkpoints else None,
                        run_fingerprint=run_print, autocast_dtype=autocast, progress=printer)
         if dist.rank != 0:
+            dist.barrier()  # leave together with rank 0, once its adapter is written (below)
             return None
         base_name = base_model_name(model, model_id)
         peft_model.peft_config["default"].base_model_name_or_path = base_name
@@ -160,7 +161,7 @@ def run(*, progress: bool = True, **given) -> dict | None:
             peft_model.save_pretrained(out, save_embedding_layers=False)
             (out / "README.md").unlink(missing_ok=True)  # peft's model card stub: nothing of ours in it
             metrics["wall_seconds"] = round(time.perf_counter() - started, 3)
-            return manifest.write_manifest(
+            written = manifest.write_manifest(
                 out, step="finetune", params={**params, **folders.template_param(folders.carried_template(dataset))},
                 metrics=metrics, seconds=time.perf_counter() - started,
                 libraries=("torch", "transformers", "peft", "bitsandbytes"),
@@ -169,6 +170,11 @@ def run(*, progress: bool = True, **given) -> dict | None:
                        "base_model": base_name, "mlflow_run_id": run_id,
                        **{k: data_params.get(k) for k in ("text_cols", "loss_on")}},
             )
+        # Every rank destroys the group at the same point: a rank that tore its group down and exited while
+        # rank 0 still wrote aborted in gloo's teardown ("terminate called without an active exception", once
+        # in a full test run). Only on success: after a failure the other ranks may never reach it.
+        dist.barrier()
+        return written
     finally:
         torch.set_num_threads(threads)
         if owns_group:
