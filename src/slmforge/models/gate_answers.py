@@ -95,9 +95,12 @@ def read(model: str | Path | None, dataset: str | Path, max_new_tokens: int) -> 
 
 
 def _dataset_digest(dataset: str | Path) -> str | None:
-    """The load_data folder's content digest as its manifest records it (its files; the template, in the
-    manifest's params, is covered by the requests' digest: the prompts are rendered with it)."""
-    return (manifest.read_manifest(dataset) or {}).get("outputs_digest")
+    """What identifies the eval rows the gate answered: the digest of the dataset's eval part its manifest
+    records (folders.eval_digest, what the cache keys an evaluation by), else its whole content's."""
+    from slmforge.contract import folders
+
+    found = manifest.read_manifest(dataset) or {}
+    return found.get(folders.EVAL_DIGEST) or found.get("outputs_digest")
 
 
 def _runtime() -> dict:
